@@ -1,0 +1,2 @@
+//! Command-line parsing (lexopt) into a command and options; help and version text.
+//! Owner: Foundation (issue 2).

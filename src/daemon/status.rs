@@ -1,0 +1,37 @@
+//! `gateway.status.json`: the running daemon's view of itself, for `status` (no network).
+//! Owner: Foundation (issue 2) writes the file; the runtime (issue 4) fills the fields.
+
+use serde::{Deserialize, Serialize};
+
+/// Written atomically (0600) on every state change by the daemon; read by `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RuntimeStatus {
+    pub pid: u32,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    pub version: String,
+    /// `starting` | `connecting` | `connected` | `disconnected` | `reauth_required` | `draining`
+    /// | `stopped`.
+    pub connection: String,
+    /// Human-readable reason when not connected (last error), never a secret.
+    #[serde(default)]
+    pub detail: Option<String>,
+    #[serde(default)]
+    pub last_heartbeat_at: Option<String>,
+    #[serde(default)]
+    pub last_heartbeat_ok: Option<bool>,
+    #[serde(default)]
+    pub last_reconcile_at: Option<String>,
+    /// The team-level toggle as last read from `team_gateways`.
+    #[serde(default)]
+    pub team_full_control: Option<bool>,
+    #[serde(default)]
+    pub jobs_in_flight: u64,
+    #[serde(default)]
+    pub jobs_completed: u64,
+    #[serde(default)]
+    pub jobs_failed: u64,
+    /// Results waiting in the spool for the backend to accept them.
+    #[serde(default)]
+    pub results_spooled: u64,
+}

@@ -1,0 +1,1 @@
+//! `diagnostic` jobs (PROTOCOL.md §10). Owner: Providers (issue 5).
