@@ -5,3 +5,5 @@
 pub fn main_entry() -> i32 {
     0
 }
+
+pub mod pair;

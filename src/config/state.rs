@@ -9,13 +9,29 @@ use serde_json::{Map, Value};
 /// `vmGuest`) are kept in `extra` and written back unchanged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct GatewayState {
-    #[serde(rename = "supabaseUrl", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "supabaseUrl",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub supabase_url: Option<String>,
-    #[serde(rename = "supabaseAnonKey", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "supabaseAnonKey",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub supabase_anon_key: Option<String>,
-    #[serde(rename = "accessToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "accessToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub access_token: Option<String>,
-    #[serde(rename = "refreshToken", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "refreshToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub refresh_token: Option<String>,
     #[serde(rename = "gatewayId", default, skip_serializing_if = "Option::is_none")]
     pub gateway_id: Option<String>,
@@ -25,7 +41,11 @@ pub struct GatewayState {
     pub full_control_enabled: bool,
     #[serde(rename = "deviceName", default)]
     pub device_name: Option<String>,
-    #[serde(rename = "providerHealth", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "providerHealth",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub provider_health: Option<Map<String, Value>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,

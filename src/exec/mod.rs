@@ -25,3 +25,16 @@ impl CancelToken {
 /// can reach them. Filled in by issue 5.
 #[derive(Debug, Default)]
 pub struct Children {}
+
+impl Children {
+    /// SIGTERM the process groups of one job's children, SIGKILL after `grace`.
+    pub fn kill_job(&self, _job_id: &str, _grace: std::time::Duration) {}
+
+    /// SIGTERM every registered process group, SIGKILL after `grace`; returns when all are gone.
+    pub fn kill_all(&self, _grace: std::time::Duration) {}
+
+    /// How many children are running now.
+    pub fn len(&self) -> usize {
+        0
+    }
+}

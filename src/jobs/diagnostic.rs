@@ -1,1 +1,14 @@
 //! `diagnostic` jobs (PROTOCOL.md §10). Owner: Providers (issue 5).
+
+use serde_json::Value;
+
+use super::{JobContext, Outcome};
+
+pub fn handle(_payload: &Value, _ctx: &JobContext) -> Outcome {
+    super::Outcome {
+        status: super::FinalStatus::Failed,
+        result: None,
+        error: Some("diagnostic jobs are not available in this build yet".into()),
+        debug: None,
+    }
+}
