@@ -8,13 +8,15 @@ use crate::config::Settings;
 use crate::daemon::shutdown::Shutdown;
 use crate::daemon::status::RuntimeStatus;
 
+/// Edits the daemon's status; the closure changes the current status and the file is rewritten
+/// atomically. Provided by the daemon (issue 2).
+pub type StatusUpdater = Arc<dyn Fn(&dyn Fn(&mut RuntimeStatus)) + Send + Sync>;
+
 /// What `start` hands to the runtime.
 pub struct RuntimeContext {
     pub settings: Settings,
     pub shutdown: Shutdown,
-    /// Call to change the status file; the closure edits the current status and the file is
-    /// rewritten atomically. Provided by the daemon (issue 2).
-    pub status: Arc<dyn Fn(&dyn Fn(&mut RuntimeStatus)) + Send + Sync>,
+    pub status: StatusUpdater,
 }
 
 /// Runs until `ctx.shutdown` asks to stop and every thread has wound down. Returns Err with a
