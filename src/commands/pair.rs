@@ -1,6 +1,10 @@
 //! `pair <CODE>`: exchange a pairing code for a session and save it. Owner: Connect (issue 4).
 
+use std::time::Duration;
+
+use crate::backend::functions::exchange_pairing_code;
 use crate::config::Settings;
+use crate::daemon::runtime::{compat, hostname};
 
 /// Parsed `pair` arguments (parsing: Foundation's cli.rs).
 #[derive(Debug, Clone, Default)]
@@ -11,7 +15,97 @@ pub struct PairArgs {
 }
 
 /// Runs `pair`; returns the exit code. Prints its own output.
-pub fn run(_settings: &Settings, _args: &PairArgs) -> i32 {
-    eprintln!("pair is not available in this build yet");
-    1
+pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
+    let code = args.code.trim();
+    if code.is_empty() {
+        eprintln!("Pairing code is required. Usage: panorama-gateway pair <CODE> [--device-name NAME] [--no-start]");
+        eprintln!("Get a code in Panorama (team settings → gateways → pair a gateway).");
+        return 2;
+    }
+    let existing = match compat::load(&settings.paths) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "Cannot read the gateway state: {e}. Fix or remove the file, then run pair again."
+            );
+            return 1;
+        }
+    };
+    let cfg = match compat::backend_config(settings, existing.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Missing Supabase configuration for pairing: {e}");
+            return 1;
+        }
+    };
+    let device_name = settings
+        .device_name
+        .clone()
+        .filter(|d| !d.trim().is_empty())
+        .unwrap_or_else(hostname);
+    let agent = crate::backend::new_agent();
+    let pairing =
+        match exchange_pairing_code(&agent, &cfg, code, &device_name, Duration::from_secs(30)) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                log::warn!(target: "pair", "pairing failed: {e}");
+                return 1;
+            }
+        };
+    let saved = compat::update(&settings.paths, |s| {
+        s.supabase_url = Some(cfg.url.clone());
+        s.supabase_anon_key = Some(cfg.anon_key.clone());
+        s.access_token = Some(pairing.access_token.clone());
+        s.refresh_token = Some(pairing.refresh_token.clone());
+        s.gateway_id = Some(pairing.gateway_id.clone());
+        s.team_id = Some(pairing.team_id.clone());
+        s.device_name = Some(device_name.clone());
+    });
+    if let Err(e) = saved {
+        eprintln!(
+            "Paired, but the session could not be saved: {e}. Fix the problem and pair again with a new code."
+        );
+        return 1;
+    }
+    log::info!(target: "pair", "paired gateway_id={} team_id={} device={device_name:?}", pairing.gateway_id, pairing.team_id);
+    println!("Paired this machine with Panorama as \"{device_name}\".");
+    if settings.verbose {
+        println!("  Gateway ID: {}", pairing.gateway_id);
+        println!("  Team ID: {}", pairing.team_id);
+        println!("  State: {}", settings.paths.config_path.display());
+    }
+    println!("Checking provider CLIs...");
+    let registry = crate::providers::Registry::discover(&settings.cli_overrides);
+    let report = registry.doctor_report();
+    for c in &report {
+        match (&c.ok, &c.version, &c.detail) {
+            (true, Some(v), _) => println!("  {}: ok ({v})", c.id),
+            (true, None, _) => println!("  {}: ok", c.id),
+            (false, _, Some(d)) => println!("  {}: not ready ({d})", c.id),
+            (false, _, None) => println!("  {}: not ready", c.id),
+        }
+    }
+    if !report.is_empty() && !report.iter().any(|c| c.ok) {
+        println!("  No provider CLI is ready: model jobs will fail until one is installed (see `panorama-gateway doctor`).");
+    }
+    if args.no_start {
+        println!("Next: run `panorama-gateway start` to connect this gateway.");
+        return 0;
+    }
+    match start_daemon(settings) {
+        Ok(pid) => {
+            println!("Gateway started in the background (pid {pid}). Check it with `panorama-gateway status`.");
+            0
+        }
+        Err(e) => {
+            eprintln!("Paired, but the gateway could not be started: {e}");
+            eprintln!("Run `panorama-gateway start` when the problem is fixed.");
+            1
+        }
+    }
+}
+
+fn start_daemon(_settings: &Settings) -> Result<u32, String> {
+    Err("starting in the background is not available in this build yet".into())
 }

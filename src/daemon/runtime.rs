@@ -1,12 +1,35 @@
-//! The runtime: owns the reader, the workers, the heartbeat and the watchdog threads.
+//! The runtime: owns the reader, reconcile, worker and heartbeat threads, and the drain.
 //! Owner: Connect (issue 4). Called by `start` (issue 2) once the pid lock is held, logging is
 //! set up and signals are routed into `ctx.shutdown`.
+//!
+//! Data flows one way: realtime reader / reconcile → bounded channel (dedup by job id) →
+//! workers (claim → handler → complete) → backend. Completions the backend does not take are
+//! retried with backoff, then spooled to owner-only files and flushed after a reconnect or a
+//! restart. `subagent_cancel` jobs bypass the channel.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::Settings;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde_json::{json, Value};
+
+use crate::backend::jobs::{self as wire, GatewayEvent, JobRow, Level};
+use crate::backend::realtime::{self, ReaderConfig, ReaderHooks};
+use crate::backend::session::{env_ms, Session, TokenStore};
+use crate::backend::spool::Spool;
+use crate::backend::{functions, Backoff, Error};
+use crate::config::state::GatewayState;
+use crate::config::{BackendConfig, Settings};
 use crate::daemon::shutdown::Shutdown;
 use crate::daemon::status::RuntimeStatus;
+use crate::exec::{CancelToken, Children};
+use crate::jobs::{self, FinalStatus, JobContext, Outcome};
+use crate::providers::Registry;
+use crate::util::now_rfc3339;
 
 /// Edits the daemon's status; the closure changes the current status and the file is rewritten
 /// atomically. Provided by the daemon (issue 2).
@@ -19,11 +42,1213 @@ pub struct RuntimeContext {
     pub status: StatusUpdater,
 }
 
+/// The error text of jobs stopped by the drain timeout.
+pub const SHUTDOWN_JOB_ERROR: &str = "gateway shut down before the job finished";
+/// The error text of jobs a previous process left `running`.
+pub const RESTART_JOB_ERROR: &str = "gateway restarted during the job";
+/// `runtime.node_version` of capabilities v1 (the schema requires it): our toolchain.
+pub const RUST_VERSION: &str = match option_env!("PANORAMA_RUSTC_VERSION") {
+    Some(v) => v,
+    None => "rust-1.95.0",
+};
+
+/// Timers and sizes, from the environment (documented in docs/README-connect.md).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub concurrency: usize,
+    pub heartbeat: Duration,
+    pub reconcile: Duration,
+    pub drain_timeout: Duration,
+    pub queue_capacity: usize,
+}
+
+impl Tuning {
+    pub fn from_env() -> Tuning {
+        let concurrency = std::env::var("PANORAMA_GATEWAY_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(10)
+            .min(256);
+        Tuning {
+            concurrency,
+            heartbeat: env_ms("PANORAMA_GATEWAY_HEARTBEAT_MS", 30_000),
+            reconcile: env_ms("PANORAMA_GATEWAY_RECONCILE_MS", 5_000),
+            drain_timeout: env_ms("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", 90_000),
+            queue_capacity: 4096,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// gateway.json access (tokens, toggles)
+
+/// Persists rotated tokens into gateway.json (read-modify-write, unknown keys kept).
+struct FileTokenStore {
+    settings: Settings,
+}
+
+impl TokenStore for FileTokenStore {
+    fn save(&self, access_token: &str, refresh_token: &str) -> Result<(), String> {
+        let (a, r) = (access_token.to_string(), refresh_token.to_string());
+        compat::update(&self.settings.paths, move |s: &mut GatewayState| {
+            s.access_token = Some(a.clone());
+            s.refresh_token = Some(r.clone());
+        })
+        .map(|_| ())
+    }
+
+    fn load(&self) -> Option<(String, String)> {
+        let s = compat::load(&self.settings.paths).ok()??;
+        Some((s.access_token?, s.refresh_token?))
+    }
+}
+
+/// Stand-ins for Foundation's `config::state::{load, update}` and `config::backend_config`
+/// until they are merged (same shapes); removed after the merge.
+pub(crate) mod compat {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use crate::config::state::GatewayState;
+    use crate::config::{BackendConfig, Paths, Settings};
+
+    pub fn load(paths: &Paths) -> Result<Option<GatewayState>, String> {
+        match std::fs::read(&paths.config_path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| format!("{} is not valid JSON: {e}", paths.config_path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", paths.config_path.display())),
+        }
+    }
+
+    pub fn update<F: FnOnce(&mut GatewayState)>(
+        paths: &Paths,
+        f: F,
+    ) -> Result<GatewayState, String> {
+        let mut st = load(paths)?.unwrap_or_default();
+        f(&mut st);
+        let _ = std::fs::create_dir_all(&paths.config_dir);
+        let tmp = paths.config_path.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(&st).map_err(|e| e.to_string())?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        file.write_all(&data)
+            .and_then(|_| file.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &paths.config_path))
+            .map_err(|e| format!("cannot write {}: {e}", paths.config_path.display()))?;
+        Ok(st)
+    }
+
+    pub fn backend_config(
+        settings: &Settings,
+        state: Option<&GatewayState>,
+    ) -> Result<BackendConfig, String> {
+        let url = settings
+            .supabase_url
+            .clone()
+            .or_else(|| state.and_then(|s| s.supabase_url.clone()))
+            .ok_or("Missing Supabase configuration: set SUPABASE_URL or --supabase-url")?;
+        let anon_key = settings
+            .anon_key
+            .clone()
+            .or_else(|| state.and_then(|s| s.supabase_anon_key.clone()))
+            .ok_or("Missing Supabase configuration: set SUPABASE_ANON_KEY or --anon-key")?;
+        Ok(BackendConfig {
+            url: url.trim_end_matches('/').to_string(),
+            anon_key,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state of the threads
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    Pending,
+    Ok,
+    Failing,
+}
+
+struct RunningJob {
+    cancel: CancelToken,
+    job_type: String,
+}
+
+struct Shared {
+    session: Arc<Session>,
+    shutdown: Shutdown,
+    status: StatusUpdater,
+    tuning: Tuning,
+    providers: Arc<Registry>,
+    children: Arc<Children>,
+    spool: Spool,
+    device_name: String,
+    settings: Settings,
+    process_start_ms: u64,
+    /// False once the drain began: new jobs are left queued for the next process.
+    accepting: AtomicBool,
+    /// Ids queued locally or running (dedup of realtime + reconcile).
+    seen: Mutex<HashSet<String>>,
+    running: Mutex<HashMap<String, RunningJob>>,
+    queue: Sender<JobRow>,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    realtime_up: AtomicBool,
+    realtime_detail: Mutex<Option<String>>,
+    last_reconcile_ok: Mutex<Option<Instant>>,
+    ingress: Mutex<Ingress>,
+    /// Wakes the reconcile thread (after a subscribe).
+    reconcile_wake: Sender<()>,
+    /// Wakes the heartbeat thread (status change, new event).
+    heartbeat_wake: Sender<()>,
+    events: Mutex<VecDeque<GatewayEvent>>,
+    malformed_logged: Mutex<HashSet<String>>,
+    last_status_push: Mutex<Option<Instant>>,
+    last_reconnect_event: Mutex<Option<Instant>>,
+    down_since: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// Queues a gateway_events row (bounded; the heartbeat thread sends it).
+    fn event(&self, level: Level, code: &str, message: String, details: Value) {
+        let mut q = lock(&self.events);
+        if q.len() >= 100 {
+            q.pop_front();
+        }
+        q.push_back(GatewayEvent {
+            level,
+            code: Some(code.to_string()),
+            provider: None,
+            message,
+            details,
+        });
+        drop(q);
+        let _ = self.heartbeat_wake.try_send(());
+    }
+
+    fn connection_state(&self) -> (String, Option<String>) {
+        if self.shutdown.is_draining() {
+            return ("draining".into(), None);
+        }
+        if let Some(r) = self.session.reauth_reason() {
+            return (
+                "reauth_required".into(),
+                Some(format!(
+                    "re-pair needed: the backend refused the refresh token ({r}); run `panorama-gateway pair <CODE>`"
+                )),
+            );
+        }
+        if self.realtime_up.load(Ordering::SeqCst) {
+            return ("connected".into(), None);
+        }
+        let detail = lock(&self.realtime_detail).clone();
+        if detail.is_some() {
+            ("disconnected".into(), detail)
+        } else {
+            ("connecting".into(), None)
+        }
+    }
+
+    /// Rewrites the status file: always when `force`, else at most every 200 ms.
+    fn push_status(&self, force: bool) {
+        {
+            let mut last = lock(&self.last_status_push);
+            if !force && last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let (conn, detail) = self.connection_state();
+        let in_flight = lock(&self.running).len() as u64;
+        let completed = self.completed.load(Ordering::SeqCst);
+        let failed = self.failed.load(Ordering::SeqCst);
+        let spooled = self.spool.len() as u64;
+        let last_rec = lock(&self.last_reconcile_ok).map(instant_to_rfc3339);
+        (self.status)(&|s: &mut RuntimeStatus| {
+            s.connection = conn.clone();
+            s.detail = detail.clone();
+            s.jobs_in_flight = in_flight;
+            s.jobs_completed = completed;
+            s.jobs_failed = failed;
+            s.results_spooled = spooled;
+            if last_rec.is_some() {
+                s.last_reconcile_at = last_rec.clone();
+            }
+        });
+    }
+
+    /// PROTOCOL.md §8 status: pending until the first reconcile, ready while reconciles succeed
+    /// (within 3 intervals), error when they fail, pending while draining.
+    fn heartbeat_status(&self) -> &'static str {
+        if self.shutdown.is_draining() || !self.accepting.load(Ordering::SeqCst) {
+            return "pending";
+        }
+        let fresh =
+            lock(&self.last_reconcile_ok).is_some_and(|t| t.elapsed() <= self.tuning.reconcile * 3);
+        match *lock(&self.ingress) {
+            Ingress::Pending => "pending",
+            _ if fresh => "ready",
+            _ => "error",
+        }
+    }
+
+    /// Takes a job from realtime or reconcile: only this gateway's queued jobs, once.
+    fn offer(self: &Arc<Self>, job: JobRow) {
+        if job.status != "queued"
+            || job.gateway_id.as_deref() != Some(self.session.gateway_id.as_str())
+        {
+            return;
+        }
+        if !self.accepting.load(Ordering::SeqCst) {
+            return;
+        }
+        if !lock(&self.seen).insert(job.id.clone()) {
+            return;
+        }
+        if job.job_type == "subagent_cancel" {
+            // Bypasses the queue and the concurrency limit.
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("cancel-job".into())
+                .spawn(move || {
+                    let id = job.id.clone();
+                    me.process(job);
+                    lock(&me.seen).remove(&id);
+                });
+            if let Err(e) = spawned {
+                log::error!(target: "worker", "cannot start a thread for a subagent_cancel job: {e}; it stays queued");
+            }
+            return;
+        }
+        let id = job.id.clone();
+        match self.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                lock(&self.seen).remove(&id);
+                log::debug!(target: "ingress", "local queue full; job {id} stays queued for a later reconcile");
+            }
+        }
+    }
+
+    fn log_malformed(&self, id: Option<&str>, why: &str, source: &str) {
+        let key = format!("{}:{why}", id.unwrap_or("?"));
+        if lock(&self.malformed_logged).insert(key) {
+            log::warn!(target: "ingress", "skipped a malformed gateway job from {source}: id={} problem={why}", id.unwrap_or("unknown"));
+            self.event(
+                Level::Warn,
+                "malformed_job",
+                format!("Skipped a malformed gateway job row: {why}"),
+                json!({ "job_id": id, "source": source }),
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // One job
+
+    fn process(self: &Arc<Self>, job: JobRow) {
+        let started_at = now_rfc3339();
+        let claimed = match wire::claim(&self.session, &job.id, &started_at) {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                log::debug!(target: "worker", "job {} was taken or cancelled before we claimed it", job.id);
+                return;
+            }
+            Err(e) => match self.claim_landed(&job.id, &started_at, &e) {
+                Some(row) => row,
+                None => {
+                    log::warn!(target: "worker", "claim of job {} failed, it stays queued and is retried by the next reconcile: {e}", job.id);
+                    return;
+                }
+            },
+        };
+        let cancel = CancelToken::new();
+        lock(&self.running).insert(
+            claimed.id.clone(),
+            RunningJob {
+                cancel: cancel.clone(),
+                job_type: claimed.job_type.clone(),
+            },
+        );
+        self.push_status(false);
+        log::info!(target: "worker", "job started id={} type={} t_ms={}", claimed.id, claimed.job_type, unix_ms());
+        let t0 = Instant::now();
+        let outcome = self.run_handler(&claimed, &cancel);
+        let outcome = if cancel.is_cancelled() && self.shutdown.is_immediate() {
+            Outcome {
+                status: FinalStatus::Failed,
+                result: Some(
+                    json!({ "message": SHUTDOWN_JOB_ERROR, "job_type": claimed.job_type }),
+                ),
+                error: Some(SHUTDOWN_JOB_ERROR.into()),
+                debug: outcome.debug,
+            }
+        } else {
+            outcome
+        };
+        if let Some(d) = &outcome.debug {
+            if let Err(e) = wire::set_debug(&self.session, &claimed.id, d) {
+                log::warn!(target: "worker", "could not store debug info of job {}: {e}", claimed.id);
+            }
+        }
+        let body = wire::completion_body(
+            outcome.status.as_str(),
+            &outcome.result,
+            &outcome.error,
+            &now_rfc3339(),
+        );
+        self.deliver(&claimed.id, &body);
+        match outcome.status {
+            FinalStatus::Completed => self.completed.fetch_add(1, Ordering::SeqCst),
+            _ => self.failed.fetch_add(1, Ordering::SeqCst),
+        };
+        log::info!(target: "worker", "job finished id={} type={} status={} duration_ms={}", claimed.id, claimed.job_type, outcome.status.as_str(), t0.elapsed().as_millis());
+        lock(&self.running).remove(&claimed.id);
+        self.push_status(false);
+    }
+
+    /// After a failed claim call, did the PATCH land anyway (reply lost)? Our `started_at`
+    /// identifies our claim.
+    fn claim_landed(&self, job_id: &str, started_at: &str, err: &Error) -> Option<JobRow> {
+        if !err.is_retryable() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let id = format!("eq.{job_id}");
+        let rows = crate::backend::rest::select(
+            &self.session,
+            "gateway_jobs",
+            &[("select", "*"), ("id", &id)],
+        )
+        .ok()?;
+        let row = wire::decode_job(rows.first()?).ok()?;
+        let mine = row.status == "running"
+            && row.gateway_id.as_deref() == Some(self.session.gateway_id.as_str())
+            && row.started_at.as_deref().and_then(parse_rfc3339_ms) == parse_rfc3339_ms(started_at);
+        mine.then_some(row)
+    }
+
+    fn run_handler(&self, job: &JobRow, cancel: &CancelToken) -> Outcome {
+        if job.job_type != "subagent_cancel" {
+            match wire::idempotency_conflict(&self.session, job) {
+                Ok(true) => {
+                    let msg = "Duplicate gateway job idempotency key; skipping execution";
+                    return Outcome {
+                        status: FinalStatus::Cancelled,
+                        result: Some(json!({
+                            "message": msg,
+                            "idempotency_key": job.idempotency_key,
+                            "attempt": job.attempt,
+                        })),
+                        error: Some(msg.into()),
+                        debug: None,
+                    };
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    log::warn!(target: "worker", "idempotency check of job {} failed, running it: {e}", job.id)
+                }
+            }
+        }
+        let ctx = JobContext {
+            job_id: job.id.clone(),
+            providers: self.providers.clone(),
+            children: self.children.clone(),
+            cancel: cancel.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            jobs::dispatch(&job.job_type, &job.payload, &ctx)
+        })) {
+            Ok(o) => o,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the job handler panicked".into());
+                log::error!(target: "worker", "handler of job {} ({}) panicked: {msg}", job.id, job.job_type);
+                jobs::processing_failed(&job.job_type, &msg)
+            }
+        }
+    }
+
+    /// Completes a job: retries with backoff; spools it when the backend still does not take
+    /// it (network, 5xx, lost session). Never drops a result silently.
+    fn deliver(&self, job_id: &str, body: &Value) {
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match wire::complete(&self.session, job_id, body) {
+                Ok(()) => return,
+                Err(e) if e.is_retryable() => {
+                    if Instant::now() >= deadline || self.shutdown.is_immediate() {
+                        log::warn!(target: "worker", "completion of job {job_id} not accepted yet ({e}); spooling it for later delivery");
+                        break;
+                    }
+                    log::debug!(target: "worker", "completion of job {job_id} failed, retrying: {e}");
+                    std::thread::sleep(backoff.next_delay());
+                }
+                Err(e @ Error::Reauth(_)) => {
+                    log::warn!(target: "worker", "completion of job {job_id} waits for a new session: {e}");
+                    break;
+                }
+                Err(e) => {
+                    log::error!(target: "worker", "the backend rejected the completion of job {job_id}: {e}; the job may stay running until the next gateway restart");
+                    return;
+                }
+            }
+        }
+        match self.spool.put(job_id, body) {
+            Ok(()) => self.push_status(true),
+            Err(e) => {
+                log::error!(target: "worker", "LOST RESULT of job {job_id}: cannot spool it: {e}")
+            }
+        }
+    }
+
+    /// Sends spooled completions; stops at the first transient failure (backend still away).
+    fn flush_spool(&self) {
+        let entries = self.spool.entries();
+        if entries.is_empty() {
+            return;
+        }
+        let mut sent = 0;
+        for e in &entries {
+            match wire::complete(&self.session, &e.job_id, &e.body) {
+                Ok(()) => {
+                    self.spool.remove(e);
+                    sent += 1;
+                }
+                Err(err) if err.is_retryable() || matches!(err, Error::Reauth(_)) => {
+                    log::info!(target: "spool", "backend still not taking spooled results ({err}); {} left", entries.len() - sent);
+                    break;
+                }
+                Err(err) => {
+                    log::error!(target: "spool", "the backend rejected the spooled completion of job {}: {err}; dropping it", e.job_id);
+                    self.spool.remove(e);
+                }
+            }
+        }
+        if sent > 0 {
+            log::info!(target: "spool", "delivered {sent} spooled job results");
+        }
+        self.push_status(true);
+    }
+
+    /// Jobs of this gateway left `running` by an earlier process → failed.
+    fn recover_stale_jobs(&self) -> Result<(), Error> {
+        let rows = wire::running_jobs(&self.session)?;
+        let mut n = 0;
+        for (id, started_at, job_type) in rows {
+            if lock(&self.running).contains_key(&id) {
+                continue;
+            }
+            let started = started_at.as_deref().and_then(parse_rfc3339_ms);
+            if started.is_some_and(|t| t >= self.process_start_ms) {
+                continue;
+            }
+            let body = wire::completion_body(
+                "failed",
+                &Some(json!({ "message": RESTART_JOB_ERROR, "job_type": job_type })),
+                &Some(RESTART_JOB_ERROR.into()),
+                &now_rfc3339(),
+            );
+            wire::complete(&self.session, &id, &body)?;
+            log::warn!(target: "runtime", "job {id} was still running from before this process started; marked failed ({RESTART_JOB_ERROR})");
+            n += 1;
+        }
+        if n > 0 {
+            self.event(
+                Level::Warn,
+                "jobs_recovered",
+                format!("{n} job(s) interrupted by a gateway restart were marked failed"),
+                json!({ "count": n }),
+            );
+        }
+        Ok(())
+    }
+
+    fn heartbeat_body(&self, status: &str) -> Value {
+        let install_fc = compat::load(&self.settings.paths)
+            .ok()
+            .flatten()
+            .map(|s| s.full_control_enabled)
+            .unwrap_or(false);
+        json!({
+            "status": status,
+            "capabilities": capabilities(
+                self.providers.capabilities_providers(),
+                &self.device_name,
+                install_fc
+            ),
+            "device_name": self.device_name,
+        })
+    }
+
+    fn send_heartbeat(&self, status: &str) -> bool {
+        let body = self.heartbeat_body(status);
+        let r = functions::invoke(
+            &self.session,
+            "gateway-heartbeat",
+            &body,
+            functions::HEARTBEAT_TIMEOUT,
+        );
+        let ok = match &r {
+            Ok(v) if v.get("success") == Some(&Value::Bool(true)) => true,
+            Ok(_) => {
+                log::warn!(target: "heartbeat", "gateway heartbeat returned an unexpected reply");
+                false
+            }
+            Err(e) => {
+                log::warn!(target: "heartbeat", "failed to send the gateway heartbeat status={status}: {e}");
+                false
+            }
+        };
+        let at = now_rfc3339();
+        (self.status)(&|s: &mut RuntimeStatus| {
+            s.last_heartbeat_at = Some(at.clone());
+            s.last_heartbeat_ok = Some(ok);
+        });
+        if ok {
+            log::debug!(target: "heartbeat", "heartbeat sent status={status}");
+        }
+        ok
+    }
+
+    fn send_events(&self) {
+        loop {
+            let Some(ev) = lock(&self.events).pop_front() else {
+                return;
+            };
+            if let Err(e) = wire::insert_event(&self.session, &ev) {
+                log::warn!(target: "events", "could not record gateway event {:?}: {e}", ev.code);
+                if e.is_retryable() {
+                    let mut q = lock(&self.events);
+                    q.push_front(ev);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capabilities v1
+
+/// The capabilities v1 object (PROTOCOL.md §9) around the providers object.
+pub fn capabilities(providers: Value, device_name: &str, install_full_control: bool) -> Value {
+    let model_ready = providers
+        .as_object()
+        .map(|m| m.values().any(provider_ready))
+        .unwrap_or(false);
+    let mut model_execution = json!({ "ready": model_ready });
+    if !model_ready {
+        model_execution["reason"] = json!("No gateway AI model provider is healthy");
+    }
+    let mut machine_control = json!({ "ready": install_full_control });
+    if !install_full_control {
+        machine_control["reason"] = json!("Gateway host machine control is disabled");
+    }
+    json!({
+        "schema_version": "v1",
+        "providers": providers,
+        "hosts": {
+            "gateway": {
+                "kind": "gateway",
+                "available": true,
+                "label": device_name,
+                "metadata": { "install_full_control_enabled": install_full_control }
+            }
+        },
+        "services": {
+            "model_execution": model_execution,
+            "remote_shell": { "ready": true },
+            "machine_control": machine_control,
+        },
+        "runtime": {
+            "platform": platform(),
+            "arch": arch(),
+            "node_version": RUST_VERSION,
+            "gateway_version": env!("CARGO_PKG_VERSION"),
+        }
+    })
+}
+
+fn provider_ready(p: &Value) -> bool {
+    let health = p.pointer("/health/status").and_then(Value::as_str);
+    if health == Some("healthy") {
+        return true;
+    }
+    p.get("available") == Some(&Value::Bool(true))
+        && !matches!(health, Some("unhealthy") | Some("unavailable"))
+}
+
+fn platform() -> &'static str {
+    match std::env::consts::OS {
+        "macos" => "darwin",
+        "windows" => "win32",
+        other => other,
+    }
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "x64",
+        "aarch64" => "arm64",
+        "x86" => "ia32",
+        other => other,
+    }
+}
+
+/// The host name (device name default).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "gateway".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let s = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    if s.is_empty() {
+        "gateway".into()
+    } else {
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time helpers
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn instant_to_rfc3339(t: Instant) -> String {
+    let ago = t.elapsed();
+    crate::util::rfc3339_millis(SystemTime::now() - ago)
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut ms = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        let mut digits: String = frac.chars().take(3).collect();
+        while digits.len() < 3 {
+            digits.push('0');
+        }
+        ms = digits.parse().ok()?;
+    }
+    let offset_min: i64 = match &s[i..] {
+        "Z" | "z" | "" => 0,
+        rest => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let r = &rest[1..];
+            let (oh, om) = if r.len() == 5 && r.as_bytes()[2] == b':' {
+                (r[0..2].parse::<i64>().ok()?, r[3..5].parse::<i64>().ok()?)
+            } else if r.len() == 4 {
+                (r[0..2].parse::<i64>().ok()?, r[2..4].parse::<i64>().ok()?)
+            } else if r.len() == 2 {
+                (r.parse::<i64>().ok()?, 0)
+            } else {
+                return None;
+            };
+            sign * (oh * 60 + om)
+        }
+    };
+    // days from civil (Howard Hinnant)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads
+
+struct Hooks {
+    shared: Arc<Shared>,
+}
+
+impl ReaderHooks for Hooks {
+    fn stop(&self) -> bool {
+        self.shared.shutdown.is_draining()
+    }
+    fn wait(&self, d: Duration) -> bool {
+        self.shared.shutdown.sleep(d)
+    }
+    fn subscribed(&self) {
+        let s = &self.shared;
+        let was_down = lock(&s.down_since).take();
+        s.realtime_up.store(true, Ordering::SeqCst);
+        *lock(&s.realtime_detail) = None;
+        let _ = s.reconcile_wake.try_send(());
+        if let Some(since) = was_down {
+            let mut last = lock(&s.last_reconnect_event);
+            if !last.is_some_and(|t| t.elapsed() <= Duration::from_secs(60)) {
+                *last = Some(Instant::now());
+                s.event(
+                    Level::Info,
+                    "realtime_reconnected",
+                    format!(
+                        "Realtime job channel reconnected after {} ms",
+                        since.elapsed().as_millis()
+                    ),
+                    json!({ "down_ms": since.elapsed().as_millis() as u64 }),
+                );
+            }
+        }
+        s.push_status(true);
+    }
+    fn record(&self, record: Value) {
+        match wire::decode_job(&record) {
+            Ok(job) => self.shared.offer(job),
+            Err(why) => {
+                let id = record.get("id").and_then(Value::as_str);
+                self.shared.log_malformed(id, &why, "realtime");
+            }
+        }
+    }
+    fn malformed(&self, what: &str) {
+        log::warn!(target: "realtime", "{what}");
+    }
+    fn disconnected(&self, reason: &str, retry_in: Duration) {
+        let s = &self.shared;
+        s.realtime_up.store(false, Ordering::SeqCst);
+        lock(&s.down_since).get_or_insert_with(Instant::now);
+        *lock(&s.realtime_detail) = Some(format!("realtime: {reason}"));
+        log::warn!(target: "realtime", "realtime channel down: {reason}; reconnecting in {} ms (jobs are still picked up by polling)", retry_in.as_millis());
+        s.push_status(true);
+    }
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}
+
+fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
+    let mut startup_done = false;
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        if s.shutdown.is_draining() {
+            return;
+        }
+        if !startup_done {
+            // Spooled results first (they win over recovery), then crash recovery.
+            s.flush_spool();
+            match s.recover_stale_jobs() {
+                Ok(()) => startup_done = true,
+                Err(e) => {
+                    log::warn!(target: "runtime", "crash recovery check failed, retrying: {e}")
+                }
+            }
+        } else if s.spool.len() > 0 {
+            s.flush_spool();
+        }
+        let before = *lock(&s.ingress);
+        match wire::reconcile(&s.session) {
+            Ok((jobs, bad)) => {
+                *lock(&s.last_reconcile_ok) = Some(Instant::now());
+                *lock(&s.ingress) = Ingress::Ok;
+                for (id, why) in bad {
+                    s.log_malformed(id.as_deref(), &why, "reconcile");
+                }
+                for j in jobs {
+                    s.offer(j);
+                }
+            }
+            Err(e) => {
+                *lock(&s.ingress) = Ingress::Failing;
+                if !last_error_log.is_some_and(|t| t.elapsed() <= Duration::from_secs(30)) {
+                    log::warn!(target: "ingress", "reconcile of queued jobs failed: {e}");
+                    last_error_log = Some(Instant::now());
+                }
+            }
+        }
+        if *lock(&s.ingress) != before || before == Ingress::Pending {
+            let _ = s.heartbeat_wake.try_send(());
+        }
+        s.push_status(true);
+        match wake.recv_timeout(s.tuning.reconcile) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if s.shutdown.sleep(s.tuning.reconcile) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
+    let mut last_sent: Option<&'static str> = None;
+    let mut next_tick = Instant::now();
+    loop {
+        if s.shutdown.is_draining() {
+            return;
+        }
+        let status = s.heartbeat_status();
+        let now = Instant::now();
+        if now >= next_tick || last_sent != Some(status) {
+            // A failed send is retried at the next tick, not in a loop.
+            s.send_heartbeat(status);
+            last_sent = Some(status);
+            next_tick = Instant::now() + s.tuning.heartbeat;
+            if let Ok(Some(cs)) = wire::control_state(&s.session) {
+                let team_fc = cs.get("full_control_enabled") == Some(&Value::Bool(true));
+                (s.status)(&|st: &mut RuntimeStatus| st.team_full_control = Some(team_fc));
+            }
+        }
+        s.send_events();
+        s.push_status(false);
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        // Also wake periodically to catch shutdown and status changes.
+        match wake.recv_timeout(wait.min(Duration::from_secs(1))) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if s.shutdown.sleep(wait.min(Duration::from_secs(1))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn worker_loop(s: Arc<Shared>, rx: Receiver<JobRow>) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(job) => {
+                let id = job.id.clone();
+                if s.accepting.load(Ordering::SeqCst) {
+                    s.process(job);
+                }
+                lock(&s.seen).remove(&id);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if s.shutdown.is_draining() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Waits up to `d` for a thread to finish; leaves it detached otherwise.
+fn join_within(h: JoinHandle<()>, d: Duration, what: &str) {
+    let deadline = Instant::now() + d;
+    while !h.is_finished() {
+        if Instant::now() >= deadline {
+            log::warn!(target: "runtime", "{what} did not stop within {} ms; leaving it", d.as_millis());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = h.join();
+}
+
+// ---------------------------------------------------------------------------------------------
+// run
+
 /// Runs until `ctx.shutdown` asks to stop and every thread has wound down. Returns Err with a
 /// human sentence when the runtime cannot start at all (for example not paired).
 pub fn run(ctx: RuntimeContext) -> Result<(), String> {
-    // Placeholder until Connect lands: idle until asked to stop.
-    while !ctx.shutdown.sleep(std::time::Duration::from_secs(3600)) {}
-    (ctx.status)(&|s| s.connection = "stopped".into());
+    let process_start_ms = unix_ms();
+    let settings = ctx.settings.clone();
+    let state = compat::load(&settings.paths)?.unwrap_or_default();
+    let (Some(gateway_id), Some(team_id), Some(access), Some(refresh)) = (
+        state.gateway_id.clone().filter(|s| !s.is_empty()),
+        state.team_id.clone().filter(|s| !s.is_empty()),
+        state.access_token.clone().filter(|s| !s.is_empty()),
+        state.refresh_token.clone().filter(|s| !s.is_empty()),
+    ) else {
+        return Err(format!(
+            "This gateway is not paired yet ({} has no session). Run `panorama-gateway pair <CODE>` first.",
+            settings.paths.config_path.display()
+        ));
+    };
+    let cfg: BackendConfig = compat::backend_config(&settings, Some(&state))?;
+    let tuning = Tuning::from_env();
+    let device_name = settings
+        .device_name
+        .clone()
+        .or(state.device_name.clone())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(hostname);
+    let session = Arc::new(Session::new(
+        crate::backend::new_agent(),
+        &cfg,
+        &gateway_id,
+        &team_id,
+        &access,
+        &refresh,
+        Box::new(FileTokenStore {
+            settings: settings.clone(),
+        }),
+    ));
+    let spool = Spool::open(&settings.paths.spool_dir)?;
+    log::info!(target: "runtime", "gateway starting gateway_id={gateway_id} team_id={team_id} device={device_name:?} concurrency={} backend={}", tuning.concurrency, cfg.url);
+    (ctx.status)(&|s: &mut RuntimeStatus| s.connection = "connecting".into());
+
+    // Session bootstrap: a refused refresh token is reported, not fatal (retried slowly).
+    if let Err(e) = session.access_token() {
+        log::warn!(target: "session", "session check at start failed: {e}");
+    }
+
+    let providers = Arc::new(Registry::discover(&settings.cli_overrides));
+    let children = Arc::new(Children::default());
+    let (queue_tx, queue_rx) = bounded::<JobRow>(tuning.queue_capacity);
+    let (rec_tx, rec_rx) = bounded::<()>(4);
+    let (hb_tx, hb_rx) = bounded::<()>(16);
+    let shared = Arc::new(Shared {
+        session: session.clone(),
+        shutdown: ctx.shutdown.clone(),
+        status: ctx.status.clone(),
+        tuning: tuning.clone(),
+        providers,
+        children: children.clone(),
+        spool,
+        device_name: device_name.clone(),
+        settings: settings.clone(),
+        process_start_ms,
+        accepting: AtomicBool::new(true),
+        seen: Mutex::new(HashSet::new()),
+        running: Mutex::new(HashMap::new()),
+        queue: queue_tx,
+        completed: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        realtime_up: AtomicBool::new(false),
+        realtime_detail: Mutex::new(None),
+        last_reconcile_ok: Mutex::new(None),
+        ingress: Mutex::new(Ingress::Pending),
+        reconcile_wake: rec_tx,
+        heartbeat_wake: hb_tx,
+        events: Mutex::new(VecDeque::new()),
+        malformed_logged: Mutex::new(HashSet::new()),
+        last_status_push: Mutex::new(None),
+        last_reconnect_event: Mutex::new(None),
+        down_since: Mutex::new(None),
+    });
+    shared.event(
+        Level::Info,
+        "gateway_started",
+        format!(
+            "Gateway {} started on {device_name} (concurrency {})",
+            env!("CARGO_PKG_VERSION"),
+            tuning.concurrency
+        ),
+        json!({ "version": env!("CARGO_PKG_VERSION"), "concurrency": tuning.concurrency, "pid": std::process::id() }),
+    );
+
+    let hb = {
+        let s = shared.clone();
+        spawn("heartbeat", move || heartbeat_loop(s, hb_rx))?
+    };
+    let mut workers = Vec::new();
+    for i in 0..tuning.concurrency {
+        let s = shared.clone();
+        let rx = queue_rx.clone();
+        workers.push(spawn(&format!("worker-{i}"), move || worker_loop(s, rx))?);
+    }
+    drop(queue_rx);
+    let rec = {
+        let s = shared.clone();
+        spawn("reconcile", move || reconcile_loop(s, rec_rx))?
+    };
+    let reader = {
+        let s = shared.clone();
+        spawn("realtime", move || {
+            let hooks = Hooks { shared: s.clone() };
+            realtime::run_reader(&s.session, &ReaderConfig::from_env(), &hooks);
+        })?
+    };
+    log::info!(target: "runtime", "gateway running");
+
+    // Watch the session state for the status file while waiting for the stop request.
+    let mut last_reauth = None;
+    while !ctx.shutdown.sleep(Duration::from_millis(500)) {
+        let r = session.reauth_reason();
+        if r != last_reauth {
+            if r.is_some() {
+                shared.event(
+                    Level::Error,
+                    "reauth_required",
+                    "The backend refused the gateway's refresh token; the gateway must be paired again".into(),
+                    json!({}),
+                );
+            }
+            last_reauth = r;
+            shared.push_status(true);
+            let _ = shared.heartbeat_wake.try_send(());
+        }
+    }
+
+    // ----- drain -----
+    let drain_start = Instant::now();
+    shared.accepting.store(false, Ordering::SeqCst);
+    log::info!(target: "runtime", "gateway shutting down mode=drain in_flight={} drain_timeout_ms={}", lock(&shared.running).len(), tuning.drain_timeout.as_millis());
+    shared.push_status(true);
+    join_within(reader, Duration::from_secs(3), "the realtime thread");
+    join_within(rec, Duration::from_secs(20), "the reconcile thread");
+    join_within(hb, Duration::from_secs(25), "the heartbeat thread");
+    // One status-change heartbeat (pending) while draining: the gateway stops taking jobs.
+    shared.send_heartbeat("pending");
+    let mut next_log = Instant::now();
+    loop {
+        let n = lock(&shared.running).len();
+        if n == 0 {
+            break;
+        }
+        if ctx.shutdown.is_immediate() || drain_start.elapsed() >= tuning.drain_timeout {
+            break;
+        }
+        if Instant::now() >= next_log {
+            let left = tuning.drain_timeout.saturating_sub(drain_start.elapsed());
+            log::info!(target: "runtime", "waiting for {n} job(s) to finish; they are stopped in {} s", left.as_secs());
+            next_log = Instant::now() + Duration::from_secs(5);
+        }
+        ctx.shutdown.wait_for(
+            crate::daemon::shutdown::Level::Immediate,
+            Duration::from_millis(100),
+        );
+    }
+    let left: Vec<(String, String)> = lock(&shared.running)
+        .iter()
+        .map(|(id, r)| (id.clone(), r.job_type.clone()))
+        .collect();
+    if !left.is_empty() {
+        log::warn!(target: "runtime", "drain over ({}), stopping {} running job(s)", if ctx.shutdown.is_immediate() { "second signal" } else { "timeout" }, left.len());
+        ctx.shutdown.request_immediate();
+        for r in lock(&shared.running).values() {
+            r.cancel.cancel();
+        }
+        children.kill_all(Duration::from_secs(2));
+        // Give the workers a moment to complete the stopped jobs themselves.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(&shared.running).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let stuck: Vec<(String, String)> = lock(&shared.running)
+            .iter()
+            .map(|(id, r)| (id.clone(), r.job_type.clone()))
+            .collect();
+        for (id, jt) in stuck {
+            log::warn!(target: "runtime", "job {id} did not stop; marking it failed");
+            let body = wire::completion_body(
+                "failed",
+                &Some(json!({ "message": SHUTDOWN_JOB_ERROR, "job_type": jt })),
+                &Some(SHUTDOWN_JOB_ERROR.into()),
+                &now_rfc3339(),
+            );
+            if let Err(e) = wire::complete(&shared.session, &id, &body) {
+                log::warn!(target: "runtime", "could not mark job {id} failed ({e}); spooling");
+                let _ = shared.spool.put(&id, &body);
+            }
+        }
+    }
+    for w in workers {
+        join_within(w, Duration::from_secs(2), "a worker thread");
+    }
+    shared.event(
+        Level::Info,
+        "gateway_stopped",
+        "Gateway stopped".into(),
+        json!({ "drain_ms": drain_start.elapsed().as_millis() as u64 }),
+    );
+    shared.send_events();
+    shared.send_heartbeat("offline");
+    (ctx.status)(&|s: &mut RuntimeStatus| s.connection = "stopped".into());
+    shared.push_status(true);
+    (ctx.status)(&|s: &mut RuntimeStatus| s.connection = "stopped".into());
+    log::info!(target: "runtime", "gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rfc3339_variants() {
+        let z = parse_rfc3339_ms("2026-11-29T20:41:00.123Z").unwrap();
+        assert_eq!(z, 1_795_984_860_123);
+        assert_eq!(parse_rfc3339_ms("2026-11-29T22:41:00.123+02:00"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2026-11-29 20:41:00.123456+00"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:00Z"), Some(z - 123));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        let now = now_rfc3339();
+        let back = parse_rfc3339_ms(&now).unwrap();
+        assert!(back.abs_diff(unix_ms()) < 5_000);
+    }
+
+    #[test]
+    fn capabilities_follow_schema_v1() {
+        let providers = json!({
+            "claude_code": {"available": true, "supports": {"output_schema": true, "stream_json": true, "tool_disable": true}},
+            "codex": {"available": false, "supports": {"output_schema": false, "stream_json": false, "tool_disable": false}},
+            "gemini": {"available": true, "health": {"status": "unhealthy", "check_type": "full", "checked_at": "x"},
+                       "supports": {"output_schema": false, "stream_json": true, "tool_disable": true}}
+        });
+        let c = capabilities(providers, "box", false);
+        assert_eq!(c["schema_version"], "v1");
+        assert_eq!(c["hosts"]["gateway"]["kind"], "gateway");
+        assert_eq!(c["hosts"]["gateway"]["label"], "box");
+        assert_eq!(c["services"]["model_execution"]["ready"], true);
+        assert_eq!(c["services"]["machine_control"]["ready"], false);
+        assert!(c["runtime"]["node_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("rust-"));
+        assert_eq!(c["runtime"]["gateway_version"], env!("CARGO_PKG_VERSION"));
+        let none = capabilities(json!({"codex": {"available": false}}), "b", true);
+        assert_eq!(none["services"]["model_execution"]["ready"], false);
+        assert_eq!(none["services"]["machine_control"]["ready"], true);
+    }
 }

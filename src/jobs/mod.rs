@@ -53,3 +53,39 @@ pub struct JobContext {
     pub cancel: CancelToken,
     pub shutdown: Shutdown,
 }
+
+/// Runs the handler for `job_type`. Unknown types fail with "Unsupported job type: X"
+/// (PROTOCOL.md §7). The worker catches panics around this call.
+pub fn dispatch(job_type: &str, payload: &Value, ctx: &JobContext) -> Outcome {
+    match job_type {
+        "diagnostic" => diagnostic::handle(payload, ctx),
+        "model_run" => model_run::handle(payload, ctx),
+        other => unsupported(other),
+    }
+}
+
+/// The outcome for a job type this gateway does not handle.
+pub fn unsupported(job_type: &str) -> Outcome {
+    Outcome {
+        status: FinalStatus::Failed,
+        result: Some(serde_json::json!({
+            "message": "Unsupported job type",
+            "job_type": job_type,
+        })),
+        error: Some(format!("Unsupported job type: {job_type}")),
+        debug: None,
+    }
+}
+
+/// The outcome for a handler that panicked or could not run (PROTOCOL.md §7).
+pub fn processing_failed(job_type: &str, message: &str) -> Outcome {
+    Outcome {
+        status: FinalStatus::Failed,
+        result: Some(serde_json::json!({
+            "message": "Gateway job processing failed",
+            "job_type": job_type,
+        })),
+        error: Some(message.to_string()),
+        debug: None,
+    }
+}
