@@ -1,3 +1,245 @@
 //! Logging to the log file: one line per event, `2026-11-24T20:41:00.123Z INFO  [component]
 //! message key=value`, tokens redacted, size-based rotation. Owner: Foundation (issue 2).
 //! Everyone logs with `log::info!(target: "component", "message key=value")`.
+//!
+//! This is a small `log::Log` implementation rather than simplelog: simplelog has neither
+//! size-based rotation nor a way to redact the formatted line, and its time format differs.
+//!
+//! Rotation: when a write would grow the file past the limit (10 MiB, or
+//! `PANORAMA_GATEWAY_LOG_MAX_BYTES`), `gateway.log.1` becomes `gateway.log.2`, the current file
+//! becomes `gateway.log.1` and a new `gateway.log` (0600) is started: 3 files at most. When the
+//! daemon's stdout/stderr point at the log (detached), they are moved to the new file too, so a
+//! panic message lands in the current log.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::config::secure;
+use crate::redact::redact;
+
+/// Default rotation size.
+pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Files kept: the current one plus `.1` and `.2`.
+pub const KEEP_FILES: usize = 3;
+
+struct Sink {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    max_bytes: u64,
+    /// stdout/stderr are the log file (detached daemon): follow rotations with dup2.
+    stdio_is_log: bool,
+}
+
+struct Logger {
+    level: LevelFilter,
+    also_stderr: bool,
+    sink: Mutex<Sink>,
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+fn max_bytes_from_env() -> u64 {
+    std::env::var("PANORAMA_GATEWAY_LOG_MAX_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| *n >= 1024)
+        .unwrap_or(DEFAULT_MAX_BYTES)
+}
+
+/// Path of rotated file number `n` (`gateway.log.1`).
+pub fn rotated_path(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+impl Sink {
+    fn open(&mut self) -> Result<(), String> {
+        let f = secure::open_append_secure(&self.path).map_err(|e| e.to_string())?;
+        self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if self.stdio_is_log {
+            // SAFETY: dup2 on valid descriptors; fds 1 and 2 are ours.
+            unsafe {
+                libc::dup2(f.as_raw_fd(), 1);
+                libc::dup2(f.as_raw_fd(), 2);
+            }
+        }
+        self.file = Some(f);
+        Ok(())
+    }
+
+    fn rotate(&mut self) {
+        self.file = None;
+        for n in (1..KEEP_FILES).rev() {
+            let from = if n == 1 {
+                self.path.clone()
+            } else {
+                rotated_path(&self.path, n - 1)
+            };
+            let _ = std::fs::rename(&from, rotated_path(&self.path, n));
+        }
+        if let Err(e) = self.open() {
+            eprintln!("panorama-gateway: cannot reopen log after rotation: {e}");
+        }
+    }
+
+    fn write_line(&mut self, line: &str) {
+        if self.file.is_none() {
+            // A previous reopen failed: try again now, the situation may have been fixed.
+            if self.open().is_err() {
+                return;
+            }
+        }
+        let len = line.len() as u64;
+        if self.size > 0 && self.size + len > self.max_bytes {
+            self.rotate();
+        }
+        if let Some(f) = self.file.as_mut() {
+            if f.write_all(line.as_bytes()).is_ok() {
+                self.size += len;
+            }
+        }
+    }
+}
+
+/// Component shown in brackets: the log target, without the crate prefix of module paths.
+fn component(target: &str) -> &str {
+    target
+        .strip_prefix("panorama_gateway::")
+        .or_else(|| target.strip_prefix("panorama_gateway"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or(target)
+}
+
+/// Formats one log line (with the trailing newline), redacted.
+pub fn format_line(t: SystemTime, level: Level, target: &str, msg: &str) -> String {
+    let mut msg = redact(msg);
+    // One event, one line: embedded newlines would break `logs` and line-based tools.
+    if msg.contains('\n') || msg.contains('\r') {
+        msg = msg.replace("\r\n", "\\n").replace(['\n', '\r'], "\\n");
+    }
+    format!(
+        "{} {:<5} [{}] {}\n",
+        crate::util::rfc3339_millis(t),
+        level.as_str(),
+        component(target),
+        msg
+    )
+}
+
+impl Log for Logger {
+    fn enabled(&self, m: &Metadata) -> bool {
+        let t = m.target();
+        // Dependencies are noisy at info/debug and may print request details.
+        let dep = t.starts_with("rustls")
+            || t.starts_with("ureq")
+            || t.starts_with("tungstenite")
+            || t.starts_with("webpki");
+        if dep {
+            m.level() <= Level::Warn
+        } else {
+            m.level() <= self.level
+        }
+    }
+
+    fn log(&self, r: &Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let line = format_line(
+            SystemTime::now(),
+            r.level(),
+            r.target(),
+            &r.args().to_string(),
+        );
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        sink.write_line(&line);
+        if self.also_stderr {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = sink.file.as_mut() {
+            let _ = f.flush();
+        }
+    }
+}
+
+/// Starts logging to `log_path` (created 0600; its directory must exist). `verbose` enables
+/// debug lines; `also_stderr` copies every line to stderr (foreground runs). Call once.
+pub fn init(log_path: &Path, verbose: bool, also_stderr: bool) -> Result<(), String> {
+    init_with(log_path, verbose, also_stderr, false)
+}
+
+/// Like [`init`]; `stdio_is_log` says stdout/stderr are the log file (detached daemon) and must
+/// follow it across rotation and reopen.
+pub fn init_with(
+    log_path: &Path,
+    verbose: bool,
+    also_stderr: bool,
+    stdio_is_log: bool,
+) -> Result<(), String> {
+    let mut sink = Sink {
+        path: log_path.to_path_buf(),
+        file: None,
+        size: 0,
+        max_bytes: max_bytes_from_env(),
+        stdio_is_log,
+    };
+    sink.open()?;
+    let level = if verbose {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
+    let logger = Logger {
+        level,
+        also_stderr,
+        sink: Mutex::new(sink),
+    };
+    if LOGGER.set(logger).is_err() {
+        return Err("logging was already initialised".into());
+    }
+    let l: &'static Logger = LOGGER.get().ok_or("logger missing after init")?;
+    log::set_logger(l).map_err(|e| format!("cannot install logger: {e}"))?;
+    log::set_max_level(level);
+    Ok(())
+}
+
+/// Reopens the log file (SIGHUP, after an external logrotate moved it away).
+pub fn reopen() {
+    if let Some(l) = LOGGER.get() {
+        let mut sink = l.sink.lock().unwrap_or_else(|e| e.into_inner());
+        sink.file = None;
+        if let Err(e) = sink.open() {
+            eprintln!("panorama-gateway: cannot reopen log file: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn line_format() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_984_860_123);
+        let l = format_line(t, Level::Info, "panorama_gateway::daemon", "started pid=5");
+        assert_eq!(l, "2026-11-29T20:41:00.123Z INFO  [daemon] started pid=5\n");
+        let l = format_line(t, Level::Warn, "session", "refresh failed token=abc\nnext");
+        assert_eq!(
+            l,
+            "2026-11-29T20:41:00.123Z WARN  [session] refresh failed token=[REDACTED]\\nnext\n"
+        );
+    }
+}

@@ -1,9 +1,83 @@
 //! One file per command: pair (issue 4), start, stop, status, logs, full_control, doctor
 //! (issue 2). `main_entry` parses, dispatches and maps errors to exit codes.
 
+pub mod doctor;
+pub mod full_control;
+pub mod logs;
+pub mod pair;
+pub mod start;
+pub mod status;
+pub mod stop;
+
+use crate::cli::{self, Command, Parsed};
+use crate::config;
+
 /// Parses the command line, runs the command, returns the process exit code.
 pub fn main_entry() -> i32 {
-    0
+    let parsed = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let (global, command) = match parsed {
+        Parsed::Help(text) => {
+            print!("{text}");
+            return 0;
+        }
+        Parsed::Version => {
+            println!("{}", cli::version_text());
+            return 0;
+        }
+        Parsed::Run { global, command } => (global, command),
+    };
+    // Env files first: they may set the path variables resolved below.
+    if let Err(e) =
+        config::envfile::load_requested(global.env_name.as_deref(), global.env_file.as_deref())
+    {
+        eprintln!("ERROR {e}");
+        return 1;
+    }
+    let settings = match config::resolve(&global.overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ERROR {e}");
+            return 1;
+        }
+    };
+    match command {
+        Command::Pair { code, no_start } => {
+            pair::run(&settings, &pair::PairArgs { code, no_start })
+        }
+        Command::Start {
+            foreground,
+            daemon,
+            daemon_child,
+        } => start::run(&settings, foreground, daemon, daemon_child),
+        Command::Stop {
+            force,
+            timeout_secs,
+        } => stop::run(&settings, force, timeout_secs),
+        Command::Status { json } => status::run(&settings, json),
+        Command::Logs { lines, follow } => logs::run(&settings, lines, follow),
+        Command::Doctor { json } => doctor::run(&settings, json),
+        Command::FullControl { action } => full_control::run(&settings, action),
+    }
 }
 
-pub mod pair;
+/// `~/x` for paths under the home directory (human output).
+pub fn display_path(p: &std::path::Path) -> String {
+    if let Some(h) = home::home_dir() {
+        if !h.as_os_str().is_empty() && h != std::path::Path::new("/") {
+            if let Ok(rest) = p.strip_prefix(&h) {
+                return if rest.as_os_str().is_empty() {
+                    "~".into()
+                } else {
+                    format!("~/{}", rest.display())
+                };
+            }
+        }
+    }
+    p.display().to_string()
+}

@@ -51,3 +51,243 @@ pub struct BackendConfig {
     pub url: String,
     pub anon_key: String,
 }
+
+pub mod envfile;
+pub mod secure;
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use state::GatewayState;
+
+/// Build-time defaults for the backend (none unless set when compiling).
+pub const DEFAULT_SUPABASE_URL: Option<&str> = option_env!("PANORAMA_DEFAULT_SUPABASE_URL");
+pub const DEFAULT_SUPABASE_ANON_KEY: Option<&str> =
+    option_env!("PANORAMA_DEFAULT_SUPABASE_ANON_KEY");
+
+/// What the command line said (flags only; the environment is consulted by [`resolve`]).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub verbose: bool,
+    pub config_dir: Option<PathBuf>,
+    pub config_path: Option<PathBuf>,
+    pub log_path: Option<PathBuf>,
+    pub pid_path: Option<PathBuf>,
+    pub claude_cli: Option<PathBuf>,
+    pub codex_cli: Option<PathBuf>,
+    pub gemini_cli: Option<PathBuf>,
+    pub supabase_url: Option<String>,
+    pub anon_key: Option<String>,
+    pub device_name: Option<String>,
+}
+
+/// The first non-empty environment variable of `names`.
+pub fn env_nonempty(names: &[&str]) -> Option<OsString> {
+    names
+        .iter()
+        .filter_map(std::env::var_os)
+        .find(|v| !v.is_empty())
+}
+
+fn env_string(names: &[&str]) -> Option<String> {
+    env_nonempty(names)
+        .map(|v| v.to_string_lossy().trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Makes a path absolute against the current directory (the daemon and its children must not
+/// depend on where the CLI was started).
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(p),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+fn pick_path(flag: &Option<PathBuf>, env: &str) -> Option<PathBuf> {
+    flag.clone()
+        .or_else(|| env_nonempty(&[env]).map(PathBuf::from))
+        .map(|p| absolute(&p))
+}
+
+/// A provider CLI override: a bare command name stays as is (looked up in PATH); a relative
+/// path with a slash is made absolute.
+fn pick_cli(flag: &Option<PathBuf>, envs: &[&str]) -> Option<PathBuf> {
+    let p = flag
+        .clone()
+        .or_else(|| env_nonempty(envs).map(PathBuf::from))?;
+    if p.components().count() > 1 {
+        Some(absolute(&p))
+    } else {
+        Some(p)
+    }
+}
+
+/// The default config dir, `~/.panorama/gateway`.
+pub fn default_config_dir() -> Result<PathBuf, String> {
+    match home::home_dir() {
+        Some(h) if !h.as_os_str().is_empty() => Ok(h.join(".panorama").join("gateway")),
+        _ => Err("cannot determine your home directory: set HOME, or pass --config-dir (or PANORAMA_GATEWAY_CONFIG_DIR)".into()),
+    }
+}
+
+/// Resolves paths and settings: flag > environment > default.
+pub fn resolve(o: &Overrides) -> Result<Settings, String> {
+    let config_dir = match pick_path(&o.config_dir, "PANORAMA_GATEWAY_CONFIG_DIR") {
+        Some(d) => d,
+        None => default_config_dir()?,
+    };
+    let config_path = pick_path(&o.config_path, "PANORAMA_GATEWAY_CONFIG_PATH")
+        .unwrap_or_else(|| config_dir.join("gateway.json"));
+    let state_dir = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| config_dir.clone());
+    let log_path = pick_path(&o.log_path, "PANORAMA_GATEWAY_LOG_PATH")
+        .unwrap_or_else(|| state_dir.join("gateway.log"));
+    let pid_path = pick_path(&o.pid_path, "PANORAMA_GATEWAY_PID_PATH")
+        .unwrap_or_else(|| state_dir.join("gateway.pid"));
+    let status_path = status_path_for(&pid_path);
+    let spool_dir = config_dir.join("spool");
+    let flag_str = |v: &Option<String>| {
+        v.as_ref()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    Ok(Settings {
+        paths: Paths {
+            config_dir,
+            config_path,
+            log_path,
+            pid_path,
+            status_path,
+            spool_dir,
+        },
+        verbose: o.verbose,
+        device_name: flag_str(&o.device_name)
+            .or_else(|| env_string(&["PANORAMA_GATEWAY_DEVICE_NAME"])),
+        cli_overrides: CliOverrides {
+            claude: pick_cli(&o.claude_cli, &["PANORAMA_CLAUDE_CLI", "CLAUDE_CLI"]),
+            codex: pick_cli(&o.codex_cli, &["PANORAMA_CODEX_CLI", "CODEX_CLI"]),
+            gemini: pick_cli(&o.gemini_cli, &["PANORAMA_GEMINI_CLI", "GEMINI_CLI"]),
+        },
+        supabase_url: flag_str(&o.supabase_url)
+            .or_else(|| env_string(&["SUPABASE_URL", "PANORAMA_SUPABASE_URL"])),
+        anon_key: flag_str(&o.anon_key).or_else(|| {
+            env_string(&[
+                "SUPABASE_ANON_KEY",
+                "PANORAMA_SUPABASE_ANON_KEY",
+                "SUPABASE_PUBLISHABLE_KEY",
+            ])
+        }),
+    })
+}
+
+/// `gateway.status.json` beside the pid file: it describes the daemon that holds that pid lock.
+pub fn status_path_for(pid_path: &Path) -> PathBuf {
+    let dir = pid_path.parent().unwrap_or(Path::new("/"));
+    match pid_path.file_name().and_then(|n| n.to_str()) {
+        Some("gateway.pid") | None => dir.join("gateway.status.json"),
+        Some(n) => dir.join(format!("{}.status.json", n.trim_end_matches(".pid"))),
+    }
+}
+
+fn nonblank(v: Option<&str>) -> Option<String> {
+    v.map(str::trim).filter(|s| !s.is_empty()).map(String::from)
+}
+
+/// The backend to use: flag/environment (already in `settings`) > saved at pairing >
+/// build-time default. The error lists exactly what to set.
+pub fn backend_config(
+    settings: &Settings,
+    state: Option<&GatewayState>,
+) -> Result<BackendConfig, String> {
+    let url = nonblank(settings.supabase_url.as_deref())
+        .or_else(|| nonblank(state.and_then(|s| s.supabase_url.as_deref())))
+        .or_else(|| nonblank(DEFAULT_SUPABASE_URL));
+    let key = nonblank(settings.anon_key.as_deref())
+        .or_else(|| nonblank(state.and_then(|s| s.supabase_anon_key.as_deref())))
+        .or_else(|| nonblank(DEFAULT_SUPABASE_ANON_KEY));
+    let mut missing = Vec::new();
+    if url.is_none() {
+        missing.push("the backend URL: --supabase-url or SUPABASE_URL (or PANORAMA_SUPABASE_URL)");
+    }
+    if key.is_none() {
+        missing.push("the anon key: --anon-key or SUPABASE_ANON_KEY (or PANORAMA_SUPABASE_ANON_KEY, SUPABASE_PUBLISHABLE_KEY)");
+    }
+    match (url, key) {
+        (Some(url), Some(anon_key)) => {
+            let url = url.trim_end_matches('/').to_string();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "invalid backend URL {url:?}: it must start with https:// (or http:// for a local backend); set --supabase-url or SUPABASE_URL"
+                ));
+            }
+            Ok(BackendConfig { url, anon_key })
+        }
+        _ => Err(format!(
+            "missing backend configuration: set {} (flags, environment, or an env file via --env-file); this build has no built-in defaults",
+            missing.join(" and ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: Option<&str>, key: Option<&str>) -> Settings {
+        let mut s = resolve(&Overrides {
+            config_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        s.supabase_url = url.map(String::from);
+        s.anon_key = key.map(String::from);
+        s
+    }
+
+    #[test]
+    fn backend_precedence() {
+        let saved = GatewayState {
+            supabase_url: Some("http://saved/".into()),
+            supabase_anon_key: Some("savedkey".into()),
+            ..Default::default()
+        };
+        let b = backend_config(&settings(None, None), Some(&saved)).unwrap();
+        assert_eq!(b.url, "http://saved");
+        assert_eq!(b.anon_key, "savedkey");
+        let b = backend_config(&settings(Some("https://flag"), None), Some(&saved)).unwrap();
+        assert_eq!(b.url, "https://flag");
+        assert_eq!(b.anon_key, "savedkey");
+        if DEFAULT_SUPABASE_URL.is_none() {
+            let e = backend_config(&settings(None, Some("k")), None).unwrap_err();
+            assert!(
+                e.contains("SUPABASE_URL") && !e.contains("SUPABASE_ANON_KEY"),
+                "{e}"
+            );
+        }
+        let e = backend_config(&settings(Some("ftp://x"), Some("k")), None).unwrap_err();
+        assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn paths_follow_config_path() {
+        let s = resolve(&Overrides {
+            config_dir: Some("/tmp/cd".into()),
+            config_path: Some("/tmp/other/g.json".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.paths.log_path, PathBuf::from("/tmp/other/gateway.log"));
+        assert_eq!(s.paths.pid_path, PathBuf::from("/tmp/other/gateway.pid"));
+        assert_eq!(
+            s.paths.status_path,
+            PathBuf::from("/tmp/other/gateway.status.json")
+        );
+        assert_eq!(s.paths.spool_dir, PathBuf::from("/tmp/cd/spool"));
+    }
+}

@@ -34,4 +34,13 @@ pub struct RuntimeStatus {
     /// Results waiting in the spool for the backend to accept them.
     #[serde(default)]
     pub results_spooled: u64,
+    /// `started_at` as seconds since the epoch (uptime without parsing dates).
+    #[serde(default)]
+    pub started_at_unix: u64,
+    /// The install-level toggle as the daemon last read it from gateway.json.
+    #[serde(default)]
+    pub full_control_enabled: Option<bool>,
+    /// Set while the daemon drains before restarting into an upgraded binary.
+    #[serde(default)]
+    pub restart_pending: bool,
 }

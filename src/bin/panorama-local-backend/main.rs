@@ -1,5 +1,248 @@
 //! panorama-local-backend: a Supabase-compatible emulator of the Panorama backend, for tests,
 //! benchmarks and first runs. Self-contained: it does not use the gateway's modules.
-//! Owner: Local backend (issue 3).
+//! Owner: Local backend (issue 3). See docs/README-local-backend.md.
+//!
+//! One loopback port serves GoTrue (`/auth/v1`), PostgREST (`/rest/v1`), Edge Functions
+//! (`/functions/v1`), Realtime (`/realtime/v1/websocket`) and the emulator's admin API
+//! (`/admin/v1`: faults and stats). Threads, no async runtime.
 
-fn main() {}
+mod app;
+mod auth;
+mod faults;
+mod functions;
+mod http;
+mod jwt;
+mod postgrest;
+mod query;
+mod realtime;
+mod rls;
+mod router;
+mod store;
+mod util;
+mod ws;
+
+use app::{App, Config};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+const USAGE: &str = "usage: panorama-local-backend [--listen 127.0.0.1:54321] [--data FILE] \
+[--access-token-ttl SECS] [--jwt-secret S] [--pairing-code-ttl SECS] [--refresh-reuse-secs SECS] [-v]";
+
+struct Args {
+    listen: String,
+    data: Option<PathBuf>,
+    access_ttl: u64,
+    jwt_secret: Option<String>,
+    pairing_ttl: u64,
+    refresh_reuse: u64,
+    verbose: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut a = Args {
+        listen: "127.0.0.1:54321".into(),
+        data: None,
+        access_ttl: 3600,
+        jwt_secret: None,
+        pairing_ttl: 600,
+        refresh_reuse: 10,
+        verbose: false,
+    };
+    let mut p = lexopt::Parser::from_env();
+    let num = |v: std::ffi::OsString, flag: &str| -> Result<u64, String> {
+        v.to_string_lossy()
+            .parse::<u64>()
+            .map_err(|_| format!("{flag} needs a whole number of seconds"))
+    };
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("listen") => {
+                a.listen = p
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .to_string_lossy()
+                    .into()
+            }
+            Long("data") => a.data = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("access-token-ttl") => {
+                a.access_ttl = num(p.value().map_err(|e| e.to_string())?, "--access-token-ttl")?;
+                if a.access_ttl == 0 {
+                    return Err("--access-token-ttl must be at least 1 second".into());
+                }
+            }
+            Long("jwt-secret") => {
+                let s: String = p
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .to_string_lossy()
+                    .into();
+                if s.len() < 16 {
+                    return Err("--jwt-secret must be at least 16 characters".into());
+                }
+                a.jwt_secret = Some(s);
+            }
+            Long("pairing-code-ttl") => {
+                a.pairing_ttl = num(p.value().map_err(|e| e.to_string())?, "--pairing-code-ttl")?
+            }
+            Long("refresh-reuse-secs") => {
+                a.refresh_reuse = num(
+                    p.value().map_err(|e| e.to_string())?,
+                    "--refresh-reuse-secs",
+                )?
+            }
+            Short('v') | Long("verbose") => a.verbose = true,
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unexpected argument {}", other.unexpected())),
+        }
+    }
+    Ok(a)
+}
+
+/// Blocks SIGTERM/SIGINT in every thread (call before spawning any) and returns the set.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-mask calls on a zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: sigwait on a valid, blocked signal set.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+    sig
+}
+
+fn persist(app: &App) {
+    if let Some(path) = &app.cfg.data_path {
+        if app.dirty.swap(false, Ordering::SeqCst) {
+            let bytes = app.db().snapshot_json();
+            if let Err(e) = store::write_atomic(path, &bytes) {
+                app.dirty.store(true, Ordering::SeqCst);
+                log::error!(target: "store", "cannot write data file path={} error={e}; will retry", path.display());
+            }
+        }
+    }
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("panorama-local-backend: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let level = if args.verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    };
+    let log_cfg = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .build();
+    let _ = simplelog::WriteLogger::init(level, log_cfg, std::io::stderr());
+
+    let sigset = block_signals();
+
+    let mut db = match &args.data {
+        Some(p) if p.exists() => match store::Db::load(p) {
+            Ok(db) => db,
+            Err(e) => {
+                eprintln!("panorama-local-backend: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => store::Db::new(),
+    };
+    let secret = match (&args.jwt_secret, &db.jwt_secret) {
+        (Some(s), _) => s.clone(),
+        (None, Some(saved)) => saved.clone(),
+        (None, None) => {
+            let s = util::random_token(32);
+            if args.data.is_some() {
+                // Keep keys and tokens valid across restarts of a persistent backend.
+                db.jwt_secret = Some(s.clone());
+            }
+            s
+        }
+    };
+    let listener = match TcpListener::bind(&args.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "panorama-local-backend: cannot listen on {}: {e}; pick another address with --listen (port 0 picks a free port)",
+                args.listen
+            );
+            std::process::exit(1);
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("panorama-local-backend: cannot read the bound address: {e}");
+            std::process::exit(1);
+        }
+    };
+    let app = Arc::new(App::new(
+        Config {
+            access_ttl_secs: args.access_ttl,
+            pairing_ttl_secs: args.pairing_ttl,
+            refresh_reuse_secs: args.refresh_reuse,
+            data_path: args.data.clone(),
+        },
+        secret.into_bytes(),
+        db,
+    ));
+    if args.data.is_some() {
+        app.mark_dirty();
+        persist(&app);
+        let a = app.clone();
+        let _ = std::thread::Builder::new()
+            .name("persist".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(200));
+                persist(&a);
+            });
+    }
+    {
+        let a = app.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || http::serve(a, listener))
+        {
+            eprintln!("panorama-local-backend: cannot start the accept thread: {e}");
+            std::process::exit(1);
+        }
+    }
+    log::info!(target: "main", "listening addr={addr} data={}", args.data.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "memory".into()));
+    let line = serde_json::json!({
+        "url": format!("http://{addr}"),
+        "anon_key": app.anon_key,
+        "service_role_key": app.service_key,
+    });
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+
+    let sig = wait_signal(&sigset);
+    log::info!(target: "main", "stopping signal={sig}");
+    persist(&app);
+    app.hub.drop_all();
+    std::process::exit(0);
+}
