@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use crate::backend::functions::exchange_pairing_code;
+use crate::config::state;
 use crate::config::Settings;
-use crate::daemon::runtime::{compat, hostname};
+use crate::daemon::runtime::hostname;
 
 /// Parsed `pair` arguments (parsing: Foundation's cli.rs).
 #[derive(Debug, Clone, Default)]
@@ -22,7 +23,7 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
         eprintln!("Get a code in Panorama (team settings → gateways → pair a gateway).");
         return 2;
     }
-    let existing = match compat::load(&settings.paths) {
+    let existing = match state::load(&settings.paths.config_path) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -31,7 +32,7 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
             return 1;
         }
     };
-    let cfg = match compat::backend_config(settings, existing.as_ref()) {
+    let cfg = match crate::config::backend_config(settings, existing.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("Missing Supabase configuration for pairing: {e}");
@@ -53,7 +54,7 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
                 return 1;
             }
         };
-    let saved = compat::update(&settings.paths, |s| {
+    let saved = state::update(&settings.paths.config_path, |s| {
         s.supabase_url = Some(cfg.url.clone());
         s.supabase_anon_key = Some(cfg.anon_key.clone());
         s.access_token = Some(pairing.access_token.clone());
@@ -106,6 +107,6 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
     }
 }
 
-fn start_daemon(_settings: &Settings) -> Result<u32, String> {
-    Err("starting in the background is not available in this build yet".into())
+fn start_daemon(settings: &Settings) -> Result<u32, String> {
+    crate::commands::start::start_background(settings)
 }

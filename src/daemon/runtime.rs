@@ -95,79 +95,20 @@ struct FileTokenStore {
 impl TokenStore for FileTokenStore {
     fn save(&self, access_token: &str, refresh_token: &str) -> Result<(), String> {
         let (a, r) = (access_token.to_string(), refresh_token.to_string());
-        compat::update(&self.settings.paths, move |s: &mut GatewayState| {
-            s.access_token = Some(a.clone());
-            s.refresh_token = Some(r.clone());
-        })
+        crate::config::state::update(
+            &self.settings.paths.config_path,
+            move |s: &mut GatewayState| {
+                s.access_token = Some(a);
+                s.refresh_token = Some(r);
+            },
+        )
         .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     fn load(&self) -> Option<(String, String)> {
-        let s = compat::load(&self.settings.paths).ok()??;
+        let s = crate::config::state::load(&self.settings.paths.config_path).ok()??;
         Some((s.access_token?, s.refresh_token?))
-    }
-}
-
-/// Stand-ins for Foundation's `config::state::{load, update}` and `config::backend_config`
-/// until they are merged (same shapes); removed after the merge.
-pub(crate) mod compat {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-
-    use crate::config::state::GatewayState;
-    use crate::config::{BackendConfig, Paths, Settings};
-
-    pub fn load(paths: &Paths) -> Result<Option<GatewayState>, String> {
-        match std::fs::read(&paths.config_path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| format!("{} is not valid JSON: {e}", paths.config_path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", paths.config_path.display())),
-        }
-    }
-
-    pub fn update<F: FnOnce(&mut GatewayState)>(
-        paths: &Paths,
-        f: F,
-    ) -> Result<GatewayState, String> {
-        let mut st = load(paths)?.unwrap_or_default();
-        f(&mut st);
-        let _ = std::fs::create_dir_all(&paths.config_dir);
-        let tmp = paths.config_path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(&st).map_err(|e| e.to_string())?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        file.write_all(&data)
-            .and_then(|_| file.sync_all())
-            .and_then(|_| std::fs::rename(&tmp, &paths.config_path))
-            .map_err(|e| format!("cannot write {}: {e}", paths.config_path.display()))?;
-        Ok(st)
-    }
-
-    pub fn backend_config(
-        settings: &Settings,
-        state: Option<&GatewayState>,
-    ) -> Result<BackendConfig, String> {
-        let url = settings
-            .supabase_url
-            .clone()
-            .or_else(|| state.and_then(|s| s.supabase_url.clone()))
-            .ok_or("Missing Supabase configuration: set SUPABASE_URL or --supabase-url")?;
-        let anon_key = settings
-            .anon_key
-            .clone()
-            .or_else(|| state.and_then(|s| s.supabase_anon_key.clone()))
-            .ok_or("Missing Supabase configuration: set SUPABASE_ANON_KEY or --anon-key")?;
-        Ok(BackendConfig {
-            url: url.trim_end_matches('/').to_string(),
-            anon_key,
-        })
     }
 }
 
@@ -582,7 +523,7 @@ impl Shared {
     }
 
     fn heartbeat_body(&self, status: &str) -> Value {
-        let install_fc = compat::load(&self.settings.paths)
+        let install_fc = crate::config::state::load(&self.settings.paths.config_path)
             .ok()
             .flatten()
             .map(|s| s.full_control_enabled)
@@ -1001,7 +942,9 @@ fn join_within(h: JoinHandle<()>, d: Duration, what: &str) {
 pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     let process_start_ms = unix_ms();
     let settings = ctx.settings.clone();
-    let state = compat::load(&settings.paths)?.unwrap_or_default();
+    let state = crate::config::state::load(&settings.paths.config_path)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
     let (Some(gateway_id), Some(team_id), Some(access), Some(refresh)) = (
         state.gateway_id.clone().filter(|s| !s.is_empty()),
         state.team_id.clone().filter(|s| !s.is_empty()),
@@ -1013,7 +956,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             settings.paths.config_path.display()
         ));
     };
-    let cfg: BackendConfig = compat::backend_config(&settings, Some(&state))?;
+    let cfg: BackendConfig = crate::config::backend_config(&settings, Some(&state))?;
     let tuning = Tuning::from_env();
     let device_name = settings
         .device_name
@@ -1163,7 +1106,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         .map(|(id, r)| (id.clone(), r.job_type.clone()))
         .collect();
     if !left.is_empty() {
-        log::warn!(target: "runtime", "drain over ({}), stopping {} running job(s)", if ctx.shutdown.is_immediate() { "second signal" } else { "timeout" }, left.len());
+        log::warn!(target: "runtime", "drain over ({}), stopping {} running job(s)", if drain_start.elapsed() >= tuning.drain_timeout { "timeout" } else { "stop requested now" }, left.len());
         ctx.shutdown.request_immediate();
         for r in lock(&shared.running).values() {
             r.cancel.cancel();
