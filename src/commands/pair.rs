@@ -94,6 +94,15 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
         println!("Next: run `panorama-gateway start` to connect this gateway.");
         return 0;
     }
+    if let Ok(crate::daemon::pidfile::PidState::Running(pid)) =
+        crate::daemon::pidfile::probe(&settings.paths.pid_path)
+    {
+        println!("A gateway is already running (pid {pid}) with the previous pairing.");
+        println!(
+            "Restart it to use the new one: `panorama-gateway stop && panorama-gateway start`."
+        );
+        return 0;
+    }
     match start_daemon(settings) {
         Ok(pid) => {
             println!("Gateway started in the background (pid {pid}). Check it with `panorama-gateway status`.");

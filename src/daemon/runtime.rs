@@ -90,6 +90,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Persists rotated tokens into gateway.json (read-modify-write, unknown keys kept).
 struct FileTokenStore {
     settings: Settings,
+    gateway_id: String,
 }
 
 impl TokenStore for FileTokenStore {
@@ -108,6 +109,10 @@ impl TokenStore for FileTokenStore {
 
     fn load(&self) -> Option<(String, String)> {
         let s = crate::config::state::load(&self.settings.paths.config_path).ok()??;
+        // Tokens of another pairing (a new gateway id) are no use to this process.
+        if s.gateway_id.as_deref() != Some(self.gateway_id.as_str()) {
+            return None;
+        }
         Some((s.access_token?, s.refresh_token?))
     }
 }
@@ -973,6 +978,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         &refresh,
         Box::new(FileTokenStore {
             settings: settings.clone(),
+            gateway_id: gateway_id.clone(),
         }),
     ));
     let spool = Spool::open(&settings.paths.spool_dir)?;
@@ -1077,6 +1083,8 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     shared.accepting.store(false, Ordering::SeqCst);
     log::info!(target: "runtime", "gateway shutting down mode=drain in_flight={} drain_timeout_ms={}", lock(&shared.running).len(), tuning.drain_timeout.as_millis());
     shared.push_status(true);
+    let _ = shared.reconcile_wake.try_send(());
+    let _ = shared.heartbeat_wake.try_send(());
     join_within(reader, Duration::from_secs(3), "the realtime thread");
     join_within(rec, Duration::from_secs(20), "the reconcile thread");
     join_within(hb, Duration::from_secs(25), "the heartbeat thread");

@@ -1,0 +1,135 @@
+//! pair → start → jobs complete → stop, against the local backend (real processes).
+
+mod connect_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use connect_support::*;
+use serde_json::json;
+
+#[test]
+fn pair_start_job_stop_and_backend_sees_ready_then_offline() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    let (code, team) = b.pairing_code(None);
+
+    let state = gw.pair(&code);
+    assert_eq!(state["teamId"], team.as_str());
+    assert_eq!(state["deviceName"], "test-box");
+    assert_eq!(state["supabaseUrl"], b.url.as_str());
+    assert!(state["accessToken"].as_str().unwrap().split('.').count() == 3);
+    assert!(!state["refreshToken"].as_str().unwrap().is_empty());
+    let mode = std::fs::metadata(gw.config_dir().join("gateway.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "gateway.json must be owner-only");
+    let gid = gw.gateway_id();
+
+    // The code is single-use: a second pair with it fails with the backend's message.
+    let other = Gateway::new(&b);
+    let (rc, out, err) = other.run(&["pair", &code, "--no-start"]);
+    assert_eq!(rc, 1, "reusing a code must fail: {out} {err}");
+    assert!(err.contains("Pairing failed"), "{err}");
+
+    let (rc, _, _) = gw.run(&["status"]);
+    assert_eq!(rc, 3, "status before start: not running");
+
+    gw.start();
+    let row = wait_for("team_gateways ready", Duration::from_secs(20), || {
+        let r = b.gateway_row(&gid);
+        (r["status"] == "ready").then_some(r)
+    });
+    assert_eq!(row["device_name"], "test-box");
+    assert_eq!(row["capabilities"]["schema_version"], "v1");
+    assert_eq!(row["capabilities"]["hosts"]["gateway"]["available"], true);
+    assert!(row["capabilities"]["runtime"]["node_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("rust-"));
+
+    wait_for("status exit 0 (connected)", Duration::from_secs(20), || {
+        (gw.run(&["status"]).0 == 0).then_some(())
+    });
+
+    // A job type without a handler fails fast with the contract's message.
+    let id = b.insert_job(&team, &gid, "noop", json!({}));
+    let j = wait_job_done(&b, &id, Duration::from_secs(20));
+    assert_eq!(j["status"], "failed");
+    assert_eq!(j["error"], "Unsupported job type: noop");
+    assert_eq!(j["result"]["message"], "Unsupported job type");
+    assert_eq!(j["result"]["job_type"], "noop");
+    assert!(j["started_at"].is_string() && j["completed_at"].is_string());
+
+    // Jobs for another gateway of the team are not touched.
+    let (code2, _) = b.pairing_code(Some(&team));
+    let gw2 = Gateway::new(&b);
+    gw2.pair(&code2);
+    let other_id = b.insert_job(&team, &gw2.gateway_id(), "noop", json!({}));
+    let mine = b.insert_job(&team, &gid, "noop", json!({}));
+    wait_job_done(&b, &mine, Duration::from_secs(20));
+    assert_eq!(b.job(&other_id)["status"], "queued");
+
+    let st = wait_for(
+        "jobs counted in the status file",
+        Duration::from_secs(10),
+        || {
+            let s = gw.status_file();
+            (s["jobs_failed"].as_u64() >= Some(2)).then_some(s)
+        },
+    );
+    assert_eq!(st["connection"], "connected");
+
+    let exit = gw.stop(Duration::from_secs(30));
+    assert_eq!(exit.code(), Some(0), "clean stop exits 0\n{}", gw.log());
+    assert_eq!(b.gateway_row(&gid)["status"], "offline");
+    assert!(
+        !gw.config_dir().join("gateway.pid").exists(),
+        "pid file removed"
+    );
+    let (rc, _, _) = gw.run(&["status"]);
+    assert_eq!(rc, 3, "status after stop: not running");
+
+    let codes: Vec<String> = b
+        .events(&gid)
+        .iter()
+        .filter_map(|e| e["code"].as_str().map(String::from))
+        .collect();
+    assert!(codes.contains(&"gateway_started".to_string()), "{codes:?}");
+    assert!(codes.contains(&"gateway_stopped".to_string()), "{codes:?}");
+}
+
+#[test]
+fn pair_reports_unreachable_backend_and_bad_codes() {
+    let b = Backend::start();
+    let gw = Gateway::new(&b);
+    let (rc, _, err) = gw.run(&["pair", "NOPE-0000", "--no-start"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("Pairing failed"), "{err}");
+    assert!(
+        !gw.config_dir().join("gateway.json").exists(),
+        "nothing saved on failure"
+    );
+
+    let mut dead = Gateway::new(&b);
+    dead.url = "http://127.0.0.1:9".into();
+    let (rc, _, err) = dead.run(&["pair", "ABCD-1234", "--no-start"]);
+    assert_eq!(rc, 1);
+    assert!(
+        err.contains("Could not reach the Panorama backend"),
+        "{err}"
+    );
+
+    let (rc, _, err) = gw.run(&["pair", "  ", "--no-start"]);
+    assert_eq!(rc, 2, "{err}");
+}
+
+#[test]
+fn start_without_pairing_fails_clearly() {
+    let b = Backend::start();
+    let gw = Gateway::new(&b);
+    let (rc, out, err) = gw.run(&["start", "--foreground"]);
+    assert_eq!(rc, 1, "{out}{err}");
+    assert!(format!("{out}{err}").contains("pair"), "{out}{err}");
+}

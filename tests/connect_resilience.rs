@@ -1,0 +1,280 @@
+//! The gateway against a misbehaving backend: realtime drops, 503 bursts and delays, expired
+//! access tokens, revoked refresh tokens, malformed rows, crash recovery and the result spool.
+
+mod connect_support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use connect_support::*;
+use serde_json::{json, Value};
+
+fn gateway_log(gw: &Gateway) -> String {
+    std::fs::read_to_string(gw.config_dir().join("gateway.log")).unwrap_or_default()
+}
+
+fn started_gateway(b: &Backend) -> (Gateway, String, String) {
+    let mut gw = Gateway::new(b);
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    gw.start();
+    wait_for("gateway ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    (gw, gid, team)
+}
+
+/// How many times the gateway started each job (from its log).
+fn starts_per_job(gw: &Gateway) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for line in gateway_log(gw).lines() {
+        if let Some(rest) = line.split("job started id=").nth(1) {
+            let id = rest.split_whitespace().next().unwrap_or("").to_string();
+            *m.entry(id).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+fn assert_alive(gw: &mut Gateway) {
+    let child = gw.daemon.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the gateway died\n{}",
+        gateway_log(gw)
+    );
+}
+
+#[test]
+fn realtime_dropped_20_times_while_200_jobs_arrive_every_job_runs_exactly_once() {
+    let b = Backend::start();
+    let (mut gw, gid, team) = started_gateway(&b);
+    let mut ids = Vec::new();
+    std::thread::scope(|s| {
+        let dropper = s.spawn(|| {
+            for _ in 0..20 {
+                b.fault(json!({"drop_realtime": true}));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        for i in 0..200 {
+            ids.push(b.insert_job(&team, &gid, "noop", json!({ "n": i })));
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        dropper.join().unwrap();
+    });
+    for id in &ids {
+        let j = wait_job_done(&b, id, Duration::from_secs(60));
+        assert_eq!(j["error"], "Unsupported job type: noop", "job {id}: {j}");
+    }
+    let starts = starts_per_job(&gw);
+    for id in &ids {
+        assert_eq!(starts.get(id), Some(&1), "job {id} must run exactly once");
+    }
+    assert!(
+        b.stats()["joins"].as_u64().unwrap() >= 2,
+        "the gateway rejoined"
+    );
+    assert_alive(&mut gw);
+    // Back to normal: realtime reconnects and the gateway says so.
+    wait_for("connected again", Duration::from_secs(40), || {
+        (gw.status_file()["connection"] == "connected").then_some(())
+    });
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn rest_and_function_503_bursts_and_delays_do_not_lose_jobs() {
+    let b = Backend::start();
+    let (mut gw, gid, team) = started_gateway(&b);
+    b.fault(json!({"fail_next": {"count": 60, "status": 503, "paths": "rest|functions"}}));
+    b.fault(json!({"delay_next": {"count": 20, "ms": 300, "paths": "rest|functions"}}));
+    let ids: Vec<String> = (0..20)
+        .map(|i| b.insert_job(&team, &gid, "noop", json!({ "n": i })))
+        .collect();
+    for id in &ids {
+        let j = wait_job_done(&b, id, Duration::from_secs(60));
+        assert_eq!(j["status"], "failed");
+        assert_eq!(j["error"], "Unsupported job type: noop");
+    }
+    let starts = starts_per_job(&gw);
+    for id in &ids {
+        assert_eq!(starts.get(id), Some(&1), "job {id} must run exactly once");
+    }
+    let injected = b.stats()["faults_injected"].as_u64().unwrap();
+    let absorbed = b.harness_5xx.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        injected >= absorbed + 10,
+        "the gateway met the faults: {injected} injected, {absorbed} absorbed by the harness"
+    );
+    assert_alive(&mut gw);
+    wait_for("ready again", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn expired_access_tokens_are_refreshed_and_the_rotation_is_persisted() {
+    // Short-lived tokens: the gateway refreshes ahead of expiry, and once more after the
+    // backend refuses every token issued so far.
+    let b = Backend::start_with(&["--access-token-ttl", "6"]);
+    let (mut gw, gid, team) = started_gateway(&b);
+    let first_rt = gw.state()["refreshToken"].as_str().unwrap().to_string();
+    let mut ids = vec![b.insert_job(&team, &gid, "noop", json!({}))];
+    wait_for("a proactive refresh", Duration::from_secs(20), || {
+        (gw.state()["refreshToken"].as_str() != Some(first_rt.as_str())).then_some(())
+    });
+    b.fault(json!({"expire_access_tokens": true}));
+    let before = b.stats()["token_refreshes"].as_u64().unwrap();
+    for _ in 0..5 {
+        ids.push(b.insert_job(&team, &gid, "noop", json!({})));
+    }
+    for id in &ids {
+        let j = wait_job_done(&b, id, Duration::from_secs(30));
+        assert_eq!(
+            j["error"], "Unsupported job type: noop",
+            "no job fails for auth: {j}"
+        );
+    }
+    wait_for("a refresh after the 401s", Duration::from_secs(20), || {
+        (b.stats()["token_refreshes"].as_u64().unwrap() > before).then_some(())
+    });
+    assert!(gateway_log(&gw).contains("gateway session refreshed"));
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+
+    // The persisted pair is the live one: a restart authenticates with it.
+    let rt_on_disk = gw.state()["refreshToken"].as_str().unwrap().to_string();
+    assert_ne!(rt_on_disk, first_rt);
+    b.fault(json!({"expire_access_tokens": true}));
+    gw.start();
+    let id = b.insert_job(&team, &gid, "noop", json!({}));
+    let j = wait_job_done(&b, &id, Duration::from_secs(30));
+    assert_eq!(j["error"], "Unsupported job type: noop");
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+    let log = gateway_log(&gw);
+    assert!(!log.contains(&rt_on_disk), "tokens never reach the log");
+}
+
+#[test]
+fn revoked_refresh_token_reports_re_pair_needed_without_spinning() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    gw.set_env("PANORAMA_GATEWAY_REAUTH_RETRY_MS", "1000");
+    let (code, _team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    gw.start();
+    wait_for("gateway ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    b.fault(json!({"revoke_refresh_tokens": true, "expire_access_tokens": true}));
+    let st = wait_for("reauth_required in status", Duration::from_secs(20), || {
+        let s = gw.status_file();
+        (s["connection"] == "reauth_required").then_some(s)
+    });
+    assert!(
+        st["detail"].as_str().unwrap_or("").contains("re-pair"),
+        "{st}"
+    );
+    let (rc, out, _) = gw.run(&["status"]);
+    assert_eq!(rc, 1, "degraded: {out}");
+    let r0 = b.stats()["token_refreshes"].as_u64().unwrap();
+    let auth0 = b.stats()["requests"]["auth"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let auth1 = b.stats()["requests"]["auth"].as_u64().unwrap();
+    assert!(
+        auth1 - auth0 <= 8,
+        "refresh retried slowly, not in a loop: {} requests in 3 s",
+        auth1 - auth0
+    );
+    assert!(auth1 > auth0, "but it keeps retrying");
+    assert_eq!(b.stats()["token_refreshes"].as_u64().unwrap(), r0);
+    assert_alive(&mut gw);
+    assert!(gateway_log(&gw).contains("pair"), "the log says what to do");
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn malformed_rows_are_skipped_and_logged_once() {
+    let b = Backend::start();
+    let (mut gw, gid, team) = started_gateway(&b);
+    let (st, v) = b.insert_row(
+        "gateway_jobs",
+        json!({"team_id": team, "gateway_id": gid, "job_type": "noop", "payload": [1, 2]}),
+    );
+    assert!(
+        (200..300).contains(&st),
+        "backend refused the malformed row: {v}"
+    );
+    let bad: Value = if v.is_array() { v[0].clone() } else { v };
+    let bad_id = bad["id"].as_str().unwrap().to_string();
+    let good = b.insert_job(&team, &gid, "noop", json!({}));
+    let j = wait_job_done(&b, &good, Duration::from_secs(20));
+    assert_eq!(j["error"], "Unsupported job type: noop");
+    // Several reconciles later the bad row is still skipped, logged once per source.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.job(&bad_id)["status"], "queued");
+    let log = gateway_log(&gw);
+    let mentions = log.lines().filter(|l| l.contains(&bad_id)).count();
+    assert!(
+        (1..=2).contains(&mentions),
+        "logged once per source, got {mentions}:\n{log}"
+    );
+    assert!(log.contains("malformed"));
+    assert_alive(&mut gw);
+    let codes: Vec<Value> = b.events(&gid).iter().map(|e| e["code"].clone()).collect();
+    assert!(codes.contains(&json!("malformed_job")), "{codes:?}");
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn restart_fails_stale_running_jobs_and_flushes_spooled_results_first() {
+    let b = Backend::start();
+    let gw0 = Gateway::new(&b);
+    let (code, team) = b.pairing_code(None);
+    gw0.pair(&code);
+    let mut gw = gw0;
+    let gid = gw.gateway_id();
+    let stale = b.insert_job(&team, &gid, "noop", json!({}));
+    let spooled = b.insert_job(&team, &gid, "noop", json!({}));
+    for id in [&stale, &spooled] {
+        b.admin(
+            "PATCH",
+            &format!("/rest/v1/gateway_jobs?id=eq.{id}"),
+            Some(json!({"status": "running", "started_at": "2020-01-01T00:00:00.000Z"})),
+        );
+    }
+    // A result the previous process could not deliver.
+    let spool = gw.config_dir().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let entry = json!({"job_id": spooled, "body": {"status": "completed", "result": {"spooled": true},
+                       "error": null, "completed_at": "2020-01-01T00:00:01.000Z"}});
+    std::fs::write(spool.join(format!("{spooled}.json")), entry.to_string()).unwrap();
+
+    let t0 = Instant::now();
+    gw.start();
+    let s = wait_job_done(&b, &stale, Duration::from_secs(20));
+    assert_eq!(s["status"], "failed");
+    assert_eq!(s["error"], "gateway restarted during the job");
+    let p = wait_job_done(&b, &spooled, Duration::from_secs(20));
+    assert_eq!(p["status"], "completed", "the spooled result wins: {p}");
+    assert_eq!(p["result"]["spooled"], true);
+    wait_for("spool emptied", Duration::from_secs(10), || {
+        (std::fs::read_dir(&spool).unwrap().count() == 0).then_some(())
+    });
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    // A job claimed by this process is not touched by the recovery.
+    let fresh = b.insert_job(&team, &gid, "noop", json!({}));
+    assert_eq!(
+        wait_job_done(&b, &fresh, Duration::from_secs(20))["error"],
+        "Unsupported job type: noop"
+    );
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
