@@ -315,3 +315,118 @@ fn line_callback_sees_each_stdout_line() {
     assert_eq!(o.exit_code, Some(0));
     assert_eq!(seen, vec!["a", "bb", "c"]);
 }
+
+// ---------------------------------------------------------------- bench (scripts/bench-exec.sh)
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// fork + execve + waitpid with nothing else: the floor exec is compared against.
+fn bare_fork_exec(path: &std::ffi::CStr, args: &[&std::ffi::CStr]) {
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: the child only calls execv and _exit.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::execv(path.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+    }
+}
+
+fn max_rss_kib() -> i64 {
+    // SAFETY: plain getrusage on ourselves.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru.ru_maxrss
+    }
+}
+
+#[test]
+#[ignore = "benchmark: run through scripts/bench-exec.sh"]
+fn bench_exec() {
+    let iters: usize = std::env::var("BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let fake = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bin/claude");
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("/usr/bin/python3");
+    println!("== spawn-to-exit, {iters} runs each (median)");
+    let targets: Vec<(&str, String, Vec<String>)> = vec![
+        ("/bin/true", "/bin/true".into(), vec![]),
+        (
+            "fake claude --version (python3)",
+            python.to_string(),
+            vec![fake.display().to_string(), "--version".into()],
+        ),
+    ];
+    for (label, prog, args) in targets {
+        let cprog = std::ffi::CString::new(prog.clone()).unwrap();
+        let cargs: Vec<std::ffi::CString> = std::iter::once(prog.clone())
+            .chain(args.iter().cloned())
+            .map(|a| std::ffi::CString::new(a).unwrap())
+            .collect();
+        let cargs_ref: Vec<&std::ffi::CStr> = cargs.iter().map(|c| c.as_c_str()).collect();
+        let mut bare = Vec::with_capacity(iters);
+        let mut ours = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            bare_fork_exec(&cprog, &cargs_ref);
+            bare.push(t.elapsed());
+            let t = Instant::now();
+            let mut spec = Spec::new(&prog).args(args.iter());
+            spec.timeout = Some(Duration::from_secs(30));
+            let o = run(spec, None).unwrap();
+            assert_eq!(o.exit_code, Some(0));
+            ours.push(t.elapsed());
+        }
+        let (b, o) = (median(bare), median(ours));
+        println!(
+            "{label:<34} bare fork/exec {:>8.3} ms   exec::run {:>8.3} ms   ratio {:.2}",
+            b.as_secs_f64() * 1e3,
+            o.as_secs_f64() * 1e3,
+            o.as_secs_f64() / b.as_secs_f64()
+        );
+    }
+
+    println!("== memory while a CLI floods stdout (max RSS of this process)");
+    let base = max_rss_kib();
+    println!("baseline max RSS {base} KiB");
+    for (label, bytes) in [
+        ("256 MiB", 256u64 << 20),
+        ("1 GiB", 1u64 << 30),
+        ("1 GiB again", 1u64 << 30),
+    ] {
+        let mut spec = Spec::new(&fake).arg("--print").arg("flood");
+        spec.env.push(("FAKE_CLI_MODE".into(), "flood".into()));
+        spec.env
+            .push(("FAKE_CLI_FLOOD_BYTES".into(), bytes.to_string().into()));
+        spec.timeout = Some(Duration::from_secs(300));
+        let t = Instant::now();
+        let o = run(spec, None).unwrap();
+        let took = t.elapsed();
+        assert_eq!(o.stdout_total, bytes);
+        assert!(o.stdout_truncated);
+        println!(
+            "{label:<12} drained {:>5} MiB in {:>6.2} s ({:>6.0} MiB/s), kept {} bytes, max RSS {} KiB",
+            o.stdout_total >> 20,
+            took.as_secs_f64(),
+            (o.stdout_total >> 20) as f64 / took.as_secs_f64(),
+            o.stdout.len(),
+            max_rss_kib()
+        );
+        drop(o);
+    }
+}
