@@ -533,9 +533,18 @@ pub fn run(spec: Spec, on_line: Option<&mut dyn FnMut(&str)>) -> Result<Output, 
         .register
         .as_ref()
         .map(|(children, job)| children.register(job, pid));
-    let kill_request = registration.as_ref().map(|(_, k)| k.clone());
-    let out = supervise(&mut child, pid, &spec, kill_request, on_line, started);
-    drop(registration);
+    let (registration, kill_request) = match registration {
+        Some((r, k)) => (Some(r), Some(k)),
+        None => (None, None),
+    };
+    let out = supervise(
+        &mut child,
+        pid,
+        &spec,
+        (registration, kill_request),
+        on_line,
+        started,
+    );
     drop(tmp);
     Ok(out)
 }
@@ -544,7 +553,7 @@ fn supervise(
     child: &mut Child,
     pid: i32,
     spec: &Spec,
-    kill_request: Option<Arc<AtomicU64>>,
+    (registration, kill_request): (Option<Registration<'_>>, Option<Arc<AtomicU64>>),
     mut on_line: Option<&mut dyn FnMut(&str)>,
     started: Instant,
 ) -> Output {
@@ -717,6 +726,9 @@ fn supervise(
     if exited_at.is_none() {
         signal_group(pid, libc::SIGKILL);
     }
+    // Unregister while the leader is still an unreaped zombie: nobody can signal its pgid
+    // after this, so a reused pgid is never hit.
+    drop(registration);
     let status = child.wait();
     let (exit_code, signal) = match status {
         Ok(s) => (s.code(), s.signal()),
