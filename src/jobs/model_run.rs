@@ -342,7 +342,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
 
     match report.result {
         Ok(parsed) => {
-            ctx.providers.record_run(id, Status::Healthy, None);
+            ctx.providers
+                .record_run(id, Status::Healthy, None, Some(&ctx.job_id));
             let o = report.output.as_ref();
             log::info!(target: "model_run", "completed job_id={} provider={} duration_ms={}",
                 ctx.job_id, id.as_str(), o.map(|o| o.duration.as_millis()).unwrap_or(0));
@@ -387,7 +388,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
         }
         Err(Failure::Setup(e)) => unexpected(e),
         Err(Failure::Parse(m)) => {
-            ctx.providers.record_run(id, Status::Unhealthy, Some(&m));
+            ctx.providers
+                .record_run(id, Status::Unhealthy, Some(&m), Some(&ctx.job_id));
             let message = unhealthy_message(&m);
             log::warn!(target: "model_run", "bad output job_id={} provider={} error={}", ctx.job_id, id.as_str(), collapse(&m, 200));
             failed(
@@ -420,7 +422,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
             } else {
                 Status::Unhealthy
             };
-            ctx.providers.record_run(id, status, Some(&details));
+            ctx.providers
+                .record_run(id, status, Some(&details), Some(&ctx.job_id));
             let message = unhealthy_message(&details);
             log::warn!(target: "model_run", "spawn failed job_id={} provider={} error={}", ctx.job_id, id.as_str(), collapse(&details, 200));
             failed(
@@ -495,7 +498,7 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                 }
             };
             ctx.providers
-                .record_run(id, Status::Unhealthy, Some(&details));
+                .record_run(id, Status::Unhealthy, Some(&details), Some(&ctx.job_id));
             let message = unhealthy_message(&details);
             log::warn!(target: "model_run", "failed job_id={} provider={} kind={} error={}", ctx.job_id, id.as_str(), kind.as_str(), collapse(&details, 200));
             failed(

@@ -292,6 +292,10 @@ pub struct Registry {
     /// Where model runs get their work directories (`<configDir>/work`).
     work_root: Mutex<Option<PathBuf>>,
     sink: Mutex<Option<HealthSink>>,
+    /// `gateway_events` rows waiting to be sent (without gateway_id/team_id).
+    events: Mutex<Vec<Value>>,
+    /// Bumped on every health change, so the heartbeat can tell it should send now.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -358,6 +362,8 @@ impl Registry {
             entries: Mutex::new(entries),
             work_root: Mutex::new(None),
             sink: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -474,7 +480,28 @@ impl Registry {
         self.lock()[id.index()].health.clone()
     }
 
+    /// `gateway_events` rows produced by health changes since the last call (each without
+    /// `gateway_id`/`team_id`, which the caller adds): `provider_unhealthy` after model runs,
+    /// `provider_validation` after full checks with a context.
+    pub fn take_events(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Changes whenever any provider's health changes (send a heartbeat when it moved).
+    pub fn health_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn push_event(&self, ev: Value) {
+        let mut g = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() < 100 {
+            g.push(ev);
+        }
+    }
+
     fn set_health(&self, id: ProviderId, h: Health, persist: bool) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let sink = {
             let mut g = self.lock();
             g[id.index()].health = Some(h.clone());
@@ -489,17 +516,35 @@ impl Registry {
 
     /// After a model run (providers.md §4.6). Returns true when the status changed to a
     /// non-healthy one (the caller may emit a `provider_unhealthy` event).
-    pub fn record_run(&self, id: ProviderId, status: Status, summary: Option<&str>) -> bool {
+    pub fn record_run(
+        &self,
+        id: ProviderId,
+        status: Status,
+        summary: Option<&str>,
+        job_id: Option<&str>,
+    ) -> bool {
         let prev = self.health(id);
         let h = health::after_run(prev.as_ref(), status, summary, &crate::util::now_rfc3339());
         let changed = prev.map(|p| p.status) != Some(status) && status != Status::Healthy;
+        if changed {
+            self.push_event(json!({
+                "provider": id.as_str(),
+                "level": if status == Status::Unhealthy { "error" } else { "warn" },
+                "code": "provider_unhealthy",
+                "message": format!("{} provider marked {}.", id.short(), status.as_str()),
+                "details": {"context": "model_run", "status": status.as_str(),
+                            "error": h.error.clone(), "job_id": job_id, "run_id": null},
+            }));
+        }
         self.set_health(id, h, true);
         changed
     }
 
     /// Resolves health for every provider (providers.md §4.3), running the validation call
-    /// where the mode asks for it (in parallel), and persists when a full check ran.
-    pub fn check_health(&self, mode: Mode) -> Vec<(ProviderId, Health)> {
+    /// where the mode asks for it (in parallel), and persists when a full check ran. With a
+    /// `context` (`startup`, `pairing`, `doctor`) and a full check, each provider that is not
+    /// healthy gets a `provider_validation` event (see [`Registry::take_events`]).
+    pub fn check_health(&self, mode: Mode, context: Option<&str>) -> Vec<(ProviderId, Health)> {
         let snapshot: Vec<Entry> = self.lock().clone();
         let work_root = self.work_root();
         let results = run_parallel(|id| {
@@ -524,6 +569,25 @@ impl Registry {
                 h.clone(),
                 mode != Mode::Light && (any_full || mode == Mode::Full),
             );
+            if let (Some(ctx), true, false) = (context, any_full, h.status == Status::Healthy) {
+                let message = match &h.error {
+                    Some(e) => format!(
+                        "{} validation failed: {}",
+                        id.as_str(),
+                        plan::collapse(e, 500)
+                    ),
+                    None => format!("{} validation status: {}", id.as_str(), h.status.as_str()),
+                };
+                self.push_event(json!({
+                    "provider": id.as_str(),
+                    "level": if h.status == Status::Unhealthy { "error" } else { "warn" },
+                    "code": "provider_validation",
+                    "message": message,
+                    "details": {"context": ctx, "status": h.status.as_str(),
+                                "check_type": if h.full { "full" } else { "light" },
+                                "error": h.error.clone(), "duration_ms": h.duration_ms},
+                }));
+            }
         }
         out
     }

@@ -197,7 +197,7 @@ fn capabilities_of_old_failing_and_missing_clis() {
         "{gem:?}"
     );
     // Light check: unavailable stays unavailable, others unknown.
-    let h = r.check_health(Mode::Light);
+    let h = r.check_health(Mode::Light, None);
     assert_eq!(h[2].1.status, Status::Unavailable);
     assert_eq!(h[0].1.status, Status::Unknown);
 }
@@ -233,7 +233,7 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
     reg.set_health_sink(Arc::new(move |id, h| {
         seen2.lock().unwrap().push((id.to_string(), h.to_json()))
     }));
-    let out = reg.check_health(Mode::Full);
+    let out = reg.check_health(Mode::Full, Some("doctor"));
     let by: std::collections::HashMap<_, _> = out.iter().map(|(i, h)| (*i, h.clone())).collect();
     assert_eq!(by[&ProviderId::Codex].status, Status::Healthy);
     assert_eq!(by[&ProviderId::Gemini].status, Status::Healthy);
@@ -299,7 +299,16 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
     assert!(left.is_empty(), "{left:?}");
     // Light afterwards carries the statuses forward without model calls.
     let before = s.runs().len();
-    let light = reg.check_health(Mode::Light);
+    let events = reg.take_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["code"], "provider_validation");
+    assert_eq!(events[0]["level"], "error");
+    assert_eq!(events[0]["details"]["context"], "doctor");
+    assert!(events[0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("claude_code validation failed: "));
+    let light = reg.check_health(Mode::Light, None);
     assert_eq!(light[0].1.status, Status::Unhealthy);
     assert!(!light[0].1.full);
     assert_eq!(s.runs().len(), before);
