@@ -121,6 +121,7 @@ pub enum Kind {
     ExitStatus,
     BadOutput,
     OutputLimit,
+    PromptTooLarge,
 }
 
 impl Kind {
@@ -134,6 +135,7 @@ impl Kind {
             Kind::ExitStatus => "exit_status",
             Kind::BadOutput => "bad_output",
             Kind::OutputLimit => "output_limit",
+            Kind::PromptTooLarge => "prompt_too_large",
         }
     }
 }
@@ -404,7 +406,28 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                 debug,
             )
         }
-        Err(Failure::Spawn { message, not_found }) => {
+        Err(Failure::Spawn { too_long: true, .. }) => {
+            // The CLIs take the prompt as an argument; Linux caps one argument at 128 KiB.
+            // That is the payload's doing, not the provider's: health is left alone.
+            let message = format!(
+                "The prompt ({prompt_chars} characters) is too large to pass to the {} CLI as a command-line argument (Linux limits one argument to 128 KiB); shorten the prompt",
+                id.short()
+            );
+            log::warn!(target: "model_run", "prompt too large job_id={} provider={} prompt_chars={prompt_chars}", ctx.job_id, id.as_str());
+            failed(
+                json!({
+                    "message": message,
+                    "exit_code": Value::Null,
+                    "command": safe_command_line,
+                    "error_kind": Kind::PromptTooLarge.as_str(),
+                }),
+                message.clone(),
+                debug,
+            )
+        }
+        Err(Failure::Spawn {
+            message, not_found, ..
+        }) => {
             let (kind, details) = if not_found {
                 (
                     Kind::NotInstalled,

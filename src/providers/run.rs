@@ -22,7 +22,12 @@ pub struct RunHooks {
 #[derive(Debug)]
 pub enum Failure {
     /// The CLI could not be started (not installed, not executable).
-    Spawn { message: String, not_found: bool },
+    Spawn {
+        message: String,
+        not_found: bool,
+        /// The argument list was too long for the kernel (E2BIG): a prompt over 128 KiB.
+        too_long: bool,
+    },
     /// Work directory or plan files could not be prepared.
     Setup(String),
     /// stdout exceeded the capture limit.
@@ -122,11 +127,13 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         Ok(o) => o,
         Err(e) => {
             let not_found = e.not_found();
+            let too_long = e.error.raw_os_error() == Some(libc::E2BIG);
             return fail(
                 plan,
                 Failure::Spawn {
                     message: e.to_string(),
                     not_found,
+                    too_long,
                 },
             );
         }

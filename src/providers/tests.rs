@@ -991,3 +991,19 @@ fn diagnostic_failures_keep_the_keys_and_add_error() {
     assert_eq!(r["exit_code"], Value::Null);
     assert!(r["error"].as_str().unwrap().contains("not found"), "{r}");
 }
+
+#[test]
+fn prompt_over_the_argument_limit_is_named_and_health_untouched() {
+    let s = Scratch::new("e2big");
+    let reg = s.registry(&[], &[], &[]);
+    let prompt = "x".repeat(200 * 1024);
+    let o = run_job(
+        &reg,
+        "big",
+        json!({"prompt": prompt, "model": "claude-x", "output_format": "text"}),
+    );
+    let (k, m) = failure(&o);
+    assert_eq!(k, "prompt_too_large");
+    assert!(m.contains("128 KiB"), "{m}");
+    assert!(reg.health(ProviderId::Claude).is_none());
+}
