@@ -419,6 +419,44 @@ impl ProbeOutput {
     }
 }
 
+/// When discovery found nothing, asks the login shell what the name means (2 s limit) so the
+/// person learns why: an alias or function (never used by the gateway), or a file outside
+/// the gateway's PATH. Advisory only: the answer is never executed.
+pub fn shell_hint(id: ProviderId, env: &dyn EnvLookup) -> Option<String> {
+    let shell = env.var("SHELL").filter(|s| !s.is_empty())?;
+    let mut spec = exec::Spec::new(PathBuf::from(&shell))
+        .arg("-lc")
+        .arg(format!("type -a {}", id.bare_name()));
+    spec.timeout = Some(Duration::from_millis(2000));
+    spec.grace = Duration::from_millis(200);
+    spec.capture_limit = 64 * 1024;
+    let out = exec::run(spec, None).ok()?;
+    let text = format!("{}\n{}", out.stdout_lossy(), out.stderr_lossy());
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let env_var = format!("PANORAMA_{}_CLI", id.bare_name().to_uppercase());
+    let fix = format!("set {env_var} or pass --{}-cli <path>", id.bare_name());
+    for (article, kind) in [("an", "alias"), ("a", "function")] {
+        if lines.iter().any(|l| l.contains(kind)) {
+            return Some(format!(
+                "your shell defines \"{}\" as {article} {kind}, but the gateway does not load shell aliases or functions; {fix}",
+                id.bare_name()
+            ));
+        }
+    }
+    lines.iter().find_map(|l| {
+        let (_, path) = l.split_once(" is /")?;
+        Some(format!(
+            "your shell resolves \"{}\" to /{}, but that directory is not on the gateway's PATH; {fix}",
+            id.bare_name(),
+            path.trim()
+        ))
+    })
+}
+
 /// Chooses the command for one provider (providers.md §2.3).
 pub fn discover_one(id: ProviderId, override_: Option<&Path>, env: &dyn EnvLookup) -> Discovered {
     if let Some(o) = override_.filter(|o| !o.as_os_str().is_empty()) {
@@ -603,6 +641,38 @@ mod tests {
         let got = discover_one(ProviderId::Claude, None, &env);
         assert_eq!(got.command, home.join(".claude/claude"));
         assert_eq!(got.version.as_deref(), Some("2.0.14"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn shell_hint_explains_aliases_and_paths_outside_path() {
+        let d = scratch("shell");
+        let alias_sh = d.join("alias-sh");
+        write_exe(
+            &alias_sh,
+            "#!/bin/sh\necho 'codex is aliased to `npx @openai/codex`'\n",
+        );
+        let path_sh = d.join("path-sh");
+        write_exe(
+            &path_sh,
+            "#!/bin/sh\necho 'gemini is /opt/node/bin/gemini'\n",
+        );
+        let env = |sh: &Path| {
+            MapEnv(HashMap::from([(
+                "SHELL".to_string(),
+                sh.as_os_str().to_owned(),
+            )]))
+        };
+        let a = shell_hint(ProviderId::Codex, &env(&alias_sh)).unwrap();
+        assert!(a.contains("as an alias"), "{a}");
+        assert!(a.contains("PANORAMA_CODEX_CLI"), "{a}");
+        let p = shell_hint(ProviderId::Gemini, &env(&path_sh)).unwrap();
+        assert!(p.contains("/opt/node/bin/gemini"), "{p}");
+        assert!(p.contains("--gemini-cli"), "{p}");
+        assert_eq!(
+            shell_hint(ProviderId::Gemini, &MapEnv(HashMap::new())),
+            None
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -278,6 +278,8 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
 struct Entry {
     id: ProviderId,
     found: Discovered,
+    /// Why the login shell knows the name when discovery did not (alias, function, path).
+    shell_hint: Option<String>,
     caps: Caps,
     health: Option<Health>,
 }
@@ -320,6 +322,7 @@ impl Default for Registry {
                         version: None,
                         source: Source::Fallback,
                     },
+                    shell_hint: None,
                     caps: Caps::not_probed(id),
                     health: None,
                 })
@@ -384,9 +387,16 @@ impl Registry {
             log::info!(target: "providers", "discovered provider={} command={} source={} version={}",
                 id.as_str(), found.command.display(), found.source.as_str(), found.version.as_deref().unwrap_or("-"));
             let caps = probe_caps(id, &found.command);
+            let shell_hint = (found.source == Source::Fallback && !caps.available)
+                .then(|| discovery::shell_hint(id, env))
+                .flatten();
+            if let Some(h) = &shell_hint {
+                log::warn!(target: "providers", "{} CLI not found in PATH: {h}", id.label());
+            }
             Entry {
                 id,
                 found,
+                shell_hint,
                 caps,
                 health: None,
             }
@@ -407,6 +417,7 @@ impl Registry {
                     version: None,
                     source: Source::Override,
                 },
+                shell_hint: None,
                 caps,
                 health: None,
             }
@@ -605,11 +616,14 @@ impl Registry {
                 let detail = if !e.caps.available {
                     let why = e.caps.error.clone().unwrap_or_default();
                     Some(if e.found.source == Source::Fallback {
-                        format!(
-                            "{} CLI not found on PATH or in the usual install locations ({why}); {}",
-                            id.short(),
-                            id.install_hint()
-                        )
+                        match &e.shell_hint {
+                            Some(h) => format!("{} CLI not found on PATH: {h}", id.short()),
+                            None => format!(
+                                "{} CLI not found on PATH or in the usual install locations ({why}); {}",
+                                id.short(),
+                                id.install_hint()
+                            ),
+                        }
                     } else {
                         format!(
                             "{} CLI at {} did not answer --version ({why}); check that path, or {}",
