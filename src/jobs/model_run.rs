@@ -300,6 +300,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
         .as_ref()
         .map(|o| (o.stdout_lossy(), o.stderr_lossy()))
         .unwrap_or_default();
+    // Failed runs return their output to the team; tokens and keys a CLI echoes are masked
+    // there as in debug (the reference sent them raw, providers.md §9.14).
     let (stdout_cut, stdout_cut_flag) = cut(&stdout);
     let (stderr_cut, stderr_cut_flag) = cut(&stderr);
     let summary = error_summary(&stderr_cut);
@@ -397,8 +399,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
             failed(
                 json!({
                     "message": message,
-                    "stdout": stdout_cut,
-                    "stderr": stderr_cut,
+                    "stdout": redact::text(&stdout_cut, RESULT_TEXT_LIMIT),
+                    "stderr": redact::text(&stderr_cut, RESULT_TEXT_LIMIT),
                     "command": safe_command_line,
                     "error_kind": Kind::BadOutput.as_str(),
                 }),
@@ -528,8 +530,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                 json!({
                     "message": message,
                     "exit_code": exit_code,
-                    "stderr": stderr_cut,
-                    "stdout": stdout_cut,
+                    "stderr": redact::text(&stderr_cut, RESULT_TEXT_LIMIT),
+                    "stdout": redact::text(&stdout_cut, RESULT_TEXT_LIMIT),
                     "command": safe_command_line,
                     "error_summary": summary.unwrap_or(Value::Null),
                     "error_kind": kind.as_str(),

@@ -37,9 +37,20 @@ fn norm_key(k: &str) -> String {
         .collect()
 }
 
+/// Also sensitive as a name's ending: `ANTHROPIC_API_KEY`, `GITHUB_TOKEN`, `DB_PASSWORD`.
+const KEY_SUFFIXES: &[&str] = &[
+    "apikey",
+    "token",
+    "secret",
+    "password",
+    "accesskey",
+    "privatekey",
+    "secretkey",
+];
+
 fn is_sensitive_key(k: &str) -> bool {
     let n = norm_key(k);
-    KEYS.contains(&n.as_str())
+    KEYS.contains(&n.as_str()) || KEY_SUFFIXES.iter().any(|s| n.ends_with(s))
 }
 
 fn is_word(c: char) -> bool {
@@ -210,8 +221,9 @@ fn redact_tokens(s: &str) -> String {
                 }
             }
             if chars[i..].starts_with(&['s', 'k', '-']) {
+                // `sk-…`, including `sk-proj-…` and `sk-ant-…` forms.
                 let mut j = i + 3;
-                while j < chars.len() && chars[j].is_ascii_alphanumeric() {
+                while j < chars.len() && tok_char(chars[j]) {
                     j += 1;
                 }
                 if j - i - 3 >= 16 {
@@ -399,6 +411,14 @@ mod tests {
             assert!(!r.contains(leaked), "{leaked} in {r}");
         }
         assert!(r.contains(r#""ok": "fine""#), "{r}");
+        let env = text(
+            "ANTHROPIC_API_KEY=abc123 GITHUB_TOKEN: ghp_x key sk-proj-ABCDEFGHIJKLMNOPQRST max_tokens=5",
+            TEXT_LIMIT,
+        );
+        assert_eq!(
+            env,
+            "ANTHROPIC_API_KEY=[REDACTED] GITHUB_TOKEN: [REDACTED] key [REDACTED] max_tokens=5"
+        );
     }
 
     #[test]

@@ -721,6 +721,10 @@ fn auth_and_rate_limit_errors_are_named() {
     assert!(m.contains("Rate limit reached"), "{m}");
     let r = o.result.unwrap();
     assert_eq!(r["error_summary"]["code"], "rate_limit_exceeded");
+    assert!(r["stderr"]
+        .as_str()
+        .unwrap()
+        .contains("ERROR: unexpected status 429"));
     assert!(r["stderr"].as_str().unwrap().contains("429"));
 
     let o = run_job(
@@ -1006,4 +1010,25 @@ fn prompt_over_the_argument_limit_is_named_and_health_untouched() {
     assert_eq!(k, "prompt_too_large");
     assert!(m.contains("128 KiB"), "{m}");
     assert!(reg.health(ProviderId::Claude).is_none());
+}
+
+#[test]
+fn secrets_echoed_by_a_failing_cli_are_masked_in_the_result() {
+    let s = Scratch::new("mask");
+    let reg = s.registry(
+        &[("FAKE_CLI_MODE", "fail"), ("FAKE_CLI_STDERR", "using ANTHROPIC_API_KEY=sk-ant-abcdefghijklmnopqrstuvwx token=eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.c2lnbmF0dXJlX3g")],
+        &[],
+        &[],
+    );
+    let o = run_job(
+        &reg,
+        "m1",
+        json!({"prompt": "p", "model": "claude-x", "output_format": "text"}),
+    );
+    let (k, _) = failure(&o);
+    assert_eq!(k, "exit_status");
+    let text = o.result.unwrap().to_string() + &o.error.unwrap() + &o.debug.unwrap().to_string();
+    assert!(!text.contains("abcdefghijklmnop"), "{text}");
+    assert!(!text.contains("eyJhbGciOiJIUzI1"), "{text}");
+    assert!(text.contains("[REDACTED]"));
 }
