@@ -304,6 +304,29 @@ fn no_descriptors_leak_into_the_child() {
 }
 
 #[test]
+fn private_dirs_must_be_ours_and_closed() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(format!("pgw-exec-private-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let ok = base.join("a/b");
+    ensure_private_dir(&ok).unwrap();
+    assert_eq!(
+        std::fs::metadata(&ok).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let open = base.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = ensure_private_dir(&open).unwrap_err().to_string();
+    assert!(e.contains("accessible to other users"), "{e}");
+    let link = base.join("link");
+    std::os::unix::fs::symlink(&ok, &link).unwrap();
+    let e = ensure_private_dir(&link).unwrap_err().to_string();
+    assert!(e.contains("symlink"), "{e}");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
 fn line_callback_sees_each_stdout_line() {
     let mut seen = Vec::new();
     let mut cb = |l: &str| seen.push(l.to_string());

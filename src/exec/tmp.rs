@@ -9,6 +9,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Creates `dir` (and its missing parents) with mode 0700 and checks that it is a real
+/// directory (not a symlink) owned by us and closed to others. On a shared host a directory
+/// someone else created at a predictable path (under /tmp) must never hold our work.
+pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no failure mode.
+    let me = unsafe { libc::geteuid() };
+    let problem = if !meta.file_type().is_dir() {
+        Some("is not a directory (or is a symlink)".to_string())
+    } else if meta.uid() != me {
+        Some(format!(
+            "is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o077 != 0 {
+        Some(format!(
+            "is accessible to other users (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} {p}; remove it or run `chmod 700` on it", dir.display()),
+        )),
+    }
+}
+
 /// A directory created with mode 0700 and removed on drop.
 #[derive(Debug)]
 pub struct PrivateDir {

@@ -233,7 +233,15 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
             ctx.job_id
         ));
     };
-    let root = ctx.providers.work_root().join("model-runs");
+    let work_root = ctx.providers.work_root();
+    let root = work_root.join("model-runs");
+    if let Err(e) =
+        exec::ensure_private_dir(&work_root).and_then(|_| exec::ensure_private_dir(&root))
+    {
+        return unexpected(format!(
+            "the model-run work directory is not safe to use: {e}"
+        ));
+    }
     let dir_path = root.join(seg);
     if dir_path.exists() {
         // Left over from a run that crashed: it is ours and stale.

@@ -723,6 +723,17 @@ pub fn validate(
         Err(e) => return (false, Some(e), ms(started)),
     };
     let root = work_root.join("validation");
+    if let Err(e) = crate::exec::ensure_private_dir(work_root)
+        .and_then(|_| crate::exec::ensure_private_dir(&root))
+    {
+        return (
+            false,
+            Some(format!(
+                "the validation work directory is not safe to use: {e}"
+            )),
+            ms(started),
+        );
+    }
     let dir = match crate::exec::PrivateDir::create_in(&root.join(id.as_str()), "check-") {
         Ok(d) => d,
         Err(e) => {
