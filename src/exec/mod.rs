@@ -293,16 +293,27 @@ impl Output {
 pub struct SpawnError {
     pub program: PathBuf,
     pub error: io::Error,
+    /// Set when the private TMPDIR (under this directory) could not be created.
+    pub tmp_base: Option<PathBuf>,
 }
 
 impl SpawnError {
     pub fn not_found(&self) -> bool {
-        self.error.kind() == io::ErrorKind::NotFound
+        self.tmp_base.is_none() && self.error.kind() == io::ErrorKind::NotFound
     }
 }
 
 impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(base) = &self.tmp_base {
+            return write!(
+                f,
+                "could not create a private temporary directory under {} for {}: {}; check that it exists and is writable",
+                base.display(),
+                self.program.display(),
+                self.error
+            );
+        }
         let what = match self.error.kind() {
             io::ErrorKind::NotFound => "not found (is it installed and on PATH?)".to_string(),
             io::ErrorKind::PermissionDenied => "permission denied (is it executable?)".to_string(),
@@ -494,9 +505,18 @@ pub fn run(spec: Spec, on_line: Option<&mut dyn FnMut(&str)>) -> Result<Output, 
     let spawn_err = |error| SpawnError {
         program: spec.program.clone(),
         error,
+        tmp_base: None,
     };
     let tmp = match &spec.tmp_base {
-        Some(base) => Some(PrivateDir::create_in(base, "pgw-tmp-").map_err(spawn_err)?),
+        Some(base) => {
+            Some(
+                PrivateDir::create_in(base, "pgw-tmp-").map_err(|error| SpawnError {
+                    program: spec.program.clone(),
+                    error,
+                    tmp_base: Some(base.clone()),
+                })?,
+            )
+        }
         None => None,
     };
     let mut env = spec.env.clone();
