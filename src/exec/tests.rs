@@ -365,6 +365,18 @@ fn bare_fork_exec(path: &std::ffi::CStr, args: &[&std::ffi::CStr]) {
     }
 }
 
+/// VmRSS of this process now, in KiB.
+fn rss_now_kib() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(-1)
+}
+
 fn max_rss_kib() -> i64 {
     // SAFETY: plain getrusage on ourselves.
     unsafe {
@@ -426,7 +438,7 @@ fn bench_exec() {
 
     println!("== memory while a CLI floods stdout (max RSS of this process)");
     let base = max_rss_kib();
-    println!("baseline max RSS {base} KiB");
+    println!("baseline max RSS {base} KiB, RSS now {} KiB", rss_now_kib());
     for (label, bytes) in [
         ("256 MiB", 256u64 << 20),
         ("1 GiB", 1u64 << 30),
@@ -443,12 +455,13 @@ fn bench_exec() {
         assert_eq!(o.stdout_total, bytes);
         assert!(o.stdout_truncated);
         println!(
-            "{label:<12} drained {:>5} MiB in {:>6.2} s ({:>6.0} MiB/s), kept {} bytes, max RSS {} KiB",
+            "{label:<12} drained {:>5} MiB in {:>6.2} s ({:>6.0} MiB/s), kept {} bytes, max RSS {} KiB, RSS with capture held {} KiB",
             o.stdout_total >> 20,
             took.as_secs_f64(),
             (o.stdout_total >> 20) as f64 / took.as_secs_f64(),
             o.stdout.len(),
-            max_rss_kib()
+            max_rss_kib(),
+            rss_now_kib()
         );
         drop(o);
     }
