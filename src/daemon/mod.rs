@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::io::FromRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,7 +195,13 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
             }
         }
     });
-    if let Err(e) = signals::spawn_router(sigpipe, shutdown.clone(), on_hup) {
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signals::spawn_router(
+        sigpipe,
+        shutdown.clone(),
+        on_hup,
+        Arc::clone(&stop_requested),
+    ) {
         return fail!(format!("cannot start the signal thread: {e}"));
     }
     spawn_drain_guard(shutdown.clone());
@@ -237,7 +244,9 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         s.jobs_in_flight = 0;
     });
 
-    if restart.is_set() && result.is_ok() {
+    if restart.is_set() && stop_requested.load(Ordering::SeqCst) {
+        log::info!(target: "daemon", "a stop was requested during the upgrade drain: not restarting");
+    } else if restart.is_set() && result.is_ok() {
         if let Some(exe) = exe {
             log::info!(target: "daemon", "restarting into the upgraded binary path={}", exe.display());
             log::logger().flush();
