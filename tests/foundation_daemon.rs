@@ -353,3 +353,137 @@ fn auto_restart_on_binary_upgrade() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     wait_for("exit", T, || !is_alive(pid2));
 }
+
+/// A "daemon" that ignores SIGTERM and holds the pid lock: flock(1) with SIGTERM ignored.
+/// `stop --timeout` gives up with exit 1 and says how to force; `stop --force` ends it.
+#[test]
+fn stop_times_out_then_force_kills() {
+    if std::process::Command::new("flock")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: flock(1) not installed");
+        return;
+    }
+    let w = World::new("stubborn");
+    w.write_paired_config();
+    let pid_file = w.pid_file();
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(r#"trap '' TERM; exec flock -o -x "$0" sleep 60"#)
+        .arg(&pid_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut g = ChildGuard::spawn(c);
+    let pid = g.pid();
+    fs::write(&pid_file, format!("{pid}\n")).unwrap();
+    wait_for("lock held", T, || {
+        let (code, v) = status_json(&w);
+        code == 1 && v["running"] == true && v["pid"] == pid
+    });
+    let o = w.run(&["stop", "--timeout", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("(pid {pid}) is still running after 1 s")),
+        "{e}"
+    );
+    assert!(e.contains("stop --force"), "{e}");
+    assert!(is_alive(pid));
+
+    let o = w.run(&["stop", "--force"]);
+    assert_eq!(o.status.code(), Some(0), "{} {}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("OK Gateway stopped"), "{}", stdout(&o));
+    let st = g.wait_exit(T);
+    assert!(st.code().is_none(), "ended by a signal: {st:?}");
+    let (code, _) = status_json(&w);
+    assert_eq!(code, 3);
+}
+
+/// `status` derives 0/1 from the daemon's status file: connected with a fresh heartbeat → 0,
+/// a stale heartbeat or another state → 1 with the reason; a status file of another pid is
+/// ignored.
+#[test]
+fn status_reads_the_runtime_status_file() {
+    if std::process::Command::new("flock")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: flock(1) not installed");
+        return;
+    }
+    let w = World::new("statusfile");
+    w.write_paired_config();
+    let mut c = std::process::Command::new("flock");
+    c.args(["-o", "-x"]).arg(w.pid_file()).args(["sleep", "60"]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let g = ChildGuard::spawn(c);
+    let pid = g.pid();
+    fs::write(w.pid_file(), format!("{pid}\n")).unwrap();
+    let now = std::time::SystemTime::now();
+    let fmt = |t: std::time::SystemTime| {
+        // RFC 3339 via the binary's own format is not reachable here; build it by hand (UTC).
+        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    };
+    let write_status = |pid: u32, conn: &str, hb: std::time::SystemTime| {
+        let s = serde_json::json!({
+            "pid": pid, "started_at": fmt(now), "version": "0.0.0", "connection": conn,
+            "detail": null, "last_heartbeat_at": fmt(hb), "jobs_in_flight": 2,
+            "jobs_completed": 7, "jobs_failed": 1, "started_at_unix": 0
+        });
+        fs::write(w.status_file(), s.to_string()).unwrap();
+    };
+    write_status(pid, "connected", now);
+    let (code, v) = status_json(&w);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["connected"], true);
+    assert_eq!(v["jobs_in_flight"], 2);
+    let o = w.run(&["status"]);
+    assert!(
+        stdout(&o).contains("Connection: connected"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("Jobs: 2 in flight, 7 completed, 1 failed"),
+        "{}",
+        stdout(&o)
+    );
+
+    write_status(pid, "connected", now - Duration::from_secs(600));
+    let o = w.run(&["status"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("degraded: last heartbeat 10m"),
+        "{}",
+        stdout(&o)
+    );
+
+    write_status(pid, "disconnected", now);
+    assert_eq!(status_json(&w).0, 1);
+
+    write_status(pid + 1, "connected", now); // another daemon's file
+    let (code, v) = status_json(&w);
+    assert_eq!(code, 1);
+    assert_eq!(v["connection"], "unknown");
+    drop(g);
+}
