@@ -410,6 +410,7 @@ Environment (flags win over environment, environment over defaults):
   PANORAMA_GATEWAY_AUTO_RESTART (default: on for release builds)
   PANORAMA_GATEWAY_RESTART_CHECK_MS (default 30000, min 1000)
   PANORAMA_GATEWAY_RESTART_MAX_WAIT_MS (stop in-flight work after this drain wait)
+  PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS (bound on a stop's drain, default 90000)
   PANORAMA_GATEWAY_LOG_MAX_BYTES (log rotation size, default 10 MiB)
 ";
 

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::io::FromRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,15 @@ pub const READY_FD_ENV: &str = "PANORAMA_GATEWAY_READY_FD";
 
 /// Default bound on a graceful drain before in-flight work is stopped.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+static RELOAD_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Increases on every SIGHUP (after the log was reopened and gateway.json re-read). The runtime
+/// can compare it with the value it last saw to re-read settings at once instead of waiting
+/// for its next periodic refresh.
+pub fn reload_generation() -> u64 {
+    RELOAD_GENERATION.load(Ordering::SeqCst)
+}
 
 /// The write end of the pipe a launching parent waits on (detached start only).
 struct ReadyPipe(Option<File>);
@@ -181,6 +190,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     let config_path = paths.config_path.clone();
     let on_hup = Box::new(move || {
         crate::logging::reopen();
+        RELOAD_GENERATION.fetch_add(1, Ordering::SeqCst);
         match state::load(&config_path) {
             Ok(Some(s)) => {
                 let fc = s.full_control_enabled;
