@@ -529,3 +529,79 @@ fn logs_without_follow_prints_last_lines() {
     let o = w.run(&["logs", "--no-follow", "-n", "3"]);
     assert_eq!(stdout(&o), "line 499\nline 500\nnew 1\n");
 }
+
+#[test]
+fn logs_follow_survives_truncation_rotation_and_a_late_file() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    let w = World::new("follow");
+    fs::create_dir_all(&w.cfg).unwrap();
+    // the file does not exist yet: follow waits for it
+    let mut c = w.cmd(&["logs", "--lines", "5"]);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut g = ChildGuard::spawn(c);
+    let mut so = g.child().stdout.take().unwrap();
+    let mut se = g.child().stderr.take().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let s2 = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = so.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s2.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let waiting = Arc::new(Mutex::new(String::new()));
+    let w2 = Arc::clone(&waiting);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = se.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            w2.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let t = Duration::from_secs(20);
+    wait_for("waiting note", t, || {
+        waiting.lock().unwrap().contains("Waiting for")
+    });
+    let append = |s: &str| {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(w.log())
+            .unwrap();
+        f.write_all(s.as_bytes()).unwrap();
+    };
+    append("one\n");
+    wait_for("first line", t, || seen.lock().unwrap().contains("one\n"));
+    append("two\n");
+    wait_for("appended line", t, || {
+        seen.lock().unwrap().contains("two\n")
+    });
+    // rotation: rename away, new file at the path
+    fs::rename(w.log(), w.cfg.join("gateway.log.1")).unwrap();
+    append("three after rotation\n");
+    wait_for("line after rotation", t, || {
+        seen.lock().unwrap().contains("three after rotation\n")
+    });
+    // truncation in place (like copytruncate), then new content shorter than what was read
+    fs::write(w.log(), "").unwrap();
+    append("four\n");
+    wait_for("line after truncation", t, || {
+        seen.lock().unwrap().contains("four\n")
+    });
+    assert_eq!(
+        *seen.lock().unwrap(),
+        "one\ntwo\nthree after rotation\nfour\n"
+    );
+}

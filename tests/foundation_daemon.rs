@@ -235,7 +235,7 @@ fn log_rotates_and_logs_follows_across_rotation() {
     let _g = PidGuard(pid);
 
     // follow from now on
-    let mut c = w.cmd(&["logs", "--lines", "0"]);
+    let mut c = w.cmd(&["logs", "--lines", "1"]);
     c.stdout(Stdio::piped()).stderr(Stdio::null());
     let mut follower = ChildGuard::spawn(c);
     let mut so = follower.child().stdout.take().unwrap();
@@ -253,7 +253,8 @@ fn log_rotates_and_logs_follows_across_rotation() {
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    std::thread::sleep(Duration::from_millis(300)); // let the follower open the file
+    // The follower printed the last line: it has the file open and follows from there.
+    wait_for("follower started", T, || !seen.lock().unwrap().is_empty());
 
     // Each SIGHUP logs one line; keep going until two rotations happened.
     let rotated2 = w.cfg.join("gateway.log.2");
@@ -452,6 +453,7 @@ fn status_reads_the_runtime_status_file() {
         });
         fs::write(w.status_file(), s.to_string()).unwrap();
     };
+    wait_for("lock held", T, || status_json(&w).1["running"] == true);
     write_status(pid, "connected", now);
     let (code, v) = status_json(&w);
     assert_eq!(code, 0, "{v}");
