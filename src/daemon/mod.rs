@@ -137,6 +137,12 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         };
     }
 
+    // A running gateway wins over any complaint about the config: say it runs.
+    if let Ok(pidfile::PidState::Running(pid)) = pidfile::probe(&paths.pid_path) {
+        println!("Gateway already running (pid {pid})");
+        ready.send(&format!("running {pid}"));
+        return 0;
+    }
     let st = match preflight(settings) {
         Ok(s) => s,
         Err(e) => return fail!(e),
