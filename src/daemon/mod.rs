@@ -107,6 +107,30 @@ fn spawn_drain_guard(shutdown: Shutdown) {
         });
 }
 
+/// Panics (in any thread) are logged as one redacted error line with their location, instead
+/// of raw text on stderr only.
+fn install_panic_logger() {
+    // The default hook is not chained: it prints the raw message to stderr (the log file when
+    // detached) without redaction.
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        log::error!(target: "daemon", "panic in thread {thread} at {at}: {msg}");
+    }));
+}
+
 /// Checks that `start` can run: paired and a backend configured. Returns the state.
 pub fn preflight(settings: &Settings) -> Result<state::GatewayState, String> {
     let st = match state::load(&settings.paths.config_path) {
@@ -174,6 +198,8 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     {
         return fail!(format!("cannot open the log file: {e}"));
     }
+
+    install_panic_logger();
 
     let pid = std::process::id();
     let version = env!("CARGO_PKG_VERSION").to_string();
