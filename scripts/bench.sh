@@ -80,6 +80,7 @@ PY
 }
 
 echo "panorama-gateway status: $RUNS runs each; targets: wall <= 5 ms, max RSS <= 4 MiB"
+bench "baseline: /bin/true" /bin/true
 bench "not paired" "$BIN" status --config-dir "$CFG"
 
 mkdir -p "$CFG" && chmod 700 "$CFG"
