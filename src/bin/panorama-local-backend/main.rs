@@ -32,6 +32,30 @@ use std::time::Duration;
 const USAGE: &str = "usage: panorama-local-backend [--listen 127.0.0.1:54321] [--data FILE] \
 [--access-token-ttl SECS] [--jwt-secret S] [--pairing-code-ttl SECS] [--refresh-reuse-secs SECS] [-v]";
 
+/// Log lines as the project writes them: `<RFC 3339 ms>Z LEVEL [component] message key=value`.
+struct StderrLogger {
+    level: log::LevelFilter,
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!(
+                "{} {:<5} [{}] {}\n",
+                util::now_iso(),
+                r.level(),
+                r.target(),
+                r.args()
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+    fn flush(&self) {}
+}
+
 struct Args {
     listen: String,
     data: Option<PathBuf>,
@@ -153,10 +177,9 @@ fn main() {
     } else {
         log::LevelFilter::Info
     };
-    let log_cfg = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .build();
-    let _ = simplelog::WriteLogger::init(level, log_cfg, std::io::stderr());
+    if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
+        log::set_max_level(level);
+    }
 
     let sigset = block_signals();
 
