@@ -320,6 +320,9 @@ fn access_token_push_updates_the_channel_and_expiry_closes_it() {
         "access_token",
         json!({"access_token": fresh_at}),
     );
+    // Frames are handled in order: once the heartbeat is answered, the token is in place.
+    rt.send(None, Some("60"), "phoenix", "heartbeat", json!({}));
+    rt.wait_for(T, |m| m["ref"] == "60");
     b.enqueue(&g.team_id, Some(&g.gateway_id), json!({}));
     let ev = rt.wait_for(T, |m| m["event"] == "postgres_changes");
     assert_eq!(ev["payload"]["data"]["type"], "INSERT");

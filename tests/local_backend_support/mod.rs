@@ -71,7 +71,10 @@ pub struct Gateway {
 
 impl Backend {
     pub fn start(extra: &[&str]) -> Backend {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-local-backend"));
+        // The bench script points this at a release build; tests use cargo's binary.
+        let bin = std::env::var_os("PANORAMA_LOCAL_BACKEND_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_panorama-local-backend").into());
+        let mut cmd = Command::new(bin);
         cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         if std::env::var_os("PANORAMA_TEST_LOG").is_some() {

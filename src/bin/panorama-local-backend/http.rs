@@ -261,7 +261,7 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Bo
                 }
             }
         }
-        if body.len() + size > MAX_BODY {
+        if size > MAX_BODY || body.len() + size > MAX_BODY {
             return Ok(BodyResult::TooLarge);
         }
         while buf.len() < pos + size + 2 {
