@@ -938,6 +938,23 @@ fn chunked_bodies_keep_alive_and_malformed_input() {
     let req = format!("POST /rest/v1/gateway_jobs HTTP/1.1\r\nHost: x\r\napikey: {}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b.service);
     let out = raw_exchange(&b, req.as_bytes());
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // A chunk size that would overflow is refused, not a crash.
+    let req = format!("POST /rest/v1/gateway_jobs HTTP/1.1\r\nHost: x\r\napikey: {}\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n", b.service);
+    let out = raw_exchange(&b, req.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    // Another schema than public is a 406 PGRST106.
+    let r = b.req_full(
+        "GET",
+        "/rest/v1/gateway_jobs",
+        Some(&b.service),
+        Some(&b.service),
+        &[("Accept-Profile", "private")],
+        None,
+    );
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (406, json!("PGRST106"))
+    );
     // Still healthy.
     assert_eq!(
         b.req_full("GET", "/health", None, None, &[], None).status,

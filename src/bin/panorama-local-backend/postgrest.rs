@@ -92,6 +92,18 @@ pub fn handle(app: &App, req: &Request) -> Response {
         Ok(p) => p,
         Err(e) => return jwt_error(&e),
     };
+    for h in ["accept-profile", "content-profile"] {
+        if let Some(schema) = req.header(h) {
+            if schema.trim() != "public" {
+                return err(&DbError::new(
+                    406,
+                    "PGRST106",
+                    "The schema must be one of the following: public",
+                )
+                .details(format!("{h}: {schema}")));
+            }
+        }
+    }
     let sub = req
         .path
         .trim_start_matches("/rest/v1")
