@@ -4,7 +4,8 @@
 # subscriber), p50/p99. The backend is the release build; the load generator is the ignored
 # integration test tests/local_backend_bench.rs.
 #
-# Knobs (env): BENCH_SECS (3), BENCH_CLIENTS (8), BENCH_SUBSCRIBERS (50), BENCH_EVENTS (200).
+# Knobs (env): BENCH_SECS (3), BENCH_CLIENTS (8), BENCH_SUBSCRIBERS (50), BENCH_EVENTS (200),
+# BENCH_EVENT_GAP_MS (5: pause between inserts; 0 = back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,7 @@
 //! Load generator for scripts/bench-backend.sh (ignored in normal test runs): PostgREST select
 //! throughput over keep-alive connections, and realtime fan-out latency INSERT → delivery.
-//! Parameters (env): BENCH_SECS (3), BENCH_CLIENTS (8), BENCH_SUBSCRIBERS (50), BENCH_EVENTS (200).
+//! Parameters (env): BENCH_SECS (3), BENCH_CLIENTS (8), BENCH_SUBSCRIBERS (50), BENCH_EVENTS (200),
+//! BENCH_EVENT_GAP_MS (5).
 
 mod local_backend_support;
 use local_backend_support::*;
@@ -106,6 +107,8 @@ fn bench_rest_select() {
 fn bench_realtime_fanout() {
     let subs = env_num("BENCH_SUBSCRIBERS", 50) as usize;
     let events = env_num("BENCH_EVENTS", 200) as usize;
+    // Pause between inserts, so latency is measured below saturation (0 = back to back).
+    let gap = Duration::from_millis(env_num("BENCH_EVENT_GAP_MS", 5));
     let b = Backend::start(&[]);
     let g = b.pair(None);
     let filter = format!("team_id=eq.{}", g.team_id);
@@ -128,13 +131,25 @@ fn bench_realtime_fanout() {
             let mut got: Vec<(usize, Instant)> = Vec::with_capacity(events);
             let deadline = Instant::now() + Duration::from_secs(60);
             while got.len() < events && Instant::now() < deadline {
-                if let Some(m) = rt.recv(Duration::from_millis(200)) {
-                    if m["event"] == "postgres_changes" {
-                        let seq = m["payload"]["data"]["record"]["payload"]["seq"]
-                            .as_u64()
-                            .unwrap() as usize;
-                        got.push((seq, Instant::now()));
+                // Minimal work per frame (no JSON parse) so the reader measures the server.
+                let text = match rt.ws.read() {
+                    Ok(tungstenite::Message::Text(t)) => t,
+                    Ok(_) => continue,
+                    Err(tungstenite::Error::Io(e))
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        continue
                     }
+                    Err(e) => panic!("subscriber read failed: {e}"),
+                };
+                let at = Instant::now();
+                if let Some(pos) = text.as_str().find("\"seq\":") {
+                    let digits: String = text.as_str()[pos + 6..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit())
+                        .collect();
+                    got.push((digits.parse::<usize>().unwrap(), at));
                 }
             }
             got
@@ -155,6 +170,9 @@ fn bench_realtime_fanout() {
             .send_string(&body)
             .unwrap();
         assert_eq!(r.status(), 201);
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
     }
     let insert_secs = t_all.elapsed().as_secs_f64();
     let sent = sent.lock().unwrap().clone();
@@ -169,7 +187,8 @@ fn bench_realtime_fanout() {
     }
     lat.sort();
     println!(
-        "BENCH realtime_fanout subscribers={subs} events={events} deliveries={} missing={missing} inserts_per_s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        "BENCH realtime_fanout subscribers={subs} events={events} gap_ms={} deliveries={} missing={missing} inserts_per_s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        gap.as_millis(),
         lat.len(),
         events as f64 / insert_secs,
         percentile(&lat, 0.50).as_secs_f64() * 1e3,
