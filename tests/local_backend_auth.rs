@@ -277,6 +277,39 @@ fn corrupt_data_file_is_refused_with_a_clear_message() {
 }
 
 #[test]
+fn unwritable_data_path_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_panorama-local-backend"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            "/nonexistent-dir-plb/backend.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write data file"));
+    assert!(
+        out.stdout.is_empty(),
+        "no ready line when it cannot persist"
+    );
+}
+
+#[test]
+fn ready_line_keys_in_documented_order() {
+    let b = Backend::start(&[]);
+    let line = b.ready_line.clone();
+    assert!(line.starts_with("{\"url\":\"http://127.0.0.1:"), "{line}");
+    let (u, a, s) = (
+        line.find("\"url\"").unwrap(),
+        line.find("\"anon_key\"").unwrap(),
+        line.find("\"service_role_key\"").unwrap(),
+    );
+    assert!(u < a && a < s, "{line}");
+    assert!(line.ends_with("}\n"));
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_panorama-local-backend"))
         .args(["--access-token-ttl", "soon"])

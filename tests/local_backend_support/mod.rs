@@ -17,6 +17,8 @@ pub struct Backend {
     pub url: String,
     pub anon: String,
     pub service: String,
+    /// The raw ready line printed on stdout.
+    pub ready_line: String,
     agent: ureq::Agent,
 }
 
@@ -114,6 +116,7 @@ impl Backend {
             url: v["url"].as_str().unwrap().to_string(),
             anon: v["anon_key"].as_str().unwrap().to_string(),
             service: v["service_role_key"].as_str().unwrap().to_string(),
+            ready_line: line,
             agent,
         }
     }
