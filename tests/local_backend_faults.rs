@@ -115,7 +115,7 @@ fn fail_next_counts_and_path_classes() {
 fn delay_next_slows_requests() {
     let b = Backend::start(&[]);
     let g = b.pair(None);
-    b.fault(json!({"delay_next": {"count": 1, "ms": 400}}));
+    b.fault(json!({"delay_next": {"count": 1, "ms": 1000, "paths": "rest"}}));
     let t = Instant::now();
     assert_eq!(
         b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None)
@@ -123,14 +123,14 @@ fn delay_next_slows_requests() {
         200
     );
     assert!(
-        t.elapsed() >= Duration::from_millis(400),
+        t.elapsed() >= Duration::from_millis(1000),
         "delayed {:?}",
         t.elapsed()
     );
     let t = Instant::now();
     b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None);
     assert!(
-        t.elapsed() < Duration::from_millis(400),
+        t.elapsed() < Duration::from_millis(1000),
         "only the next request is delayed"
     );
 }
@@ -270,6 +270,32 @@ fn close_realtime_after_join() {
     let mut rt2 = b.realtime("2.0.0");
     rt2.join("a", "INSERT", "gateway_jobs", None, Some(&g.access_token));
     assert!(!rt2.closed_within(Duration::from_millis(300)));
+}
+
+#[test]
+fn failed_joins_and_upgrades() {
+    let b = Backend::start(&[]);
+    let g = b.pair(None);
+    b.fault(json!({"fail_next_joins": 1}));
+    let mut rt = b.realtime("2.0.0");
+    let r = rt.join("a", "INSERT", "gateway_jobs", None, Some(&g.access_token));
+    assert_eq!(r["payload"]["status"], "error");
+    assert!(r["payload"]["response"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Injected"));
+    let r = rt.join("a", "INSERT", "gateway_jobs", None, Some(&g.access_token));
+    assert_eq!(r["payload"]["status"], "ok", "only the next join fails");
+    // The next websocket upgrade fails with the given status; "all" does not include realtime.
+    b.fault(json!({"fail_next": {"count": 1, "status": 503, "paths": "realtime"}}));
+    match tungstenite::connect(b.ws_url("2.0.0").as_str()) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
+        other => panic!("upgrade must fail: {:?}", other.map(|x| x.1.status())),
+    }
+    let mut rt2 = b.realtime("2.0.0");
+    rt2.send(None, Some("1"), "phoenix", "heartbeat", json!({}));
+    rt2.wait_for(T, |m| m["ref"] == "1");
+    assert!(b.stats()["requests"]["realtime"].as_u64().unwrap() >= 3);
 }
 
 #[test]

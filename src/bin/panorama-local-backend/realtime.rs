@@ -342,6 +342,7 @@ fn parse_filter(table: &str, f: &str) -> Result<(String, Op), String> {
 }
 
 pub fn handle_upgrade(app: Arc<App>, mut stream: TcpStream, req: Request, leftover: Vec<u8>) {
+    app.stats.count_request(crate::faults::PathClass::Realtime);
     let params = util::parse_query(&req.query);
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let reject = |stream: &mut TcpStream, status: u16, msg: &str| {
@@ -376,6 +377,20 @@ pub fn handle_upgrade(app: Arc<App>, mut stream: TcpStream, req: Request, leftov
         }
         Some(k) if !app.apikey_ok(k) => return reject(&mut stream, 401, "Invalid API key"),
         _ => {}
+    }
+    let verdict = app.faults.take(crate::faults::PathClass::Realtime);
+    if verdict.delay_ms > 0 {
+        app.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(verdict.delay_ms));
+    }
+    if let Some(status) = verdict.fail_status {
+        app.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
+        log::info!(target: "faults", "failing a websocket upgrade status={status}");
+        return reject(
+            &mut stream,
+            status,
+            "Injected fault (panorama-local-backend)",
+        );
     }
     let vsn2 = match param("vsn").as_deref() {
         Some("2.0.0") => true,
@@ -619,6 +634,9 @@ fn join(app: &App, id: u64, vsn2: bool, m: &Msg, apikey: &str) {
         Some(n) if !n.is_empty() => n.to_string(),
         _ => return err_reply("unmatched topic".into()),
     };
+    if app.faults.take_fail_join() {
+        return err_reply("Injected fault (panorama-local-backend): join refused".into());
+    }
     let token = m
         .payload
         .get("access_token")
