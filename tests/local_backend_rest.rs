@@ -125,10 +125,9 @@ fn pairing_code_expires() {
     let code = b.pairing_code(None);
     let r = b.exchange(code["code"].as_str().unwrap());
     assert_eq!(r.status, 410);
-    assert_eq!(
-        r.json(),
-        json!({"success": false, "error": "Pairing code expired"})
-    );
+    assert_eq!(r.json()["success"], false);
+    assert_eq!(r.json()["error"], "Pairing code expired");
+    assert!(r.json()["message"].as_str().unwrap().contains("new pairing code"));
 }
 
 #[test]
