@@ -127,7 +127,10 @@ fn pairing_code_expires() {
     assert_eq!(r.status, 410);
     assert_eq!(r.json()["success"], false);
     assert_eq!(r.json()["error"], "Pairing code expired");
-    assert!(r.json()["message"].as_str().unwrap().contains("new pairing code"));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("new pairing code"));
 }
 
 #[test]
