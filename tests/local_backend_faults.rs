@@ -299,6 +299,20 @@ fn failed_joins_and_upgrades() {
 }
 
 #[test]
+fn pending_faults_are_listed() {
+    let b = Backend::start(&[]);
+    b.fault(json!({"fail_next": {"count": 3, "status": 500, "paths": "rest,auth"}, "fail_next_joins": 2}));
+    let p = b.service("GET", "/admin/v1/faults", None).json();
+    assert_eq!(p["fail_next"][0]["remaining"], 3);
+    assert_eq!(p["fail_next"][0]["paths"], json!(["rest", "auth"]));
+    assert_eq!(p["fail_next_joins"], 2);
+    b.fault(json!({"clear": true}));
+    let p = b.service("GET", "/admin/v1/faults", None).json();
+    assert_eq!(p["fail_next"], json!([]));
+    assert_eq!(p["fail_next_joins"], 0);
+}
+
+#[test]
 fn stats_count_requests_per_class() {
     let b = Backend::start(&[]);
     let g = b.pair(None);

@@ -395,6 +395,27 @@ fn filters_order_limit_offset_select() {
         types(&get("select=job_type&job_type=like.t*&attempt=eq.5")),
         ["t4"]
     );
+    assert_eq!(
+        types(&get("select=job_type&job_type=ilike.T%25&attempt=lt.2")),
+        ["t0"]
+    );
+    assert_eq!(
+        types(&get(
+            "select=job_type&job_type=not.in.(t0,t1,t2)&order=attempt.asc"
+        )),
+        ["t3", "t4"]
+    );
+    // HEAD: headers only, with the count.
+    let r = b.req_full(
+        "HEAD",
+        &format!("/rest/v1/gateway_jobs?team_id=eq.{team}"),
+        Some(&b.service),
+        Some(&b.service),
+        &[("Prefer", "count=exact")],
+        None,
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, ""));
+    assert_eq!(r.header("content-range"), Some("0-4/5"));
     // A column list returns exactly those keys; aliases rename.
     let v = get("select=id,status&limit=1");
     assert_eq!(v[0].as_object().unwrap().len(), 2);
