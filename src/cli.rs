@@ -123,6 +123,19 @@ fn parse_number(flag: &str, v: &str) -> Result<u64, UsageError> {
         .map_err(|_| UsageError(format!("--{flag} expects a whole number, got {v:?}")))
 }
 
+/// The value of `--flag`, just seen. A following `--other` is not taken as the value: the
+/// value is missing (write `./--x` for a path that really starts with dashes).
+fn take_value(p: &mut lexopt::Parser, flag: &str) -> Result<OsString, UsageError> {
+    let next_is_flag = p
+        .try_raw_args()
+        .and_then(|raw| raw.peek().map(|a| a.to_string_lossy().starts_with("--")))
+        .unwrap_or(false);
+    if next_is_flag {
+        return Err(UsageError(format!("--{flag} needs a value")));
+    }
+    p.value().map_err(lexopt_err)
+}
+
 fn lexopt_err(e: lexopt::Error) -> UsageError {
     UsageError(match e {
         lexopt::Error::MissingValue { option: Some(o) } => format!("{o} needs a value"),
@@ -155,55 +168,63 @@ where
             Short('V') | Long("version") => version = true,
             Short('v') | Long("verbose") => g.overrides.verbose = true,
             Long("config-dir") => {
-                g.overrides.config_dir =
-                    Some(nonempty_path("config-dir", p.value().map_err(lexopt_err)?)?)
+                g.overrides.config_dir = Some(nonempty_path(
+                    "config-dir",
+                    take_value(&mut p, "config-dir")?,
+                )?)
             }
             Long("config-path") => {
                 g.overrides.config_path = Some(nonempty_path(
                     "config-path",
-                    p.value().map_err(lexopt_err)?,
+                    take_value(&mut p, "config-path")?,
                 )?)
             }
             Long("log-path") => {
                 g.overrides.log_path =
-                    Some(nonempty_path("log-path", p.value().map_err(lexopt_err)?)?)
+                    Some(nonempty_path("log-path", take_value(&mut p, "log-path")?)?)
             }
             Long("pid-path") => {
                 g.overrides.pid_path =
-                    Some(nonempty_path("pid-path", p.value().map_err(lexopt_err)?)?)
+                    Some(nonempty_path("pid-path", take_value(&mut p, "pid-path")?)?)
             }
             Long("claude-cli") => {
-                g.overrides.claude_cli =
-                    Some(nonempty_path("claude-cli", p.value().map_err(lexopt_err)?)?)
+                g.overrides.claude_cli = Some(nonempty_path(
+                    "claude-cli",
+                    take_value(&mut p, "claude-cli")?,
+                )?)
             }
             Long("codex-cli") => {
-                g.overrides.codex_cli =
-                    Some(nonempty_path("codex-cli", p.value().map_err(lexopt_err)?)?)
+                g.overrides.codex_cli = Some(nonempty_path(
+                    "codex-cli",
+                    take_value(&mut p, "codex-cli")?,
+                )?)
             }
             Long("gemini-cli") => {
-                g.overrides.gemini_cli =
-                    Some(nonempty_path("gemini-cli", p.value().map_err(lexopt_err)?)?)
+                g.overrides.gemini_cli = Some(nonempty_path(
+                    "gemini-cli",
+                    take_value(&mut p, "gemini-cli")?,
+                )?)
             }
             Long("env-file") => {
-                g.env_file = Some(nonempty_path("env-file", p.value().map_err(lexopt_err)?)?)
+                g.env_file = Some(nonempty_path("env-file", take_value(&mut p, "env-file")?)?)
             }
             Long("env") => {
-                let v = os_to_string("env", p.value().map_err(lexopt_err)?)?;
+                let v = os_to_string("env", take_value(&mut p, "env")?)?;
                 let n = crate::config::envfile::normalize_env_name(&v).map_err(UsageError)?;
                 g.env_name = Some(n);
             }
             Long("supabase-url") => {
                 g.overrides.supabase_url = Some(os_to_string(
                     "supabase-url",
-                    p.value().map_err(lexopt_err)?,
+                    take_value(&mut p, "supabase-url")?,
                 )?)
             }
             Long("anon-key") => {
                 g.overrides.anon_key =
-                    Some(os_to_string("anon-key", p.value().map_err(lexopt_err)?)?)
+                    Some(os_to_string("anon-key", take_value(&mut p, "anon-key")?)?)
             }
             Long("device-name") => {
-                let v = os_to_string("device-name", p.value().map_err(lexopt_err)?)?;
+                let v = os_to_string("device-name", take_value(&mut p, "device-name")?)?;
                 if v.trim().is_empty() {
                     return Err(UsageError("--device-name needs a non-empty name".into()));
                 }
@@ -215,11 +236,11 @@ where
             ) => cmd_flags.push((f.to_string(), None)),
             Long(f @ ("timeout" | "lines")) => {
                 let f = f.to_string();
-                let v = os_to_string(&f, p.value().map_err(lexopt_err)?)?;
+                let v = os_to_string(&f, take_value(&mut p, &f)?)?;
                 cmd_flags.push((f, Some(v)))
             }
             Short('n') => {
-                let v = os_to_string("lines", p.value().map_err(lexopt_err)?)?;
+                let v = os_to_string("lines", take_value(&mut p, "lines")?)?;
                 cmd_flags.push(("lines".into(), Some(v)))
             }
             Short('f') => cmd_flags.push(("force".into(), None)),
@@ -389,6 +410,7 @@ Environment (flags win over environment, environment over defaults):
   PANORAMA_GATEWAY_AUTO_RESTART (default: on for release builds)
   PANORAMA_GATEWAY_RESTART_CHECK_MS (default 30000, min 1000)
   PANORAMA_GATEWAY_RESTART_MAX_WAIT_MS (stop in-flight work after this drain wait)
+  PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS (bound on a stop's drain, default 90000)
   PANORAMA_GATEWAY_LOG_MAX_BYTES (log rotation size, default 10 MiB)
 ";
 

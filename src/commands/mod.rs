@@ -12,6 +12,16 @@ pub mod stop;
 use crate::cli::{self, Command, Parsed};
 use crate::config;
 
+/// Restores the default SIGPIPE action, so `status | head -1` ends quietly instead of failing
+/// on a closed stdout. Only for commands that write nothing but stdout (no sockets, no child
+/// pipes).
+fn default_sigpipe() {
+    // SAFETY: setting a standard disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Parses the command line, runs the command, returns the process exit code.
 pub fn main_entry() -> i32 {
     let parsed = match cli::parse(std::env::args_os().skip(1)) {
@@ -21,6 +31,17 @@ pub fn main_entry() -> i32 {
             return 2;
         }
     };
+    if matches!(
+        parsed,
+        Parsed::Help(_)
+            | Parsed::Version
+            | Parsed::Run {
+                command: Command::Status { .. } | Command::Logs { .. },
+                ..
+            }
+    ) {
+        default_sigpipe();
+    }
     let (global, command) = match parsed {
         Parsed::Help(text) => {
             print!("{text}");

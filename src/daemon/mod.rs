@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::io::FromRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,15 @@ pub const READY_FD_ENV: &str = "PANORAMA_GATEWAY_READY_FD";
 
 /// Default bound on a graceful drain before in-flight work is stopped.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
+
+static RELOAD_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Increases on every SIGHUP (after the log was reopened and gateway.json re-read). The runtime
+/// can compare it with the value it last saw to re-read settings at once instead of waiting
+/// for its next periodic refresh.
+pub fn reload_generation() -> u64 {
+    RELOAD_GENERATION.load(Ordering::SeqCst)
+}
 
 /// The write end of the pipe a launching parent waits on (detached start only).
 struct ReadyPipe(Option<File>);
@@ -97,6 +107,30 @@ fn spawn_drain_guard(shutdown: Shutdown) {
         });
 }
 
+/// Panics (in any thread) are logged as one redacted error line with their location, instead
+/// of raw text on stderr only.
+fn install_panic_logger() {
+    // The default hook is not chained: it prints the raw message to stderr (the log file when
+    // detached) without redaction.
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        log::error!(target: "daemon", "panic in thread {thread} at {at}: {msg}");
+    }));
+}
+
 /// Checks that `start` can run: paired and a backend configured. Returns the state.
 pub fn preflight(settings: &Settings) -> Result<state::GatewayState, String> {
     let st = match state::load(&settings.paths.config_path) {
@@ -127,6 +161,12 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         };
     }
 
+    // A running gateway wins over any complaint about the config: say it runs.
+    if let Ok(pidfile::PidState::Running(pid)) = pidfile::probe(&paths.pid_path) {
+        println!("Gateway already running (pid {pid})");
+        ready.send(&format!("running {pid}"));
+        return 0;
+    }
     let st = match preflight(settings) {
         Ok(s) => s,
         Err(e) => return fail!(e),
@@ -159,6 +199,8 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         return fail!(format!("cannot open the log file: {e}"));
     }
 
+    install_panic_logger();
+
     let pid = std::process::id();
     let version = env!("CARGO_PKG_VERSION").to_string();
     let status = statusfile::StatusFile::create(
@@ -180,6 +222,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     let config_path = paths.config_path.clone();
     let on_hup = Box::new(move || {
         crate::logging::reopen();
+        RELOAD_GENERATION.fetch_add(1, Ordering::SeqCst);
         match state::load(&config_path) {
             Ok(Some(s)) => {
                 let fc = s.full_control_enabled;
@@ -194,7 +237,13 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
             }
         }
     });
-    if let Err(e) = signals::spawn_router(sigpipe, shutdown.clone(), on_hup) {
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signals::spawn_router(
+        sigpipe,
+        shutdown.clone(),
+        on_hup,
+        Arc::clone(&stop_requested),
+    ) {
         return fail!(format!("cannot start the signal thread: {e}"));
     }
     spawn_drain_guard(shutdown.clone());
@@ -237,7 +286,9 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         s.jobs_in_flight = 0;
     });
 
-    if restart.is_set() && result.is_ok() {
+    if restart.is_set() && stop_requested.load(Ordering::SeqCst) {
+        log::info!(target: "daemon", "a stop was requested during the upgrade drain: not restarting");
+    } else if restart.is_set() && result.is_ok() {
         if let Some(exe) = exe {
             log::info!(target: "daemon", "restarting into the upgraded binary path={}", exe.display());
             log::logger().flush();

@@ -7,7 +7,8 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::io::FromRawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
 
 use crate::daemon::shutdown::Shutdown;
 
@@ -72,10 +73,12 @@ pub fn name(sig: libc::c_int) -> &'static str {
 }
 
 /// Reads signals from the pipe forever and routes them. `on_hup` runs on the signal thread.
+/// `stop_requested` is set on SIGTERM/SIGINT/SIGQUIT (a stop wins over a pending restart).
 pub fn spawn_router(
     mut pipe: File,
     shutdown: Shutdown,
     on_hup: Box<dyn Fn() + Send>,
+    stop_requested: Arc<AtomicBool>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("signals".into())
@@ -93,6 +96,7 @@ pub fn spawn_router(
                     let sig = b as libc::c_int;
                     match sig {
                         libc::SIGTERM | libc::SIGINT => {
+                            stop_requested.store(true, Ordering::SeqCst);
                             stops += 1;
                             if stops == 1 {
                                 log::info!(target: "daemon", "{} received: draining (finishing in-flight jobs); send it again or SIGQUIT to stop now", name(sig));
@@ -103,6 +107,7 @@ pub fn spawn_router(
                             }
                         }
                         libc::SIGQUIT => {
+                            stop_requested.store(true, Ordering::SeqCst);
                             log::warn!(target: "daemon", "SIGQUIT received: stopping now");
                             shutdown.request_immediate();
                         }

@@ -20,7 +20,8 @@ impl StatusFile {
             path: path.to_path_buf(),
             current: Mutex::new(initial),
         });
-        sf.update(&|_| {});
+        let initial = sf.snapshot();
+        sf.write(&initial);
         sf
     }
 
@@ -29,10 +30,13 @@ impl StatusFile {
         let mut g = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let before = g.clone();
         f(&mut g);
-        if *g == before && self.path.exists() {
-            return;
+        if *g != before {
+            self.write(&g);
         }
-        match serde_json::to_vec_pretty(&*g) {
+    }
+
+    fn write(&self, s: &RuntimeStatus) {
+        match serde_json::to_vec_pretty(s) {
             Ok(mut data) => {
                 data.push(b'\n');
                 if let Err(e) = secure::write_atomic(&self.path, &data, false) {

@@ -1,9 +1,45 @@
 //! Child processes: spawn in a new process group, scrubbed environment, stdin/stdout/stderr
 //! piped, poll(2) on both outputs with bounded capture and a deadline, kill of the whole group
 //! with a grace period. Knows processes only. Owner: Providers (issue 5).
+//!
+//! One call of [`run`] owns one child from spawn to reap, in the calling thread: no thread per
+//! pipe. The loop polls stdout, stderr and (while there is input left) stdin, wakes at least
+//! every 100 ms to look at the deadline, the [`CancelToken`] and kill requests from the
+//! [`Children`] registry, and ends only when the child is reaped. The child leads its own
+//! process group; every signal goes to the whole group, so grandchildren (tools, MCP servers,
+//! `sh -c` pipelines) go with it. When the leader exits, members still left in its group are
+//! killed before the leader is reaped (the pgid cannot be reused while the leader is a zombie).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod env;
+mod tmp;
+
+#[allow(unused_imports)] // the public surface of exec; not every item has a caller yet
+pub use env::{
+    child_env, child_env_from, get_var, is_scrubbed, set_var, SCRUBBED_NAMES, SCRUBBED_PREFIX,
+};
+pub use tmp::{ensure_private_dir, PrivateDir};
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Captured bytes kept per stream (PROTOCOL.md §12).
+pub const CAPTURE_LIMIT: usize = 5_000_000;
+/// SIGTERM → SIGKILL grace for timeouts and kills.
+pub const KILL_GRACE: Duration = Duration::from_millis(2000);
+/// Longest partial line kept for the line callback (PROTOCOL.md §12 stream buffer).
+pub const LINE_LIMIT: usize = 200_000;
+/// The loop never sleeps longer than this, so cancel and kill requests act quickly.
+const TICK: Duration = Duration::from_millis(100);
+/// After the leader exited and its group was killed, how long to wait for the pipes to close
+/// (a process that left the group may still hold them).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(2000);
 
 /// Cancellation flag for one job; cheap to clone. `exec::run` polls it while a child runs.
 #[derive(Debug, Clone, Default)]
@@ -21,20 +57,720 @@ impl CancelToken {
     }
 }
 
+/// One registered child: its job, its process group and a kill request the owning loop reads.
+#[derive(Debug)]
+struct Entry {
+    key: u64,
+    job_id: String,
+    pgid: i32,
+    /// 0 = no request; otherwise the requested grace in ms + 1.
+    kill: Arc<AtomicU64>,
+}
+
 /// Registry of running children by job id (process group ids), so cancellation and shutdown
-/// can reach them. Filled in by issue 5.
+/// can reach them. The thread running the child does the signalling and the reaping; the
+/// registry only asks it to (so a child is never reaped twice and never left a zombie).
 #[derive(Debug, Default)]
-pub struct Children {}
+pub struct Children {
+    entries: Mutex<Vec<Entry>>,
+    changed: Condvar,
+    next: AtomicU64,
+}
+
+/// Removes the entry when the run ends, whatever the path out.
+struct Registration<'a> {
+    children: &'a Children,
+    key: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut g = self.children.lock();
+        g.retain(|e| e.key != self.key);
+        self.children.changed.notify_all();
+    }
+}
 
 impl Children {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, job_id: &str, pgid: i32) -> (Registration<'_>, Arc<AtomicU64>) {
+        let key = self.next.fetch_add(1, Ordering::SeqCst);
+        let kill = Arc::new(AtomicU64::new(0));
+        self.lock().push(Entry {
+            key,
+            job_id: job_id.to_string(),
+            pgid,
+            kill: kill.clone(),
+        });
+        self.changed.notify_all();
+        (
+            Registration {
+                children: self,
+                key,
+            },
+            kill,
+        )
+    }
+
+    fn request(e: &Entry, grace: Duration) {
+        let ms = grace.as_millis().min(u64::MAX as u128 - 1) as u64 + 1;
+        // Keep the shortest grace asked for.
+        let _ = e
+            .kill
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
+                if cur == 0 || ms < cur {
+                    Some(ms)
+                } else {
+                    None
+                }
+            });
+        // Signal at once too: the owning loop may be up to one tick away.
+        signal_group(e.pgid, libc::SIGTERM);
+    }
+
     /// SIGTERM the process groups of one job's children, SIGKILL after `grace`.
-    pub fn kill_job(&self, _job_id: &str, _grace: std::time::Duration) {}
+    pub fn kill_job(&self, job_id: &str, grace: std::time::Duration) {
+        let g = self.lock();
+        for e in g.iter().filter(|e| e.job_id == job_id) {
+            log::info!(target: "exec", "killing job children job_id={} pgid={}", job_id, e.pgid);
+            Self::request(e, grace);
+        }
+    }
 
     /// SIGTERM every registered process group, SIGKILL after `grace`; returns when all are gone.
-    pub fn kill_all(&self, _grace: std::time::Duration) {}
+    pub fn kill_all(&self, grace: std::time::Duration) {
+        let mut g = self.lock();
+        if g.is_empty() {
+            return;
+        }
+        log::info!(target: "exec", "killing all children count={}", g.len());
+        for e in g.iter() {
+            Self::request(e, grace);
+        }
+        // The owners escalate to SIGKILL after `grace`; allow them that plus the drain window.
+        let deadline = Instant::now() + grace + DRAIN_AFTER_EXIT + Duration::from_secs(1);
+        while !g.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                log::warn!(target: "exec", "children still registered after kill_all count={}", g.len());
+                return;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 
     /// How many children are running now.
     pub fn len(&self) -> usize {
-        0
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
+
+/// What to run and how.
+pub struct Spec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub cwd: Option<PathBuf>,
+    /// The complete child environment (the parent's is not inherited). Build it with
+    /// [`child_env`].
+    pub env: Vec<(OsString, OsString)>,
+    /// Bytes written to stdin (then closed); None gives the child an empty stdin.
+    pub stdin: Option<Vec<u8>>,
+    /// Wall-clock limit; None means no limit.
+    pub timeout: Option<Duration>,
+    /// SIGTERM → SIGKILL grace on timeout and cancel.
+    pub grace: Duration,
+    /// Bytes kept per stream; the rest is read and counted but dropped.
+    pub capture_limit: usize,
+    pub cancel: Option<CancelToken>,
+    /// Register the child under this job id so [`Children::kill_job`] reaches it.
+    pub register: Option<(Arc<Children>, String)>,
+    /// When set, the child gets a private `TMPDIR`/`TMP`/`TEMP` (0700) created under this
+    /// directory and removed after the run.
+    pub tmp_base: Option<PathBuf>,
+}
+
+impl Spec {
+    /// Defaults: scrubbed parent environment, no stdin, no timeout, 2 s grace, 5 MB capture.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Spec {
+            program: program.into(),
+            args: Vec::new(),
+            cwd: None,
+            env: child_env(&[]),
+            stdin: None,
+            timeout: None,
+            grace: KILL_GRACE,
+            capture_limit: CAPTURE_LIMIT,
+            cancel: None,
+            register: None,
+            tmp_base: Some(std::env::temp_dir()),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, it: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+}
+
+/// Why the run ended early, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    None,
+    TimedOut,
+    Cancelled,
+    /// Killed through the [`Children`] registry (job cancel or shutdown).
+    Killed,
+}
+
+/// The result of a run that started.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code when the child exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number when the child was killed by a signal.
+    pub signal: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Total bytes the child wrote, kept or not.
+    pub stdout_total: u64,
+    pub stderr_total: u64,
+    pub stop: Stop,
+    pub duration: Duration,
+    /// The child did not read all of the stdin input (it closed stdin or exited first).
+    pub stdin_unwritten: usize,
+}
+
+impl Output {
+    /// Exit code 0, not stopped.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0) && self.stop == Stop::None
+    }
+    pub fn timed_out(&self) -> bool {
+        self.stop == Stop::TimedOut
+    }
+    pub fn stdout_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// The child could not be started (or an I/O error broke the loop before it started).
+#[derive(Debug)]
+pub struct SpawnError {
+    pub program: PathBuf,
+    pub error: io::Error,
+    /// Set when the private TMPDIR (under this directory) could not be created.
+    pub tmp_base: Option<PathBuf>,
+}
+
+impl SpawnError {
+    pub fn not_found(&self) -> bool {
+        self.tmp_base.is_none() && self.error.kind() == io::ErrorKind::NotFound
+    }
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(base) = &self.tmp_base {
+            return write!(
+                f,
+                "could not create a private temporary directory under {} for {}: {}; check that it exists and is writable",
+                base.display(),
+                self.program.display(),
+                self.error
+            );
+        }
+        let what = match self.error.kind() {
+            io::ErrorKind::NotFound => "not found (is it installed and on PATH?)".to_string(),
+            io::ErrorKind::PermissionDenied => "permission denied (is it executable?)".to_string(),
+            _ => self.error.to_string(),
+        };
+        write!(f, "could not start {}: {}", self.program.display(), what)
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Sends `sig` to every process of group `pgid`. Errors (the group is already gone) are fine.
+fn signal_group(pgid: i32, sig: libc::c_int) {
+    if pgid > 1 {
+        // SAFETY: kill(2) with a negative pid addresses a process group; no memory involved.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+}
+
+/// In the forked child, before exec: descriptors the gateway itself inherited without
+/// CLOEXEC (a parent's jobserver pipe, a launcher's log fd) must not reach the CLI. Marks every
+/// fd above 2 close-on-exec (not closed: std's own exec-error pipe must survive until exec).
+fn mark_inherited_fds_cloexec() {
+    #[cfg(target_os = "linux")]
+    {
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        // SAFETY: raw syscall with integer arguments.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+    // Older kernels and other systems: walk a bounded range.
+    // SAFETY: getrlimit/fcntl are async-signal-safe and touch only our own descriptors.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+            (rl.rlim_cur as u64).min(65_536) as i32
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            let fl = libc::fcntl(fd, libc::F_GETFD);
+            if fl >= 0 && fl & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, fl | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// True when the child has exited; it is left a zombie (WNOWAIT) so its pid, and so its pgid,
+/// stay reserved until we reap it.
+fn leader_exited(pid: i32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid writes into it.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        r == 0 && info.si_pid() == pid
+    }
+}
+
+/// A descriptor that becomes readable when `pid` exits (Linux 5.3+), so the loop wakes at
+/// once instead of at the next tick. None where unsupported.
+fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::FromRawFd;
+        // SAFETY: raw syscall with integer arguments; a non-negative result is a new fd
+        // (close-on-exec by definition) that we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd >= 0 {
+            return Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
+        }
+    }
+    let _ = pid;
+    None
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// One output stream being captured.
+struct Capture<R> {
+    pipe: Option<R>,
+    kept: Vec<u8>,
+    limit: usize,
+    total: u64,
+    truncated: bool,
+}
+
+impl<R: Read + AsRawFd> Capture<R> {
+    fn new(pipe: Option<R>, limit: usize) -> Self {
+        if let Some(p) = &pipe {
+            set_nonblocking(p.as_raw_fd());
+        }
+        Capture {
+            pipe,
+            kept: Vec::new(),
+            limit,
+            total: 0,
+            truncated: false,
+        }
+    }
+
+    /// Reads what is available. Returns the new bytes' range in `buf`, or None at EOF/error.
+    fn read_some(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let pipe = self.pipe.as_mut()?;
+        loop {
+            match pipe.read(buf) {
+                Ok(0) => {
+                    self.pipe = None;
+                    return None;
+                }
+                Ok(n) => {
+                    self.total += n as u64;
+                    let room = self.limit.saturating_sub(self.kept.len());
+                    if n > room {
+                        self.truncated = true;
+                    }
+                    self.kept.extend_from_slice(&buf[..n.min(room)]);
+                    return Some(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(0),
+                Err(_) => {
+                    self.pipe = None;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Splits stdout into lines for a streaming parser, keeping at most [`LINE_LIMIT`] bytes of a
+/// partial line (the tail, so the end of an over-long line still parses as garbage, not as a
+/// different event).
+struct LineSplitter {
+    buf: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn feed(&mut self, data: &[u8], cb: &mut dyn FnMut(&str)) {
+        let mut rest = data;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            self.buf.extend_from_slice(&rest[..i]);
+            cb(&String::from_utf8_lossy(&self.buf));
+            self.buf.clear();
+            rest = &rest[i + 1..];
+        }
+        self.buf.extend_from_slice(rest);
+        if self.buf.len() > LINE_LIMIT {
+            let cut = self.buf.len() - LINE_LIMIT;
+            self.buf.drain(..cut);
+        }
+    }
+    fn finish(&mut self, cb: &mut dyn FnMut(&str)) {
+        if !self.buf.is_empty() {
+            cb(&String::from_utf8_lossy(&self.buf));
+            self.buf.clear();
+        }
+    }
+}
+
+/// Runs a child to completion. See the module docs. `on_line` gets each complete stdout line
+/// (without the newline) as it arrives.
+pub fn run(spec: Spec, on_line: Option<&mut dyn FnMut(&str)>) -> Result<Output, SpawnError> {
+    let started = Instant::now();
+    let spawn_err = |error| SpawnError {
+        program: spec.program.clone(),
+        error,
+        tmp_base: None,
+    };
+    let tmp = match &spec.tmp_base {
+        Some(base) => {
+            Some(
+                PrivateDir::create_in(base, "pgw-tmp-").map_err(|error| SpawnError {
+                    program: spec.program.clone(),
+                    error,
+                    tmp_base: Some(base.clone()),
+                })?,
+            )
+        }
+        None => None,
+    };
+    let mut env = spec.env.clone();
+    if let Some(t) = &tmp {
+        for (k, v) in t.tmp_vars() {
+            set_var(&mut env, k, v);
+        }
+    }
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: the closure only makes async-signal-safe system calls (close_range / fcntl).
+    unsafe {
+        cmd.pre_exec(|| {
+            mark_inherited_fds_cloexec();
+            Ok(())
+        });
+    }
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let pid = child.id() as i32;
+    let registration = spec
+        .register
+        .as_ref()
+        .map(|(children, job)| children.register(job, pid));
+    let (registration, kill_request) = match registration {
+        Some((r, k)) => (Some(r), Some(k)),
+        None => (None, None),
+    };
+    let out = supervise(
+        &mut child,
+        pid,
+        &spec,
+        (registration, kill_request),
+        on_line,
+        started,
+    );
+    drop(tmp);
+    Ok(out)
+}
+
+fn supervise(
+    child: &mut Child,
+    pid: i32,
+    spec: &Spec,
+    (registration, kill_request): (Option<Registration<'_>>, Option<Arc<AtomicU64>>),
+    mut on_line: Option<&mut dyn FnMut(&str)>,
+    started: Instant,
+) -> Output {
+    let mut out = Capture::new(child.stdout.take(), spec.capture_limit);
+    let mut err = Capture::new(child.stderr.take(), spec.capture_limit);
+    let mut stdin = child.stdin.take();
+    if let Some(s) = &stdin {
+        set_nonblocking(s.as_raw_fd());
+    }
+    let input: &[u8] = spec.stdin.as_deref().unwrap_or(&[]);
+    let mut written = 0usize;
+    if input.is_empty() {
+        stdin = None; // closes it: the child sees EOF at once
+    }
+    let mut lines = LineSplitter { buf: Vec::new() };
+    let deadline = spec.timeout.map(|t| started + t);
+    let mut stop = Stop::None;
+    let mut kill_at: Option<Instant> = None;
+    let mut killed_hard = false;
+    let mut exited_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    let pidfd = pidfd_open(pid);
+    // Without a pidfd, an exit with no pipes left is noticed by sleeping in growing steps.
+    let mut idle_step = Duration::from_millis(1);
+
+    loop {
+        let now = Instant::now();
+        // Reasons to stop the child, first one wins.
+        if stop == Stop::None && exited_at.is_none() {
+            let asked = kill_request
+                .as_ref()
+                .map(|k| k.load(Ordering::SeqCst))
+                .unwrap_or(0);
+            let why = if deadline.is_some_and(|d| now >= d) {
+                Some((Stop::TimedOut, spec.grace))
+            } else if spec.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+                Some((Stop::Cancelled, spec.grace))
+            } else if asked > 0 {
+                Some((Stop::Killed, Duration::from_millis(asked - 1)))
+            } else {
+                None
+            };
+            if let Some((why, grace)) = why {
+                stop = why;
+                signal_group(pid, libc::SIGTERM);
+                kill_at = Some(now + grace);
+                stdin = None;
+            }
+        }
+        if !killed_hard && kill_at.is_some_and(|k| now >= k) {
+            signal_group(pid, libc::SIGKILL);
+            killed_hard = true;
+        }
+        if exited_at.is_none() && leader_exited(pid) {
+            exited_at = Some(now);
+            // Leftover members of the group (background grandchildren) go with the leader.
+            signal_group(pid, libc::SIGKILL);
+            killed_hard = true;
+            stdin = None;
+        }
+        let pipes_open = out.pipe.is_some() || err.pipe.is_some();
+        if exited_at.is_some() && !pipes_open {
+            break;
+        }
+        if exited_at.is_some_and(|t| now >= t + DRAIN_AFTER_EXIT) {
+            // Someone outside the group holds the pipes; stop waiting for them.
+            log::warn!(target: "exec", "output pipes still open after exit, giving up on them pid={pid}");
+            break;
+        }
+
+        // Wait for data, room on stdin, or the next tick.
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+        let mut slots = [usize::MAX; 3];
+        if let (Some(p), None) = (&pidfd, exited_at) {
+            fds.push(libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Some(p) = &out.pipe {
+            slots[0] = fds.len();
+            fds.push(libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Some(p) = &err.pipe {
+            slots[1] = fds.len();
+            fds.push(libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let Some(s) = &stdin {
+            slots[2] = fds.len();
+            fds.push(libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            });
+        }
+        let mut wait = TICK;
+        for t in [deadline, kill_at].into_iter().flatten() {
+            wait = wait.min(t.saturating_duration_since(now));
+        }
+        // Round up so we do not spin on a sub-millisecond remainder.
+        let ms = (wait.as_micros().div_ceil(1000)) as libc::c_int;
+        if fds.is_empty() {
+            std::thread::sleep(idle_step.min(Duration::from_millis(ms.max(1) as u64)));
+            idle_step = (idle_step * 2).min(TICK);
+            continue;
+        }
+        // SAFETY: fds is a valid array of pollfd for the duration of the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::warn!(target: "exec", "poll failed error={e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+        let ready = |slot: usize| slot != usize::MAX && fds[slot].revents != 0;
+        if ready(slots[0]) {
+            // Read until the pipe is empty so a flood cannot starve the other checks for long.
+            for _ in 0..16 {
+                match out.read_some(&mut buf) {
+                    Some(0) | None => break,
+                    Some(n) => {
+                        if let Some(cb) = on_line.as_deref_mut() {
+                            lines.feed(&buf[..n], cb);
+                        }
+                    }
+                }
+            }
+        }
+        if ready(slots[1]) {
+            for _ in 0..16 {
+                match err.read_some(&mut buf) {
+                    Some(0) | None => break,
+                    Some(_) => {}
+                }
+            }
+        }
+        if ready(slots[2]) {
+            if let Some(s) = stdin.as_mut() {
+                match s.write(&input[written..]) {
+                    Ok(n) => {
+                        written += n;
+                        if written >= input.len() {
+                            stdin = None;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // EPIPE: the child closed stdin; the rest is not wanted.
+                    Err(_) => stdin = None,
+                }
+            }
+        }
+    }
+    drop(stdin);
+    if let Some(cb) = on_line {
+        lines.finish(cb);
+    }
+    // The leader is a zombie (or about to be, if we gave up on the pipes): reap it.
+    if exited_at.is_none() {
+        signal_group(pid, libc::SIGKILL);
+    }
+    // Unregister while the leader is still an unreaped zombie: nobody can signal its pgid
+    // after this, so a reused pgid is never hit.
+    drop(registration);
+    let status = child.wait();
+    let (exit_code, signal) = match status {
+        Ok(s) => (s.code(), s.signal()),
+        Err(e) => {
+            log::warn!(target: "exec", "wait failed pid={pid} error={e}");
+            (None, None)
+        }
+    };
+    Output {
+        exit_code,
+        signal,
+        stdout: std::mem::take(&mut out.kept),
+        stderr: std::mem::take(&mut err.kept),
+        stdout_truncated: out.truncated,
+        stderr_truncated: err.truncated,
+        stdout_total: out.total,
+        stderr_total: err.total,
+        stop,
+        duration: started.elapsed(),
+        stdin_unwritten: input.len() - written.min(input.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

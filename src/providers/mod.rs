@@ -1,13 +1,335 @@
 //! Provider CLIs: discovery, probing, health and capabilities; one file per CLI. Knows CLIs,
 //! nothing about the wire. Owner: Providers (issue 5).
+//!
+//! [`Registry::discover`] finds the three CLIs once (override > install locations and PATH) and
+//! probes them (`--version`, `--help`, and for Gemini `--list-extensions`). The probe results
+//! are cached; [`Registry::refresh`] re-probes on demand (doctor, or a slow periodic refresh)
+//! instead of spawning seven processes on every heartbeat as the reference does.
 
-use serde_json::Value;
+pub mod claude;
+pub mod codex;
+pub mod discovery;
+pub mod gemini;
+pub mod health;
+pub mod plan;
+pub mod redact;
+pub mod run;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
 
 use crate::config::CliOverrides;
+use discovery::{Discovered, EnvLookup, ProcessEnv, Source};
+use health::{Health, Mode, Status};
+use plan::{OutputFormat, RunRequest};
 
-/// The discovered provider CLIs (filled in by issue 5).
-#[derive(Debug, Default)]
-pub struct Registry {}
+/// Per-command timeout of capability probes.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// Timeout of the full-check model call.
+pub const VALIDATION_TIMEOUT: Duration = Duration::from_millis(30_000);
+pub const VALIDATION_PROMPT: &str = "Say hi.";
+
+/// The three providers, in wire order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderId {
+    Claude,
+    Codex,
+    Gemini,
+}
+
+impl ProviderId {
+    pub const ALL: [ProviderId; 3] = [ProviderId::Claude, ProviderId::Codex, ProviderId::Gemini];
+
+    /// The wire id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderId::Claude => "claude_code",
+            ProviderId::Codex => "codex",
+            ProviderId::Gemini => "gemini",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ProviderId> {
+        ProviderId::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+    /// Registry label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProviderId::Claude => "Claude Code",
+            ProviderId::Codex => "OpenAI Codex",
+            ProviderId::Gemini => "Gemini CLI",
+        }
+    }
+    /// Short label used in messages.
+    pub fn short(self) -> &'static str {
+        match self {
+            ProviderId::Claude => "Claude",
+            ProviderId::Codex => "Codex",
+            ProviderId::Gemini => "Gemini",
+        }
+    }
+    pub fn bare_name(self) -> &'static str {
+        match self {
+            ProviderId::Claude => "claude",
+            ProviderId::Codex => "codex",
+            ProviderId::Gemini => "gemini",
+        }
+    }
+    fn flag_table(self) -> &'static [(&'static str, &'static [&'static str], bool)] {
+        match self {
+            ProviderId::Claude => claude::FLAGS,
+            ProviderId::Codex => codex::FLAGS,
+            ProviderId::Gemini => gemini::FLAGS,
+        }
+    }
+    /// How to install it, for messages.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            ProviderId::Claude => "install Claude Code (npm install -g @anthropic-ai/claude-code) or pass --claude-cli <path> (or set PANORAMA_CLAUDE_CLI)",
+            ProviderId::Codex => "install Codex (npm install -g @openai/codex) or pass --codex-cli <path> (or set PANORAMA_CODEX_CLI)",
+            ProviderId::Gemini => "install Gemini CLI (npm install -g @google/gemini-cli) or pass --gemini-cli <path> (or set PANORAMA_GEMINI_CLI)",
+        }
+    }
+    /// How to log in, for messages.
+    pub fn login_hint(self) -> &'static str {
+        match self {
+            ProviderId::Claude => {
+                "run `claude` once in a terminal to log in (or set ANTHROPIC_API_KEY)"
+            }
+            ProviderId::Codex => "run `codex login` (or set OPENAI_API_KEY)",
+            ProviderId::Gemini => {
+                "run `gemini` once in a terminal to log in (or set GEMINI_API_KEY)"
+            }
+        }
+    }
+    fn override_of(self, o: &CliOverrides) -> Option<&Path> {
+        match self {
+            ProviderId::Claude => o.claude.as_deref(),
+            ProviderId::Codex => o.codex.as_deref(),
+            ProviderId::Gemini => o.gemini.as_deref(),
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Provider inference from a model name (providers.md §1.3).
+pub fn infer_provider(model: &str) -> ProviderId {
+    let m = model.to_lowercase();
+    if m.starts_with("openai/") || m.starts_with("gpt-") || m.contains("codex") {
+        ProviderId::Codex
+    } else if m.starts_with("google/") || m.starts_with("gemini") {
+        ProviderId::Gemini
+    } else {
+        ProviderId::Claude
+    }
+}
+
+/// The supported-flag map of one CLI, in table order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flags(pub Vec<(&'static str, bool)>);
+
+impl Flags {
+    pub fn get(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, v)| *k == key && *v)
+    }
+    /// From help text; `None` (help failed) gives the table defaults, except for Codex whose
+    /// map is then empty (every flag unsupported).
+    pub fn detect(id: ProviderId, help: Option<&str>) -> Flags {
+        let table = id.flag_table();
+        match help {
+            None if id == ProviderId::Codex => Flags(Vec::new()),
+            None => Flags(table.iter().map(|(k, _, d)| (*k, *d)).collect()),
+            Some(h) => Flags(
+                table
+                    .iter()
+                    .map(|(k, subs, _)| (*k, subs.iter().any(|s| h.contains(s))))
+                    .collect(),
+            ),
+        }
+    }
+    pub fn to_json(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), Value::Bool(*v)))
+                .collect(),
+        )
+    }
+}
+
+/// What the probes found for one provider.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    pub available: bool,
+    /// Trimmed stdout of `--version`.
+    pub version: Option<String>,
+    pub error: Option<String>,
+    pub flags: Flags,
+    pub extensions: Option<Vec<String>>,
+    pub extensions_ok: bool,
+    /// `(output_schema, stream_json, tool_disable)`.
+    pub supports: (bool, bool, bool),
+}
+
+impl Caps {
+    fn not_probed(id: ProviderId) -> Caps {
+        let flags = Flags::detect(id, None);
+        Caps {
+            available: false,
+            version: None,
+            error: Some(format!("{} CLI has not been checked yet", id.short())),
+            supports: (false, false, false),
+            extensions: (id == ProviderId::Gemini).then(Vec::new),
+            extensions_ok: false,
+            flags,
+        }
+    }
+}
+
+/// Probes one command (providers.md §3).
+pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
+    let mk_spec = |args: &[&str]| {
+        let mut spec = crate::exec::Spec::new(command).args(args.iter().copied());
+        spec.timeout = Some(PROBE_TIMEOUT);
+        spec.capture_limit = 1 << 20;
+        spec.grace = Duration::from_millis(1000);
+        if id == ProviderId::Gemini {
+            // Gemini is a node script: give it its own directory on PATH like model runs do.
+            let plan_like = plan::Plan {
+                command: command.to_path_buf(),
+                args: Vec::new(),
+                files: Vec::new(),
+                env: Vec::new(),
+                path_prepend: command
+                    .parent()
+                    .filter(|_| command.is_absolute())
+                    .map(|p| vec![p.to_path_buf()])
+                    .unwrap_or_default(),
+                output_mode: plan::OutputMode::StdoutJson,
+                output_path: None,
+                format: OutputFormat::Text,
+                json_schema_chars: 0,
+                timeout: PROBE_TIMEOUT,
+            };
+            spec.env = run::plan_env(&plan_like, Path::new("/"));
+        }
+        spec
+    };
+    let v = discovery::probe_spec(mk_spec(&["--version"]), command, &["--version"]);
+    let help_args: &[&str] = if id == ProviderId::Codex {
+        &["exec", "--help"]
+    } else {
+        &["--help"]
+    };
+    let (available, version, error) = if v.ok {
+        let t = v.stdout.trim().to_string();
+        (true, (!t.is_empty()).then_some(t), None)
+    } else {
+        (false, None, v.error.clone())
+    };
+    let help = if available {
+        let h = discovery::probe_spec(mk_spec(help_args), command, help_args);
+        h.ok.then(|| h.help_text())
+    } else {
+        None
+    };
+    let flags = Flags::detect(id, help.as_deref());
+    let (extensions, extensions_ok) = if id == ProviderId::Gemini {
+        if available {
+            let e = discovery::probe_spec(
+                mk_spec(&["--list-extensions"]),
+                command,
+                &["--list-extensions"],
+            );
+            if e.ok {
+                (Some(gemini::parse_extensions(&e.stdout)), true)
+            } else {
+                (Some(Vec::new()), false)
+            }
+        } else {
+            (Some(Vec::new()), false)
+        }
+    } else {
+        (None, false)
+    };
+    let supports = match id {
+        ProviderId::Claude => claude::supports(&flags),
+        ProviderId::Codex => codex::supports(&flags),
+        ProviderId::Gemini => {
+            gemini::supports(&flags, extensions_ok, extensions.as_deref().unwrap_or(&[]))
+        }
+    };
+    Caps {
+        available,
+        version,
+        error,
+        flags,
+        extensions,
+        extensions_ok,
+        supports,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    id: ProviderId,
+    found: Discovered,
+    /// Why the login shell knows the name when discovery did not (alias, function, path).
+    shell_hint: Option<String>,
+    caps: Caps,
+    health: Option<Health>,
+}
+
+/// Called with (provider id, health JSON) whenever health changes and should be persisted
+/// (the daemon wires it to `config::state::update` + `health::apply_to_state`).
+pub type HealthSink = Arc<dyn Fn(&str, &Health) + Send + Sync>;
+
+/// The discovered provider CLIs.
+pub struct Registry {
+    entries: Mutex<Vec<Entry>>,
+    /// Where model runs get their work directories (`<configDir>/work`).
+    work_root: Mutex<Option<PathBuf>>,
+    sink: Mutex<Option<HealthSink>>,
+    /// `gateway_events` rows waiting to be sent (without gateway_id/team_id).
+    events: Mutex<Vec<Value>>,
+    /// Bumped on every health change, so the heartbeat can tell it should send now.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("entries", &*self.lock())
+            .finish()
+    }
+}
+
+impl Default for Registry {
+    /// Nothing probed: every provider unavailable until [`Registry::discover`] or
+    /// [`Registry::refresh`].
+    fn default() -> Self {
+        Registry::from_entries(
+            ProviderId::ALL
+                .into_iter()
+                .map(|id| Entry {
+                    id,
+                    found: Discovered {
+                        command: PathBuf::from(id.bare_name()),
+                        version: None,
+                        source: Source::Fallback,
+                    },
+                    shell_hint: None,
+                    caps: Caps::not_probed(id),
+                    health: None,
+                })
+                .collect(),
+        )
+    }
+}
 
 /// One line of `doctor` for one provider.
 #[derive(Debug, Clone)]
@@ -22,20 +344,458 @@ pub struct ProviderCheck {
     pub detail: Option<String>,
 }
 
+fn run_parallel<T: Send>(f: impl Fn(ProviderId) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = ProviderId::ALL
+            .into_iter()
+            .map(|id| {
+                let f = &f;
+                s.spawn(move || f(id))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("provider probe thread panicked"))
+            .collect()
+    })
+}
+
 impl Registry {
+    fn from_entries(entries: Vec<Entry>) -> Registry {
+        Registry {
+            entries: Mutex::new(entries),
+            work_root: Mutex::new(None),
+            sink: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Finds each CLI (flag/env override > PATH > usual install locations) and probes it with
     /// short timeouts. Never fails: a missing CLI is recorded as unavailable.
-    pub fn discover(_overrides: &CliOverrides) -> Registry {
-        Registry {}
+    pub fn discover(overrides: &CliOverrides) -> Registry {
+        Self::discover_with(overrides, &ProcessEnv)
+    }
+
+    /// [`Registry::discover`] with an injected environment.
+    pub fn discover_with(overrides: &CliOverrides, env: &(dyn EnvLookup + Sync)) -> Registry {
+        let entries = run_parallel(|id| {
+            let found = discovery::discover_one(id, id.override_of(overrides), env);
+            log::info!(target: "providers", "discovered provider={} command={} source={} version={}",
+                id.as_str(), found.command.display(), found.source.as_str(), found.version.as_deref().unwrap_or("-"));
+            let caps = probe_caps(id, &found.command);
+            let shell_hint = (found.source == Source::Fallback && !caps.available)
+                .then(|| discovery::shell_hint(id, env))
+                .flatten();
+            if let Some(h) = &shell_hint {
+                log::warn!(target: "providers", "{} CLI not found in PATH: {h}", id.label());
+            }
+            Entry {
+                id,
+                found,
+                shell_hint,
+                caps,
+                health: None,
+            }
+        });
+        Registry::from_entries(entries)
+    }
+
+    /// Uses these commands as they are (no search), then probes them. For tests and callers
+    /// that already know the paths.
+    pub fn with_commands(commands: [PathBuf; 3]) -> Registry {
+        let entries = run_parallel(|id| {
+            let command = commands[id.index()].clone();
+            let caps = probe_caps(id, &command);
+            Entry {
+                id,
+                found: Discovered {
+                    command,
+                    version: None,
+                    source: Source::Override,
+                },
+                shell_hint: None,
+                caps,
+                health: None,
+            }
+        });
+        Registry::from_entries(entries)
+    }
+
+    /// Re-runs the capability probes on the already chosen commands.
+    pub fn refresh(&self) {
+        let cmds: Vec<PathBuf> = self
+            .lock()
+            .iter()
+            .map(|e| e.found.command.clone())
+            .collect();
+        let caps = run_parallel(|id| probe_caps(id, &cmds[id.index()]));
+        let mut g = self.lock();
+        for (e, c) in g.iter_mut().zip(caps) {
+            e.caps = c;
+        }
+    }
+
+    /// Model runs work in `<root>/model-runs/<job id>`, validations in `<root>/validation/…`.
+    /// Set it to `<configDir>/work`.
+    pub fn set_work_root(&self, root: PathBuf) {
+        *self.work_root.lock().unwrap_or_else(|e| e.into_inner()) = Some(root);
+    }
+
+    /// The work root; when unset, an owner-only directory under the system temp dir.
+    pub fn work_root(&self) -> PathBuf {
+        self.work_root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!(
+                    "panorama-gateway-work-{}",
+                    // SAFETY: getuid has no failure mode.
+                    unsafe { libc::getuid() }
+                ))
+            })
+    }
+
+    /// Where health changes are persisted.
+    pub fn set_health_sink(&self, sink: HealthSink) {
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    /// Seeds health from gateway.json's `providerHealth` (unknown ids ignored).
+    pub fn load_health(&self, map: &Map<String, Value>) {
+        let mut g = self.lock();
+        for e in g.iter_mut() {
+            if let Some(h) = map.get(e.id.as_str()).and_then(Health::from_json) {
+                e.health = Some(h);
+            }
+        }
+    }
+
+    pub fn command(&self, id: ProviderId) -> PathBuf {
+        self.lock()[id.index()].found.command.clone()
+    }
+
+    pub fn flags(&self, id: ProviderId) -> Flags {
+        self.lock()[id.index()].caps.flags.clone()
+    }
+
+    pub fn caps(&self, id: ProviderId) -> Caps {
+        self.lock()[id.index()].caps.clone()
+    }
+
+    pub fn health(&self, id: ProviderId) -> Option<Health> {
+        self.lock()[id.index()].health.clone()
+    }
+
+    /// `gateway_events` rows produced by health changes since the last call (each without
+    /// `gateway_id`/`team_id`, which the caller adds): `provider_unhealthy` after model runs,
+    /// `provider_validation` after full checks with a context.
+    pub fn take_events(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Changes whenever any provider's health changes (send a heartbeat when it moved).
+    pub fn health_generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn push_event(&self, ev: Value) {
+        let mut g = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() < 100 {
+            g.push(ev);
+        }
+    }
+
+    fn set_health(&self, id: ProviderId, h: Health, persist: bool) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let sink = {
+            let mut g = self.lock();
+            g[id.index()].health = Some(h.clone());
+            self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
+        if persist {
+            if let Some(s) = sink {
+                s(id.as_str(), &h);
+            }
+        }
+    }
+
+    /// After a model run (providers.md §4.6). Returns true when the status changed to a
+    /// non-healthy one (the caller may emit a `provider_unhealthy` event).
+    pub fn record_run(
+        &self,
+        id: ProviderId,
+        status: Status,
+        summary: Option<&str>,
+        job_id: Option<&str>,
+    ) -> bool {
+        let prev = self.health(id);
+        let h = health::after_run(prev.as_ref(), status, summary, &crate::util::now_rfc3339());
+        let changed = prev.map(|p| p.status) != Some(status) && status != Status::Healthy;
+        if changed {
+            self.push_event(json!({
+                "provider": id.as_str(),
+                "level": if status == Status::Unhealthy { "error" } else { "warn" },
+                "code": "provider_unhealthy",
+                "message": format!("{} provider marked {}.", id.short(), status.as_str()),
+                "details": {"context": "model_run", "status": status.as_str(),
+                            "error": h.error.clone(), "job_id": job_id, "run_id": null},
+            }));
+        }
+        self.set_health(id, h, true);
+        changed
+    }
+
+    /// Resolves health for every provider (providers.md §4.3), running the validation call
+    /// where the mode asks for it (in parallel), and persists when a full check ran. With a
+    /// `context` (`startup`, `pairing`, `doctor`) and a full check, each provider that is not
+    /// healthy gets a `provider_validation` event (see [`Registry::take_events`]).
+    pub fn check_health(&self, mode: Mode, context: Option<&str>) -> Vec<(ProviderId, Health)> {
+        let snapshot: Vec<Entry> = self.lock().clone();
+        let work_root = self.work_root();
+        let results = run_parallel(|id| {
+            let e = &snapshot[id.index()];
+            let now = crate::util::now_rfc3339();
+            let prev = e.health.as_ref();
+            if !e.caps.available {
+                return health::unavailable(prev, mode, e.caps.error.as_deref(), &now);
+            }
+            if health::needs_full(mode, prev) {
+                let (ok, err, ms) = validate(id, &e.found.command, &e.caps.flags, &work_root);
+                log::info!(target: "providers", "validation provider={} ok={} duration_ms={}", id.as_str(), ok, ms);
+                return health::full(ok, err.as_deref(), ms, &crate::util::now_rfc3339());
+            }
+            health::light(prev, &now)
+        });
+        let any_full = results.iter().any(|h| h.full);
+        let out: Vec<(ProviderId, Health)> = ProviderId::ALL.into_iter().zip(results).collect();
+        for (id, h) in &out {
+            self.set_health(
+                *id,
+                h.clone(),
+                mode != Mode::Light && (any_full || mode == Mode::Full),
+            );
+            if let (Some(ctx), true, false) = (context, any_full, h.status == Status::Healthy) {
+                let message = match &h.error {
+                    Some(e) => format!(
+                        "{} validation failed: {}",
+                        id.as_str(),
+                        plan::collapse(e, 500)
+                    ),
+                    None => format!("{} validation status: {}", id.as_str(), h.status.as_str()),
+                };
+                self.push_event(json!({
+                    "provider": id.as_str(),
+                    "level": if h.status == Status::Unhealthy { "error" } else { "warn" },
+                    "code": "provider_validation",
+                    "message": message,
+                    "details": {"context": ctx, "status": h.status.as_str(),
+                                "check_type": if h.full { "full" } else { "light" },
+                                "error": h.error.clone(), "duration_ms": h.duration_ms},
+                }));
+            }
+        }
+        out
     }
 
     /// One check per provider, for `doctor`.
     pub fn doctor_report(&self) -> Vec<ProviderCheck> {
-        Vec::new()
+        self.lock()
+            .iter()
+            .map(|e| {
+                let id = e.id;
+                let status = e.health.as_ref().map(|h| h.status);
+                let found = e.found.source != Source::Fallback || e.caps.available;
+                let ok = e.caps.available
+                    && !matches!(status, Some(Status::Unhealthy | Status::Unavailable));
+                let detail = if !e.caps.available {
+                    let why = e.caps.error.clone().unwrap_or_default();
+                    Some(if e.found.source == Source::Fallback {
+                        match &e.shell_hint {
+                            Some(h) => format!("{} CLI not found on PATH: {h}", id.short()),
+                            None => format!(
+                                "{} CLI not found on PATH or in the usual install locations ({why}); {}",
+                                id.short(),
+                                id.install_hint()
+                            ),
+                        }
+                    } else {
+                        format!(
+                            "{} CLI at {} did not answer --version ({why}); check that path, or {}",
+                            id.short(),
+                            e.found.command.display(),
+                            id.install_hint()
+                        )
+                    })
+                } else if status == Some(Status::Unhealthy) {
+                    let err = e
+                        .health
+                        .as_ref()
+                        .and_then(|h| h.error.clone())
+                        .unwrap_or_else(|| "the last model call failed".into());
+                    Some(format!(
+                        "{} CLI is installed but its last check failed: {}; {}, then run `panorama-gateway doctor` again",
+                        id.short(),
+                        plan::collapse(&err, 200),
+                        id.login_hint()
+                    ))
+                } else {
+                    None
+                };
+                ProviderCheck {
+                    id: id.as_str().to_string(),
+                    ok,
+                    command: found.then(|| e.found.command.clone()),
+                    version: e.caps.version.clone().or_else(|| e.found.version.clone()),
+                    detail,
+                }
+            })
+            .collect()
     }
 
     /// The `providers` object of capabilities v1 (PROTOCOL.md §9), all three ids present.
     pub fn capabilities_providers(&self) -> Value {
-        Value::Object(Default::default())
+        let mut out = Map::new();
+        for e in self.lock().iter() {
+            let mut m = Map::new();
+            m.insert("available".into(), e.caps.available.into());
+            if let Some(v) = &e.caps.version {
+                m.insert("version".into(), v.clone().into());
+            }
+            if let Some(err) = &e.caps.error {
+                m.insert("error".into(), err.clone().into());
+            }
+            m.insert("supported_flags".into(), e.caps.flags.to_json());
+            let (a, b, c) = e.caps.supports;
+            m.insert(
+                "supports".into(),
+                json!({"output_schema": a, "stream_json": b, "tool_disable": c}),
+            );
+            if let Some(x) = &e.caps.extensions {
+                m.insert("extensions".into(), json!(x));
+            }
+            if let Some(h) = &e.health {
+                m.insert("health".into(), h.to_json());
+            }
+            out.insert(e.id.as_str().to_string(), Value::Object(m));
+        }
+        Value::Object(out)
+    }
+
+    /// Whether any provider can take model runs (providers.md §4.5), for `services`.
+    pub fn model_execution_ready(&self) -> bool {
+        self.lock().iter().any(|e| {
+            let st = e.health.as_ref().map(|h| h.status);
+            st == Some(Status::Healthy)
+                || (e.caps.available
+                    && !matches!(st, Some(Status::Unavailable | Status::Unhealthy)))
+        })
     }
 }
+
+/// The full check: a tiny JSON model call (providers.md §4.2). Returns (ok, error, ms).
+pub fn validate(
+    id: ProviderId,
+    command: &Path,
+    flags: &Flags,
+    work_root: &Path,
+) -> (bool, Option<String>, u64) {
+    let started = std::time::Instant::now();
+    let req = RunRequest {
+        prompt: VALIDATION_PROMPT.into(),
+        model: plan::DEFAULT_MODEL.into(),
+        format: OutputFormat::Json,
+        schema: Some(
+            json!({"type":"object","required":["message"],"properties":{"message":{"type":"string"}},"additionalProperties":false}),
+        ),
+        append_system_prompt: None,
+        reasoning_effort: None,
+        timeout: VALIDATION_TIMEOUT,
+    };
+    let ms = |s: std::time::Instant| s.elapsed().as_millis() as u64;
+    let plan = match build_plan(id, &req, command, flags) {
+        Ok(p) => p,
+        Err(e) => return (false, Some(e), ms(started)),
+    };
+    let root = work_root.join("validation");
+    if let Err(e) = crate::exec::ensure_private_dir(work_root)
+        .and_then(|_| crate::exec::ensure_private_dir(&root))
+    {
+        return (
+            false,
+            Some(format!(
+                "the validation work directory is not safe to use: {e}"
+            )),
+            ms(started),
+        );
+    }
+    let dir = match crate::exec::PrivateDir::create_in(&root.join(id.as_str()), "check-") {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                false,
+                Some(format!(
+                    "could not create a validation directory under {}: {e}",
+                    root.display()
+                )),
+                ms(started),
+            )
+        }
+    };
+    let report = run::run_plan(id, plan, dir.path(), &run::RunHooks::default());
+    let dir_path = dir.path().to_path_buf();
+    drop(dir);
+    run::prune_empty_parents(&dir_path, &root);
+    let stderr = report
+        .output
+        .as_ref()
+        .map(|o| o.stderr_lossy())
+        .unwrap_or_default();
+    let timed_out = report.output.as_ref().is_some_and(|o| o.timed_out());
+    let err = match report.result {
+        Ok(_) => None,
+        Err(run::Failure::StdoutLimit) => Some(format!(
+            "Provider validation stdout exceeded the {}-byte output limit",
+            crate::exec::CAPTURE_LIMIT
+        )),
+        Err(run::Failure::Spawn { message, .. }) | Err(run::Failure::Setup(message)) => {
+            Some(message)
+        }
+        Err(run::Failure::Process) if timed_out => Some(format!(
+            "{} did not answer within {} s; {}",
+            id.short(),
+            VALIDATION_TIMEOUT.as_secs(),
+            id.login_hint()
+        )),
+        Err(run::Failure::Process) => Some(if stderr.trim().is_empty() {
+            "Provider validation failed".to_string()
+        } else {
+            stderr
+        }),
+        Err(run::Failure::Parse(m)) => Some(m),
+        Err(run::Failure::FileLimit) => Some("Codex output file exceeded the output limit".into()),
+    };
+    (err.is_none(), err, ms(started))
+}
+
+/// The argv and files for a model call on `id`.
+pub fn build_plan(
+    id: ProviderId,
+    req: &RunRequest,
+    command: &Path,
+    flags: &Flags,
+) -> Result<plan::Plan, String> {
+    match id {
+        ProviderId::Claude => claude::plan(req, command, flags),
+        ProviderId::Codex => codex::plan(req, command, flags),
+        ProviderId::Gemini => gemini::plan(req, command, flags),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 pub fn auth_error(status: u16, code: &str, message: &str) -> Response {
     Response::json(
         status,
-        &json!({"code": code, "message": message, "msg": message}),
+        &json!({"code": code, "error_code": code, "message": message, "msg": message}),
     )
     .with_header("X-Supabase-Api-Version", "2024-01-01")
 }

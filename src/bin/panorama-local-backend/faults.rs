@@ -70,9 +70,10 @@ impl ClassSet {
                 "rest" => out.push(PathClass::Rest),
                 "functions" => out.push(PathClass::Functions),
                 "auth" => out.push(PathClass::Auth),
+                "realtime" => out.push(PathClass::Realtime),
                 other => {
                     return Err(format!(
-                    "unknown path class {other:?} in \"paths\"; use rest, functions, auth or all"
+                    "unknown path class {other:?} in \"paths\"; use rest, functions, auth, realtime or all"
                 ))
                 }
             }
@@ -104,6 +105,8 @@ struct FaultState {
     delay: Vec<DelayRule>,
     /// Close each connection right after this many more successful joins.
     close_after_join: u64,
+    /// Refuse this many more joins with an error reply.
+    fail_joins: u64,
 }
 
 #[derive(Default)]
@@ -161,6 +164,17 @@ impl Faults {
     }
 
     /// True when this successful join must be followed by closing the connection.
+    /// True when this join must be refused (fault `fail_next_joins`).
+    pub fn take_fail_join(&self) -> bool {
+        let mut s = self.lock();
+        if s.fail_joins > 0 {
+            s.fail_joins -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
     pub fn take_close_after_join(&self) -> bool {
         let mut s = self.lock();
         if s.close_after_join > 0 {
@@ -185,6 +199,7 @@ impl Faults {
             "revoke_refresh_tokens",
             "mute_realtime_ms",
             "close_realtime_after_join",
+            "fail_next_joins",
             "clear",
         ];
         for k in m.keys() {
@@ -246,6 +261,10 @@ impl Faults {
             Some(v) => Some(num(v, "close_realtime_after_join")?),
             None => None,
         };
+        let fail_joins = match m.get("fail_next_joins") {
+            Some(v) => Some(num(v, "fail_next_joins")?),
+            None => None,
+        };
         let mut s = self.lock();
         if req.clear {
             *s = FaultState::default();
@@ -259,6 +278,9 @@ impl Faults {
         if let Some(n) = close_after {
             s.close_after_join = n;
         }
+        if let Some(n) = fail_joins {
+            s.fail_joins = n;
+        }
         Ok(req)
     }
 
@@ -270,6 +292,7 @@ impl Faults {
             "delay_next": s.delay.iter().map(|r| json!({"remaining": r.remaining, "ms": r.ms,
                 "paths": r.classes.0.iter().map(|c| c.name()).collect::<Vec<_>>()})).collect::<Vec<_>>(),
             "close_realtime_after_join": s.close_after_join,
+            "fail_next_joins": s.fail_joins,
         })
     }
 }
@@ -281,6 +304,7 @@ pub struct Stats {
     pub req_functions: AtomicU64,
     pub req_auth: AtomicU64,
     pub req_admin: AtomicU64,
+    pub req_realtime: AtomicU64,
     pub req_other: AtomicU64,
     pub ws_total: AtomicU64,
     pub ws_open: AtomicU64,
@@ -303,7 +327,8 @@ impl Stats {
             PathClass::Functions => &self.req_functions,
             PathClass::Auth => &self.req_auth,
             PathClass::Admin => &self.req_admin,
-            PathClass::Realtime | PathClass::Other => &self.req_other,
+            PathClass::Realtime => &self.req_realtime,
+            PathClass::Other => &self.req_other,
         };
         ctr.fetch_add(1, Ordering::Relaxed);
     }
@@ -324,6 +349,7 @@ impl Stats {
                 "functions": g(&self.req_functions),
                 "auth": g(&self.req_auth),
                 "admin": g(&self.req_admin),
+                "realtime": g(&self.req_realtime),
                 "other": g(&self.req_other),
             },
             "heartbeats_received": g(&self.heartbeats),

@@ -13,6 +13,15 @@ fn fail(status: u16, error: &str) -> Response {
     Response::json(status, &json!({"success": false, "error": error}))
 }
 
+/// A pairing failure: `error` as the gateway shows it, `message` says what to do next.
+fn pair_fail(status: u16, error: &str, code: &str) -> Response {
+    Response::json(
+        status,
+        &json!({"success": false, "error": error, "code": code,
+                "message": "Create a new pairing code (admin_create_pairing_code) and run pair again"}),
+    )
+}
+
 pub fn handle(app: &App, req: &Request) -> Response {
     let name = req.path.trim_start_matches("/functions/v1/");
     if req.method != "POST" {
@@ -72,11 +81,11 @@ fn exchange(app: &App, body: &Value) -> Response {
         .position(|r| r.get("code").and_then(Value::as_str) == Some(code.as_str()))
     {
         Some(i) => i,
-        None => return fail(404, "Invalid pairing code"),
+        None => return pair_fail(404, "Invalid pairing code", "invalid_code"),
     };
     let rec = db.rows("gateway_pairing_codes")[idx].clone();
     if !rec.get("used_at").map(Value::is_null).unwrap_or(true) {
-        return fail(409, "Pairing code has already been used");
+        return pair_fail(409, "Pairing code has already been used", "code_used");
     }
     let expires = rec
         .get("expires_at")
@@ -84,7 +93,7 @@ fn exchange(app: &App, body: &Value) -> Response {
         .and_then(crate::query::parse_iso_ms)
         .unwrap_or(0);
     if expires <= now_ms as i64 {
-        return fail(410, "Pairing code expired");
+        return pair_fail(410, "Pairing code expired", "code_expired");
     }
     let team_id = rec
         .get("team_id")

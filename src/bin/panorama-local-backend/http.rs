@@ -15,6 +15,8 @@ pub const MAX_BODY: usize = 8 * 1024 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 /// A keep-alive connection idle for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A response (or websocket frame) that cannot be written for this long drops the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Request {
     pub method: String,
@@ -261,7 +263,7 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Bo
                 }
             }
         }
-        if body.len() + size > MAX_BODY {
+        if size > MAX_BODY || body.len() + size > MAX_BODY {
             return Ok(BodyResult::TooLarge);
         }
         while buf.len() < pos + size + 2 {
@@ -284,6 +286,8 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Bo
 
 fn serve_connection(app: Arc<App>, mut stream: TcpStream) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    // A client that stops reading must not hold a thread forever.
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = stream.set_nodelay(true);
     app.stats.http_connection_opened();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);

@@ -25,12 +25,36 @@ use app::{App, Config};
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const USAGE: &str = "usage: panorama-local-backend [--listen 127.0.0.1:54321] [--data FILE] \
 [--access-token-ttl SECS] [--jwt-secret S] [--pairing-code-ttl SECS] [--refresh-reuse-secs SECS] [-v]";
+
+/// Log lines as the project writes them: `<RFC 3339 ms>Z LEVEL [component] message key=value`.
+struct StderrLogger {
+    level: log::LevelFilter,
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.level
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!(
+                "{} {:<5} [{}] {}\n",
+                util::now_iso(),
+                r.level(),
+                r.target(),
+                r.args()
+            );
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+    fn flush(&self) {}
+}
 
 struct Args {
     listen: String,
@@ -128,16 +152,26 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
-fn persist(app: &App) {
+/// Writes the snapshot if anything changed. Logs a failure once per streak of failures.
+fn persist(app: &App) -> Result<(), String> {
+    static FAILING: AtomicBool = AtomicBool::new(false);
     if let Some(path) = &app.cfg.data_path {
         if app.dirty.swap(false, Ordering::SeqCst) {
             let bytes = app.db().snapshot_json();
             if let Err(e) = store::write_atomic(path, &bytes) {
                 app.dirty.store(true, Ordering::SeqCst);
-                log::error!(target: "store", "cannot write data file path={} error={e}; will retry", path.display());
+                let msg = format!("cannot write data file {}: {e}", path.display());
+                if !FAILING.swap(true, Ordering::SeqCst) {
+                    log::error!(target: "store", "{msg}; retrying every 200 ms (check the directory exists and is writable)");
+                }
+                return Err(msg);
+            }
+            if FAILING.swap(false, Ordering::SeqCst) {
+                log::info!(target: "store", "data file written again path={}", path.display());
             }
         }
     }
+    Ok(())
 }
 
 fn main() {
@@ -153,10 +187,9 @@ fn main() {
     } else {
         log::LevelFilter::Info
     };
-    let log_cfg = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .build();
-    let _ = simplelog::WriteLogger::init(level, log_cfg, std::io::stderr());
+    if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
+        log::set_max_level(level);
+    }
 
     let sigset = block_signals();
 
@@ -211,13 +244,16 @@ fn main() {
     ));
     if args.data.is_some() {
         app.mark_dirty();
-        persist(&app);
+        if let Err(e) = persist(&app) {
+            eprintln!("panorama-local-backend: {e}; pass a --data path in a writable directory");
+            std::process::exit(1);
+        }
         let a = app.clone();
         let _ = std::thread::Builder::new()
             .name("persist".into())
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(200));
-                persist(&a);
+                let _ = persist(&a);
             });
     }
     {
@@ -231,18 +267,23 @@ fn main() {
         }
     }
     log::info!(target: "main", "listening addr={addr} data={}", args.data.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "memory".into()));
-    let line = serde_json::json!({
-        "url": format!("http://{addr}"),
-        "anon_key": app.anon_key,
-        "service_role_key": app.service_key,
-    });
+    // Keys in the documented order: url, anon_key, service_role_key.
+    let line = format!(
+        "{{\"url\":{},\"anon_key\":{},\"service_role_key\":{}}}",
+        serde_json::Value::String(format!("http://{addr}")),
+        serde_json::Value::String(app.anon_key.clone()),
+        serde_json::Value::String(app.service_key.clone()),
+    );
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 
     let sig = wait_signal(&sigset);
     log::info!(target: "main", "stopping signal={sig}");
-    persist(&app);
+    if let Err(e) = persist(&app) {
+        eprintln!("panorama-local-backend: {e}; the last changes are lost");
+        std::process::exit(1);
+    }
     app.hub.drop_all();
     std::process::exit(0);
 }

@@ -92,6 +92,18 @@ pub fn handle(app: &App, req: &Request) -> Response {
         Ok(p) => p,
         Err(e) => return jwt_error(&e),
     };
+    for h in ["accept-profile", "content-profile"] {
+        if let Some(schema) = req.header(h) {
+            if schema.trim() != "public" {
+                return err(&DbError::new(
+                    406,
+                    "PGRST106",
+                    "The schema must be one of the following: public",
+                )
+                .details(format!("{h}: {schema}")));
+            }
+        }
+    }
     let sub = req
         .path
         .trim_start_matches("/rest/v1")
@@ -138,19 +150,19 @@ pub fn handle(app: &App, req: &Request) -> Response {
 }
 
 fn select(app: &App, req: &Request, p: &Principal, def: &TableDef, q: &Query) -> Response {
+    // Filter, sort and page by reference; only the returned rows are copied.
     let db = app.db();
-    let mut rows: Vec<Row> = db
+    let mut rows: Vec<&Row> = db
         .rows(def.name)
         .iter()
         .filter(|r| rls::can_select(p, def.name, r) && q.matches(def, r))
-        .cloned()
         .collect();
-    drop(db);
     q.sort(def, &mut rows);
     let total = rows.len();
     let page = q.page(rows);
     let n = page.len();
     let out: Vec<Value> = page.iter().map(|r| q.project(def, r)).collect();
+    drop(db);
     let pref = prefer(req);
     let total_s = if pref.count_exact {
         total.to_string()

@@ -330,11 +330,12 @@ impl Query {
         self.conds.iter().all(|c| eval(def, c, row) == Some(true))
     }
 
-    pub fn sort(&self, def: &TableDef, rows: &mut [Row]) {
+    pub fn sort<R: std::borrow::Borrow<Row>>(&self, def: &TableDef, rows: &mut [R]) {
         if self.order.is_empty() {
             return;
         }
         rows.sort_by(|a, b| {
+            let (a, b) = (a.borrow(), b.borrow());
             for t in &self.order {
                 let ty = def.column(&t.col).map(|c| c.ty).unwrap_or(Ty::Text);
                 let va = a.get(&t.col).unwrap_or(&Value::Null);

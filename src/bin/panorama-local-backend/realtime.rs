@@ -171,6 +171,24 @@ impl Hub {
             log::debug!(target: "realtime", "delivery muted; dropping changes count={}", changes.len());
             return;
         }
+        // Each change's `data` object is serialised once, whatever the number of subscribers.
+        let encoded: Vec<String> = changes
+            .iter()
+            .map(|change| {
+                let mut data = json!({
+                    "type": change.kind, "schema": "public", "table": change.table,
+                    "commit_timestamp": change.commit_timestamp, "columns": columns_of(change.table),
+                    "errors": null,
+                });
+                if let Some(r) = &change.record {
+                    data["record"] = Value::Object(r.clone());
+                }
+                if let Some(o) = &change.old {
+                    data["old_record"] = Value::Object(o.clone());
+                }
+                data.to_string()
+            })
+            .collect();
         let mut delivered = 0u64;
         for conn in h.conns.values_mut() {
             let mut closed: Vec<String> = Vec::new();
@@ -201,7 +219,7 @@ impl Hub {
                         continue;
                     }
                 }
-                for change in changes {
+                for (ci, change) in changes.iter().enumerate() {
                     let row: &Row = match change.record.as_ref().or(change.old.as_ref()) {
                         Some(r) => r,
                         None => continue,
@@ -236,25 +254,14 @@ impl Hub {
                     if ids.is_empty() || !rls::can_select(&ch.principal, change.table, row) {
                         continue;
                     }
-                    let mut data = json!({
-                        "type": change.kind, "schema": "public", "table": change.table,
-                        "commit_timestamp": change.commit_timestamp, "columns": columns_of(change.table),
-                        "errors": null,
-                    });
-                    if let Some(r) = &change.record {
-                        data["record"] = Value::Object(r.clone());
-                    }
-                    if let Some(o) = &change.old {
-                        data["old_record"] = Value::Object(o.clone());
-                    }
-                    let msg = encode_msg(
-                        vsn2,
-                        None,
-                        None,
-                        topic,
-                        "postgres_changes",
-                        json!({"ids": ids, "data": data}),
-                    );
+                    let data = &encoded[ci];
+                    let ids_s = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+                    let topic_s = Value::String(topic.clone()).to_string();
+                    let msg = if vsn2 {
+                        format!("[null,null,{topic_s},\"postgres_changes\",{{\"ids\":{ids_s},\"data\":{data}}}]")
+                    } else {
+                        format!("{{\"join_ref\":null,\"ref\":null,\"topic\":{topic_s},\"event\":\"postgres_changes\",\"payload\":{{\"ids\":{ids_s},\"data\":{data}}}}}")
+                    };
                     if send_to(tx, stream, msg) {
                         delivered += 1;
                     }
@@ -335,6 +342,7 @@ fn parse_filter(table: &str, f: &str) -> Result<(String, Op), String> {
 }
 
 pub fn handle_upgrade(app: Arc<App>, mut stream: TcpStream, req: Request, leftover: Vec<u8>) {
+    app.stats.count_request(crate::faults::PathClass::Realtime);
     let params = util::parse_query(&req.query);
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let reject = |stream: &mut TcpStream, status: u16, msg: &str| {
@@ -369,6 +377,20 @@ pub fn handle_upgrade(app: Arc<App>, mut stream: TcpStream, req: Request, leftov
         }
         Some(k) if !app.apikey_ok(k) => return reject(&mut stream, 401, "Invalid API key"),
         _ => {}
+    }
+    let verdict = app.faults.take(crate::faults::PathClass::Realtime);
+    if verdict.delay_ms > 0 {
+        app.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(verdict.delay_ms));
+    }
+    if let Some(status) = verdict.fail_status {
+        app.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
+        log::info!(target: "faults", "failing a websocket upgrade status={status}");
+        return reject(
+            &mut stream,
+            status,
+            "Injected fault (panorama-local-backend)",
+        );
     }
     let vsn2 = match param("vsn").as_deref() {
         Some("2.0.0") => true,
@@ -612,6 +634,9 @@ fn join(app: &App, id: u64, vsn2: bool, m: &Msg, apikey: &str) {
         Some(n) if !n.is_empty() => n.to_string(),
         _ => return err_reply("unmatched topic".into()),
     };
+    if app.faults.take_fail_join() {
+        return err_reply("Injected fault (panorama-local-backend): join refused".into());
+    }
     let token = m
         .payload
         .get("access_token")

@@ -199,7 +199,7 @@ mod tests {
     fn rfc_example_key() {
         assert_eq!(
             super::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiXgCc+xwV2z5Nb8tVo3M="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }

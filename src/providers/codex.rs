@@ -1,0 +1,313 @@
+//! OpenAI Codex (`codex exec`): flag detection from `codex exec --help`, the argv in its three
+//! JSON modes (schema file + last-message file, JSONL events, schema in the prompt), strict
+//! schema conversion and the `args_json` mapping (providers.md §3.3, §5.7, §5.10, §8.2).
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::plan::{extract_object, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::Flags;
+use crate::exec::CAPTURE_LIMIT;
+
+pub const FLAGS: &[(&str, &[&str], bool)] = &[
+    ("outputSchemaFlag", &["--output-schema"], false),
+    ("outputLastMessageFlag", &["--output-last-message"], false),
+    ("jsonFlag", &["--json"], false),
+    ("modelFlag", &["--model"], false),
+    ("sandboxFlag", &["--sandbox"], false),
+    ("skipGitRepoCheckFlag", &["--skip-git-repo-check"], false),
+    (
+        "configFlag",
+        &["-c, --config", "--config <key=value>"],
+        false,
+    ),
+    (
+        "dangerouslyBypassApprovalsAndSandboxFlag",
+        &["--dangerously-bypass-approvals-and-sandbox"],
+        false,
+    ),
+];
+
+pub const SCHEMA_FILE: &str = "schema.json";
+pub const OUTPUT_FILE: &str = "output.json";
+const TOOL_SUFFIX: &str = "Set args_json to a JSON-encoded string containing the arguments object.";
+
+pub fn supports(f: &Flags) -> (bool, bool, bool) {
+    (
+        f.get("outputSchemaFlag") && f.get("outputLastMessageFlag"),
+        f.get("jsonFlag"),
+        f.get("configFlag"),
+    )
+}
+
+/// Every object schema at any depth gets `additionalProperties: false` (§5.7.2).
+pub fn strict_schema(v: &Value) -> Value {
+    match v {
+        Value::Array(a) => Value::Array(a.iter().map(strict_schema).collect()),
+        Value::Object(m) => {
+            let mut out: Map<String, Value> = m
+                .iter()
+                .map(|(k, x)| (k.clone(), strict_schema(x)))
+                .collect();
+            let object_typed = |x: Option<&Value>| {
+                matches!(x, Some(Value::Object(_) | Value::Array(_) | Value::Null))
+            };
+            let is_object_schema = match m.get("type") {
+                Some(Value::String(t)) if t == "object" => true,
+                Some(Value::Array(ts)) if ts.iter().any(|t| t == "object") => true,
+                _ => false,
+            } || object_typed(m.get("properties"))
+                || object_typed(m.get("patternProperties"));
+            if is_object_schema {
+                out.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    }
+}
+
+/// Tool-call schemas (`properties.name` + `properties.args`) become `name` + `args_json`
+/// string, with a prompt hint (§5.7.3).
+pub fn normalize_tool_schema(schema: &Value) -> (Value, Option<&'static str>) {
+    let props = schema.get("properties").and_then(Value::as_object);
+    let truthy = |v: Option<&Value>| match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        _ => true,
+    };
+    match props {
+        Some(p) if truthy(p.get("name")) && truthy(p.get("args")) => {
+            let replaced = serde_json::json!({
+                "type": "object",
+                "required": ["name", "args_json"],
+                "properties": {"name": p["name"].clone(), "args_json": {"type": "string"}},
+                "additionalProperties": false
+            });
+            (replaced, Some(TOOL_SUFFIX))
+        }
+        _ => (schema.clone(), None),
+    }
+}
+
+/// Applies tool-schema normalisation to a JSON request (step 2 of the pipeline).
+pub fn prepare(req: &mut RunRequest) {
+    if req.format != OutputFormat::Json {
+        return;
+    }
+    if let Some(schema) = &req.schema {
+        let (s, suffix) = normalize_tool_schema(schema);
+        req.schema = Some(s);
+        if let Some(sfx) = suffix {
+            req.prompt = format!("{}\n\n{sfx}", req.prompt);
+        }
+    }
+}
+
+pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String> {
+    let mut a: Vec<String> = ["exec", "--sandbox", "read-only", "--skip-git-repo-check"]
+        .map(String::from)
+        .to_vec();
+    if let Some(m) = req.model_arg() {
+        a.extend(["--model".into(), m.into()]);
+    }
+    if f.get("configFlag") {
+        if let Some(e) = &req.reasoning_effort {
+            a.extend(["-c".into(), format!("model_reasoning_effort=\"{e}\"")]);
+        }
+        a.extend([
+            "-c".into(),
+            "features.shell_tool=false".into(),
+            "-c".into(),
+            "features.web_search_request=false".into(),
+        ]);
+    }
+    let mut prompt = req.prompt.clone();
+    let mut files = Vec::new();
+    let mut mode = OutputMode::StdoutJson;
+    let mut output_path = None;
+    let mut schema_chars = 0;
+    if req.format == OutputFormat::Json {
+        let schema = req
+            .schema
+            .as_ref()
+            .ok_or("Codex JSON model run requires a schema")?;
+        let strict = strict_schema(schema);
+        let strict_text = serde_json::to_string(&strict).map_err(|e| e.to_string())?;
+        schema_chars = serde_json::to_string(schema)
+            .map(|s| s.chars().count())
+            .unwrap_or(0);
+        if f.get("outputSchemaFlag") && f.get("outputLastMessageFlag") {
+            a.extend([
+                "--output-schema".into(),
+                SCHEMA_FILE.into(),
+                "-o".into(),
+                OUTPUT_FILE.into(),
+            ]);
+            files.push((SCHEMA_FILE.to_string(), strict_text.into_bytes()));
+            mode = OutputMode::FileJson;
+            output_path = Some(OUTPUT_FILE.to_string());
+        } else if f.get("jsonFlag") {
+            a.push("--json".into());
+            mode = OutputMode::StreamJson;
+        } else {
+            prompt = format!("{prompt}\n\nReturn STRICT JSON matching this schema:\n{strict_text}");
+        }
+    }
+    if let Some(sp) = req
+        .append_system_prompt
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        prompt = format!("{prompt}\n\n{sp}");
+    }
+    a.push(prompt);
+    Ok(Plan {
+        command: command.to_path_buf(),
+        args: a,
+        files,
+        env: Vec::new(),
+        path_prepend: Vec::new(),
+        output_mode: mode,
+        output_path,
+        format: req.format,
+        json_schema_chars: schema_chars,
+        timeout: req.timeout,
+    })
+}
+
+/// `args_json` (or `argsJson`) string → `args` object.
+pub fn map_args_json(mut o: Map<String, Value>) -> Result<Value, ParseError> {
+    let s = match (o.get("args_json"), o.get("argsJson")) {
+        (Some(Value::String(s)), _) | (_, Some(Value::String(s))) => Some(s.clone()),
+        _ => None,
+    };
+    if let Some(s) = s {
+        match serde_json::from_str::<Value>(&s) {
+            Ok(v @ Value::Object(_)) => {
+                o.insert("args".into(), v);
+                o.remove("args_json");
+                o.remove("argsJson");
+            }
+            Ok(_) => return Err(ParseError::bad("Codex args_json is not valid JSON: Failed to decode ai_model_output boundary \"gateway.codex_cli.args\": 1 schema issue")),
+            Err(_) => return Err(ParseError::bad("Codex args_json is not valid JSON: Failed to decode ai_model_output boundary \"gateway.codex_cli.args\": invalid JSON")),
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+/// Reads the last-message file: no symlinks, regular file, bounded (§5.10).
+fn read_output_file(path: &Path) -> Result<String, ParseError> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ParseError::bad("Codex output file not found"),
+            _ if e.raw_os_error() == Some(libc::ELOOP) => {
+                ParseError::bad("Codex output path is a symlink; refusing to follow it")
+            }
+            _ => ParseError::bad(format!("Codex output file could not be read: {e}")),
+        })?;
+    let meta = f
+        .metadata()
+        .map_err(|e| ParseError::bad(format!("Codex output file could not be read: {e}")))?;
+    if !meta.is_file() {
+        return Err(ParseError::bad("Codex output path is not a regular file"));
+    }
+    if meta.len() > CAPTURE_LIMIT as u64 {
+        return Err(ParseError::OutputLimit);
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    (&mut f)
+        .take(CAPTURE_LIMIT as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| ParseError::bad(format!("Codex output file could not be read: {e}")))?;
+    if buf.len() as u64 != meta.len() {
+        return Err(ParseError::bad(
+            "Codex output file changed while it was being read",
+        ));
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+pub fn parse(
+    format: OutputFormat,
+    mode: OutputMode,
+    stdout: &str,
+    work_dir: &Path,
+) -> Result<Parsed, ParseError> {
+    if format == OutputFormat::Text {
+        return Ok(Parsed::text(stdout));
+    }
+    match mode {
+        OutputMode::FileJson => {
+            let text = read_output_file(&work_dir.join(OUTPUT_FILE))?;
+            let raw = match serde_json::from_str::<Value>(&text) {
+                Ok(v @ Value::Object(_)) => v,
+                Ok(_) => return Err(ParseError::bad("Failed to decode provider_response boundary \"gateway.codex_cli\": 1 schema issue")),
+                Err(_) => return Err(ParseError::bad("Failed to decode provider_response boundary \"gateway.codex_cli\": invalid JSON")),
+            };
+            let output = map_args_json(raw.as_object().cloned().unwrap_or_default())?;
+            Ok(Parsed {
+                output,
+                raw,
+                usage: Value::Null,
+                model: Value::Null,
+            })
+        }
+        OutputMode::StreamJson => {
+            let mut last: Option<String> = None;
+            let mut usage = Value::Null;
+            for line in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                let Ok(Value::Object(ev)) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                match ev.get("type").and_then(Value::as_str) {
+                    Some("item.completed") => {
+                        let item = ev.get("item");
+                        let is_msg = item.and_then(|i| i.get("type")).and_then(Value::as_str)
+                            == Some("agent_message");
+                        if let (true, Some(Value::String(t))) =
+                            (is_msg, item.and_then(|i| i.get("text")))
+                        {
+                            last = Some(t.clone());
+                        }
+                    }
+                    Some("turn.completed") => {
+                        if let Some(u) = ev.get("usage").filter(|u| u.is_object()) {
+                            usage = u.clone();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let text =
+                last.ok_or_else(|| ParseError::bad("Codex JSONL output missing agent message"))?;
+            let obj = extract_object(&text, true)
+                .ok_or_else(|| ParseError::bad("Failed to parse JSON output"))?;
+            let raw = Value::Object(obj.clone());
+            Ok(Parsed {
+                output: map_args_json(obj)?,
+                raw,
+                usage,
+                model: Value::Null,
+            })
+        }
+        OutputMode::StdoutJson => {
+            let obj = extract_object(stdout, true)
+                .ok_or_else(|| ParseError::bad("Failed to parse JSON output"))?;
+            let raw = Value::Object(obj.clone());
+            Ok(Parsed {
+                output: map_args_json(obj)?,
+                raw,
+                usage: Value::Null,
+                model: Value::Null,
+            })
+        }
+    }
+}

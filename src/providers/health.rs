@@ -1,0 +1,255 @@
+//! Provider health (providers.md §4): statuses, full/light resolution, updates after model
+//! runs, and the `providerHealth` map of gateway.json.
+
+use serde_json::{Map, Value};
+
+use crate::config::state::GatewayState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Healthy,
+    Unhealthy,
+    Unknown,
+    Unavailable,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Unhealthy => "unhealthy",
+            Status::Unknown => "unknown",
+            Status::Unavailable => "unavailable",
+        }
+    }
+    /// Anything unrecognised is `unknown`.
+    pub fn parse(s: &str) -> Status {
+        match s {
+            "healthy" => Status::Healthy,
+            "unhealthy" => Status::Unhealthy,
+            "unavailable" => Status::Unavailable,
+            _ => Status::Unknown,
+        }
+    }
+}
+
+/// How health is checked now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A real (tiny) model call per available provider.
+    Full,
+    /// Probe results only; the previous status is carried forward.
+    Light,
+    /// Full when there was never a full check, else light.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub status: Status,
+    /// `full` when a model call was made.
+    pub full: bool,
+    pub checked_at: String,
+    pub last_full_checked_at: Option<String>,
+    pub last_full_status: Option<Status>,
+    pub error: Option<String>,
+    pub model: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+impl Health {
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("status".into(), self.status.as_str().into());
+        m.insert(
+            "check_type".into(),
+            if self.full { "full" } else { "light" }.into(),
+        );
+        m.insert("checked_at".into(), self.checked_at.clone().into());
+        if let Some(v) = &self.last_full_checked_at {
+            m.insert("last_full_checked_at".into(), v.clone().into());
+        }
+        if let Some(v) = self.last_full_status {
+            m.insert("last_full_status".into(), v.as_str().into());
+        }
+        if let Some(v) = &self.error {
+            m.insert("error".into(), v.clone().into());
+        }
+        if let Some(v) = &self.model {
+            m.insert("model".into(), v.clone().into());
+        }
+        if let Some(v) = self.duration_ms {
+            m.insert("duration_ms".into(), v.into());
+        }
+        Value::Object(m)
+    }
+
+    /// Reads one `providerHealth` entry; other fields are dropped, a missing status is None.
+    pub fn from_json(v: &Value) -> Option<Health> {
+        let o = v.as_object()?;
+        let s = |k: &str| o.get(k).and_then(Value::as_str).map(String::from);
+        Some(Health {
+            status: Status::parse(o.get("status")?.as_str()?),
+            full: o.get("check_type").and_then(Value::as_str) == Some("full"),
+            checked_at: s("checked_at").unwrap_or_default(),
+            last_full_checked_at: s("last_full_checked_at"),
+            last_full_status: s("last_full_status").map(|x| Status::parse(&x)),
+            error: s("error"),
+            model: s("model"),
+            duration_ms: o.get("duration_ms").and_then(Value::as_u64),
+        })
+    }
+}
+
+/// Longest `error` kept in health (the reference stored whole stderr, up to 5 MB, in
+/// gateway.json and every heartbeat; providers.md §9.12).
+pub const HEALTH_ERROR_LIMIT: usize = 2000;
+
+/// Rule 1: the CLI did not answer `--version`.
+pub fn unavailable(prev: Option<&Health>, mode: Mode, error: Option<&str>, now: &str) -> Health {
+    Health {
+        status: Status::Unavailable,
+        full: mode == Mode::Full,
+        checked_at: now.to_string(),
+        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
+        last_full_status: prev.and_then(|p| p.last_full_status),
+        error: error
+            .map(|e| super::plan::collapse(e, HEALTH_ERROR_LIMIT))
+            .or_else(|| prev.and_then(|p| p.error.clone())),
+        model: None,
+        duration_ms: None,
+    }
+}
+
+/// Whether `mode` with this previous health needs a model call.
+pub fn needs_full(mode: Mode, prev: Option<&Health>) -> bool {
+    match mode {
+        Mode::Full => true,
+        Mode::Light => false,
+        Mode::Auto => prev
+            .map(|p| p.last_full_checked_at.is_none() || p.last_full_status.is_none())
+            .unwrap_or(true),
+    }
+}
+
+/// Rule 2: the result of a validation call.
+pub fn full(ok: bool, error: Option<&str>, duration_ms: u64, now: &str) -> Health {
+    let status = if ok {
+        Status::Healthy
+    } else {
+        Status::Unhealthy
+    };
+    Health {
+        status,
+        full: true,
+        checked_at: now.to_string(),
+        last_full_checked_at: Some(now.to_string()),
+        last_full_status: Some(status),
+        error: (!ok).then(|| {
+            super::plan::collapse(
+                error.unwrap_or("Provider validation failed"),
+                HEALTH_ERROR_LIMIT,
+            )
+        }),
+        model: None,
+        duration_ms: Some(duration_ms),
+    }
+}
+
+/// Rule 3: carry the previous status forward.
+pub fn light(prev: Option<&Health>, now: &str) -> Health {
+    let status = prev
+        .map(|p| p.status)
+        .or_else(|| prev.and_then(|p| p.last_full_status))
+        .unwrap_or(Status::Unknown);
+    Health {
+        status,
+        full: false,
+        checked_at: now.to_string(),
+        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
+        last_full_status: prev.and_then(|p| p.last_full_status),
+        error: prev.and_then(|p| p.error.clone()),
+        model: None,
+        duration_ms: None,
+    }
+}
+
+/// After a model run (§4.6): healthy drops the error; otherwise the new summary (or the old
+/// error) is kept.
+pub fn after_run(
+    prev: Option<&Health>,
+    status: Status,
+    summary: Option<&str>,
+    now: &str,
+) -> Health {
+    Health {
+        status,
+        full: false,
+        checked_at: now.to_string(),
+        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
+        last_full_status: prev.and_then(|p| p.last_full_status),
+        error: if status == Status::Healthy {
+            None
+        } else {
+            summary
+                .map(|s| super::plan::collapse(s, 500))
+                .or_else(|| prev.and_then(|p| p.error.clone()))
+        },
+        model: None,
+        duration_ms: None,
+    }
+}
+
+/// Writes one provider's health into gateway.json's `providerHealth` (other providers and keys
+/// untouched). Use inside `config::state::update`.
+pub fn apply_to_state(state: &mut GatewayState, id: &str, h: &Health) {
+    state
+        .provider_health
+        .get_or_insert_with(Map::new)
+        .insert(id.to_string(), h.to_json());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn light_never_revives_unavailable_and_after_run_does() {
+        let prev = unavailable(None, Mode::Light, Some("spawn gemini ENOENT"), "t0");
+        let l = light(Some(&prev), "t1");
+        assert_eq!(l.status, Status::Unavailable);
+        let ok = after_run(Some(&l), Status::Healthy, None, "t2");
+        assert_eq!(ok.status, Status::Healthy);
+        assert_eq!(ok.error, None);
+    }
+
+    #[test]
+    fn auto_runs_full_only_without_a_previous_full_check() {
+        assert!(needs_full(Mode::Auto, None));
+        let f = full(true, None, 12, "t0");
+        assert!(!needs_full(Mode::Auto, Some(&f)));
+        assert!(needs_full(Mode::Full, Some(&f)));
+        let back = Health::from_json(&f.to_json()).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(
+            f.to_json(),
+            serde_json::json!({"status":"healthy","check_type":"full","checked_at":"t0",
+                "last_full_checked_at":"t0","last_full_status":"healthy","duration_ms":12})
+        );
+    }
+
+    #[test]
+    fn state_merge_keeps_other_providers_and_keys() {
+        let mut st: GatewayState = serde_json::from_value(serde_json::json!({
+            "gatewayId": "g", "vmGuest": {"x": 1},
+            "providerHealth": {"codex": {"status": "healthy", "check_type": "light", "checked_at": "a"}}
+        }))
+        .unwrap();
+        let h = after_run(None, Status::Unhealthy, Some("boom \n  bad"), "t");
+        apply_to_state(&mut st, "claude_code", &h);
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["providerHealth"]["codex"]["status"], "healthy");
+        assert_eq!(v["providerHealth"]["claude_code"]["error"], "boom bad");
+        assert_eq!(v["vmGuest"]["x"], 1);
+    }
+}

@@ -1,0 +1,278 @@
+//! What a model call looks like before and after it runs: the request, the plan (argv, files,
+//! env, output mode) and the normalised result, plus the output-parsing helpers every CLI uses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// The sentinel model: no `--model` argument is passed.
+pub const DEFAULT_MODEL: &str = "__default__";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Json,
+    Text,
+}
+
+/// How the answer comes back (names follow the wire's `stdout-json`/`file-json`/`stream-json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)]
+pub enum OutputMode {
+    /// stdout is the answer (one JSON envelope, or text).
+    StdoutJson,
+    /// The CLI writes the answer to a file in the work directory (codex `-o`).
+    FileJson,
+    /// stdout is JSONL events (codex `--json`).
+    StreamJson,
+}
+
+impl OutputMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputMode::StdoutJson => "stdout-json",
+            OutputMode::FileJson => "file-json",
+            OutputMode::StreamJson => "stream-json",
+        }
+    }
+}
+
+/// A model call, already validated.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub prompt: String,
+    pub model: String,
+    pub format: OutputFormat,
+    pub schema: Option<Value>,
+    pub append_system_prompt: Option<String>,
+    /// `low` | `medium` | `high`.
+    pub reasoning_effort: Option<String>,
+    pub timeout: Duration,
+}
+
+impl RunRequest {
+    pub fn model_arg(&self) -> Option<&str> {
+        (self.model != DEFAULT_MODEL && !self.model.is_empty()).then_some(self.model.as_str())
+    }
+}
+
+/// The exact command to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub command: PathBuf,
+    pub args: Vec<String>,
+    /// Files written into the work directory (relative name, contents), mode 0600.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Extra environment; `{WORKDIR}` in a value becomes the work directory.
+    pub env: Vec<(String, String)>,
+    /// Directories prepended to PATH (gemini: its own directory).
+    pub path_prepend: Vec<PathBuf>,
+    pub output_mode: OutputMode,
+    /// Relative path of the output file in file mode.
+    pub output_path: Option<String>,
+    pub format: OutputFormat,
+    /// Length of the schema's JSON (after codex normalisation), or 0.
+    pub json_schema_chars: usize,
+    pub timeout: Duration,
+}
+
+/// The normalised output of a successful run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub output: Value,
+    pub raw: Value,
+    pub usage: Value,
+    pub model: Value,
+}
+
+impl Parsed {
+    pub fn text(stdout: &str) -> Parsed {
+        let t = Value::String(stdout.trim().to_string());
+        let obj = Value::Object(Map::from_iter([("text".to_string(), t)]));
+        Parsed {
+            output: obj.clone(),
+            raw: obj,
+            usage: Value::Null,
+            model: Value::Null,
+        }
+    }
+}
+
+/// Why the output could not be used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParseError {
+    /// The output was not what the CLI should print; the provider is marked unhealthy.
+    Bad(String),
+    /// An output file exceeded the limit (boundary `output_file`); health is unchanged.
+    OutputLimit,
+}
+
+impl ParseError {
+    pub fn bad(m: impl Into<String>) -> Self {
+        ParseError::Bad(m.into())
+    }
+}
+
+/// Removes a leading ``` (with an optional `json` tag) and a trailing ```, then trims.
+pub fn strip_fence(text: &str) -> String {
+    let t = text.trim();
+    if !t.starts_with("```") {
+        return t.to_string();
+    }
+    let mut body = &t[3..];
+    if body.len() >= 4 && body[..4].eq_ignore_ascii_case("json") {
+        body = &body[4..];
+    }
+    let body = body.trim_end();
+    let body = body.strip_suffix("```").unwrap_or(body);
+    body.trim().to_string()
+}
+
+fn parse_object(s: &str) -> Option<Map<String, Value>> {
+    match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// A JSON object from model text (providers.md §5.10): the whole text, else the first line
+/// that is an object, else the span from the first `{` to the last `}`.
+pub fn extract_object(text: &str, strip: bool) -> Option<Map<String, Value>> {
+    let t = if strip {
+        strip_fence(text)
+    } else {
+        text.trim().to_string()
+    };
+    if let Some(m) = parse_object(&t) {
+        return Some(m);
+    }
+    for line in t.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(m) = parse_object(line) {
+            return Some(m);
+        }
+    }
+    let (a, b) = (t.find('{')?, t.rfind('}')?);
+    if a < b {
+        return parse_object(&t[a..=b]);
+    }
+    None
+}
+
+/// The first balanced `{…}` in `text` (outside double-quoted strings) that parses as an
+/// object; OpenAI-style `{"error":{…}}` gives its `message`, `type`, `code`, `param`.
+pub fn error_summary(text: &str) -> Option<Value> {
+    let b = text.as_bytes();
+    let mut start = 0;
+    while let Some(off) = text[start..].find('{') {
+        let s = start + off;
+        let mut depth = 0i32;
+        let mut in_str = false;
+        let mut esc = false;
+        let mut end = None;
+        for (i, &c) in b.iter().enumerate().skip(s) {
+            if in_str {
+                if esc {
+                    esc = false;
+                } else if c == b'\\' {
+                    esc = true;
+                } else if c == b'"' {
+                    in_str = false;
+                }
+                continue;
+            }
+            match c {
+                b'"' => in_str = true,
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = end {
+            if let Some(obj) = parse_object(&text[s..=e]) {
+                let (src, keys): (&Map<String, Value>, &[&str]) = match obj.get("error") {
+                    Some(Value::Object(inner)) => (inner, &["message", "type", "code", "param"]),
+                    _ => (&obj, &["message", "type", "code"]),
+                };
+                let mut out = Map::new();
+                for k in keys {
+                    if let Some(Value::String(v)) = src.get(*k) {
+                        out.insert((*k).to_string(), Value::String(v.clone()));
+                    }
+                }
+                return Some(Value::Object(out));
+            }
+        }
+        start = s + 1;
+    }
+    None
+}
+
+/// Whitespace collapsed, at most `max` characters plus `...`.
+pub fn collapse(s: &str, max: usize) -> String {
+    let c = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    truncate_chars(&c, max, "...")
+}
+
+pub fn truncate_chars(s: &str, max: usize, marker: &str) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}{marker}", &s[..i]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn extraction_tries_whole_lines_then_braces() {
+        assert_eq!(
+            extract_object(r#" {"a":1} "#, false),
+            json!({"a":1}).as_object().cloned()
+        );
+        assert_eq!(
+            extract_object("noise\n{\"b\":2}\nmore", false),
+            json!({"b":2}).as_object().cloned()
+        );
+        assert_eq!(
+            extract_object("Here: {\"c\": {\"d\": 3}} done", false),
+            json!({"c":{"d":3}}).as_object().cloned()
+        );
+        assert_eq!(
+            extract_object("```json\n{\"e\":5}\n```", true),
+            json!({"e":5}).as_object().cloned()
+        );
+        assert_eq!(extract_object("[1,2]", false), None);
+        assert_eq!(extract_object("", false), None);
+    }
+
+    #[test]
+    fn error_summary_reads_openai_style_errors() {
+        let s = "ERROR: stream error: {\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\",\"param\":null}}";
+        assert_eq!(
+            error_summary(s),
+            Some(
+                json!({"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"})
+            )
+        );
+        assert_eq!(
+            error_summary("x {\"message\":\"m\",\"n\":1}"),
+            Some(json!({"message":"m"}))
+        );
+        assert_eq!(error_summary("{not json} {\"k\":1}"), Some(json!({})));
+        assert_eq!(error_summary("plain text"), None);
+    }
+
+    #[test]
+    fn collapse_limits_and_marks() {
+        assert_eq!(collapse("a \n b", 10), "a b");
+        assert_eq!(collapse("abcdef", 3), "abc...");
+    }
+}

@@ -1,0 +1,179 @@
+//! Running one model-call plan: owner-only work directory, plan files, environment, the child
+//! through `exec`, then the provider's parser. Shared by `model_run` jobs and full health checks.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::plan::{ParseError, Parsed, Plan};
+use super::ProviderId;
+use crate::exec::{self, CancelToken, Children};
+
+/// What a run may be reached by.
+#[derive(Default, Clone)]
+pub struct RunHooks {
+    pub cancel: Option<CancelToken>,
+    pub register: Option<(Arc<Children>, String)>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Failure {
+    /// The CLI could not be started (not installed, not executable).
+    Spawn {
+        message: String,
+        not_found: bool,
+        /// The argument list was too long for the kernel (E2BIG): a prompt over 128 KiB.
+        too_long: bool,
+    },
+    /// Work directory or plan files could not be prepared.
+    Setup(String),
+    /// stdout exceeded the capture limit.
+    StdoutLimit,
+    /// Codex's output file exceeded the limit.
+    FileLimit,
+    /// Non-zero exit, timeout, signal, or cancel.
+    Process,
+    /// Exited 0 but the output could not be used.
+    Parse(String),
+}
+
+pub struct Report {
+    pub plan: Plan,
+    pub work_dir: PathBuf,
+    pub output: Option<exec::Output>,
+    pub result: Result<Parsed, Failure>,
+}
+
+/// A relative path that stays inside the work directory.
+fn safe_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty()
+        && path.is_relative()
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all().ok();
+    Ok(())
+}
+
+/// Builds the child environment for a plan: scrubbed parent env, plan extras, PATH prepends.
+pub fn plan_env(plan: &Plan, work_dir: &Path) -> Vec<(OsString, OsString)> {
+    let mut env = exec::child_env(&[]);
+    let wd = work_dir.to_string_lossy();
+    for (k, v) in &plan.env {
+        exec::set_var(&mut env, k, v.replace("{WORKDIR}", &wd));
+    }
+    if !plan.path_prepend.is_empty() {
+        let cur = exec::get_var(&env, "PATH")
+            .map(|p| p.to_os_string())
+            .unwrap_or_default();
+        let mut parts: Vec<PathBuf> = std::env::split_paths(&cur).collect();
+        for d in plan.path_prepend.iter().rev() {
+            if !parts.contains(d) {
+                parts.insert(0, d.clone());
+            }
+        }
+        if let Ok(joined) = std::env::join_paths(parts) {
+            exec::set_var(&mut env, "PATH", joined);
+        }
+    }
+    env
+}
+
+/// Runs `plan` in the (already created, empty, 0700) `work_dir` and parses its output.
+pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -> Report {
+    let fail = |plan: Plan, f: Failure| Report {
+        plan,
+        work_dir: work_dir.to_path_buf(),
+        output: None,
+        result: Err(f),
+    };
+    if let Some(op) = &plan.output_path {
+        if !safe_relative(op) {
+            let m = format!("output path {op:?} is not a plain relative path");
+            return fail(plan, Failure::Setup(m));
+        }
+    }
+    for (name, data) in &plan.files {
+        if !safe_relative(name) {
+            let m = format!("plan file {name:?} is not a plain relative path");
+            return fail(plan, Failure::Setup(m));
+        }
+        if let Err(e) = write_private(&work_dir.join(name), data) {
+            let m = format!("could not write {} in {}: {e}", name, work_dir.display());
+            return fail(plan, Failure::Setup(m));
+        }
+    }
+    let mut spec = exec::Spec::new(&plan.command);
+    spec.args = plan.args.iter().map(OsString::from).collect();
+    spec.cwd = Some(work_dir.to_path_buf());
+    spec.env = plan_env(&plan, work_dir);
+    spec.timeout = Some(plan.timeout);
+    spec.cancel = hooks.cancel.clone();
+    spec.register = hooks.register.clone();
+    spec.tmp_base = Some(work_dir.to_path_buf());
+    let out = match exec::run(spec, None) {
+        Ok(o) => o,
+        Err(e) => {
+            let not_found = e.not_found();
+            let too_long = e.error.raw_os_error() == Some(libc::E2BIG);
+            return fail(
+                plan,
+                Failure::Spawn {
+                    message: e.to_string(),
+                    not_found,
+                    too_long,
+                },
+            );
+        }
+    };
+    let result = if out.stdout_truncated {
+        Err(Failure::StdoutLimit)
+    } else if !out.success() {
+        Err(Failure::Process)
+    } else {
+        let stdout = out.stdout_lossy();
+        let parsed = match id {
+            ProviderId::Claude => super::claude::parse(plan.format, &stdout),
+            ProviderId::Codex => {
+                super::codex::parse(plan.format, plan.output_mode, &stdout, work_dir)
+            }
+            ProviderId::Gemini => super::gemini::parse(plan.format, &stdout),
+        };
+        parsed.map_err(|e| match e {
+            ParseError::OutputLimit => Failure::FileLimit,
+            ParseError::Bad(m) => Failure::Parse(m),
+        })
+    };
+    Report {
+        plan,
+        work_dir: work_dir.to_path_buf(),
+        output: Some(out),
+        result,
+    }
+}
+
+/// Removes `dir`'s empty parents up to (not including) `root`.
+pub fn prune_empty_parents(dir: &Path, root: &Path) {
+    let mut cur = dir.parent();
+    while let Some(p) = cur {
+        if p == root || !p.starts_with(root) {
+            break;
+        }
+        if std::fs::remove_dir(p).is_err() {
+            break;
+        }
+        cur = p.parent();
+    }
+}
