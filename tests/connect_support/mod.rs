@@ -344,11 +344,16 @@ impl Gateway {
 
     /// `start --foreground` as a child; output goes to files in the temp dir.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// `start --foreground <extra>` (for example `--claude-cli <fake>`).
+    pub fn start_with(&mut self, extra: &[&str]) {
         assert!(self.daemon.is_none());
         let out = std::fs::File::create(self.dir.path().join("daemon.out")).unwrap();
         let err = std::fs::File::create(self.dir.path().join("daemon.err")).unwrap();
         let child = self
-            .command(&["start", "--foreground"])
+            .command(&[&["start", "--foreground"], extra].concat())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()

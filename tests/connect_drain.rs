@@ -1,0 +1,153 @@
+//! Drain: SIGTERM lets a running job finish within the drain timeout; past the timeout the job
+//! is failed and its child process group is gone. Uses a `diagnostic` job with a fake claude
+//! CLI that sleeps.
+
+mod connect_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use connect_support::*;
+use serde_json::json;
+
+/// A fake `claude` whose `--version` writes its pid, sleeps, then prints a version.
+fn fake_claude(dir: &Path, sleep_secs: u32) -> String {
+    let script = dir.join(format!("claude-sleep-{sleep_secs}"));
+    let pidfile = dir.join(format!("claude-{sleep_secs}.pid"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nsleep {sleep_secs}\necho '9.9.9 (Claude Code)'\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script.display().to_string()
+}
+
+fn alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn read_pid(dir: &Path, sleep_secs: u32) -> Option<i32> {
+    std::fs::read_to_string(dir.join(format!("claude-{sleep_secs}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_running_job_finishes_within_the_drain_timeout() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    gw.set_env("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "20000");
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    let claude = fake_claude(gw.dir.path(), 2);
+    gw.start_with(&["--claude-cli", &claude]);
+    wait_for("ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let dir = gw.dir.path().to_path_buf();
+    wait_for("the fake CLI to start", Duration::from_secs(20), || {
+        read_pid(&dir, 2)
+    });
+    let t0 = Instant::now();
+    gw.signal(libc::SIGTERM);
+    // Queued meanwhile: not taken by a draining gateway.
+    std::thread::sleep(Duration::from_millis(300));
+    let late = b.insert_job(&team, &gid, "noop", json!({}));
+    let exit = gw.wait_exit(Duration::from_secs(30));
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "it waited for the job"
+    );
+    let j = b.job(&id);
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(j["result"]["version"], "9.9.9 (Claude Code)");
+    assert_eq!(
+        b.job(&late)["status"],
+        "queued",
+        "a draining gateway takes no new job"
+    );
+    assert_eq!(b.gateway_row(&gid)["status"], "offline");
+}
+
+#[test]
+fn past_the_drain_timeout_the_job_is_failed_and_its_child_is_gone() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    gw.set_env("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "1000");
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    let claude = fake_claude(gw.dir.path(), 30);
+    gw.start_with(&["--claude-cli", &claude]);
+    wait_for("ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let dir = gw.dir.path().to_path_buf();
+    let pid = wait_for("the fake CLI to start", Duration::from_secs(20), || {
+        read_pid(&dir, 30)
+    });
+    assert!(alive(pid));
+    let t0 = Instant::now();
+    gw.signal(libc::SIGTERM);
+    let exit = gw.wait_exit(Duration::from_secs(30));
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "bounded by the drain timeout + kill grace"
+    );
+    let j = b.job(&id);
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["error"], "gateway shut down before the job finished");
+    wait_for("the child to be gone", Duration::from_secs(5), || {
+        (!alive(pid)).then_some(())
+    });
+    assert_eq!(b.gateway_row(&gid)["status"], "offline");
+}
+
+#[test]
+fn a_second_signal_skips_the_wait() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    gw.set_env("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "60000");
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    let claude = fake_claude(gw.dir.path(), 30);
+    gw.start_with(&["--claude-cli", &claude]);
+    wait_for("ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let dir = gw.dir.path().to_path_buf();
+    let pid = wait_for("the fake CLI to start", Duration::from_secs(20), || {
+        read_pid(&dir, 30)
+    });
+    let t0 = Instant::now();
+    gw.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    gw.signal(libc::SIGTERM);
+    let exit = gw.wait_exit(Duration::from_secs(30));
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(12),
+        "did not wait for the 60 s drain"
+    );
+    assert_eq!(
+        b.job(&id)["error"],
+        "gateway shut down before the job finished"
+    );
+    wait_for("the child to be gone", Duration::from_secs(5), || {
+        (!alive(pid)).then_some(())
+    });
+}
