@@ -148,7 +148,8 @@ struct Shared {
     /// Ids queued locally or running (dedup of realtime + reconcile).
     seen: Mutex<HashSet<String>>,
     running: Mutex<HashMap<String, RunningJob>>,
-    queue: Sender<JobRow>,
+    /// Boxed rows: the bounded channel preallocates its slots, keep them pointer-sized.
+    queue: Sender<Box<JobRow>>,
     completed: AtomicU64,
     failed: AtomicU64,
     realtime_up: AtomicBool,
@@ -279,7 +280,7 @@ impl Shared {
             return;
         }
         let id = job.id.clone();
-        match self.queue.try_send(job) {
+        match self.queue.try_send(Box::new(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 lock(&self.seen).remove(&id);
@@ -906,13 +907,13 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
     }
 }
 
-fn worker_loop(s: Arc<Shared>, rx: Receiver<JobRow>) {
+fn worker_loop(s: Arc<Shared>, rx: Receiver<Box<JobRow>>) {
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(job) => {
                 let id = job.id.clone();
                 if s.accepting.load(Ordering::SeqCst) {
-                    s.process(job);
+                    s.process(*job);
                 }
                 lock(&s.seen).remove(&id);
             }
@@ -992,7 +993,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
 
     let providers = Arc::new(Registry::discover(&settings.cli_overrides));
     let children = Arc::new(Children::default());
-    let (queue_tx, queue_rx) = bounded::<JobRow>(tuning.queue_capacity);
+    let (queue_tx, queue_rx) = bounded::<Box<JobRow>>(tuning.queue_capacity);
     let (rec_tx, rec_rx) = bounded::<()>(4);
     let (hb_tx, hb_rx) = bounded::<()>(16);
     let shared = Arc::new(Shared {
