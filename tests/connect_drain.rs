@@ -151,3 +151,42 @@ fn a_second_signal_skips_the_wait() {
         (!alive(pid)).then_some(())
     });
 }
+
+#[test]
+fn a_result_the_backend_refuses_is_spooled_and_delivered_after_it_recovers() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    gw.set_env("PANORAMA_GATEWAY_COMPLETE_RETRY_MS", "1000");
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    let claude = fake_claude(gw.dir.path(), 1);
+    gw.start_with(&["--claude-cli", &claude]);
+    wait_for("ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let dir = gw.dir.path().to_path_buf();
+    wait_for("the fake CLI to start", Duration::from_secs(20), || {
+        read_pid(&dir, 1)
+    });
+    // The backend now refuses every REST call for a while (the harness sees it too).
+    b.fault(json!({"fail_next": {"count": 100000, "status": 503, "paths": "rest"}}));
+    let st = wait_for("the result in the spool", Duration::from_secs(20), || {
+        let s = gw.status_file();
+        (s["results_spooled"].as_u64() >= Some(1)).then_some(s)
+    });
+    assert_eq!(st["results_spooled"], 1);
+    let spool = gw.config_dir().join("spool").join(format!("{id}.json"));
+    assert!(spool.exists());
+    let mode = std::fs::metadata(&spool).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    b.fault(json!({"clear": true}));
+    let j = wait_job_done(&b, &id, Duration::from_secs(20));
+    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(j["result"]["version"], "9.9.9 (Claude Code)");
+    wait_for("spool emptied", Duration::from_secs(10), || {
+        (gw.status_file()["results_spooled"] == 0 && !spool.exists()).then_some(())
+    });
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}

@@ -18,7 +18,7 @@ use super::{encode_component, Backoff};
 /// Largest websocket message accepted (a job row with a big prompt fits easily).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// How long one blocking read waits before the loop looks at its timers again.
-const READ_TICK: Duration = Duration::from_millis(250);
+const READ_TICK: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -264,7 +264,7 @@ impl Session {
         let body = serde_json::json!({ "refresh_token": refresh_token }).to_string();
         let mut delay = Duration::from_millis(200);
         let mut last = Error::Transport("no attempt".into());
-        for attempt in 0..4 {
+        for attempt in 0..3 {
             if attempt > 0 {
                 std::thread::sleep(delay);
                 delay *= 2;
@@ -281,7 +281,7 @@ impl Session {
                         ("X-Supabase-Api-Version", "2024-01-01".into()),
                     ],
                     body: Some(body.clone()),
-                    timeout: Duration::from_secs(15),
+                    timeout: Duration::from_secs(10),
                     max_body: MAX_SMALL_BODY,
                 },
             );

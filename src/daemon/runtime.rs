@@ -59,6 +59,8 @@ pub struct Tuning {
     pub heartbeat: Duration,
     pub reconcile: Duration,
     pub drain_timeout: Duration,
+    /// How long a completion is retried before it goes to the spool.
+    pub complete_retry: Duration,
     pub queue_capacity: usize,
 }
 
@@ -75,6 +77,7 @@ impl Tuning {
             heartbeat: env_ms("PANORAMA_GATEWAY_HEARTBEAT_MS", 30_000),
             reconcile: env_ms("PANORAMA_GATEWAY_RECONCILE_MS", 5_000),
             drain_timeout: env_ms("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", 90_000),
+            complete_retry: env_ms("PANORAMA_GATEWAY_COMPLETE_RETRY_MS", 15_000),
             queue_capacity: 4096,
         }
     }
@@ -436,7 +439,7 @@ impl Shared {
     /// it (network, 5xx, lost session). Never drops a result silently.
     fn deliver(&self, job_id: &str, body: &Value) {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + self.tuning.complete_retry;
         loop {
             match wire::complete(&self.session, job_id, body) {
                 Ok(()) => return,
@@ -564,9 +567,12 @@ impl Shared {
                 false
             }
         };
+        // `last_heartbeat_at` is the last one the backend took (status judges staleness by it).
         let at = now_rfc3339();
         (self.status)(&|s: &mut RuntimeStatus| {
-            s.last_heartbeat_at = Some(at.clone());
+            if ok {
+                s.last_heartbeat_at = Some(at.clone());
+            }
             s.last_heartbeat_ok = Some(ok);
         });
         if ok {
@@ -896,10 +902,11 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
         s.push_status(false);
         let wait = next_tick.saturating_duration_since(Instant::now());
         // Also wake periodically to catch shutdown and status changes.
-        match wake.recv_timeout(wait.min(Duration::from_secs(1))) {
+        // Woken early by status changes, new events and the drain.
+        match wake.recv_timeout(wait) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                if s.shutdown.sleep(wait.min(Duration::from_secs(1))) {
+                if s.shutdown.sleep(wait) {
                     return;
                 }
             }
@@ -907,22 +914,21 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
     }
 }
 
-fn worker_loop(s: Arc<Shared>, rx: Receiver<Box<JobRow>>) {
+/// Blocks on the job channel (no idle wake-ups); `stop` disconnects at the drain.
+fn worker_loop(s: Arc<Shared>, rx: Receiver<Box<JobRow>>, stop: Receiver<()>) {
     loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(job) => {
-                let id = job.id.clone();
-                if s.accepting.load(Ordering::SeqCst) {
-                    s.process(*job);
+        crossbeam_channel::select! {
+            recv(rx) -> job => match job {
+                Ok(job) => {
+                    let id = job.id.clone();
+                    if s.accepting.load(Ordering::SeqCst) {
+                        s.process(*job);
+                    }
+                    lock(&s.seen).remove(&id);
                 }
-                lock(&s.seen).remove(&id);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if s.shutdown.is_draining() {
-                    return;
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
+                Err(_) => return,
+            },
+            recv(stop) -> _ => return,
         }
     }
 }
@@ -1040,11 +1046,15 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         let s = shared.clone();
         spawn("heartbeat", move || heartbeat_loop(s, hb_rx))?
     };
+    let (workers_stop_tx, workers_stop_rx) = bounded::<()>(0);
     let mut workers = Vec::new();
     for i in 0..tuning.concurrency {
         let s = shared.clone();
         let rx = queue_rx.clone();
-        workers.push(spawn(&format!("worker-{i}"), move || worker_loop(s, rx))?);
+        let stop = workers_stop_rx.clone();
+        workers.push(spawn(&format!("worker-{i}"), move || {
+            worker_loop(s, rx, stop)
+        })?);
     }
     drop(queue_rx);
     let rec = {
@@ -1062,7 +1072,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
 
     // Watch the session state for the status file while waiting for the stop request.
     let mut last_reauth = None;
-    while !ctx.shutdown.sleep(Duration::from_millis(500)) {
+    while !ctx.shutdown.sleep(Duration::from_secs(1)) {
         let r = session.reauth_reason();
         if r != last_reauth {
             if r.is_some() {
@@ -1144,6 +1154,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             }
         }
     }
+    drop(workers_stop_tx);
     for w in workers {
         join_within(w, Duration::from_secs(2), "a worker thread");
     }
