@@ -161,6 +161,39 @@ impl Hub {
         n
     }
 
+    /// Closes channels whose token has expired or was revoked, as Realtime does when a token
+    /// runs out: a `system` error then `phx_close`. Run periodically (see main).
+    pub fn sweep_expired(&self, app: &App) {
+        let mut h = self.lock();
+        for conn in h.conns.values_mut() {
+            let expired: Vec<(String, String)> = conn
+                .channels
+                .iter()
+                .filter_map(|(topic, ch)| {
+                    let tok = ch.token.as_ref()?;
+                    app.principal(tok)
+                        .err()
+                        .map(|e| (topic.clone(), token_reason(&e)))
+                })
+                .collect();
+            for (topic, reason) in expired {
+                if let Some(ch) = conn.channels.remove(&topic) {
+                    log::info!(target: "realtime", "closing a channel whose token expired channel={}", ch.name);
+                    let payload = json!({"channel": ch.name, "extension": "system", "message": reason, "status": "error"});
+                    send(
+                        conn,
+                        encode_msg(conn.vsn2, None, None, &topic, "system", payload),
+                    );
+                    let jr = ch.join_ref.as_deref();
+                    send(
+                        conn,
+                        encode_msg(conn.vsn2, jr, jr, &topic, "phx_close", json!({})),
+                    );
+                }
+            }
+        }
+    }
+
     /// Fans committed changes out to matching channels. Called under the store lock.
     pub fn publish(&self, app: &App, changes: &[Change]) {
         let mut h = self.lock();
