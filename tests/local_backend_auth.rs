@@ -268,6 +268,30 @@ fn data_file_persists_rows_sessions_and_keys_across_restart() {
 }
 
 #[test]
+fn sigint_with_open_websockets_stops_cleanly_and_persists() {
+    let dir = temp_dir("sigint");
+    let data = dir.join("backend.json");
+    let b = Backend::start(&["--data", data.to_str().unwrap()]);
+    let g = b.pair(None);
+    let mut rt = b.realtime("2.0.0");
+    rt.join(
+        "jobs",
+        "INSERT",
+        "gateway_jobs",
+        None,
+        Some(&g.access_token),
+    );
+    // The insert is persisted at shutdown even if the 200 ms flush has not run yet.
+    let job = b.enqueue(&g.team_id, Some(&g.gateway_id), json!({}));
+    let st = b.stop_with(libc::SIGINT);
+    assert_eq!(st.code(), Some(0));
+    assert!(rt.closed_within(Duration::from_secs(5)));
+    let saved = std::fs::read_to_string(&data).unwrap();
+    assert!(saved.contains(job["id"].as_str().unwrap()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn corrupt_data_file_is_refused_with_a_clear_message() {
     let dir = temp_dir("corrupt");
     let data = dir.join("backend.json");
