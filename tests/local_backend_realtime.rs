@@ -93,6 +93,14 @@ fn vsn1_objects_heartbeat_and_leave() {
         hb,
         json!({"join_ref": null, "ref": "7", "topic": "phoenix", "event": "phx_reply", "payload": {"status": "ok", "response": {}}})
     );
+    // Refs are echoed exactly as sent, even as numbers.
+    rt.ws
+        .send(tungstenite::Message::text(
+            r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":8,"join_ref":null}"#,
+        ))
+        .unwrap();
+    let hb = rt.wait_for(T, |m| m["ref"] == 8);
+    assert_eq!(hb["payload"]["status"], "ok");
     let reply = rt.join("jobs", "*", "gateway_jobs", None, Some(&g.access_token));
     assert_eq!(reply["payload"]["status"], "ok");
     let jr = reply["join_ref"].as_str().unwrap().to_string();
