@@ -93,6 +93,14 @@ fn vsn1_objects_heartbeat_and_leave() {
         hb,
         json!({"join_ref": null, "ref": "7", "topic": "phoenix", "event": "phx_reply", "payload": {"status": "ok", "response": {}}})
     );
+    // Refs are echoed exactly as sent, even as numbers.
+    rt.ws
+        .send(tungstenite::Message::text(
+            r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":8,"join_ref":null}"#,
+        ))
+        .unwrap();
+    let hb = rt.wait_for(T, |m| m["ref"] == 8);
+    assert_eq!(hb["payload"]["status"], "ok");
     let reply = rt.join("jobs", "*", "gateway_jobs", None, Some(&g.access_token));
     assert_eq!(reply["payload"]["status"], "ok");
     let jr = reply["join_ref"].as_str().unwrap().to_string();
@@ -348,7 +356,47 @@ fn access_token_push_updates_the_channel_and_expiry_closes_it() {
 }
 
 #[test]
-fn channel_with_an_expired_token_is_closed_at_the_next_event() {
+fn channel_is_closed_when_its_token_expires_even_without_events() {
+    let b = Backend::start(&["--access-token-ttl", "1"]);
+    let g = b.pair(None);
+    let mut rt = b.realtime("1.0.0");
+    let reply = rt.join(
+        "idle",
+        "INSERT",
+        "gateway_jobs",
+        None,
+        Some(&g.access_token),
+    );
+    let sys = rt.wait_for(Duration::from_secs(5), |m| {
+        m["event"] == "system" && m["payload"]["status"] == "error"
+    });
+    assert!(sys["payload"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Token has expired"));
+    let close = rt.wait_for(T, |m| m["event"] == "phx_close");
+    assert_eq!(close["join_ref"], reply["join_ref"]);
+    assert_eq!(b.stats()["channels"], 0);
+}
+
+#[test]
+fn expire_fault_closes_channels_promptly() {
+    let b = Backend::start(&[]);
+    let g = b.pair(None);
+    let mut rt = b.realtime("2.0.0");
+    rt.join(
+        "jobs",
+        "INSERT",
+        "gateway_jobs",
+        None,
+        Some(&g.access_token),
+    );
+    b.fault(json!({"expire_access_tokens": true}));
+    rt.wait_for(T, |m| m["event"] == "phx_close");
+}
+
+#[test]
+fn channel_with_an_expired_token_gets_no_events() {
     let b = Backend::start(&["--access-token-ttl", "1"]);
     let g = b.pair(None);
     let mut rt = b.realtime("2.0.0");
@@ -373,6 +421,8 @@ fn channel_with_an_expired_token_is_closed_at_the_next_event() {
         .unwrap()
         .contains("Token has expired"));
     rt.wait_for(T, |m| m["event"] == "phx_close");
+    b.enqueue(&g.team_id, Some(&g.gateway_id), json!({}));
+    assert!(changes(&rt.drain(QUIET)).is_empty());
 }
 
 #[test]
