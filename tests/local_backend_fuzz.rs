@@ -146,6 +146,21 @@ fn random_and_adversarial_input_never_kills_the_server() {
     rt.send(None, Some("99"), "phoenix", "heartbeat", json!({}));
     rt.wait_for(Duration::from_secs(5), |m| m["ref"] == "99");
 
+    // Deep nesting in query strings is refused, not a stack overflow.
+    let deep_or = format!(
+        "/rest/v1/gateway_jobs?or=({}status.eq.x{})",
+        "or(".repeat(10_000),
+        ")".repeat(10_000)
+    );
+    let r = b.req("GET", &deep_or, &g.access_token, None);
+    assert_eq!(r.status, 400);
+    let many_nots = format!(
+        "/rest/v1/gateway_jobs?status={}eq.queued",
+        "not.".repeat(10_000)
+    );
+    let r = b.req("GET", &many_nots, &g.access_token, None);
+    assert_eq!(r.status, 200);
+
     // Still fully functional.
     let mut rt2 = b.realtime("2.0.0");
     rt2.join(

@@ -93,6 +93,14 @@ fn vsn1_objects_heartbeat_and_leave() {
         hb,
         json!({"join_ref": null, "ref": "7", "topic": "phoenix", "event": "phx_reply", "payload": {"status": "ok", "response": {}}})
     );
+    // Refs are echoed exactly as sent, even as numbers.
+    rt.ws
+        .send(tungstenite::Message::text(
+            r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":8,"join_ref":null}"#,
+        ))
+        .unwrap();
+    let hb = rt.wait_for(T, |m| m["ref"] == 8);
+    assert_eq!(hb["payload"]["status"], "ok");
     let reply = rt.join("jobs", "*", "gateway_jobs", None, Some(&g.access_token));
     assert_eq!(reply["payload"]["status"], "ok");
     let jr = reply["join_ref"].as_str().unwrap().to_string();
@@ -272,7 +280,7 @@ fn bad_tokens_and_bad_bindings_get_error_replies() {
 
 #[test]
 fn access_token_push_updates_the_channel_and_expiry_closes_it() {
-    let b = Backend::start(&["--access-token-ttl", "2"]);
+    let b = Backend::start(&["--access-token-ttl", "3"]);
     let g = b.pair(None);
     let mut rt = b.realtime("2.0.0");
     let reply = rt.join(
@@ -283,7 +291,14 @@ fn access_token_push_updates_the_channel_and_expiry_closes_it() {
         Some(&g.access_token),
     );
     let jr = reply["join_ref"].as_str().unwrap().to_string();
-    // Refresh over HTTP, push the new token on the channel.
+    // Refresh over HTTP one second before the first token expires, so the refreshed token
+    // outlives it by about two seconds (exp has whole-second precision).
+    let first_exp = jwt_exp(&g.access_token);
+    wait_until(
+        Duration::from_secs(6),
+        "one second before the first token's expiry",
+        || unix_now() + 1 >= first_exp,
+    );
     let r = b.req_full(
         "POST",
         "/auth/v1/token?grant_type=refresh_token",
@@ -293,7 +308,15 @@ fn access_token_push_updates_the_channel_and_expiry_closes_it() {
         Some(&json!({"refresh_token": g.refresh_token}).to_string()),
     );
     let new_at = r.json()["access_token"].as_str().unwrap().to_string();
-    // Wait until the original token has expired.
+    // Push the refreshed token before the first one expires, as a client does; the channel must
+    // then outlive the first token.
+    rt.send(
+        Some(&jr),
+        Some("50"),
+        "realtime:jobs",
+        "access_token",
+        json!({"access_token": new_at}),
+    );
     wait_until(
         Duration::from_secs(6),
         "the first access token to expire",
@@ -302,23 +325,6 @@ fn access_token_push_updates_the_channel_and_expiry_closes_it() {
                 .status
                 == 401
         },
-    );
-    let r = b.req_full(
-        "POST",
-        "/auth/v1/token?grant_type=refresh_token",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[],
-        Some(&json!({"refresh_token": r.json()["refresh_token"]}).to_string()),
-    );
-    let fresh_at = r.json()["access_token"].as_str().unwrap().to_string();
-    let _ = new_at;
-    rt.send(
-        Some(&jr),
-        Some("50"),
-        "realtime:jobs",
-        "access_token",
-        json!({"access_token": fresh_at}),
     );
     // Frames are handled in order: once the heartbeat is answered, the token is in place.
     rt.send(None, Some("60"), "phoenix", "heartbeat", json!({}));
@@ -348,7 +354,47 @@ fn access_token_push_updates_the_channel_and_expiry_closes_it() {
 }
 
 #[test]
-fn channel_with_an_expired_token_is_closed_at_the_next_event() {
+fn channel_is_closed_when_its_token_expires_even_without_events() {
+    let b = Backend::start(&["--access-token-ttl", "1"]);
+    let g = b.pair(None);
+    let mut rt = b.realtime("1.0.0");
+    let reply = rt.join(
+        "idle",
+        "INSERT",
+        "gateway_jobs",
+        None,
+        Some(&g.access_token),
+    );
+    let sys = rt.wait_for(Duration::from_secs(5), |m| {
+        m["event"] == "system" && m["payload"]["status"] == "error"
+    });
+    assert!(sys["payload"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Token has expired"));
+    let close = rt.wait_for(T, |m| m["event"] == "phx_close");
+    assert_eq!(close["join_ref"], reply["join_ref"]);
+    assert_eq!(b.stats()["channels"], 0);
+}
+
+#[test]
+fn expire_fault_closes_channels_promptly() {
+    let b = Backend::start(&[]);
+    let g = b.pair(None);
+    let mut rt = b.realtime("2.0.0");
+    rt.join(
+        "jobs",
+        "INSERT",
+        "gateway_jobs",
+        None,
+        Some(&g.access_token),
+    );
+    b.fault(json!({"expire_access_tokens": true}));
+    rt.wait_for(T, |m| m["event"] == "phx_close");
+}
+
+#[test]
+fn channel_with_an_expired_token_gets_no_events() {
     let b = Backend::start(&["--access-token-ttl", "1"]);
     let g = b.pair(None);
     let mut rt = b.realtime("2.0.0");
@@ -373,6 +419,8 @@ fn channel_with_an_expired_token_is_closed_at_the_next_event() {
         .unwrap()
         .contains("Token has expired"));
     rt.wait_for(T, |m| m["event"] == "phx_close");
+    b.enqueue(&g.team_id, Some(&g.gateway_id), json!({}));
+    assert!(changes(&rt.drain(QUIET)).is_empty());
 }
 
 #[test]
@@ -463,4 +511,22 @@ fn rejoin_replaces_the_channel_and_stats_count() {
     assert_eq!(s["connections"]["realtime_open"], 1);
     assert_eq!(s["channels"], 1);
     assert!(s["events_delivered"].as_u64().unwrap() >= 1);
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The `exp` claim of a JWT (seconds since the epoch).
+fn jwt_exp(token: &str) -> u64 {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("JWT payload is base64url");
+    let v: Value = serde_json::from_slice(&bytes).expect("JWT payload is JSON");
+    v["exp"].as_u64().expect("JWT has exp")
 }

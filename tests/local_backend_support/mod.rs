@@ -126,9 +126,14 @@ impl Backend {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `sig` and waits for the exit status.
+    pub fn stop_with(mut self, sig: i32) -> std::process::ExitStatus {
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(self.child.id() as i32, sig);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -137,7 +142,7 @@ impl Backend {
             }
             assert!(
                 Instant::now() < deadline,
-                "backend did not stop after SIGTERM"
+                "backend did not stop after signal {sig}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

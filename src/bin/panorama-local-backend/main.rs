@@ -257,6 +257,16 @@ fn main() {
             });
     }
     {
+        // Realtime closes channels whose token expires, without waiting for an event.
+        let a = app.clone();
+        let _ = std::thread::Builder::new()
+            .name("rt-sweep".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(500));
+                a.hub.sweep_expired(&a);
+            });
+    }
+    {
         let a = app.clone();
         if let Err(e) = std::thread::Builder::new()
             .name("http-accept".into())

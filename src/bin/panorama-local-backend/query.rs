@@ -118,9 +118,22 @@ fn unquote(s: &str) -> String {
 
 /// Parses `op.value` (optionally `not.op.value`) for column `col`.
 pub fn parse_op_expr(col: &str, expr: &str) -> Result<Cond, DbError> {
-    if let Some(rest) = expr.strip_prefix("not.") {
-        return Ok(Cond::Not(Box::new(parse_op_expr(col, rest)?)));
+    // `not.` prefixes, iteratively (hostile input may repeat them thousands of times).
+    let mut expr = expr;
+    let mut negations = 0usize;
+    while let Some(rest) = expr.strip_prefix("not.") {
+        expr = rest;
+        negations += 1;
     }
+    let leaf = parse_leaf(col, expr)?;
+    Ok(if negations % 2 == 1 {
+        Cond::Not(Box::new(leaf))
+    } else {
+        leaf
+    })
+}
+
+fn parse_leaf(col: &str, expr: &str) -> Result<Cond, DbError> {
     let (op, val) = expr.split_once('.').ok_or_else(|| {
         parse_err(
             "filter",
@@ -166,7 +179,20 @@ pub fn parse_op_expr(col: &str, expr: &str) -> Result<Cond, DbError> {
 }
 
 /// Parses the inside of `or=(…)` / `and=(…)`.
+/// Deepest `or(and(…))` nesting accepted (bounds recursion on hostile input).
+const MAX_LOGIC_DEPTH: usize = 16;
+
 fn parse_logic(list: &str, is_or: bool) -> Result<Cond, DbError> {
+    parse_logic_at(list, is_or, 0)
+}
+
+fn parse_logic_at(list: &str, is_or: bool, depth: usize) -> Result<Cond, DbError> {
+    if depth >= MAX_LOGIC_DEPTH {
+        return Err(parse_err(
+            "logic tree",
+            format!("or/and nested deeper than {MAX_LOGIC_DEPTH} levels"),
+        ));
+    }
     let inner = list
         .strip_prefix('(')
         .and_then(|x| x.strip_suffix(')'))
@@ -184,9 +210,9 @@ fn parse_logic(list: &str, is_or: bool) -> Result<Cond, DbError> {
             _ => (false, item),
         };
         let c = if let Some(r) = body.strip_prefix("or").filter(|r| r.starts_with('(')) {
-            parse_logic(r, true)?
+            parse_logic_at(r, true, depth + 1)?
         } else if let Some(r) = body.strip_prefix("and").filter(|r| r.starts_with('(')) {
-            parse_logic(r, false)?
+            parse_logic_at(r, false, depth + 1)?
         } else {
             let (col, expr) = body.split_once('.').ok_or_else(|| {
                 parse_err(

@@ -42,7 +42,7 @@ struct Binding {
 
 struct Chan {
     name: String,
-    join_ref: Option<String>,
+    join_ref: Value,
     bindings: Vec<Binding>,
     /// The token the channel was joined (or last updated) with; None = the apikey (anon).
     token: Option<String>,
@@ -70,8 +70,8 @@ pub struct Hub {
 
 fn encode_msg(
     vsn2: bool,
-    join_ref: Option<&str>,
-    r: Option<&str>,
+    join_ref: &Value,
+    r: &Value,
     topic: &str,
     event: &str,
     payload: Value,
@@ -161,6 +161,46 @@ impl Hub {
         n
     }
 
+    /// Closes channels whose token has expired or was revoked, as Realtime does when a token
+    /// runs out: a `system` error then `phx_close`. Run periodically (see main).
+    pub fn sweep_expired(&self, app: &App) {
+        let mut h = self.lock();
+        for conn in h.conns.values_mut() {
+            let expired: Vec<(String, String)> = conn
+                .channels
+                .iter()
+                .filter_map(|(topic, ch)| {
+                    let tok = ch.token.as_ref()?;
+                    app.principal(tok)
+                        .err()
+                        .map(|e| (topic.clone(), token_reason(&e)))
+                })
+                .collect();
+            for (topic, reason) in expired {
+                if let Some(ch) = conn.channels.remove(&topic) {
+                    log::info!(target: "realtime", "closing a channel whose token expired channel={}", ch.name);
+                    let payload = json!({"channel": ch.name, "extension": "system", "message": reason, "status": "error"});
+                    send(
+                        conn,
+                        encode_msg(
+                            conn.vsn2,
+                            &Value::Null,
+                            &Value::Null,
+                            &topic,
+                            "system",
+                            payload,
+                        ),
+                    );
+                    let jr = &ch.join_ref;
+                    send(
+                        conn,
+                        encode_msg(conn.vsn2, jr, jr, &topic, "phx_close", json!({})),
+                    );
+                }
+            }
+        }
+    }
+
     /// Fans committed changes out to matching channels. Called under the store lock.
     pub fn publish(&self, app: &App, changes: &[Change]) {
         let mut h = self.lock();
@@ -207,9 +247,9 @@ impl Hub {
                         send_to(
                             tx,
                             stream,
-                            encode_msg(vsn2, None, None, topic, "system", payload),
+                            encode_msg(vsn2, &Value::Null, &Value::Null, topic, "system", payload),
                         );
-                        let jr = ch.join_ref.as_deref();
+                        let jr = &ch.join_ref;
                         send_to(
                             tx,
                             stream,
@@ -277,19 +317,19 @@ impl Hub {
     }
 }
 
+/// Refs are kept as the JSON values received (normally strings) and echoed unchanged.
 struct Msg {
-    join_ref: Option<String>,
-    r: Option<String>,
+    join_ref: Value,
+    r: Value,
     topic: String,
     event: String,
     payload: Value,
 }
 
-fn opt_str(v: Option<&Value>) -> Option<String> {
+fn ref_value(v: Option<&Value>) -> Value {
     match v {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
+        Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
+        _ => Value::Null,
     }
 }
 
@@ -297,15 +337,15 @@ fn parse_msg(text: &str) -> Option<Msg> {
     let v: Value = serde_json::from_str(text).ok()?;
     match v {
         Value::Array(a) if a.len() == 5 => Some(Msg {
-            join_ref: opt_str(a.first()),
-            r: opt_str(a.get(1)),
+            join_ref: ref_value(a.first()),
+            r: ref_value(a.get(1)),
             topic: a.get(2)?.as_str()?.to_string(),
             event: a.get(3)?.as_str()?.to_string(),
             payload: a.get(4).cloned().unwrap_or(Value::Null),
         }),
         Value::Object(m) => Some(Msg {
-            join_ref: opt_str(m.get("join_ref")),
-            r: opt_str(m.get("ref")),
+            join_ref: ref_value(m.get("join_ref")),
+            r: ref_value(m.get("ref")),
             topic: m.get("topic")?.as_str()?.to_string(),
             event: m.get("event")?.as_str()?.to_string(),
             payload: m.get("payload").cloned().unwrap_or(Value::Null),
@@ -513,8 +553,8 @@ fn handle_msg(app: &App, id: u64, vsn2: bool, m: Msg, apikey: &str) {
                 c,
                 encode_msg(
                     vsn2,
-                    m.join_ref.as_deref(),
-                    m.r.as_deref(),
+                    &m.join_ref,
+                    &m.r,
                     &m.topic,
                     "phx_reply",
                     json!({"status": status, "response": response}),
@@ -558,9 +598,16 @@ fn handle_msg(app: &App, id: u64, vsn2: bool, m: Msg, apikey: &str) {
                         let payload = json!({"channel": ch.name, "extension": "system", "message": token_reason(&e), "status": "error"});
                         send(
                             conn,
-                            encode_msg(vsn2, None, None, &m.topic, "system", payload),
+                            encode_msg(
+                                vsn2,
+                                &Value::Null,
+                                &Value::Null,
+                                &m.topic,
+                                "system",
+                                payload,
+                            ),
                         );
-                        let jr = ch.join_ref.as_deref();
+                        let jr = &ch.join_ref;
                         send(
                             conn,
                             encode_msg(vsn2, jr, jr, &m.topic, "phx_close", json!({})),
@@ -580,15 +627,15 @@ fn handle_msg(app: &App, id: u64, vsn2: bool, m: Msg, apikey: &str) {
                 conn,
                 encode_msg(
                     vsn2,
-                    m.join_ref.as_deref(),
-                    m.r.as_deref(),
+                    &m.join_ref,
+                    &m.r,
                     &m.topic,
                     "phx_reply",
                     json!({"status": "ok", "response": {}}),
                 ),
             );
             if let Some(ch) = removed {
-                let jr = ch.join_ref.as_deref();
+                let jr = &ch.join_ref;
                 send(
                     conn,
                     encode_msg(vsn2, jr, jr, &m.topic, "phx_close", json!({})),
@@ -621,8 +668,8 @@ fn join(app: &App, id: u64, vsn2: bool, m: &Msg, apikey: &str) {
                 c,
                 encode_msg(
                     vsn2,
-                    m.join_ref.as_deref(),
-                    m.r.as_deref(),
+                    &m.join_ref,
+                    &m.r,
                     &m.topic,
                     "phx_reply",
                     json!({"status": "error", "response": {"reason": reason}}),
@@ -714,8 +761,8 @@ fn join(app: &App, id: u64, vsn2: bool, m: &Msg, apikey: &str) {
         conn,
         encode_msg(
             vsn2,
-            m.join_ref.as_deref(),
-            m.r.as_deref(),
+            &m.join_ref,
+            &m.r,
             &m.topic,
             "phx_reply",
             json!({"status": "ok", "response": {"postgres_changes": echoed}}),
@@ -723,15 +770,22 @@ fn join(app: &App, id: u64, vsn2: bool, m: &Msg, apikey: &str) {
     );
     send(
         conn,
-        encode_msg(vsn2, None, None, &m.topic, "presence_state", json!({})),
+        encode_msg(
+            vsn2,
+            &Value::Null,
+            &Value::Null,
+            &m.topic,
+            "presence_state",
+            json!({}),
+        ),
     );
     if !bindings.is_empty() {
         send(
             conn,
             encode_msg(
                 vsn2,
-                None,
-                None,
+                &Value::Null,
+                &Value::Null,
                 &m.topic,
                 "system",
                 json!({"channel": name, "extension": "postgres_changes", "message": "Subscribed to PostgreSQL", "status": "ok"}),
