@@ -11,14 +11,17 @@ use std::time::{Duration, Instant};
 use connect_support::*;
 use serde_json::json;
 
-/// A fake `claude` whose `--version` writes its pid, sleeps, then prints a version.
+/// A fake `claude` whose `--version` prints a version; once the test arms it (creates the
+/// `armed` file: after start-up probing), it first writes its pid and sleeps.
 fn fake_claude(dir: &Path, sleep_secs: u32) -> String {
     let script = dir.join(format!("claude-sleep-{sleep_secs}"));
     let pidfile = dir.join(format!("claude-{sleep_secs}.pid"));
+    let armed = dir.join("armed");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho $$ > '{}'\nsleep {sleep_secs}\necho '9.9.9 (Claude Code)'\n",
+            "#!/bin/sh\nif [ -e '{}' ]; then echo $$ > '{}'; sleep {sleep_secs}; fi\necho '9.9.9 (Claude Code)'\n",
+            armed.display(),
             pidfile.display()
         ),
     )
@@ -52,6 +55,7 @@ fn a_running_job_finishes_within_the_drain_timeout() {
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
     let dir = gw.dir.path().to_path_buf();
     wait_for("the fake CLI to start", Duration::from_secs(20), || {
@@ -92,6 +96,7 @@ fn past_the_drain_timeout_the_job_is_failed_and_its_child_is_gone() {
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
     let dir = gw.dir.path().to_path_buf();
     let pid = wait_for("the fake CLI to start", Duration::from_secs(20), || {
@@ -128,6 +133,7 @@ fn a_second_signal_skips_the_wait() {
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
     let dir = gw.dir.path().to_path_buf();
     let pid = wait_for("the fake CLI to start", Duration::from_secs(20), || {
@@ -165,6 +171,7 @@ fn a_result_the_backend_refuses_is_spooled_and_delivered_after_it_recovers() {
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
     let dir = gw.dir.path().to_path_buf();
     wait_for("the fake CLI to start", Duration::from_secs(20), || {
