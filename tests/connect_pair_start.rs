@@ -36,7 +36,10 @@ fn pair_start_job_stop_and_backend_sees_ready_then_offline() {
     let (rc, _, _) = gw.run(&["status"]);
     assert_eq!(rc, 3, "status before start: not running");
 
-    gw.start();
+    let claude = gw.dir.path().join("claude");
+    std::fs::write(&claude, "#!/bin/sh\necho '2.0.14 (Claude Code)'\n").unwrap();
+    std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    gw.start_with(&["--claude-cli", claude.to_str().unwrap()]);
     let row = wait_for("team_gateways ready", Duration::from_secs(20), || {
         let r = b.gateway_row(&gid);
         (r["status"] == "ready").then_some(r)
@@ -52,6 +55,23 @@ fn pair_start_job_stop_and_backend_sees_ready_then_offline() {
     wait_for("status exit 0 (connected)", Duration::from_secs(20), || {
         (gw.run(&["status"]).0 == 0).then_some(())
     });
+
+    assert_eq!(
+        row["capabilities"]["providers"]["claude_code"]["available"],
+        true
+    );
+
+    // A diagnostic job runs `<claude> --version` and completes with the contract's keys.
+    let diag = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let d = wait_job_done(&b, &diag, Duration::from_secs(20));
+    assert_eq!(d["status"], "completed", "{d}");
+    assert_eq!(d["result"]["version"], "2.0.14 (Claude Code)");
+    assert_eq!(d["result"]["exit_code"], 0);
+    assert!(d["result"]["command"]
+        .as_str()
+        .unwrap()
+        .ends_with("claude --version"));
+    assert!(d["error"].is_null());
 
     // A job type without a handler fails fast with the contract's message.
     let id = b.insert_job(&team, &gid, "noop", json!({}));
@@ -76,7 +96,8 @@ fn pair_start_job_stop_and_backend_sees_ready_then_offline() {
         Duration::from_secs(10),
         || {
             let s = gw.status_file();
-            (s["jobs_failed"].as_u64() >= Some(2)).then_some(s)
+            (s["jobs_failed"].as_u64() >= Some(2) && s["jobs_completed"].as_u64() >= Some(1))
+                .then_some(s)
         },
     );
     assert_eq!(st["connection"], "connected");

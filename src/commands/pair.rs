@@ -76,20 +76,26 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
         println!("  Team ID: {}", pairing.team_id);
         println!("  State: {}", settings.paths.config_path.display());
     }
-    println!("Checking provider CLIs...");
+    println!("Validating providers...");
     let registry = crate::providers::Registry::discover(&settings.cli_overrides);
-    let report = registry.doctor_report();
-    for c in &report {
-        match (&c.ok, &c.version, &c.detail) {
-            (true, Some(v), _) => println!("  {}: ok ({v})", c.id),
-            (true, None, _) => println!("  {}: ok", c.id),
-            (false, _, Some(d)) => println!("  {}: not ready ({d})", c.id),
-            (false, _, None) => println!("  {}: not ready", c.id),
+    registry.set_work_root(settings.paths.config_dir.join("work"));
+    registry.set_health_sink(crate::daemon::runtime::health_sink(settings));
+    let results = registry.check_health(crate::providers::health::Mode::Full, Some("pairing"));
+    for (id, h) in &results {
+        match &h.error {
+            Some(e) => println!(
+                "  {}: {} ({})",
+                id.label(),
+                h.status.as_str(),
+                crate::backend::truncate_chars(e, 120)
+            ),
+            None => println!("  {}: {}", id.label(), h.status.as_str()),
         }
     }
-    if !report.is_empty() && !report.iter().any(|c| c.ok) {
-        println!("  No provider CLI is ready: model jobs will fail until one is installed (see `panorama-gateway doctor`).");
+    if !registry.model_execution_ready() {
+        println!("  No provider is ready: model jobs will fail until one works (see `panorama-gateway doctor`).");
     }
+    send_pairing_events(&registry, &cfg, &pairing, settings);
     if args.no_start {
         println!("Next: run `panorama-gateway start` to connect this gateway.");
         return 0;
@@ -118,4 +124,65 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
 
 fn start_daemon(settings: &Settings) -> Result<u32, String> {
     crate::commands::start::start_background(settings)
+}
+
+/// Records the providers' validation results as gateway_events (best effort).
+fn send_pairing_events(
+    registry: &crate::providers::Registry,
+    cfg: &crate::config::BackendConfig,
+    pairing: &crate::backend::functions::Pairing,
+    settings: &Settings,
+) {
+    let events = registry.take_events();
+    if events.is_empty() {
+        return;
+    }
+    struct Store(std::path::PathBuf);
+    impl crate::backend::session::TokenStore for Store {
+        fn save(&self, a: &str, r: &str) -> Result<(), String> {
+            let (a, r) = (a.to_string(), r.to_string());
+            state::update(&self.0, move |s| {
+                s.access_token = Some(a);
+                s.refresh_token = Some(r);
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }
+        fn load(&self) -> Option<(String, String)> {
+            None
+        }
+    }
+    let session = crate::backend::session::Session::new(
+        crate::backend::new_agent(),
+        cfg,
+        &pairing.gateway_id,
+        &pairing.team_id,
+        &pairing.access_token,
+        &pairing.refresh_token,
+        Box::new(Store(settings.paths.config_path.clone())),
+    );
+    for ev in events {
+        let level = match ev.get("level").and_then(|v| v.as_str()) {
+            Some("error") => crate::backend::jobs::Level::Error,
+            _ => crate::backend::jobs::Level::Warn,
+        };
+        let e = crate::backend::jobs::GatewayEvent {
+            level,
+            code: ev.get("code").and_then(|v| v.as_str()).map(str::to_string),
+            provider: ev
+                .get("provider")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            message: ev
+                .get("message")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string(),
+            details: ev.get("details").cloned().unwrap_or_default(),
+        };
+        if let Err(err) = crate::backend::jobs::insert_event(&session, &e) {
+            log::warn!(target: "pair", "could not record a provider validation event: {err}");
+            return;
+        }
+    }
 }

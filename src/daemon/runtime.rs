@@ -541,6 +541,7 @@ impl Shared {
             "status": status,
             "capabilities": capabilities(
                 self.providers.capabilities_providers(),
+                Some(self.providers.model_execution_ready()),
                 &self.device_name,
                 install_fc
             ),
@@ -582,6 +583,30 @@ impl Shared {
     }
 
     fn send_events(&self) {
+        for ev in self.providers.take_events() {
+            let level = match ev.get("level").and_then(Value::as_str) {
+                Some("error") => Level::Error,
+                Some("info") => Level::Info,
+                _ => Level::Warn,
+            };
+            let mut q = lock(&self.events);
+            if q.len() < 100 {
+                q.push_back(GatewayEvent {
+                    level,
+                    code: ev.get("code").and_then(Value::as_str).map(str::to_string),
+                    provider: ev
+                        .get("provider")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    message: ev
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    details: ev.get("details").cloned().unwrap_or(json!({})),
+                });
+            }
+        }
         loop {
             let Some(ev) = lock(&self.events).pop_front() else {
                 return;
@@ -598,15 +623,40 @@ impl Shared {
     }
 }
 
+/// Persists provider health changes into gateway.json (`providerHealth`).
+pub fn health_sink(settings: &Settings) -> crate::providers::HealthSink {
+    let path = settings.paths.config_path.clone();
+    Arc::new(move |id: &str, h: &crate::providers::health::Health| {
+        let (id, v) = (id.to_string(), h.to_json());
+        let r = crate::config::state::update(&path, move |s: &mut GatewayState| {
+            s.provider_health
+                .get_or_insert_with(Default::default)
+                .insert(id, v);
+        });
+        if let Err(e) = r {
+            log::warn!(target: "providers", "cannot save provider health to gateway.json: {e}");
+        }
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Capabilities v1
 
 /// The capabilities v1 object (PROTOCOL.md §9) around the providers object.
-pub fn capabilities(providers: Value, device_name: &str, install_full_control: bool) -> Value {
-    let model_ready = providers
-        .as_object()
-        .map(|m| m.values().any(provider_ready))
-        .unwrap_or(false);
+/// `model_ready`: Providers' verdict (`Registry::model_execution_ready`); None derives it from
+/// the providers object the same way (providers.md §4.5).
+pub fn capabilities(
+    providers: Value,
+    model_ready: Option<bool>,
+    device_name: &str,
+    install_full_control: bool,
+) -> Value {
+    let model_ready = model_ready.unwrap_or_else(|| {
+        providers
+            .as_object()
+            .map(|m| m.values().any(provider_ready))
+            .unwrap_or(false)
+    });
     let mut model_execution = json!({ "ready": model_ready });
     if !model_ready {
         model_execution["reason"] = json!("No gateway AI model provider is healthy");
@@ -881,6 +931,7 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
 
 fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
     let mut last_sent: Option<&'static str> = None;
+    let mut last_health = s.providers.health_generation();
     let mut next_tick = Instant::now();
     loop {
         if s.shutdown.is_draining() {
@@ -888,7 +939,14 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
         }
         let status = s.heartbeat_status();
         let now = Instant::now();
-        if now >= next_tick || last_sent != Some(status) {
+        let health = s.providers.health_generation();
+        if now >= next_tick {
+            // Light check: carries the last status forward, re-reads availability.
+            s.providers
+                .check_health(crate::providers::health::Mode::Light, None);
+        }
+        if now >= next_tick || last_sent != Some(status) || health != last_health {
+            last_health = s.providers.health_generation();
             // A failed send is retried at the next tick, not in a loop.
             s.send_heartbeat(status);
             last_sent = Some(status);
@@ -998,6 +1056,11 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     }
 
     let providers = Arc::new(Registry::discover(&settings.cli_overrides));
+    providers.set_work_root(settings.paths.config_dir.join("work"));
+    if let Some(h) = &state.provider_health {
+        providers.load_health(h);
+    }
+    providers.set_health_sink(health_sink(&settings));
     let children = Arc::new(Children::default());
     let (queue_tx, queue_rx) = bounded::<Box<JobRow>>(tuning.queue_capacity);
     let (rec_tx, rec_rx) = bounded::<()>(4);
@@ -1046,6 +1109,16 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         let s = shared.clone();
         spawn("heartbeat", move || heartbeat_loop(s, hb_rx))?
     };
+    // Provider validation (a real model call only when a provider never had a full check)
+    // runs beside the runtime: it can take 30 s and must not delay job ingress.
+    {
+        let s = shared.clone();
+        spawn("provider-check", move || {
+            s.providers
+                .check_health(crate::providers::health::Mode::Auto, Some("startup"));
+            let _ = s.heartbeat_wake.try_send(());
+        })?;
+    }
     let (workers_stop_tx, workers_stop_rx) = bounded::<()>(0);
     let mut workers = Vec::new();
     for i in 0..tuning.concurrency {
@@ -1199,7 +1272,7 @@ mod tests {
             "gemini": {"available": true, "health": {"status": "unhealthy", "check_type": "full", "checked_at": "x"},
                        "supports": {"output_schema": false, "stream_json": true, "tool_disable": true}}
         });
-        let c = capabilities(providers, "box", false);
+        let c = capabilities(providers, None, "box", false);
         assert_eq!(c["schema_version"], "v1");
         assert_eq!(c["hosts"]["gateway"]["kind"], "gateway");
         assert_eq!(c["hosts"]["gateway"]["label"], "box");
@@ -1210,7 +1283,7 @@ mod tests {
             .unwrap()
             .starts_with("rust-"));
         assert_eq!(c["runtime"]["gateway_version"], env!("CARGO_PKG_VERSION"));
-        let none = capabilities(json!({"codex": {"available": false}}), "b", true);
+        let none = capabilities(json!({"codex": {"available": false}}), None, "b", true);
         assert_eq!(none["services"]["model_execution"]["ready"], false);
         assert_eq!(none["services"]["machine_control"]["ready"], true);
     }
