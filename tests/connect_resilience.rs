@@ -278,3 +278,24 @@ fn restart_fails_stale_running_jobs_and_flushes_spooled_results_first() {
     );
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
+
+#[test]
+fn changes_lost_by_a_muted_realtime_are_picked_up_by_reconcile() {
+    let b = Backend::start();
+    let (mut gw, gid, team) = started_gateway(&b);
+    b.fault(json!({"mute_realtime_ms": 3000}));
+    let t0 = Instant::now();
+    let ids: Vec<String> = (0..10)
+        .map(|_| b.insert_job(&team, &gid, "noop", json!({})))
+        .collect();
+    for id in &ids {
+        let j = wait_job_done(&b, id, Duration::from_secs(20));
+        assert_eq!(j["error"], "Unsupported job type: noop");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "reconcile (500 ms here) found them while realtime was muted"
+    );
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}

@@ -164,6 +164,8 @@ struct Shared {
     /// Wakes the heartbeat thread (status change, new event).
     heartbeat_wake: Sender<()>,
     events: Mutex<VecDeque<GatewayEvent>>,
+    /// Send a heartbeat at the next wake-up even if nothing changed (SIGHUP reload).
+    force_heartbeat: AtomicBool,
     malformed_logged: Mutex<HashSet<String>>,
     last_status_push: Mutex<Option<Instant>>,
     last_reconnect_event: Mutex<Option<Instant>>,
@@ -945,7 +947,8 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
             s.providers
                 .check_health(crate::providers::health::Mode::Light, None);
         }
-        if now >= next_tick || last_sent != Some(status) || health != last_health {
+        let forced = s.force_heartbeat.swap(false, Ordering::SeqCst);
+        if now >= next_tick || last_sent != Some(status) || health != last_health || forced {
             last_health = s.providers.health_generation();
             // A failed send is retried at the next tick, not in a loop.
             s.send_heartbeat(status);
@@ -980,7 +983,13 @@ fn worker_loop(s: Arc<Shared>, rx: Receiver<Box<JobRow>>, stop: Receiver<()>) {
                 Ok(job) => {
                     let id = job.id.clone();
                     if s.accepting.load(Ordering::SeqCst) {
-                        s.process(*job);
+                        // The handler is already guarded; this keeps the worker alive if the
+                        // wire code around it panics too.
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| s.process(*job)));
+                        if r.is_err() {
+                            log::error!(target: "worker", "processing job {id} panicked; the worker continues");
+                            lock(&s.running).remove(&id);
+                        }
                     }
                     lock(&s.seen).remove(&id);
                 }
@@ -1089,6 +1098,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         reconcile_wake: rec_tx,
         heartbeat_wake: hb_tx,
         events: Mutex::new(VecDeque::new()),
+        force_heartbeat: AtomicBool::new(false),
         malformed_logged: Mutex::new(HashSet::new()),
         last_status_push: Mutex::new(None),
         last_reconnect_event: Mutex::new(None),
@@ -1145,7 +1155,15 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
 
     // Watch the session state for the status file while waiting for the stop request.
     let mut last_reauth = None;
+    let mut reload_seen = crate::daemon::reload_generation();
     while !ctx.shutdown.sleep(Duration::from_secs(1)) {
+        let reload = crate::daemon::reload_generation();
+        if reload != reload_seen {
+            // SIGHUP: gateway.json was re-read (full-control toggle); tell the backend now.
+            reload_seen = reload;
+            shared.force_heartbeat.store(true, Ordering::SeqCst);
+            let _ = shared.heartbeat_wake.try_send(());
+        }
         let r = session.reauth_reason();
         if r != last_reauth {
             if r.is_some() {
