@@ -641,6 +641,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn wss_to_a_server_that_is_not_tls_fails_fast_with_a_clear_error() {
+        assert!(tls_config().is_ok());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\nnot tls");
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let t0 = Instant::now();
+        let err = Conn::connect(&format!("wss://127.0.0.1:{port}/realtime/v1/websocket?vsn=2.0.0"))
+            .err()
+            .expect("must fail");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(err.contains("handshake"), "{err}");
+        t.join().unwrap();
+        assert!(Conn::connect("ws://127.0.0.1:1/x").is_err());
+    }
+
     struct NullStore;
     impl crate::backend::session::TokenStore for NullStore {
         fn save(&self, _: &str, _: &str) -> Result<(), String> {
