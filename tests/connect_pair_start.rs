@@ -154,3 +154,39 @@ fn start_without_pairing_fails_clearly() {
     assert_eq!(rc, 1, "{out}{err}");
     assert!(format!("{out}{err}").contains("pair"), "{out}{err}");
 }
+
+/// Stops a detached daemon (not our child) when the test ends, pass or fail.
+struct StopGuard<'a>(&'a Gateway);
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["stop", "--force"]);
+    }
+}
+
+#[test]
+fn pair_starts_the_daemon_in_the_background_and_stop_takes_it_offline() {
+    let b = Backend::start();
+    let gw = Gateway::new(&b);
+    let _guard = StopGuard(&gw);
+    let (code, _team) = b.pairing_code(None);
+    let (rc, out, err) = gw.run(&["pair", &code, "--device-name", "bg-box"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    assert!(out.contains("bg-box"), "{out}");
+    assert!(out.contains("started in the background"), "{out}");
+    let gid = gw.gateway_id();
+    wait_for("ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    wait_for("status 0", Duration::from_secs(20), || {
+        (gw.run(&["status"]).0 == 0).then_some(())
+    });
+    // Pairing again while it runs says how to pick up the new pairing.
+    let (code2, _) = b.pairing_code(None);
+    let (rc, out, _) = gw.run(&["pair", &code2, "--device-name", "bg-box"]);
+    assert_eq!(rc, 0);
+    assert!(out.contains("already running"), "{out}");
+    let (rc, out, err) = gw.run(&["stop"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    assert_eq!(b.gateway_row(&gid)["status"], "offline");
+}

@@ -652,9 +652,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(200));
         });
         let t0 = Instant::now();
-        let err = Conn::connect(&format!("wss://127.0.0.1:{port}/realtime/v1/websocket?vsn=2.0.0"))
-            .err()
-            .expect("must fail");
+        let err = Conn::connect(&format!(
+            "wss://127.0.0.1:{port}/realtime/v1/websocket?vsn=2.0.0"
+        ))
+        .err()
+        .expect("must fail");
         assert!(t0.elapsed() < Duration::from_secs(5));
         assert!(err.contains("handshake"), "{err}");
         t.join().unwrap();

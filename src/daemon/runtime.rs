@@ -66,12 +66,16 @@ pub struct Tuning {
 
 impl Tuning {
     pub fn from_env() -> Tuning {
-        let concurrency = std::env::var("PANORAMA_GATEWAY_CONCURRENCY")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(10)
-            .min(256);
+        let concurrency = match std::env::var("PANORAMA_GATEWAY_CONCURRENCY") {
+            Err(_) => 10,
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n.min(256),
+                _ => {
+                    log::warn!(target: "runtime", "PANORAMA_GATEWAY_CONCURRENCY={v:?} is not a positive whole number; using 10");
+                    10
+                }
+            },
+        };
         Tuning {
             concurrency,
             heartbeat: env_ms("PANORAMA_GATEWAY_HEARTBEAT_MS", 30_000),
@@ -296,7 +300,14 @@ impl Shared {
 
     fn log_malformed(&self, id: Option<&str>, why: &str, source: &str) {
         let key = format!("{}:{why}", id.unwrap_or("?"));
-        if lock(&self.malformed_logged).insert(key) {
+        let fresh = {
+            let mut m = lock(&self.malformed_logged);
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(key)
+        };
+        if fresh {
             log::warn!(target: "ingress", "skipped a malformed gateway job from {source}: id={} problem={why}", id.unwrap_or("unknown"));
             self.event(
                 Level::Warn,
