@@ -195,5 +195,11 @@ fn a_result_the_backend_refuses_is_spooled_and_delivered_after_it_recovers() {
     wait_for("spool emptied", Duration::from_secs(10), || {
         (gw.status_file()["results_spooled"] == 0 && !spool.exists()).then_some(())
     });
+    wait_for("a result_spooled event", Duration::from_secs(10), || {
+        b.events(&gid)
+            .iter()
+            .any(|e| e["code"] == "result_spooled" && e["details"]["job_id"] == id.as_str())
+            .then_some(())
+    });
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }

@@ -105,6 +105,9 @@ pub fn decode_jobs(rows: Vec<Value>) -> (Vec<JobRow>, Malformed) {
     (ok, bad)
 }
 
+/// At most this many queued jobs per reconcile.
+pub const RECONCILE_LIMIT: &str = "1000";
+
 /// The queued jobs of this gateway, oldest first; malformed rows come back separately.
 pub fn reconcile(s: &Session) -> Result<(Vec<JobRow>, Malformed), Error> {
     let team = format!("eq.{}", s.team_id);
@@ -118,6 +121,9 @@ pub fn reconcile(s: &Session) -> Result<(Vec<JobRow>, Malformed), Error> {
             ("status", "eq.queued"),
             ("gateway_id", &gw),
             ("order", "created_at.asc"),
+            // Bounded (the reference has no limit): a huge backlog must not make every
+            // reconcile exceed the body limit; the next ones come as these are claimed.
+            ("limit", RECONCILE_LIMIT),
         ],
     )?;
     Ok(decode_jobs(rows))

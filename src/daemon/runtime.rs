@@ -475,7 +475,15 @@ impl Shared {
             }
         }
         match self.spool.put(job_id, body) {
-            Ok(()) => self.push_status(true),
+            Ok(()) => {
+                self.push_status(true);
+                self.event(
+                    Level::Warn,
+                    "result_spooled",
+                    format!("The result of job {job_id} could not be delivered yet; it is kept on the host and sent when the backend takes it"),
+                    json!({ "job_id": job_id }),
+                );
+            }
             Err(e) => {
                 log::error!(target: "worker", "LOST RESULT of job {job_id}: cannot spool it: {e}")
             }
