@@ -483,6 +483,7 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                     status: FinalStatus::Cancelled,
                     result: Some(json!({
                         "message": "Gateway model run was cancelled before it finished",
+                        "cancelled": true,
                         "error_kind": Kind::Cancelled.as_str(),
                         "command": safe_command_line,
                     })),

@@ -84,16 +84,26 @@ impl Health {
         Value::Object(m)
     }
 
-    /// Reads one `providerHealth` entry; other fields are dropped, a missing status is None.
+    /// Reads one `providerHealth` entry (None when it is not an object); other fields are
+    /// dropped. A missing or empty `status` falls back to `last_full_status`, else `unknown`;
+    /// any other unrecognised value is `unknown` (providers.md §4.1, §4.3 rule 3), so a
+    /// hand-edited entry keeps its `last_full_*` instead of being discarded.
     pub fn from_json(v: &Value) -> Option<Health> {
         let o = v.as_object()?;
         let s = |k: &str| o.get(k).and_then(Value::as_str).map(String::from);
+        let last_full_status = s("last_full_status").map(|x| Status::parse(&x));
+        let status = match o.get("status") {
+            None | Some(Value::Null) => last_full_status.unwrap_or(Status::Unknown),
+            Some(Value::String(x)) if x.is_empty() => last_full_status.unwrap_or(Status::Unknown),
+            Some(Value::String(x)) => Status::parse(x),
+            Some(_) => Status::Unknown,
+        };
         Some(Health {
-            status: Status::parse(o.get("status")?.as_str()?),
+            status,
             full: o.get("check_type").and_then(Value::as_str) == Some("full"),
             checked_at: s("checked_at").unwrap_or_default(),
             last_full_checked_at: s("last_full_checked_at"),
-            last_full_status: s("last_full_status").map(|x| Status::parse(&x)),
+            last_full_status,
             error: s("error"),
             model: s("model"),
             duration_ms: o.get("duration_ms").and_then(Value::as_u64),
@@ -236,6 +246,29 @@ mod tests {
             serde_json::json!({"status":"healthy","check_type":"full","checked_at":"t0",
                 "last_full_checked_at":"t0","last_full_status":"healthy","duration_ms":12})
         );
+    }
+
+    #[test]
+    fn loading_coerces_odd_statuses_and_keeps_the_last_full_check() {
+        let j = |v: serde_json::Value| Health::from_json(&v);
+        let h = j(serde_json::json!({"check_type":"light","checked_at":"t",
+            "last_full_checked_at":"t0","last_full_status":"healthy"}))
+        .unwrap();
+        assert_eq!(h.status, Status::Healthy);
+        assert_eq!(h.last_full_checked_at.as_deref(), Some("t0"));
+        // Carried forward by a light check, and no new full check is forced by `auto`.
+        assert_eq!(light(Some(&h), "t1").status, Status::Healthy);
+        assert!(!needs_full(Mode::Auto, Some(&h)));
+        assert_eq!(
+            j(serde_json::json!({"status": 3})).unwrap().status,
+            Status::Unknown
+        );
+        assert_eq!(
+            j(serde_json::json!({"status": "sick"})).unwrap().status,
+            Status::Unknown
+        );
+        assert_eq!(j(serde_json::json!({})).unwrap().status, Status::Unknown);
+        assert_eq!(j(serde_json::json!("healthy")), None);
     }
 
     #[test]

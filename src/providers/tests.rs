@@ -936,8 +936,34 @@ fn cancelled_run_is_cancelled_not_unhealthy() {
     cancel.cancel();
     let o = t.join().unwrap();
     assert_eq!(o.status, FinalStatus::Cancelled, "{o:?}");
+    assert_eq!(o.result.as_ref().unwrap()["cancelled"], true, "{o:?}");
     assert!(children.is_empty());
     assert!(reg.health(ProviderId::Claude).is_none());
+}
+
+#[test]
+fn cancelled_diagnostic_is_cancelled_with_its_keys() {
+    let s = Scratch::new("diag-cancel");
+    let reg = s.registry(&[], &[], &[]);
+    // Probed fine at registry creation; from now on `--version` hangs.
+    s.fake("claude", "c", &[("FAKE_CLI_PROBE", "hang")]);
+    let c = ctx(&reg, "d9");
+    let (cancel, children) = (c.cancel.clone(), c.children.clone());
+    let t = std::thread::spawn(move || jobs::diagnostic::handle(&json!({}), &c));
+    let end = Instant::now() + Duration::from_secs(10);
+    while children.is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cancel.cancel();
+    let o = t.join().unwrap();
+    assert_eq!(o.status, FinalStatus::Cancelled, "{o:?}");
+    let r = o.result.unwrap();
+    assert_eq!(r["cancelled"], true);
+    assert_eq!(r["exit_code"], Value::Null);
+    assert!(r["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Command cancelled: "));
 }
 
 // ---------------------------------------------------------------- diagnostic
