@@ -698,6 +698,30 @@ impl Registry {
     }
 }
 
+/// The failure message a CLI gave in a structured place, if any: the `message` of the
+/// `error_summary` found in stderr (Codex's OpenAI-style errors), Claude's error envelope
+/// (`is_error` + `result`), or Gemini's `{"error": {"message"}}` on stdout.
+pub fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Option<String> {
+    if let Some(m) = summary
+        .and_then(|s| s.get("message"))
+        .and_then(Value::as_str)
+    {
+        return Some(m.to_string());
+    }
+    let env = plan::extract_object(stdout, false)?;
+    match id {
+        ProviderId::Claude if env.get("is_error") == Some(&Value::Bool(true)) => {
+            env.get("result").and_then(Value::as_str).map(String::from)
+        }
+        ProviderId::Gemini => env
+            .get("error")
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .map(String::from),
+        _ => None,
+    }
+}
+
 /// The full check: a tiny JSON model call (providers.md §4.2). Returns (ok, error, ms).
 pub fn validate(
     id: ProviderId,
@@ -772,11 +796,21 @@ pub fn validate(
             VALIDATION_TIMEOUT.as_secs(),
             id.login_hint()
         )),
-        Err(run::Failure::Process) => Some(if stderr.trim().is_empty() {
-            "Provider validation failed".to_string()
-        } else {
-            stderr
-        }),
+        // What the CLI said in a structured place (Claude reports a bad login in its stdout
+        // envelope, with an empty stderr), else stderr, else the reference's generic text.
+        Err(run::Failure::Process) => {
+            let stdout = report
+                .output
+                .as_ref()
+                .map(|o| o.stdout_lossy())
+                .unwrap_or_default();
+            let summary = plan::error_summary(&stderr);
+            Some(match cli_reported(id, &stdout, summary.as_ref()) {
+                Some(m) => m,
+                None if !stderr.trim().is_empty() => stderr,
+                None => "Provider validation failed".to_string(),
+            })
+        }
         Err(run::Failure::Parse(m)) => Some(m),
         Err(run::Failure::FileLimit) => Some("Codex output file exceeded the output limit".into()),
     };

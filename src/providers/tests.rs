@@ -241,6 +241,12 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
     assert_eq!(c.status, Status::Unhealthy);
     assert!(c.full);
     assert!(c.duration_ms.is_some());
+    // Claude says why in its stdout envelope (stderr is empty): that is the health error,
+    // not the generic "Provider validation failed".
+    assert_eq!(
+        c.error.as_deref(),
+        Some("Invalid API key · Please run /login")
+    );
     // The validation call is exactly the reference's.
     let runs = s.runs();
     let claude = runs.iter().find(|r| r["name"] == "claude").unwrap();
