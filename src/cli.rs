@@ -467,7 +467,10 @@ Shows whether the gateway is paired and running, its connection, last heartbeat,
 and version. Reads local files only (no network); safe to run from cron.
 
 Options:
-  --json   One JSON object (paired, running, connected, pid, version, full_control_enabled, ...)
+  --json   One JSON object (paired, running, connected, pid, version, full_control_enabled,
+           providers, ...)
+  -v       Also ids, paths, and each provider's health as last saved in gateway.json (status,
+           full/light check, when): from pair, doctor, start or the last model run
 
 Exit codes:
   0  running and connected

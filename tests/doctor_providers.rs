@@ -226,3 +226,96 @@ fn unpaired_doctor_checks_providers_but_writes_no_config() {
     assert!(!out.contains("provider health: saved"), "{out}");
     assert!(!w.config().exists(), "doctor must not create gateway.json");
 }
+
+#[test]
+fn status_shows_the_saved_health_without_starting_anything() {
+    let w = World::new("status-prov");
+    w.write_paired_config();
+    let (code, out) = run(doctor(&w, [Some("claude"), Some("codex"), None], &[], &[]));
+    assert_eq!(code, 0, "{out}");
+    let checked_at = saved(&w)["providerHealth"]["claude_code"]["checked_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A fake CLI that records any invocation: status must not start it.
+    let record = w.root.join("record.jsonl");
+    let status = |args: &[&str]| {
+        let mut c = w.cmd(args);
+        c.arg("--claude-cli")
+            .arg(fake("claude"))
+            .env("PATH", python_only_path(&w))
+            .env("FAKE_CLI_RECORD", &record);
+        run_with_timeout(c, Duration::from_secs(10))
+    };
+    let o = status(&["status", "-v"]);
+    assert_eq!(o.status.code(), Some(3), "not running: {}", stdout(&o));
+    let out = stdout(&o);
+    let providers_at = out.find("Providers:\n").unwrap_or_else(|| panic!("{out}"));
+    let block: Vec<&str> = out[providers_at..].lines().skip(1).take(3).collect();
+    assert!(
+        block[0].starts_with(&format!(
+            "  claude_code: healthy (full check, {checked_at}, "
+        )),
+        "{out}"
+    );
+    assert!(block[0].ends_with(" ago)"), "{out}");
+    assert!(
+        block[1].starts_with("  codex: healthy (full check, "),
+        "{out}"
+    );
+    assert!(
+        block[2].starts_with("  gemini: unavailable (full check, "),
+        "{out}"
+    );
+    assert!(block[2].contains("): "), "the error is shown: {out}");
+
+    let o = status(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &v["providers"];
+    assert_eq!(p["claude_code"]["status"], "healthy");
+    assert_eq!(p["claude_code"]["check_type"], "full");
+    assert_eq!(p["claude_code"]["checked_at"], checked_at.as_str());
+    assert_eq!(p["gemini"]["status"], "unavailable");
+    assert!(p["gemini"]["error"].is_string());
+    assert!(!record.exists(), "status started a provider CLI");
+
+    // Without -v the human output has no provider block.
+    assert!(!stdout(&status(&["status"])).contains("Providers:"));
+}
+
+#[test]
+fn status_reads_hand_written_and_partial_provider_health() {
+    let w = World::new("status-prov-partial");
+    w.write_paired_config();
+    let mut v = saved(&w);
+    v["providerHealth"] = serde_json::json!({
+        "codex": {"status": "unhealthy", "check_type": "light", "checked_at": "2026-11-24T21:05:00.000Z",
+                  "last_full_checked_at": "2026-11-24T20:00:00.000Z", "last_full_status": "healthy",
+                  "error": "Codex JSONL output missing agent message", "extra": "dropped"},
+        "someone_else": {"status": "healthy"}
+    });
+    fs::write(w.config(), serde_json::to_string(&v).unwrap()).unwrap();
+    let o = w.run(&["status", "--json"]);
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = j["providers"].as_object().unwrap();
+    assert_eq!(
+        p.keys().collect::<Vec<_>>(),
+        ["claude_code", "codex", "gemini"],
+        "all three ids, nothing else"
+    );
+    assert_eq!(p["claude_code"], Value::Null);
+    assert_eq!(p["codex"]["status"], "unhealthy");
+    assert_eq!(p["codex"]["last_full_status"], "healthy");
+    assert!(p["codex"].get("extra").is_none());
+    let out = stdout(&w.run(&["status", "--verbose"]));
+    assert!(
+        out.contains("  claude_code: not checked yet (run panorama-gateway doctor)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  codex: unhealthy (light check, 2026-11-24T21:05:00.000Z, ")
+            && out.contains("ago): Codex JSONL output missing agent message"),
+        "{out}"
+    );
+}
