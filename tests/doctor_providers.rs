@@ -65,6 +65,13 @@ fn run(c: Command) -> (i32, String) {
     )
 }
 
+/// The first output line starting with `prefix` (the test fails with the output otherwise).
+fn line_of<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?}: {out}"))
+}
+
 fn saved(w: &World) -> Value {
     serde_json::from_str(&fs::read_to_string(w.config()).unwrap()).unwrap()
 }
@@ -82,10 +89,7 @@ fn healthy_providers_are_checked_for_real_and_saved() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Validating providers"), "{out}");
     for id in ["claude_code", "codex", "gemini"] {
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(&format!("ok   provider {id}:")))
-            .unwrap_or_else(|| panic!("no ok line for {id}: {out}"));
+        let line = line_of(&out, &format!("ok   provider {id}:"));
         assert!(line.contains("healthy (full check, "), "{line}");
     }
     assert!(out.contains("(2.0.14 (Claude Code))"), "{out}");
@@ -143,10 +147,7 @@ fn a_missing_cli_is_a_warning_not_a_failure() {
     w.write_paired_config();
     let (code, out) = run(doctor(&w, [Some("claude"), Some("codex"), None], &[], &[]));
     assert_eq!(code, 0, "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("WARN provider gemini:"))
-        .unwrap_or_else(|| panic!("no warning for gemini: {out}"));
+    let line = line_of(&out, "WARN provider gemini:");
     assert!(line.contains("unavailable"), "{line}");
     assert!(line.contains("--gemini-cli"), "{line}");
     assert!(out.contains("ok   provider claude_code:"), "{out}");
@@ -168,10 +169,7 @@ fn no_usable_provider_fails_and_names_the_flags() {
     w.write_paired_config();
     let (code, out) = run(doctor(&w, [None, None, None], &[], &[]));
     assert_eq!(code, 1, "{out}");
-    let fail = out
-        .lines()
-        .find(|l| l.starts_with("FAIL providers:"))
-        .unwrap_or_else(|| panic!("no providers failure: {out}"));
+    let fail = line_of(&out, "FAIL providers:");
     for needle in [
         "--claude-cli",
         "--codex-cli",
@@ -203,10 +201,7 @@ fn installed_but_not_logged_in_counts_as_unusable() {
         &[("FAKE_CLI_MODE", "auth_error")],
     ));
     assert_eq!(code, 1, "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("WARN provider claude_code:"))
-        .unwrap_or_else(|| panic!("no claude warning: {out}"));
+    let line = line_of(&out, "WARN provider claude_code:");
     assert!(line.contains("unhealthy (full check"), "{line}");
     assert!(line.contains("Invalid API key"), "{line}");
     assert!(line.contains("log in"), "{line}");

@@ -56,7 +56,7 @@ fn check_dir(name: &str, dir: &Path) -> Check {
 
 /// `healthy (full check, 1.2s)`, `unavailable (full check)`.
 fn health_text(h: &Health) -> String {
-    let kind = if h.full { "full check" } else { "light check" };
+    let kind = format!("{} check", h.check_type());
     match h.duration_ms {
         Some(ms) if ms < 1000 => format!("{} ({kind}, {ms}ms)", h.status.as_str()),
         Some(ms) => format!("{} ({kind}, {:.1}s)", h.status.as_str(), ms as f64 / 1000.0),

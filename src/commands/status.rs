@@ -100,7 +100,7 @@ fn saved_health(cfg: Option<&state::GatewayState>) -> Vec<(ProviderId, Option<He
 
 /// `healthy (full check, 2026-11-25T17:20:00.000Z, 3m ago): <error>` for `status -v`.
 fn health_line(h: &Health, now: u64) -> String {
-    let kind = if h.full { "full check" } else { "light check" };
+    let kind = format!("{} check", h.check_type());
     let mut s = format!("{} ({kind}", h.status.as_str());
     if !h.checked_at.is_empty() {
         s.push_str(&format!(", {}", h.checked_at));

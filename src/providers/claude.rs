@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::plan::{extract_object, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::plan::{extract_object, OutputFormat, ParseError, Parsed, Plan, RunRequest};
 use super::Flags;
 
 /// (key, substrings any of which in the help text means supported, value when help fails).
@@ -88,11 +88,7 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
     ]);
     let mut schema_chars = 0;
     if json {
-        let schema = req
-            .schema
-            .as_ref()
-            .ok_or("Claude JSON model run requires a schema")?;
-        let s = serde_json::to_string(schema).map_err(|e| e.to_string())?;
+        let s = req.schema_text("Claude")?;
         schema_chars = s.chars().count();
         a.extend(["--json-schema".into(), s]);
     }
@@ -129,16 +125,8 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
     }
     a.push(req.prompt.clone());
     Ok(Plan {
-        command: command.to_path_buf(),
-        args: a,
-        files: Vec::new(),
-        env: Vec::new(),
-        path_prepend: Vec::new(),
-        output_mode: OutputMode::StdoutJson,
-        output_path: None,
-        format: req.format,
         json_schema_chars: schema_chars,
-        timeout: req.timeout,
+        ..Plan::stdout(req, command, a)
     })
 }
 

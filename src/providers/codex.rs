@@ -167,16 +167,11 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
     }
     a.push(prompt);
     Ok(Plan {
-        command: command.to_path_buf(),
-        args: a,
         files,
-        env: Vec::new(),
-        path_prepend: Vec::new(),
         output_mode: mode,
         output_path,
-        format: req.format,
         json_schema_chars: schema_chars,
-        timeout: req.timeout,
+        ..Plan::stdout(req, command, a)
     })
 }
 

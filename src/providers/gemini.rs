@@ -1,11 +1,11 @@
 //! Gemini CLI (`gemini`): flag detection, the argv, the system prompt file, and the JSON
 //! envelope `{response, stats}` (providers.md §3.4, §5.8, §5.10, §8.3).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::plan::{strip_fence, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::plan::{strip_fence, OutputFormat, ParseError, Parsed, Plan, RunRequest};
 use super::Flags;
 
 pub const FLAGS: &[(&str, &[&str], bool)] = &[
@@ -60,11 +60,7 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String
     a.push(req.prompt.clone());
     let mut schema_chars = 0;
     let system = if json {
-        let schema = req
-            .schema
-            .as_ref()
-            .ok_or("Gemini JSON model run requires a schema")?;
-        let s = serde_json::to_string(schema).map_err(|e| e.to_string())?;
+        let s = req.schema_text("Gemini")?;
         schema_chars = s.chars().count();
         match req
             .append_system_prompt
@@ -77,26 +73,26 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String
     } else {
         req.append_system_prompt.clone().unwrap_or_default()
     };
-    let path_prepend = command
-        .parent()
-        .filter(|p| command.is_absolute() && !p.as_os_str().is_empty())
-        .map(|p| vec![p.to_path_buf()])
-        .unwrap_or_default();
     Ok(Plan {
-        command: command.to_path_buf(),
-        args: a,
         files: vec![(SYSTEM_FILE.to_string(), system.into_bytes())],
         env: vec![(
             "GEMINI_SYSTEM_MD".to_string(),
             format!("{{WORKDIR}}/{SYSTEM_FILE}"),
         )],
-        path_prepend,
-        output_mode: OutputMode::StdoutJson,
-        output_path: None,
-        format: req.format,
+        path_prepend: path_prepend(command),
         json_schema_chars: schema_chars,
-        timeout: req.timeout,
+        ..Plan::stdout(req, command, a)
     })
+}
+
+/// Gemini is a node script: its own directory goes first on PATH (model runs and probes), so
+/// the `node` installed beside it is found (providers.md §5.8).
+pub fn path_prepend(command: &Path) -> Vec<PathBuf> {
+    command
+        .parent()
+        .filter(|p| command.is_absolute() && !p.as_os_str().is_empty())
+        .map(|p| vec![p.to_path_buf()])
+        .unwrap_or_default()
 }
 
 pub fn parse(format: OutputFormat, stdout: &str) -> Result<Parsed, ParseError> {

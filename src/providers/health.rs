@@ -58,13 +58,39 @@ pub struct Health {
 }
 
 impl Health {
+    /// `full` or `light`.
+    pub fn check_type(&self) -> &'static str {
+        if self.full {
+            "full"
+        } else {
+            "light"
+        }
+    }
+
+    /// A check without a model call: `status` now, the previous full check carried forward.
+    fn carried(
+        prev: Option<&Health>,
+        status: Status,
+        full: bool,
+        error: Option<String>,
+        now: &str,
+    ) -> Health {
+        Health {
+            status,
+            full,
+            checked_at: now.to_string(),
+            last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
+            last_full_status: prev.and_then(|p| p.last_full_status),
+            error,
+            model: None,
+            duration_ms: None,
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("status".into(), self.status.as_str().into());
-        m.insert(
-            "check_type".into(),
-            if self.full { "full" } else { "light" }.into(),
-        );
+        m.insert("check_type".into(), self.check_type().into());
         m.insert("checked_at".into(), self.checked_at.clone().into());
         if let Some(v) = &self.last_full_checked_at {
             m.insert("last_full_checked_at".into(), v.clone().into());
@@ -117,18 +143,10 @@ pub const HEALTH_ERROR_LIMIT: usize = 2000;
 
 /// Rule 1: the CLI did not answer `--version`.
 pub fn unavailable(prev: Option<&Health>, mode: Mode, error: Option<&str>, now: &str) -> Health {
-    Health {
-        status: Status::Unavailable,
-        full: mode == Mode::Full,
-        checked_at: now.to_string(),
-        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
-        last_full_status: prev.and_then(|p| p.last_full_status),
-        error: error
-            .map(|e| super::plan::collapse(e, HEALTH_ERROR_LIMIT))
-            .or_else(|| prev.and_then(|p| p.error.clone())),
-        model: None,
-        duration_ms: None,
-    }
+    let error = error
+        .map(|e| super::plan::collapse(e, HEALTH_ERROR_LIMIT))
+        .or_else(|| prev.and_then(|p| p.error.clone()));
+    Health::carried(prev, Status::Unavailable, mode == Mode::Full, error, now)
 }
 
 /// Whether `mode` with this previous health needs a model call.
@@ -172,16 +190,7 @@ pub fn light(prev: Option<&Health>, now: &str) -> Health {
         .map(|p| p.status)
         .or_else(|| prev.and_then(|p| p.last_full_status))
         .unwrap_or(Status::Unknown);
-    Health {
-        status,
-        full: false,
-        checked_at: now.to_string(),
-        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
-        last_full_status: prev.and_then(|p| p.last_full_status),
-        error: prev.and_then(|p| p.error.clone()),
-        model: None,
-        duration_ms: None,
-    }
+    Health::carried(prev, status, false, prev.and_then(|p| p.error.clone()), now)
 }
 
 /// After a model run (§4.6): healthy drops the error; otherwise the new summary (or the old
@@ -192,22 +201,14 @@ pub fn after_run(
     summary: Option<&str>,
     now: &str,
 ) -> Health {
-    Health {
-        status,
-        full: false,
-        checked_at: now.to_string(),
-        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
-        last_full_status: prev.and_then(|p| p.last_full_status),
-        error: if status == Status::Healthy {
-            None
-        } else {
-            summary
-                .map(|s| super::plan::collapse(s, 500))
-                .or_else(|| prev.and_then(|p| p.error.clone()))
-        },
-        model: None,
-        duration_ms: None,
-    }
+    let error = if status == Status::Healthy {
+        None
+    } else {
+        summary
+            .map(|s| super::plan::collapse(s, 500))
+            .or_else(|| prev.and_then(|p| p.error.clone()))
+    };
+    Health::carried(prev, status, false, error, now)
 }
 
 /// Writes one provider's health into gateway.json's `providerHealth` (other providers and keys

@@ -198,24 +198,8 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         spec.capture_limit = 1 << 20;
         spec.grace = Duration::from_millis(1000);
         if id == ProviderId::Gemini {
-            // Gemini is a node script: give it its own directory on PATH like model runs do.
-            let plan_like = plan::Plan {
-                command: command.to_path_buf(),
-                args: Vec::new(),
-                files: Vec::new(),
-                env: Vec::new(),
-                path_prepend: command
-                    .parent()
-                    .filter(|_| command.is_absolute())
-                    .map(|p| vec![p.to_path_buf()])
-                    .unwrap_or_default(),
-                output_mode: plan::OutputMode::StdoutJson,
-                output_path: None,
-                format: OutputFormat::Text,
-                json_schema_chars: 0,
-                timeout: PROBE_TIMEOUT,
-            };
-            spec.env = run::plan_env(&plan_like, Path::new("/"));
+            // Gemini is a node script: its own directory on PATH, like model runs.
+            spec.env = run::env_with(&[], &gemini::path_prepend(command), Path::new("/"));
         }
         spec
     };
@@ -595,7 +579,7 @@ impl Registry {
                     "code": "provider_validation",
                     "message": message,
                     "details": {"context": ctx, "status": h.status.as_str(),
-                                "check_type": if h.full { "full" } else { "light" },
+                                "check_type": h.check_type(),
                                 "error": h.error.clone(), "duration_ms": h.duration_ms},
                 }));
             }

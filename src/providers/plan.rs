@@ -54,6 +54,15 @@ impl RunRequest {
     pub fn model_arg(&self) -> Option<&str> {
         (self.model != DEFAULT_MODEL && !self.model.is_empty()).then_some(self.model.as_str())
     }
+
+    /// The JSON schema as compact JSON (what the CLIs are given); a JSON run needs one.
+    pub fn schema_text(&self, cli: &str) -> Result<String, String> {
+        let schema = self
+            .schema
+            .as_ref()
+            .ok_or_else(|| format!("{cli} JSON model run requires a schema"))?;
+        serde_json::to_string(schema).map_err(|e| e.to_string())
+    }
 }
 
 /// The exact command to run.
@@ -74,6 +83,25 @@ pub struct Plan {
     /// Length of the schema's JSON (after codex normalisation), or 0.
     pub json_schema_chars: usize,
     pub timeout: Duration,
+}
+
+impl Plan {
+    /// `command args` answering on stdout, with no files, no extra environment and no schema;
+    /// each CLI sets what it needs on top (`Plan { files, ..Plan::stdout(…) }`).
+    pub fn stdout(req: &RunRequest, command: &std::path::Path, args: Vec<String>) -> Plan {
+        Plan {
+            command: command.to_path_buf(),
+            args,
+            files: Vec::new(),
+            env: Vec::new(),
+            path_prepend: Vec::new(),
+            output_mode: OutputMode::StdoutJson,
+            output_path: None,
+            format: req.format,
+            json_schema_chars: 0,
+            timeout: req.timeout,
+        }
+    }
 }
 
 /// The normalised output of a successful run.
