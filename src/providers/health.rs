@@ -184,8 +184,20 @@ pub fn full(ok: bool, error: Option<&str>, duration_ms: u64, now: &str) -> Healt
     }
 }
 
-/// Rule 3: carry the previous status forward.
+/// Rule 3: carry the previous status forward (the CLI answered `--version`).
+///
+/// Except `unavailable`, which means "did not answer `--version`": once it answers again the
+/// provider is `unknown` (ready to try; `unhealthy` if its last full check failed) and the
+/// stale "not found" error is dropped. The reference carried `unavailable` forward until a
+/// model run or a restart (providers.md §9.4), so a reinstalled CLI stayed unusable.
 pub fn light(prev: Option<&Health>, now: &str) -> Health {
+    if let Some(p) = prev.filter(|p| p.status == Status::Unavailable) {
+        let status = match p.last_full_status {
+            Some(Status::Unhealthy) => Status::Unhealthy,
+            _ => Status::Unknown,
+        };
+        return Health::carried(prev, status, false, None, now);
+    }
     let status = prev
         .map(|p| p.status)
         .or_else(|| prev.and_then(|p| p.last_full_status))
@@ -225,13 +237,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn light_never_revives_unavailable_and_after_run_does() {
+    fn a_cli_that_answers_again_is_no_longer_unavailable() {
         let prev = unavailable(None, Mode::Light, Some("spawn gemini ENOENT"), "t0");
         let l = light(Some(&prev), "t1");
-        assert_eq!(l.status, Status::Unavailable);
-        let ok = after_run(Some(&l), Status::Healthy, None, "t2");
+        assert_eq!(l.status, Status::Unknown);
+        assert_eq!(l.error, None, "the stale not-found error is dropped");
+        let ok = after_run(Some(&prev), Status::Healthy, None, "t2");
         assert_eq!(ok.status, Status::Healthy);
         assert_eq!(ok.error, None);
+        // A known failed full check is kept through the outage.
+        let bad = full(false, Some("not logged in"), 5, "t0");
+        let gone = unavailable(Some(&bad), Mode::Light, Some("ENOENT"), "t1");
+        let back = light(Some(&gone), "t2");
+        assert_eq!(back.status, Status::Unhealthy);
+        assert_eq!(back.last_full_checked_at.as_deref(), Some("t0"));
+        // Other statuses are carried forward with their error.
+        let h = after_run(None, Status::Unhealthy, Some("boom"), "t0");
+        let l = light(Some(&h), "t1");
+        assert_eq!(
+            (l.status, l.error.as_deref()),
+            (Status::Unhealthy, Some("boom"))
+        );
     }
 
     #[test]

@@ -200,6 +200,18 @@ fn capabilities_of_old_failing_and_missing_clis() {
     let h = r.check_health(Mode::Light, None);
     assert_eq!(h[2].1.status, Status::Unavailable);
     assert_eq!(h[0].1.status, Status::Unknown);
+
+    // Gemini gets installed at that path: the next refresh + light check revives it.
+    let installed = s.fake("gemini", "g", &[]);
+    std::fs::create_dir_all(s.path().join("nonexistent")).unwrap();
+    std::fs::rename(&installed, s.path().join("nonexistent/gemini")).unwrap();
+    r.refresh();
+    let h = r.check_health(Mode::Light, None);
+    assert_eq!(h[2].1.status, Status::Unknown);
+    assert_eq!(h[2].1.error, None);
+    let caps = r.capabilities_providers();
+    assert_eq!(caps["gemini"]["available"], true);
+    assert_eq!(caps["gemini"]["health"]["status"], "unknown");
 }
 
 #[test]
