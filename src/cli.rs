@@ -467,7 +467,10 @@ Shows whether the gateway is paired and running, its connection, last heartbeat,
 and version. Reads local files only (no network); safe to run from cron.
 
 Options:
-  --json   One JSON object (paired, running, connected, pid, version, full_control_enabled, ...)
+  --json   One JSON object (paired, running, connected, pid, version, full_control_enabled,
+           providers, ...)
+  -v       Also ids, paths, and each provider's health as last saved in gateway.json (status,
+           full/light check, when): from pair, doctor, start or the last model run
 
 Exit codes:
   0  running and connected
@@ -493,7 +496,14 @@ Options:
 Usage: panorama-gateway doctor [--json]
 
 Checks state permissions, the config, the backend configuration, the log file and each
-provider CLI. One line per check; exit 0 when all pass, 1 otherwise.
+provider CLI. One line per check (ok, WARN or FAIL); exit 0 when nothing failed, 1 otherwise.
+
+Providers get a full health check: one small model call each (\"Say hi.\", up to 30 s). The
+result is saved in gateway.json (providerHealth) when the gateway is paired, and shown by
+status -v. A provider that is missing or fails its check is a warning; doctor fails only when
+no provider is usable. Point the gateway at a CLI with --claude-cli/--codex-cli/--gemini-cli
+<path>, or PANORAMA_CLAUDE_CLI, PANORAMA_CODEX_CLI, PANORAMA_GEMINI_CLI (also CLAUDE_CLI,
+CODEX_CLI, GEMINI_CLI).
 "
         }
         Some("full-control") => {

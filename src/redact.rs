@@ -16,6 +16,27 @@ use serde_json::Value;
 
 const REDACTED: &str = "[REDACTED]";
 
+/// What [`redact_with`] masks beyond the built-in rules, and the markers it writes. The
+/// built-in rules (JWTs, `Bearer` values, sensitive `key=value` pairs, API-key shaped words)
+/// always apply; callers with their own wire markers or extra key names (the debug record of
+/// model runs) pass their own `Rules`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// Extra key names whose values are secrets; gets the name lowercased with `_`/`-` removed.
+    pub extra_key: fn(&str) -> bool,
+    /// Written in place of a JWT.
+    pub jwt_marker: &'static str,
+    /// Written in place of an API-key shaped word.
+    pub key_marker: &'static str,
+}
+
+/// The rules of [`redact`].
+pub const DEFAULT_RULES: Rules = Rules {
+    extra_key: |_| false,
+    jwt_marker: "[REDACTED_JWT]",
+    key_marker: "[REDACTED_KEY]",
+};
+
 /// Key names (compared case-insensitively, `-` and `_` ignored) whose values are secrets.
 const SENSITIVE_KEYS: &[&str] = &[
     "accesstoken",
@@ -42,7 +63,8 @@ const SENSITIVE_KEYS: &[&str] = &[
     "activerawtoken",
 ];
 
-fn normalize_key(k: &str) -> String {
+/// A key name lowercased with `_` and `-` removed (the form sensitive names are compared in).
+pub fn normalize_key(k: &str) -> String {
     k.chars()
         .filter(|c| *c != '_' && *c != '-')
         .flat_map(|c| c.to_lowercase())
@@ -122,9 +144,14 @@ fn key_len(s: &[u8], i: usize) -> usize {
 
 /// If a sensitive key ends right before `i` (the key word is `s[start..i]`) and is followed by
 /// a separator and a value, returns (value_start, value_end).
-fn keyed_value(s: &[u8], key_start: usize, key_end: usize) -> Option<(usize, usize)> {
+fn keyed_value(
+    s: &[u8],
+    key_start: usize,
+    key_end: usize,
+    rules: &Rules,
+) -> Option<(usize, usize)> {
     let key = std::str::from_utf8(&s[key_start..key_end]).ok()?;
-    if !is_sensitive_key(key) {
+    if !is_sensitive_key(key) && !(rules.extra_key)(&normalize_key(key)) {
         return None;
     }
     let mut j = key_end;
@@ -168,9 +195,15 @@ fn keyed_value(s: &[u8], key_start: usize, key_end: usize) -> Option<(usize, usi
         }
         return Some((start, k.min(s.len())));
     }
-    // `Bearer xyz` after a key: keep the scheme word, the bearer rule redacts the rest.
+    // `Bearer xyz` after a key: keep the scheme word (any case) and mask what follows it.
     if s[j..].len() >= 7 && s[j..j + 7].eq_ignore_ascii_case(b"bearer ") {
-        return None;
+        j += 7;
+        while j < s.len() && s[j] == b' ' {
+            j += 1;
+        }
+        if j >= s.len() {
+            return None;
+        }
     }
     if s[j..].starts_with(b"null") || s[j..].starts_with(b"true") || s[j..].starts_with(b"false") {
         let end = j + if s[j] == b'f' { 5 } else { 4 };
@@ -196,6 +229,11 @@ fn keyed_value(s: &[u8], key_start: usize, key_end: usize) -> Option<(usize, usi
 
 /// Returns `text` with tokens and keys replaced by placeholders. Safe to call on any text.
 pub fn redact(text: &str) -> String {
+    redact_with(text, &DEFAULT_RULES)
+}
+
+/// [`redact`] with other markers and extra sensitive key names.
+pub fn redact_with(text: &str, rules: &Rules) -> String {
     let s = text.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -205,7 +243,7 @@ pub fn redact(text: &str) -> String {
         if b == b'e' {
             let n = jwt_len(s, i);
             if n > 0 {
-                out.extend_from_slice(b"[REDACTED_JWT]");
+                out.extend_from_slice(rules.jwt_marker.as_bytes());
                 i += n;
                 continue;
             }
@@ -214,7 +252,7 @@ pub fn redact(text: &str) -> String {
         if b == b's' {
             let n = key_len(s, i);
             if n > 0 {
-                out.extend_from_slice(b"[REDACTED_KEY]");
+                out.extend_from_slice(rules.key_marker.as_bytes());
                 i += n;
                 continue;
             }
@@ -252,7 +290,7 @@ pub fn redact(text: &str) -> String {
             while e < s.len() && is_word(s[e]) {
                 e += 1;
             }
-            if let Some((vs, ve)) = keyed_value(s, i, e) {
+            if let Some((vs, ve)) = keyed_value(s, i, e, rules) {
                 out.extend_from_slice(&s[i..vs]);
                 out.extend_from_slice(REDACTED.as_bytes());
                 i = ve;
@@ -345,6 +383,29 @@ mod tests {
         assert!(!r.contains("abcdefghijklmnop"), "{r}");
         // short words that merely start like a key stay
         assert_eq!(redact("task-sk-1 sk-short"), "task-sk-1 sk-short");
+    }
+
+    #[test]
+    fn lowercase_bearer_after_a_key_is_masked() {
+        let r = redact("authorization: bearer abc123secret next");
+        assert_eq!(r, "authorization: bearer [REDACTED] next");
+        let r = redact(r#"{"Authorization":"bearer qq99"}"#);
+        assert!(!r.contains("qq99"), "{r}");
+    }
+
+    #[test]
+    fn other_rules_change_markers_and_add_keys() {
+        let rules = Rules {
+            extra_key: |k| k == "session",
+            jwt_marker: "[J]",
+            key_marker: "[K]",
+        };
+        let r = redact_with(
+            &format!("{JWT} sk-abcdefghijklmnopqrst session=s1 x=1"),
+            &rules,
+        );
+        assert_eq!(r, "[J] [K] session=[REDACTED] x=1");
+        assert_eq!(redact("session=s1"), "session=s1");
     }
 
     #[test]

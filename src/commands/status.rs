@@ -6,6 +6,8 @@ use serde_json::{json, Value};
 use crate::config::{state, Settings};
 use crate::daemon::pidfile::{self, PidState};
 use crate::daemon::statusfile;
+use crate::providers::health::Health;
+use crate::providers::{plan, ProviderId};
 
 pub const EXIT_CONNECTED: i32 = 0;
 pub const EXIT_DEGRADED: i32 = 1;
@@ -81,6 +83,39 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
+/// Each provider's saved health (gateway.json `providerHealth`), in wire order; None when it
+/// was never checked. Only the file already read: no process, no network.
+fn saved_health(cfg: Option<&state::GatewayState>) -> Vec<(ProviderId, Option<Health>)> {
+    let map = cfg.and_then(|c| c.provider_health.as_ref());
+    ProviderId::ALL
+        .into_iter()
+        .map(|id| {
+            let h = map
+                .and_then(|m| m.get(id.as_str()))
+                .and_then(Health::from_json);
+            (id, h)
+        })
+        .collect()
+}
+
+/// `healthy (full check, 2026-11-25T17:20:00.000Z, 3m ago): <error>` for `status -v`.
+fn health_line(h: &Health, now: u64) -> String {
+    let kind = format!("{} check", h.check_type());
+    let mut s = format!("{} ({kind}", h.status.as_str());
+    if !h.checked_at.is_empty() {
+        s.push_str(&format!(", {}", h.checked_at));
+        if let Some(t) = parse_rfc3339(&h.checked_at) {
+            let age = (now as i64 - t).max(0) as u64;
+            s.push_str(&format!(", {} ago", human_duration(age)));
+        }
+    }
+    s.push(')');
+    if let Some(e) = &h.error {
+        s.push_str(&format!(": {}", plan::collapse(e, 200)));
+    }
+    s
+}
+
 /// Runs `status`; returns its exit code.
 pub fn run(settings: &Settings, as_json: bool) -> i32 {
     let paths = &settings.paths;
@@ -150,8 +185,16 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
         EXIT_DEGRADED
     };
 
+    let health = saved_health(cfg.as_ref());
     if as_json {
         let c = cfg.as_ref();
+        let providers: serde_json::Map<String, Value> = health
+            .iter()
+            .map(|(id, h)| {
+                let v = h.as_ref().map(Health::to_json).unwrap_or(Value::Null);
+                (id.as_str().to_string(), v)
+            })
+            .collect();
         let mut v = json!({
             "paired": paired,
             "running": running,
@@ -179,6 +222,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
             "config_path": paths.config_path,
             "log_path": paths.log_path,
             "pid_path": paths.pid_path,
+            "providers": providers,
         });
         let errors: Vec<Value> = [cfg_error.clone(), pid_error.clone()]
             .into_iter()
@@ -281,6 +325,14 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
                 &mut out,
                 format!("Stale PID: {p} (removed by the next start or stop)"),
             );
+        }
+        line(&mut out, "Providers:".into());
+        for (id, h) in &health {
+            let text = match h {
+                Some(h) => health_line(h, now),
+                None => "not checked yet (run panorama-gateway doctor)".into(),
+            };
+            line(&mut out, format!("  {}: {text}", id.as_str()));
         }
         line(&mut out, format!("Config: {}", paths.config_path.display()));
         line(&mut out, format!("Log: {}", paths.log_path.display()));

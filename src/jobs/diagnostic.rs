@@ -25,6 +25,7 @@ pub fn handle(_payload: &Value, ctx: &JobContext) -> Outcome {
     let started = std::time::Instant::now();
     let mut result = Map::new();
     result.insert("command".into(), command_text.clone().into());
+    let mut cancelled = false;
     let error = match exec::run(spec, None) {
         Err(e) => {
             result.insert("stdout".into(), "".into());
@@ -63,6 +64,7 @@ pub fn handle(_payload: &Value, ctx: &JobContext) -> Outcome {
                     DIAGNOSTIC_TIMEOUT.as_secs()
                 )),
                 exec::Stop::Cancelled | exec::Stop::Killed => {
+                    cancelled = true;
                     Some(format!("Command cancelled: {command_text}"))
                 }
                 exec::Stop::None if o.exit_code == Some(0) => None,
@@ -97,8 +99,16 @@ pub fn handle(_payload: &Value, ctx: &JobContext) -> Outcome {
                 e
             };
             result.insert("error".into(), e.clone().into());
+            // Stopped by a job cancel or an immediate shutdown: `cancelled`, with the shape
+            // the reference uses for jobs it cancels (`"cancelled": true`).
+            let status = if cancelled {
+                result.insert("cancelled".into(), true.into());
+                FinalStatus::Cancelled
+            } else {
+                FinalStatus::Failed
+            };
             Outcome {
-                status: FinalStatus::Failed,
+                status,
                 result: Some(Value::Object(result)),
                 error: Some(e),
                 debug: None,

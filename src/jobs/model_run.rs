@@ -176,28 +176,6 @@ pub fn classify_text(text: &str) -> Option<Kind> {
     }
 }
 
-/// The failure message the CLI itself gave, when it gave one in a structured place.
-fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Option<String> {
-    if let Some(m) = summary
-        .and_then(|s| s.get("message"))
-        .and_then(Value::as_str)
-    {
-        return Some(m.to_string());
-    }
-    let env = providers::plan::extract_object(stdout, false)?;
-    match id {
-        ProviderId::Claude if env.get("is_error") == Some(&Value::Bool(true)) => {
-            env.get("result").and_then(Value::as_str).map(String::from)
-        }
-        ProviderId::Gemini => env
-            .get("error")
-            .and_then(|e| e.get("message"))
-            .and_then(Value::as_str)
-            .map(String::from),
-        _ => None,
-    }
-}
-
 fn last_line(s: &str) -> Option<String> {
     s.lines()
         .map(str::trim)
@@ -483,6 +461,7 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                     status: FinalStatus::Cancelled,
                     result: Some(json!({
                         "message": "Gateway model run was cancelled before it finished",
+                        "cancelled": true,
                         "error_kind": Kind::Cancelled.as_str(),
                         "command": safe_command_line,
                     })),
@@ -490,7 +469,7 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                     debug,
                 };
             }
-            let reported = cli_reported(id, &stdout_cut, summary.as_ref());
+            let reported = providers::cli_reported(id, &stdout_cut, summary.as_ref());
             let (kind, details) = if stop == exec::Stop::TimedOut {
                 (
                     Kind::Timeout,

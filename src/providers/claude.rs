@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::plan::{extract_object, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::plan::{extract_object, OutputFormat, ParseError, Parsed, Plan, RunRequest};
 use super::Flags;
 
 /// (key, substrings any of which in the help text means supported, value when help fails).
@@ -88,11 +88,7 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
     ]);
     let mut schema_chars = 0;
     if json {
-        let schema = req
-            .schema
-            .as_ref()
-            .ok_or("Claude JSON model run requires a schema")?;
-        let s = serde_json::to_string(schema).map_err(|e| e.to_string())?;
+        let s = req.schema_text("Claude")?;
         schema_chars = s.chars().count();
         a.extend(["--json-schema".into(), s]);
     }
@@ -129,16 +125,8 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
     }
     a.push(req.prompt.clone());
     Ok(Plan {
-        command: command.to_path_buf(),
-        args: a,
-        files: Vec::new(),
-        env: Vec::new(),
-        path_prepend: Vec::new(),
-        output_mode: OutputMode::StdoutJson,
-        output_path: None,
-        format: req.format,
         json_schema_chars: schema_chars,
-        timeout: req.timeout,
+        ..Plan::stdout(req, command, a)
     })
 }
 
@@ -210,4 +198,117 @@ pub fn parse(format: OutputFormat, stdout: &str) -> Result<Parsed, ParseError> {
         usage,
         model,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn json_run(stdout: &str) -> Result<Parsed, ParseError> {
+        parse(OutputFormat::Json, stdout)
+    }
+
+    #[test]
+    fn envelope_candidates_usage_and_model_in_reference_order() {
+        // structured_output first; the envelope is `raw`; usage from `usage`.
+        let env = json!({"type": "result", "structured_output": {"a": 1}, "output": {"b": 2},
+                         "result": "{\"c\":3}", "usage": {"input_tokens": 1}, "total_cost_usd": 0.5});
+        let p = json_run(&env.to_string()).unwrap();
+        assert_eq!(p.output, json!({"a": 1}));
+        assert_eq!(p.raw, env);
+        assert_eq!(p.usage, json!({"input_tokens": 1}));
+        assert_eq!(p.model, Value::Null);
+        // Null candidates are skipped; the next one wins.
+        let p = json_run(r#"{"structured_output":null,"toolCall":{"t":1}}"#).unwrap();
+        assert_eq!(p.output, json!({"t": 1}));
+        // A falsy candidate falls back to the JSON inside `result` (extraction, no fences).
+        let p = json_run(r#"{"structured_output":"","result":"Sure: {\"c\":3}","usage_metadata":{"u":1},"provider_model":"m"}"#).unwrap();
+        assert_eq!(p.output, json!({"c": 3}));
+        assert_eq!(p.usage, json!({"u": 1}));
+        assert_eq!(p.model, json!("m"));
+        // An array is not a payload.
+        assert_eq!(
+            json_run(r#"{"structured_output":[1]}"#),
+            Err(ParseError::bad(
+                "Claude output missing structured JSON payload"
+            ))
+        );
+        assert_eq!(
+            json_run("   \n"),
+            Err(ParseError::bad("Empty Claude output"))
+        );
+        assert_eq!(
+            json_run("not json"),
+            Err(ParseError::bad("Failed to parse Claude JSON output"))
+        );
+        // Text runs: the trimmed stdout.
+        assert_eq!(
+            parse(OutputFormat::Text, "  hi \n").unwrap().output,
+            json!({"text": "hi"})
+        );
+    }
+
+    #[test]
+    fn help_failed_defaults_and_supports() {
+        let f = Flags::detect(super::super::ProviderId::Claude, None);
+        assert_eq!(f.0.len(), 26);
+        let on: Vec<&str> = f.0.iter().filter(|(_, v)| *v).map(|(k, _)| *k).collect();
+        assert_eq!(
+            on,
+            [
+                "allowedToolsFlag",
+                "disallowedToolsFlag",
+                "outputFormatFlag",
+                "systemPromptFlag"
+            ]
+        );
+        assert_eq!(supports(&f), (false, false, true));
+        // `--append-system-prompt` does not contain `--system-prompt` (one dash before
+        // "system"): a CLI with only the append flag gets the append flag, never a
+        // `--system-prompt` it would reject (providers.md §9.1 decided deliberately).
+        let old_cli = Flags::detect(
+            super::super::ProviderId::Claude,
+            Some("  --append-system-prompt <prompt>  append"),
+        );
+        assert!(!old_cli.get("systemPromptFlag") && old_cli.get("appendSystemPromptFlag"));
+        let req = RunRequest {
+            prompt: "p".into(),
+            model: super::super::plan::DEFAULT_MODEL.into(),
+            format: OutputFormat::Text,
+            schema: None,
+            append_system_prompt: Some("Be terse.".into()),
+            reasoning_effort: None,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let a = plan(&req, Path::new("claude"), &old_cli).unwrap().args;
+        assert_eq!(
+            a,
+            [
+                "--print",
+                "--output-format",
+                "text",
+                "--append-system-prompt",
+                "Be terse.",
+                "p"
+            ]
+        );
+        // With both flags in the help, the system prompt replaces Claude's (§5.6 step 11).
+        let both = Flags::detect(
+            super::super::ProviderId::Claude,
+            Some("--system-prompt <p>\n--append-system-prompt <p>"),
+        );
+        let a = plan(&req, Path::new("claude"), &both).unwrap().args;
+        assert_eq!(
+            a,
+            [
+                "--print",
+                "--output-format",
+                "text",
+                "--system-prompt",
+                "Be terse.",
+                "p"
+            ]
+        );
+    }
 }

@@ -167,16 +167,11 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
     }
     a.push(prompt);
     Ok(Plan {
-        command: command.to_path_buf(),
-        args: a,
         files,
-        env: Vec::new(),
-        path_prepend: Vec::new(),
         output_mode: mode,
         output_path,
-        format: req.format,
         json_schema_chars: schema_chars,
-        timeout: req.timeout,
+        ..Plan::stdout(req, command, a)
     })
 }
 
@@ -309,5 +304,130 @@ pub fn parse(
                 model: Value::Null,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strict_schema_closes_every_object_schema_and_changes_nothing_else() {
+        let input = json!({
+            "type": "object",
+            "required": ["a"],
+            "properties": {
+                "a": {"type": ["object", "null"], "properties": {"x": {"type": "string", "format": "date"}}},
+                "b": {"type": "array", "items": {"type": "object", "additionalProperties": {"type": "string"}}},
+                "c": {"patternProperties": {"^k": {"type": "number"}}},
+                "d": {"properties": null},
+                "e": {"type": "string"},
+                "f": {"anyOf": [{"type": "object"}, {"type": "integer"}]}
+            },
+            "$defs": {"n": {"type": "object", "additionalProperties": true}}
+        });
+        let out = strict_schema(&input);
+        let p = &out["properties"];
+        assert_eq!(out["additionalProperties"], false);
+        assert_eq!(out["required"], json!(["a"]), "required is not filled in");
+        assert_eq!(
+            p["a"]["additionalProperties"], false,
+            "type array with object"
+        );
+        assert_eq!(
+            p["a"]["properties"]["x"],
+            json!({"type": "string", "format": "date"})
+        );
+        assert_eq!(
+            p["b"]["items"]["additionalProperties"], false,
+            "sub-schema overwritten"
+        );
+        assert_eq!(p["c"]["additionalProperties"], false, "patternProperties");
+        assert_eq!(
+            p["d"]["additionalProperties"], false,
+            "properties: null is object-typed"
+        );
+        assert_eq!(p["e"], json!({"type": "string"}));
+        assert_eq!(p["f"]["anyOf"][0]["additionalProperties"], false);
+        assert_eq!(p["f"]["anyOf"][1], json!({"type": "integer"}));
+        assert_eq!(out["$defs"]["n"]["additionalProperties"], false);
+        // The input is not modified (a deep copy).
+        assert_eq!(input["$defs"]["n"]["additionalProperties"], true);
+    }
+
+    #[test]
+    fn tool_schemas_become_args_json_and_map_back() {
+        let s = json!({"type": "object", "properties": {"name": {"enum": ["t"]}, "args": {}}});
+        let (out, suffix) = normalize_tool_schema(&s);
+        assert_eq!(
+            out,
+            json!({"type": "object", "required": ["name", "args_json"],
+                   "properties": {"name": {"enum": ["t"]}, "args_json": {"type": "string"}},
+                   "additionalProperties": false})
+        );
+        assert_eq!(suffix, Some(TOOL_SUFFIX));
+        // Falsy `args` (or `name`): unchanged, no suffix.
+        for falsy in [json!(0), json!(""), json!(false), json!(null)] {
+            let s = json!({"properties": {"name": {}, "args": falsy}});
+            assert_eq!(normalize_tool_schema(&s), (s.clone(), None));
+        }
+        let obj = |v: Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            map_args_json(obj(json!({"name": "t", "args_json": "{\"k\":1}"}))).unwrap(),
+            json!({"name": "t", "args": {"k": 1}})
+        );
+        assert_eq!(
+            map_args_json(obj(json!({"argsJson": "{}", "args_json": 5}))).unwrap(),
+            json!({"args": {}}),
+            "argsJson when args_json is not a string; both removed"
+        );
+        assert_eq!(
+            map_args_json(obj(json!({"args_json": "[1]"}))),
+            Err(ParseError::bad("Codex args_json is not valid JSON: Failed to decode ai_model_output boundary \"gateway.codex_cli.args\": 1 schema issue"))
+        );
+        assert_eq!(
+            map_args_json(obj(json!({"args_json": "{"}))),
+            Err(ParseError::bad("Codex args_json is not valid JSON: Failed to decode ai_model_output boundary \"gateway.codex_cli.args\": invalid JSON"))
+        );
+        assert_eq!(
+            map_args_json(obj(json!({"a": 1}))).unwrap(),
+            json!({"a": 1})
+        );
+    }
+
+    #[test]
+    fn jsonl_takes_the_last_agent_message_and_usage() {
+        let out = [
+            r#"{"type":"thread.started","thread_id":"t"}"#,
+            "not json",
+            r#"{"type":"item.completed","item":{"type":"agent_message","text":"{\"n\":1}"}}"#,
+            r#"{"type":"turn.completed","usage":{"input_tokens":1}}"#,
+            r#"{"type":"item.completed","item":{"type":"reasoning","text":"{\"n\":9}"}}"#,
+            r#"{"type":"item.completed","item":{"type":"agent_message","text":"```json\n{\"n\":2}\n```"}}"#,
+            r#"{"type":"turn.completed","usage":{"input_tokens":2}}"#,
+            r#"{"type":"turn.completed","usage":"bad"}"#,
+        ]
+        .join("\n");
+        let p = parse(
+            OutputFormat::Json,
+            OutputMode::StreamJson,
+            &out,
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(p.output, json!({"n": 2}));
+        assert_eq!(p.usage, json!({"input_tokens": 2}));
+        assert_eq!(p.model, Value::Null);
+        let none = r#"{"type":"turn.completed","usage":{}}"#;
+        assert_eq!(
+            parse(
+                OutputFormat::Json,
+                OutputMode::StreamJson,
+                none,
+                Path::new("/")
+            ),
+            Err(ParseError::bad("Codex JSONL output missing agent message"))
+        );
     }
 }

@@ -194,17 +194,15 @@ pub fn broken_wrapper_target(path: &Path, home: Option<&Path>) -> Option<String>
             continue;
         }
         let rest = &text[start + ws..];
+        let bare = || rest.split(char::is_whitespace).next().unwrap_or("");
+        // A quoted target up to its closing quote; an unclosed quote is a bare word (quote
+        // included), as the reference's `exec\s+("[^"]*"|'[^']*'|\S+)` reads it.
         let target = match rest.chars().next() {
-            Some(q @ ('"' | '\'')) => {
-                let body = &rest[1..];
-                let end = body.find(q)?;
-                body[..end].to_string()
-            }
-            Some(_) => rest
-                .split(char::is_whitespace)
-                .next()
-                .unwrap_or("")
-                .to_string(),
+            Some(q @ ('"' | '\'')) => match rest[1..].find(q) {
+                Some(end) => rest[1..1 + end].to_string(),
+                None => bare().to_string(),
+            },
+            Some(_) => bare().to_string(),
             None => return None,
         };
         let expanded = match target.strip_prefix("~/") {
@@ -641,6 +639,45 @@ mod tests {
         let got = discover_one(ProviderId::Claude, None, &env);
         assert_eq!(got.command, home.join(".claude/claude"));
         assert_eq!(got.version.as_deref(), Some("2.0.14"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn wrapper_targets_are_read_like_the_reference() {
+        let d = scratch("wrap");
+        let home = d.join("home");
+        let exists = d.join("real-claude");
+        write_exe(&exists, "#!/bin/sh\n");
+        let w = d.join("w");
+        let check = |body: &str| {
+            std::fs::write(&w, body).unwrap();
+            broken_wrapper_target(&w, Some(&home))
+        };
+        assert_eq!(
+            check(&format!("#!/bin/sh\nexec '{}' \"$@\"\n", exists.display())),
+            None
+        );
+        assert_eq!(
+            check("#!/bin/sh\nexec \"/gone/claude\" \"$@\"\n").as_deref(),
+            Some("/gone/claude")
+        );
+        // `~/` is expanded against the home directory.
+        assert_eq!(
+            check("exec ~/.claude/local/node_modules/.bin/claude").as_deref(),
+            Some("~/.claude/local/node_modules/.bin/claude")
+        );
+        // An unclosed quote: the word including the quote is the target (it does not exist).
+        assert_eq!(
+            check("#!/bin/sh\nexec \"/gone/claude $@\n").as_deref(),
+            Some("\"/gone/claude")
+        );
+        // `exec` without whitespace after it is not a match; the next one is.
+        assert_eq!(
+            check("# execute me\nexec /gone/x\n").as_deref(),
+            Some("/gone/x")
+        );
+        // Larger than 4096 bytes: never a wrapper.
+        assert_eq!(check(&format!("exec /gone/x\n#{}", "x".repeat(5000))), None);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -1,11 +1,11 @@
 //! Gemini CLI (`gemini`): flag detection, the argv, the system prompt file, and the JSON
 //! envelope `{response, stats}` (providers.md §3.4, §5.8, §5.10, §8.3).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::plan::{strip_fence, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::plan::{strip_fence, OutputFormat, ParseError, Parsed, Plan, RunRequest};
 use super::Flags;
 
 pub const FLAGS: &[(&str, &[&str], bool)] = &[
@@ -60,11 +60,7 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String
     a.push(req.prompt.clone());
     let mut schema_chars = 0;
     let system = if json {
-        let schema = req
-            .schema
-            .as_ref()
-            .ok_or("Gemini JSON model run requires a schema")?;
-        let s = serde_json::to_string(schema).map_err(|e| e.to_string())?;
+        let s = req.schema_text("Gemini")?;
         schema_chars = s.chars().count();
         match req
             .append_system_prompt
@@ -77,34 +73,36 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String
     } else {
         req.append_system_prompt.clone().unwrap_or_default()
     };
-    let path_prepend = command
-        .parent()
-        .filter(|p| command.is_absolute() && !p.as_os_str().is_empty())
-        .map(|p| vec![p.to_path_buf()])
-        .unwrap_or_default();
     Ok(Plan {
-        command: command.to_path_buf(),
-        args: a,
         files: vec![(SYSTEM_FILE.to_string(), system.into_bytes())],
         env: vec![(
             "GEMINI_SYSTEM_MD".to_string(),
             format!("{{WORKDIR}}/{SYSTEM_FILE}"),
         )],
-        path_prepend,
-        output_mode: OutputMode::StdoutJson,
-        output_path: None,
-        format: req.format,
+        path_prepend: path_prepend(command),
         json_schema_chars: schema_chars,
-        timeout: req.timeout,
+        ..Plan::stdout(req, command, a)
     })
+}
+
+/// Gemini is a node script: its own directory goes first on PATH (model runs and probes), so
+/// the `node` installed beside it is found (providers.md §5.8).
+pub fn path_prepend(command: &Path) -> Vec<PathBuf> {
+    command
+        .parent()
+        .filter(|p| command.is_absolute() && !p.as_os_str().is_empty())
+        .map(|p| vec![p.to_path_buf()])
+        .unwrap_or_default()
 }
 
 pub fn parse(format: OutputFormat, stdout: &str) -> Result<Parsed, ParseError> {
     if format == OutputFormat::Text {
         return Ok(Parsed::text(stdout));
     }
-    let env = super::plan::extract_object(stdout, false)
-        .ok_or_else(|| ParseError::bad("Failed to parse Gemini JSON output"))?;
+    let (env, first_model) = super::plan::extract_with(stdout, false, |t| {
+        super::plan::parse_object(t).map(|m| (m, first_model_key(t)))
+    })
+    .ok_or_else(|| ParseError::bad("Failed to parse Gemini JSON output"))?;
     let response = env.get("response").and_then(Value::as_str).unwrap_or("");
     let output = match serde_json::from_str::<Value>(&strip_fence(response)) {
         Ok(v @ Value::Object(_)) => v,
@@ -126,17 +124,82 @@ pub fn parse(format: OutputFormat, stdout: &str) -> Result<Parsed, ParseError> {
         }
     };
     let stats = env.get("stats").filter(|s| s.is_object()).cloned();
-    let model = stats
-        .as_ref()
-        .and_then(|s| s.get("models"))
-        .and_then(Value::as_object)
-        .and_then(|m| m.keys().next().cloned())
-        .map(Value::String)
-        .unwrap_or(Value::Null);
+    let model = first_model.map(Value::String).unwrap_or(Value::Null);
     Ok(Parsed {
         output,
         raw: Value::Object(env),
         usage: stats.unwrap_or(Value::Null),
         model,
     })
+}
+
+/// The first key of `stats.models` as Gemini wrote it. serde_json's `Map` keeps keys sorted,
+/// so `keys().next()` would name the alphabetically first model, not the one Gemini listed
+/// first (the reference takes the first key in document order).
+fn first_model_key(envelope: &str) -> Option<String> {
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct FirstKey(Option<String>);
+    impl<'de> Deserialize<'de> for FirstKey {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = FirstKey;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<FirstKey, A::Error> {
+                    let first = m.next_key::<String>()?;
+                    if first.is_some() {
+                        m.next_value::<IgnoredAny>()?;
+                        while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    }
+                    Ok(FirstKey(first))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Stats {
+        models: Option<FirstKey>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        stats: Option<Stats>,
+    }
+    serde_json::from_str::<Envelope>(envelope)
+        .ok()?
+        .stats?
+        .models?
+        .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_the_first_key_of_stats_models_in_document_order() {
+        let out = r#"{"response":"{\"message\":\"hi\"}","stats":{"models":{"gemini-2.5-pro":{},"gemini-2.5-flash":{}}}}"#;
+        let p = parse(OutputFormat::Json, out).unwrap();
+        assert_eq!(p.model, Value::from("gemini-2.5-pro"));
+        assert_eq!(p.output, serde_json::json!({"message":"hi"}));
+        // Noise around the envelope: the same text the envelope came from is read.
+        let noisy = format!("Loaded cached credentials.\n{out}\n");
+        assert_eq!(
+            parse(OutputFormat::Json, &noisy).unwrap().model,
+            Value::from("gemini-2.5-pro")
+        );
+        let none = r#"{"response":"{}","stats":{"models":{}}}"#;
+        assert_eq!(parse(OutputFormat::Json, none).unwrap().model, Value::Null);
+        let odd = r#"{"response":"{}","stats":{"models":[1]}}"#;
+        assert_eq!(parse(OutputFormat::Json, odd).unwrap().model, Value::Null);
+        assert_eq!(
+            parse(OutputFormat::Json, r#"{"response":"{}"}"#)
+                .unwrap()
+                .usage,
+            Value::Null
+        );
+    }
 }

@@ -58,13 +58,39 @@ pub struct Health {
 }
 
 impl Health {
+    /// `full` or `light`.
+    pub fn check_type(&self) -> &'static str {
+        if self.full {
+            "full"
+        } else {
+            "light"
+        }
+    }
+
+    /// A check without a model call: `status` now, the previous full check carried forward.
+    fn carried(
+        prev: Option<&Health>,
+        status: Status,
+        full: bool,
+        error: Option<String>,
+        now: &str,
+    ) -> Health {
+        Health {
+            status,
+            full,
+            checked_at: now.to_string(),
+            last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
+            last_full_status: prev.and_then(|p| p.last_full_status),
+            error,
+            model: None,
+            duration_ms: None,
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("status".into(), self.status.as_str().into());
-        m.insert(
-            "check_type".into(),
-            if self.full { "full" } else { "light" }.into(),
-        );
+        m.insert("check_type".into(), self.check_type().into());
         m.insert("checked_at".into(), self.checked_at.clone().into());
         if let Some(v) = &self.last_full_checked_at {
             m.insert("last_full_checked_at".into(), v.clone().into());
@@ -84,16 +110,26 @@ impl Health {
         Value::Object(m)
     }
 
-    /// Reads one `providerHealth` entry; other fields are dropped, a missing status is None.
+    /// Reads one `providerHealth` entry (None when it is not an object); other fields are
+    /// dropped. A missing or empty `status` falls back to `last_full_status`, else `unknown`;
+    /// any other unrecognised value is `unknown` (providers.md §4.1, §4.3 rule 3), so a
+    /// hand-edited entry keeps its `last_full_*` instead of being discarded.
     pub fn from_json(v: &Value) -> Option<Health> {
         let o = v.as_object()?;
         let s = |k: &str| o.get(k).and_then(Value::as_str).map(String::from);
+        let last_full_status = s("last_full_status").map(|x| Status::parse(&x));
+        let status = match o.get("status") {
+            None | Some(Value::Null) => last_full_status.unwrap_or(Status::Unknown),
+            Some(Value::String(x)) if x.is_empty() => last_full_status.unwrap_or(Status::Unknown),
+            Some(Value::String(x)) => Status::parse(x),
+            Some(_) => Status::Unknown,
+        };
         Some(Health {
-            status: Status::parse(o.get("status")?.as_str()?),
+            status,
             full: o.get("check_type").and_then(Value::as_str) == Some("full"),
             checked_at: s("checked_at").unwrap_or_default(),
             last_full_checked_at: s("last_full_checked_at"),
-            last_full_status: s("last_full_status").map(|x| Status::parse(&x)),
+            last_full_status,
             error: s("error"),
             model: s("model"),
             duration_ms: o.get("duration_ms").and_then(Value::as_u64),
@@ -107,18 +143,10 @@ pub const HEALTH_ERROR_LIMIT: usize = 2000;
 
 /// Rule 1: the CLI did not answer `--version`.
 pub fn unavailable(prev: Option<&Health>, mode: Mode, error: Option<&str>, now: &str) -> Health {
-    Health {
-        status: Status::Unavailable,
-        full: mode == Mode::Full,
-        checked_at: now.to_string(),
-        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
-        last_full_status: prev.and_then(|p| p.last_full_status),
-        error: error
-            .map(|e| super::plan::collapse(e, HEALTH_ERROR_LIMIT))
-            .or_else(|| prev.and_then(|p| p.error.clone())),
-        model: None,
-        duration_ms: None,
-    }
+    let error = error
+        .map(|e| super::plan::collapse(e, HEALTH_ERROR_LIMIT))
+        .or_else(|| prev.and_then(|p| p.error.clone()));
+    Health::carried(prev, Status::Unavailable, mode == Mode::Full, error, now)
 }
 
 /// Whether `mode` with this previous health needs a model call.
@@ -156,22 +184,25 @@ pub fn full(ok: bool, error: Option<&str>, duration_ms: u64, now: &str) -> Healt
     }
 }
 
-/// Rule 3: carry the previous status forward.
+/// Rule 3: carry the previous status forward (the CLI answered `--version`).
+///
+/// Except `unavailable`, which means "did not answer `--version`": once it answers again the
+/// provider is `unknown` (ready to try; `unhealthy` if its last full check failed) and the
+/// stale "not found" error is dropped. The reference carried `unavailable` forward until a
+/// model run or a restart (providers.md §9.4), so a reinstalled CLI stayed unusable.
 pub fn light(prev: Option<&Health>, now: &str) -> Health {
+    if let Some(p) = prev.filter(|p| p.status == Status::Unavailable) {
+        let status = match p.last_full_status {
+            Some(Status::Unhealthy) => Status::Unhealthy,
+            _ => Status::Unknown,
+        };
+        return Health::carried(prev, status, false, None, now);
+    }
     let status = prev
         .map(|p| p.status)
         .or_else(|| prev.and_then(|p| p.last_full_status))
         .unwrap_or(Status::Unknown);
-    Health {
-        status,
-        full: false,
-        checked_at: now.to_string(),
-        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
-        last_full_status: prev.and_then(|p| p.last_full_status),
-        error: prev.and_then(|p| p.error.clone()),
-        model: None,
-        duration_ms: None,
-    }
+    Health::carried(prev, status, false, prev.and_then(|p| p.error.clone()), now)
 }
 
 /// After a model run (§4.6): healthy drops the error; otherwise the new summary (or the old
@@ -182,22 +213,14 @@ pub fn after_run(
     summary: Option<&str>,
     now: &str,
 ) -> Health {
-    Health {
-        status,
-        full: false,
-        checked_at: now.to_string(),
-        last_full_checked_at: prev.and_then(|p| p.last_full_checked_at.clone()),
-        last_full_status: prev.and_then(|p| p.last_full_status),
-        error: if status == Status::Healthy {
-            None
-        } else {
-            summary
-                .map(|s| super::plan::collapse(s, 500))
-                .or_else(|| prev.and_then(|p| p.error.clone()))
-        },
-        model: None,
-        duration_ms: None,
-    }
+    let error = if status == Status::Healthy {
+        None
+    } else {
+        summary
+            .map(|s| super::plan::collapse(s, 500))
+            .or_else(|| prev.and_then(|p| p.error.clone()))
+    };
+    Health::carried(prev, status, false, error, now)
 }
 
 /// Writes one provider's health into gateway.json's `providerHealth` (other providers and keys
@@ -214,13 +237,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn light_never_revives_unavailable_and_after_run_does() {
+    fn a_cli_that_answers_again_is_no_longer_unavailable() {
         let prev = unavailable(None, Mode::Light, Some("spawn gemini ENOENT"), "t0");
         let l = light(Some(&prev), "t1");
-        assert_eq!(l.status, Status::Unavailable);
-        let ok = after_run(Some(&l), Status::Healthy, None, "t2");
+        assert_eq!(l.status, Status::Unknown);
+        assert_eq!(l.error, None, "the stale not-found error is dropped");
+        let ok = after_run(Some(&prev), Status::Healthy, None, "t2");
         assert_eq!(ok.status, Status::Healthy);
         assert_eq!(ok.error, None);
+        // A known failed full check is kept through the outage.
+        let bad = full(false, Some("not logged in"), 5, "t0");
+        let gone = unavailable(Some(&bad), Mode::Light, Some("ENOENT"), "t1");
+        let back = light(Some(&gone), "t2");
+        assert_eq!(back.status, Status::Unhealthy);
+        assert_eq!(back.last_full_checked_at.as_deref(), Some("t0"));
+        // Other statuses are carried forward with their error.
+        let h = after_run(None, Status::Unhealthy, Some("boom"), "t0");
+        let l = light(Some(&h), "t1");
+        assert_eq!(
+            (l.status, l.error.as_deref()),
+            (Status::Unhealthy, Some("boom"))
+        );
     }
 
     #[test]
@@ -236,6 +273,29 @@ mod tests {
             serde_json::json!({"status":"healthy","check_type":"full","checked_at":"t0",
                 "last_full_checked_at":"t0","last_full_status":"healthy","duration_ms":12})
         );
+    }
+
+    #[test]
+    fn loading_coerces_odd_statuses_and_keeps_the_last_full_check() {
+        let j = |v: serde_json::Value| Health::from_json(&v);
+        let h = j(serde_json::json!({"check_type":"light","checked_at":"t",
+            "last_full_checked_at":"t0","last_full_status":"healthy"}))
+        .unwrap();
+        assert_eq!(h.status, Status::Healthy);
+        assert_eq!(h.last_full_checked_at.as_deref(), Some("t0"));
+        // Carried forward by a light check, and no new full check is forced by `auto`.
+        assert_eq!(light(Some(&h), "t1").status, Status::Healthy);
+        assert!(!needs_full(Mode::Auto, Some(&h)));
+        assert_eq!(
+            j(serde_json::json!({"status": 3})).unwrap().status,
+            Status::Unknown
+        );
+        assert_eq!(
+            j(serde_json::json!({"status": "sick"})).unwrap().status,
+            Status::Unknown
+        );
+        assert_eq!(j(serde_json::json!({})).unwrap().status, Status::Unknown);
+        assert_eq!(j(serde_json::json!("healthy")), None);
     }
 
     #[test]

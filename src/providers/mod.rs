@@ -198,24 +198,8 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         spec.capture_limit = 1 << 20;
         spec.grace = Duration::from_millis(1000);
         if id == ProviderId::Gemini {
-            // Gemini is a node script: give it its own directory on PATH like model runs do.
-            let plan_like = plan::Plan {
-                command: command.to_path_buf(),
-                args: Vec::new(),
-                files: Vec::new(),
-                env: Vec::new(),
-                path_prepend: command
-                    .parent()
-                    .filter(|_| command.is_absolute())
-                    .map(|p| vec![p.to_path_buf()])
-                    .unwrap_or_default(),
-                output_mode: plan::OutputMode::StdoutJson,
-                output_path: None,
-                format: OutputFormat::Text,
-                json_schema_chars: 0,
-                timeout: PROBE_TIMEOUT,
-            };
-            spec.env = run::plan_env(&plan_like, Path::new("/"));
+            // Gemini is a node script: its own directory on PATH, like model runs.
+            spec.env = run::env_with(&[], &gemini::path_prepend(command), Path::new("/"));
         }
         spec
     };
@@ -595,7 +579,7 @@ impl Registry {
                     "code": "provider_validation",
                     "message": message,
                     "details": {"context": ctx, "status": h.status.as_str(),
-                                "check_type": if h.full { "full" } else { "light" },
+                                "check_type": h.check_type(),
                                 "error": h.error.clone(), "duration_ms": h.duration_ms},
                 }));
             }
@@ -698,6 +682,30 @@ impl Registry {
     }
 }
 
+/// The failure message a CLI gave in a structured place, if any: the `message` of the
+/// `error_summary` found in stderr (Codex's OpenAI-style errors), Claude's error envelope
+/// (`is_error` + `result`), or Gemini's `{"error": {"message"}}` on stdout.
+pub fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Option<String> {
+    if let Some(m) = summary
+        .and_then(|s| s.get("message"))
+        .and_then(Value::as_str)
+    {
+        return Some(m.to_string());
+    }
+    let env = plan::extract_object(stdout, false)?;
+    match id {
+        ProviderId::Claude if env.get("is_error") == Some(&Value::Bool(true)) => {
+            env.get("result").and_then(Value::as_str).map(String::from)
+        }
+        ProviderId::Gemini => env
+            .get("error")
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .map(String::from),
+        _ => None,
+    }
+}
+
 /// The full check: a tiny JSON model call (providers.md §4.2). Returns (ok, error, ms).
 pub fn validate(
     id: ProviderId,
@@ -772,11 +780,21 @@ pub fn validate(
             VALIDATION_TIMEOUT.as_secs(),
             id.login_hint()
         )),
-        Err(run::Failure::Process) => Some(if stderr.trim().is_empty() {
-            "Provider validation failed".to_string()
-        } else {
-            stderr
-        }),
+        // What the CLI said in a structured place (Claude reports a bad login in its stdout
+        // envelope, with an empty stderr), else stderr, else the reference's generic text.
+        Err(run::Failure::Process) => {
+            let stdout = report
+                .output
+                .as_ref()
+                .map(|o| o.stdout_lossy())
+                .unwrap_or_default();
+            let summary = plan::error_summary(&stderr);
+            Some(match cli_reported(id, &stdout, summary.as_ref()) {
+                Some(m) => m,
+                None if !stderr.trim().is_empty() => stderr,
+                None => "Provider validation failed".to_string(),
+            })
+        }
         Err(run::Failure::Parse(m)) => Some(m),
         Err(run::Failure::FileLimit) => Some("Codex output file exceeded the output limit".into()),
     };

@@ -54,6 +54,15 @@ impl RunRequest {
     pub fn model_arg(&self) -> Option<&str> {
         (self.model != DEFAULT_MODEL && !self.model.is_empty()).then_some(self.model.as_str())
     }
+
+    /// The JSON schema as compact JSON (what the CLIs are given); a JSON run needs one.
+    pub fn schema_text(&self, cli: &str) -> Result<String, String> {
+        let schema = self
+            .schema
+            .as_ref()
+            .ok_or_else(|| format!("{cli} JSON model run requires a schema"))?;
+        serde_json::to_string(schema).map_err(|e| e.to_string())
+    }
 }
 
 /// The exact command to run.
@@ -74,6 +83,25 @@ pub struct Plan {
     /// Length of the schema's JSON (after codex normalisation), or 0.
     pub json_schema_chars: usize,
     pub timeout: Duration,
+}
+
+impl Plan {
+    /// `command args` answering on stdout, with no files, no extra environment and no schema;
+    /// each CLI sets what it needs on top (`Plan { files, ..Plan::stdout(…) }`).
+    pub fn stdout(req: &RunRequest, command: &std::path::Path, args: Vec<String>) -> Plan {
+        Plan {
+            command: command.to_path_buf(),
+            args,
+            files: Vec::new(),
+            env: Vec::new(),
+            path_prepend: Vec::new(),
+            output_mode: OutputMode::StdoutJson,
+            output_path: None,
+            format: req.format,
+            json_schema_chars: 0,
+            timeout: req.timeout,
+        }
+    }
 }
 
 /// The normalised output of a successful run.
@@ -120,7 +148,11 @@ pub fn strip_fence(text: &str) -> String {
         return t.to_string();
     }
     let mut body = &t[3..];
-    if body.len() >= 4 && body[..4].eq_ignore_ascii_case("json") {
+    // `get` (not indexing): the tag position may fall inside a multi-byte character.
+    if body
+        .get(..4)
+        .is_some_and(|tag| tag.eq_ignore_ascii_case("json"))
+    {
         body = &body[4..];
     }
     let body = body.trim_end();
@@ -128,7 +160,7 @@ pub fn strip_fence(text: &str) -> String {
     body.trim().to_string()
 }
 
-fn parse_object(s: &str) -> Option<Map<String, Value>> {
+pub fn parse_object(s: &str) -> Option<Map<String, Value>> {
     match serde_json::from_str::<Value>(s) {
         Ok(Value::Object(m)) => Some(m),
         _ => None,
@@ -138,22 +170,28 @@ fn parse_object(s: &str) -> Option<Map<String, Value>> {
 /// A JSON object from model text (providers.md §5.10): the whole text, else the first line
 /// that is an object, else the span from the first `{` to the last `}`.
 pub fn extract_object(text: &str, strip: bool) -> Option<Map<String, Value>> {
+    extract_with(text, strip, parse_object)
+}
+
+/// [`extract_object`] with another parser of the candidate texts (it gets the exact text that
+/// is tried, for callers that need more than the parsed map, such as document key order).
+pub fn extract_with<T>(text: &str, strip: bool, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
     let t = if strip {
         strip_fence(text)
     } else {
         text.trim().to_string()
     };
-    if let Some(m) = parse_object(&t) {
+    if let Some(m) = parse(&t) {
         return Some(m);
     }
     for line in t.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if let Some(m) = parse_object(line) {
+        if let Some(m) = parse(line) {
             return Some(m);
         }
     }
     let (a, b) = (t.find('{')?, t.rfind('}')?);
     if a < b {
-        return parse_object(&t[a..=b]);
+        return parse(&t[a..=b]);
     }
     None
 }
@@ -251,6 +289,20 @@ mod tests {
         );
         assert_eq!(extract_object("[1,2]", false), None);
         assert_eq!(extract_object("", false), None);
+    }
+
+    #[test]
+    fn fence_stripping_is_safe_on_any_text() {
+        // A fence followed by a multi-byte character used to slice inside it and panic.
+        assert_eq!(strip_fence("```日本\n{}\n```"), "日本\n{}");
+        assert_eq!(strip_fence("```é"), "é");
+        assert_eq!(strip_fence("```JSON\n{\"a\":1}\n```"), "{\"a\":1}");
+        assert_eq!(strip_fence("```\n{\"a\":1}\n```"), "{\"a\":1}");
+        assert_eq!(strip_fence("  no fence  "), "no fence");
+        assert_eq!(
+            extract_object("```日本\n{\"k\":\"v\"}\n```", true),
+            json!({"k":"v"}).as_object().cloned()
+        );
     }
 
     #[test]

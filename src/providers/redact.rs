@@ -1,6 +1,8 @@
 //! Debug redaction for model runs (providers.md §7.3): argv, command lines and captured text
-//! that go into `gateway_jobs.debug`. Kept private to providers: `crate::redact` (Foundation)
-//! covers log lines; this follows the debug wire's markers and limits exactly.
+//! that go into `gateway_jobs.debug`. The token/JWT/key masking is `crate::redact`'s; this
+//! module adds what is specific to the debug wire: its single `[REDACTED]` marker, the
+//! `session` keys, the argument sanitiser (sensitive flags, `[REDACTED_CONTENT:<n>]`, the
+//! hidden prompt), the error-summary walk and the limits.
 
 use serde_json::{Map, Value};
 
@@ -15,228 +17,34 @@ pub const ARG_COUNT: usize = 128;
 
 const R: &str = "[REDACTED]";
 
-/// Sensitive key names, compared with `_`/`-` removed and lowercased.
-const KEYS: &[&str] = &[
-    "accesstoken",
-    "refreshtoken",
-    "apikey",
-    "servicerolekey",
-    "secret",
-    "password",
-    "authorization",
-    "cookie",
-    "session",
-    "sessionid",
-    "token",
-];
-
-fn norm_key(k: &str) -> String {
-    k.chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .flat_map(char::to_lowercase)
-        .collect()
+/// Key names that are secrets in model-run output beyond `crate::redact`'s (given normalised:
+/// lowercase, no `_`/`-`): the debug wire's `session`/`session_id` (§7.3), and
+/// `*_ACCESS_KEY`, `*_PRIVATE_KEY`, `*_SECRET_KEY` names a CLI may echo from its environment.
+fn provider_key(n: &str) -> bool {
+    n == "session"
+        || n == "sessionid"
+        || ["accesskey", "privatekey", "secretkey"]
+            .iter()
+            .any(|s| n.ends_with(s))
 }
 
-/// Also sensitive as a name's ending: `ANTHROPIC_API_KEY`, `GITHUB_TOKEN`, `DB_PASSWORD`.
-const KEY_SUFFIXES: &[&str] = &[
-    "apikey",
-    "token",
-    "secret",
-    "password",
-    "accesskey",
-    "privatekey",
-    "secretkey",
-];
+/// `crate::redact` with the debug wire's single marker (`[REDACTED]` for JWTs and keys too)
+/// and the provider-only key names.
+const DEBUG_RULES: crate::redact::Rules = crate::redact::Rules {
+    extra_key: provider_key,
+    jwt_marker: R,
+    key_marker: R,
+};
 
 fn is_sensitive_key(k: &str) -> bool {
-    let n = norm_key(k);
-    KEYS.contains(&n.as_str()) || KEY_SUFFIXES.iter().any(|s| n.ends_with(s))
-}
-
-fn is_word(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+    crate::redact::is_sensitive_key(k) || provider_key(&crate::redact::normalize_key(k))
 }
 
 /// Text sanitiser: sensitive JSON values, `key=value` pairs, bearer tokens, JWTs and `sk-`
-/// keys become `[REDACTED]`; then the text is cut to `limit` characters.
+/// keys become `[REDACTED]` (the masking is `crate::redact`'s); then the text is cut to
+/// `limit` characters.
 pub fn text(s: &str, limit: usize) -> String {
-    // Bearer first, so `Authorization: Bearer x` loses the token, not just the word.
-    let s = redact_bearer(s);
-    let s = redact_pairs(&s);
-    let s = redact_tokens(&s);
-    truncate_chars(&s, limit, "")
-}
-
-/// Pass 1+2: `"key": "value"` and `key: value` / `key=value`.
-fn redact_pairs(s: &str) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < chars.len() {
-        // A word (possibly quoted) starting here?
-        let quoted = chars[i] == '"';
-        let ws = if quoted { i + 1 } else { i };
-        let at_boundary = i == 0 || !is_word(chars[i - 1]);
-        if at_boundary && ws < chars.len() && is_word(chars[ws]) {
-            let mut we = ws;
-            while we < chars.len() && is_word(chars[we]) {
-                we += 1;
-            }
-            let word: String = chars[ws..we].iter().collect();
-            let mut j = we;
-            if quoted {
-                if j < chars.len() && chars[j] == '"' {
-                    j += 1;
-                } else {
-                    out.extend(&chars[i..we]);
-                    i = we;
-                    continue;
-                }
-            }
-            if is_sensitive_key(&word) {
-                let mut k = j;
-                while k < chars.len() && chars[k] == ' ' {
-                    k += 1;
-                }
-                if k < chars.len() && (chars[k] == ':' || chars[k] == '=') {
-                    k += 1;
-                    while k < chars.len() && chars[k] == ' ' {
-                        k += 1;
-                    }
-                    // The value: a quoted string or a bare run.
-                    let (vs, ve) = if k < chars.len() && (chars[k] == '"' || chars[k] == '\'') {
-                        let q = chars[k];
-                        let mut e = k + 1;
-                        let mut esc = false;
-                        while e < chars.len() {
-                            if esc {
-                                esc = false;
-                            } else if chars[e] == '\\' {
-                                esc = true;
-                            } else if chars[e] == q {
-                                break;
-                            }
-                            e += 1;
-                        }
-                        (k, (e + 1).min(chars.len()))
-                    } else {
-                        let mut e = k;
-                        while e < chars.len()
-                            && !chars[e].is_whitespace()
-                            && chars[e] != ','
-                            && chars[e] != ';'
-                            && chars[e] != '}'
-                        {
-                            e += 1;
-                        }
-                        (k, e)
-                    };
-                    if ve > vs {
-                        out.extend(&chars[i..vs]);
-                        if chars[vs] == '"' {
-                            out.push_str("\"[REDACTED]\"");
-                        } else {
-                            out.push_str(R);
-                        }
-                        i = ve;
-                        continue;
-                    }
-                }
-            }
-            out.extend(&chars[i..j.max(we)]);
-            i = j.max(we);
-            continue;
-        }
-        out.push(chars[i]);
-        i += 1;
-    }
-    out
-}
-
-fn redact_bearer(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    loop {
-        let lower = rest.to_ascii_lowercase();
-        let Some(p) = lower.find("bearer ") else {
-            out.push_str(rest);
-            return out;
-        };
-        out.push_str(&rest[..p + 7]);
-        let after = &rest[p + 7..];
-        let tok_len = after
-            .find(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == '\'')
-            .unwrap_or(after.len());
-        if tok_len > 0 && &after[..tok_len] != R {
-            out.push_str(R);
-        } else {
-            out.push_str(&after[..tok_len]);
-        }
-        rest = &after[tok_len..];
-    }
-}
-
-fn tok_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '-'
-}
-
-/// JWTs (`eyJ…​.…​.…`) and `sk-…` keys.
-fn redact_tokens(s: &str) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < chars.len() {
-        let boundary = i == 0 || !tok_char(chars[i - 1]);
-        if boundary {
-            // JWT
-            if chars[i..].starts_with(&['e', 'y', 'J']) {
-                let mut j = i;
-                let mut parts = 0;
-                let mut ok = true;
-                loop {
-                    let st = j;
-                    while j < chars.len() && tok_char(chars[j]) {
-                        j += 1;
-                    }
-                    let len = j - st - if parts == 0 { 3 } else { 0 };
-                    if len < 8 {
-                        ok = false;
-                        break;
-                    }
-                    parts += 1;
-                    if parts == 3 {
-                        break;
-                    }
-                    if j < chars.len() && chars[j] == '.' {
-                        j += 1;
-                    } else {
-                        ok = false;
-                        break;
-                    }
-                }
-                if ok {
-                    out.push_str(R);
-                    i = j;
-                    continue;
-                }
-            }
-            if chars[i..].starts_with(&['s', 'k', '-']) {
-                // `sk-…`, including `sk-proj-…` and `sk-ant-…` forms.
-                let mut j = i + 3;
-                while j < chars.len() && tok_char(chars[j]) {
-                    j += 1;
-                }
-                if j - i - 3 >= 16 {
-                    out.push_str(R);
-                    i = j;
-                    continue;
-                }
-            }
-        }
-        out.push(chars[i]);
-        i += 1;
-    }
-    out
+    truncate_chars(&crate::redact::redact_with(s, &DEBUG_RULES), limit, "")
 }
 
 /// `--x…(token|key|secret|…)…` where the sensitive word is not right after the dashes.
@@ -418,6 +226,31 @@ mod tests {
         assert_eq!(
             env,
             "ANTHROPIC_API_KEY=[REDACTED] GITHUB_TOKEN: [REDACTED] key [REDACTED] max_tokens=5"
+        );
+    }
+
+    #[test]
+    fn debug_rules_on_top_of_the_common_masking() {
+        // Session keys and *_ACCESS_KEY names are provider-only; the marker is always
+        // `[REDACTED]`, never the log markers `[REDACTED_JWT]`/`[REDACTED_KEY]`.
+        let r = text(
+            r#"{"session_id": "s-1"} AWS_SECRET_ACCESS_KEY=abc session: xyz eyJhbGciOiJI.eyJzdWIiOiIx.c2lnbmF0dXJl"#,
+            TEXT_LIMIT,
+        );
+        assert_eq!(
+            r,
+            r#"{"session_id": "[REDACTED]"} AWS_SECRET_ACCESS_KEY=[REDACTED] session: [REDACTED] [REDACTED]"#
+        );
+        assert_eq!(text("abcdef", 3), "abc");
+        let s = summary(
+            &serde_json::json!({"message": "m", "session": "s", "max_tokens": 5,
+                                "nested": {"deeper": {"x": 1}}}),
+            0,
+        );
+        assert_eq!(
+            s,
+            serde_json::json!({"message": "m", "session": "[REDACTED]", "max_tokens": 5,
+                               "nested": {"deeper": "[REDACTED_NESTED]"}})
         );
     }
 

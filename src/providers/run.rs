@@ -69,17 +69,27 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Builds the child environment for a plan: scrubbed parent env, plan extras, PATH prepends.
 pub fn plan_env(plan: &Plan, work_dir: &Path) -> Vec<(OsString, OsString)> {
+    env_with(&plan.env, &plan.path_prepend, work_dir)
+}
+
+/// The scrubbed parent environment plus `extra` (`{WORKDIR}` in a value becomes `work_dir`)
+/// and `path_prepend` put in front of PATH (each only when not already there).
+pub fn env_with(
+    extra: &[(String, String)],
+    path_prepend: &[PathBuf],
+    work_dir: &Path,
+) -> Vec<(OsString, OsString)> {
     let mut env = exec::child_env(&[]);
     let wd = work_dir.to_string_lossy();
-    for (k, v) in &plan.env {
+    for (k, v) in extra {
         exec::set_var(&mut env, k, v.replace("{WORKDIR}", &wd));
     }
-    if !plan.path_prepend.is_empty() {
+    if !path_prepend.is_empty() {
         let cur = exec::get_var(&env, "PATH")
             .map(|p| p.to_os_string())
             .unwrap_or_default();
         let mut parts: Vec<PathBuf> = std::env::split_paths(&cur).collect();
-        for d in plan.path_prepend.iter().rev() {
+        for d in path_prepend.iter().rev() {
             if !parts.contains(d) {
                 parts.insert(0, d.clone());
             }

@@ -200,6 +200,18 @@ fn capabilities_of_old_failing_and_missing_clis() {
     let h = r.check_health(Mode::Light, None);
     assert_eq!(h[2].1.status, Status::Unavailable);
     assert_eq!(h[0].1.status, Status::Unknown);
+
+    // Gemini gets installed at that path: the next refresh + light check revives it.
+    let installed = s.fake("gemini", "g", &[]);
+    std::fs::create_dir_all(s.path().join("nonexistent")).unwrap();
+    std::fs::rename(&installed, s.path().join("nonexistent/gemini")).unwrap();
+    r.refresh();
+    let h = r.check_health(Mode::Light, None);
+    assert_eq!(h[2].1.status, Status::Unknown);
+    assert_eq!(h[2].1.error, None);
+    let caps = r.capabilities_providers();
+    assert_eq!(caps["gemini"]["available"], true);
+    assert_eq!(caps["gemini"]["health"]["status"], "unknown");
 }
 
 #[test]
@@ -241,6 +253,12 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
     assert_eq!(c.status, Status::Unhealthy);
     assert!(c.full);
     assert!(c.duration_ms.is_some());
+    // Claude says why in its stdout envelope (stderr is empty): that is the health error,
+    // not the generic "Provider validation failed".
+    assert_eq!(
+        c.error.as_deref(),
+        Some("Invalid API key · Please run /login")
+    );
     // The validation call is exactly the reference's.
     let runs = s.runs();
     let claude = runs.iter().find(|r| r["name"] == "claude").unwrap();
@@ -936,8 +954,34 @@ fn cancelled_run_is_cancelled_not_unhealthy() {
     cancel.cancel();
     let o = t.join().unwrap();
     assert_eq!(o.status, FinalStatus::Cancelled, "{o:?}");
+    assert_eq!(o.result.as_ref().unwrap()["cancelled"], true, "{o:?}");
     assert!(children.is_empty());
     assert!(reg.health(ProviderId::Claude).is_none());
+}
+
+#[test]
+fn cancelled_diagnostic_is_cancelled_with_its_keys() {
+    let s = Scratch::new("diag-cancel");
+    let reg = s.registry(&[], &[], &[]);
+    // Probed fine at registry creation; from now on `--version` hangs.
+    s.fake("claude", "c", &[("FAKE_CLI_PROBE", "hang")]);
+    let c = ctx(&reg, "d9");
+    let (cancel, children) = (c.cancel.clone(), c.children.clone());
+    let t = std::thread::spawn(move || jobs::diagnostic::handle(&json!({}), &c));
+    let end = Instant::now() + Duration::from_secs(10);
+    while children.is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cancel.cancel();
+    let o = t.join().unwrap();
+    assert_eq!(o.status, FinalStatus::Cancelled, "{o:?}");
+    let r = o.result.unwrap();
+    assert_eq!(r["cancelled"], true);
+    assert_eq!(r["exit_code"], Value::Null);
+    assert!(r["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Command cancelled: "));
 }
 
 // ---------------------------------------------------------------- diagnostic
