@@ -83,6 +83,16 @@ fn realtime_dropped_20_times_while_200_jobs_arrive_every_job_runs_exactly_once()
     wait_for("connected again", Duration::from_secs(40), || {
         (gw.status_file()["connection"] == "connected").then_some(())
     });
+    wait_for(
+        "a realtime_reconnected event",
+        Duration::from_secs(10),
+        || {
+            b.events(&gid)
+                .iter()
+                .any(|e| e["code"] == "realtime_reconnected")
+                .then_some(())
+        },
+    );
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
 

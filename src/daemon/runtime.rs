@@ -981,7 +981,6 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
         s.send_events();
         s.push_status(false);
         let wait = next_tick.saturating_duration_since(Instant::now());
-        // Also wake periodically to catch shutdown and status changes.
         // Woken early by status changes, new events and the drain.
         match wake.recv_timeout(wait) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
