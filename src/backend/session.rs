@@ -73,6 +73,14 @@ fn lifetime_of(token: &str) -> Option<u64> {
     exp.checked_sub(iat)
 }
 
+/// What a refresh returns: the pair and the server's `expires_in` (seconds).
+#[derive(Debug, Clone, PartialEq)]
+struct Refreshed {
+    access: String,
+    refresh: String,
+    expires_in: Option<u64>,
+}
+
 impl Tokens {
     fn new(access: String, refresh: String) -> Self {
         Tokens {
@@ -80,6 +88,20 @@ impl Tokens {
             lifetime: lifetime_of(&access),
             access,
             refresh,
+        }
+    }
+
+    /// After a refresh: expiry from `expires_in` on our own clock, so a skewed local clock
+    /// cannot make every fresh token look expired (a refresh storm).
+    fn refreshed(r: Refreshed, now: u64) -> Self {
+        match r.expires_in.filter(|e| *e > 0) {
+            Some(e) => Tokens {
+                access: r.access,
+                refresh: r.refresh,
+                exp: Some(now + e),
+                lifetime: Some(e),
+            },
+            None => Tokens::new(r.access, r.refresh),
         }
     }
 
@@ -228,13 +250,14 @@ impl Session {
             }
         }
         match self.call_refresh(&refresh_token) {
-            Ok((access, refresh)) => {
+            Ok(r) => {
                 // Persist first: if we crash right after, gateway.json already holds the pair
                 // the backend now expects.
-                if let Err(e) = self.store.save(&access, &refresh) {
+                if let Err(e) = self.store.save(&r.access, &r.refresh) {
                     log::error!(target: "session", "could not save the rotated tokens to gateway.json: {e}; keeping them in memory (a crash now would need a re-pair)");
                 }
-                *lock(&self.tokens) = Tokens::new(access.clone(), refresh);
+                let access = r.access.clone();
+                *lock(&self.tokens) = Tokens::refreshed(r, unix_now());
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 if lock(&self.reauth).take().is_some() {
                     log::info!(target: "session", "session restored; re-pair no longer needed");
@@ -260,7 +283,7 @@ impl Session {
     }
 
     /// One `POST /auth/v1/token?grant_type=refresh_token`, with short retries on 5xx/network.
-    fn call_refresh(&self, refresh_token: &str) -> Result<(String, String), Error> {
+    fn call_refresh(&self, refresh_token: &str) -> Result<Refreshed, Error> {
         let body = serde_json::json!({ "refresh_token": refresh_token }).to_string();
         let mut delay = Duration::from_millis(200);
         let mut last = Error::Transport("no attempt".into());
@@ -364,7 +387,7 @@ fn path_only(p: &str) -> &str {
     p.split('?').next().unwrap_or(p)
 }
 
-fn parse_refresh_reply(r: &HttpResponse) -> Result<(String, String), Error> {
+fn parse_refresh_reply(r: &HttpResponse) -> Result<Refreshed, Error> {
     let v: Value = serde_json::from_slice(&r.body)
         .map_err(|e| Error::Decode(format!("token refresh reply is not JSON: {e}")))?;
     let access = v.get("access_token").and_then(Value::as_str).unwrap_or("");
@@ -374,7 +397,14 @@ fn parse_refresh_reply(r: &HttpResponse) -> Result<(String, String), Error> {
             "token refresh reply lacks access_token or refresh_token".into(),
         ));
     }
-    Ok((access.to_string(), refresh.to_string()))
+    Ok(Refreshed {
+        access: access.to_string(),
+        refresh: refresh.to_string(),
+        expires_in: v
+            .get("expires_in")
+            .and_then(Value::as_f64)
+            .map(|f| f as u64),
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -445,12 +475,174 @@ mod tests {
             content_type: "application/json".into(),
             body: br#"{"access_token":"a","refresh_token":"r","expires_in":3600}"#.to_vec(),
         };
-        assert_eq!(parse_refresh_reply(&ok).unwrap(), ("a".into(), "r".into()));
+        let r = parse_refresh_reply(&ok).unwrap();
+        assert_eq!(
+            (r.access.as_str(), r.refresh.as_str(), r.expires_in),
+            ("a", "r", Some(3600))
+        );
+        // A local clock an hour ahead: the JWT looks expired, expires_in does not.
+        let now = 1_000_000;
+        let skewed = Tokens::refreshed(
+            Refreshed {
+                access: jwt(&format!(r#"{{"exp":{},"iat":{}}}"#, now - 100, now - 3700)),
+                refresh: "r".into(),
+                expires_in: Some(3600),
+            },
+            now,
+        );
+        assert!(!skewed.needs_refresh(now + 60));
+        assert!(skewed.needs_refresh(now + 3500));
         let bad = HttpResponse {
             status: 200,
             content_type: "application/json".into(),
             body: br#"{"access_token":"a"}"#.to_vec(),
         };
         assert!(matches!(parse_refresh_reply(&bad), Err(Error::Decode(_))));
+    }
+
+    /// A tiny HTTP server answering each request with the next canned (status, body);
+    /// counts requests.
+    fn fake_gotrue(
+        replies: Vec<(u16, String)>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c2 = count.clone();
+        std::thread::spawn(move || {
+            let mut replies = replies.into_iter();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                let mut w = stream;
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(100));
+                    let (st, b) = replies.next().unwrap_or((500, "{}".into()));
+                    let resp = format!(
+                        "HTTP/1.1 {st} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                        b.len()
+                    );
+                    if w.write_all(resp.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        (url, count)
+    }
+
+    #[derive(Default)]
+    struct MemStore {
+        saved: Mutex<Vec<(String, String)>>,
+    }
+    impl TokenStore for std::sync::Arc<MemStore> {
+        fn save(&self, a: &str, r: &str) -> Result<(), String> {
+            self.saved.lock().unwrap().push((a.into(), r.into()));
+            Ok(())
+        }
+        fn load(&self) -> Option<(String, String)> {
+            None
+        }
+    }
+
+    fn session(url: &str, store: std::sync::Arc<MemStore>) -> Session {
+        let cfg = crate::config::BackendConfig {
+            url: url.into(),
+            anon_key: "anon".into(),
+        };
+        let old = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 30));
+        Session::new(
+            crate::backend::new_agent(),
+            &cfg,
+            "g",
+            "t",
+            &old,
+            "rt-0",
+            Box::new(store),
+        )
+    }
+
+    #[test]
+    fn concurrent_refreshes_are_single_flight_and_persisted_before_use() {
+        let new_at = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 3600));
+        let (url, count) = fake_gotrue(vec![(
+            200,
+            format!(r#"{{"access_token":"{new_at}","refresh_token":"rt-1","expires_in":3600}}"#),
+        )]);
+        let store = std::sync::Arc::new(MemStore::default());
+        let s = std::sync::Arc::new(session(&url, store.clone()));
+        let old = s.current_access_token();
+        let got: Vec<String> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                let old = old.clone();
+                std::thread::spawn(move || s.refresh_if_current(&old).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert!(got.iter().all(|t| *t == new_at));
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one refresh"
+        );
+        assert_eq!(
+            *store.saved.lock().unwrap(),
+            vec![(new_at.clone(), "rt-1".to_string())]
+        );
+        assert_eq!(s.generation(), 1);
+        // The access token now has an hour: no refresh on use.
+        assert_eq!(s.access_token().unwrap(), new_at);
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_refused_refresh_token_means_reauth_and_is_not_retried_in_a_loop() {
+        let (url, count) = fake_gotrue(vec![(
+            400,
+            r#"{"code":"refresh_token_not_found","message":"Invalid Refresh Token: Refresh Token Not Found"}"#.into(),
+        )]);
+        let store = std::sync::Arc::new(MemStore::default());
+        let s = session(&url, store.clone());
+        let old = s.current_access_token();
+        let e = s.refresh_if_current(&old).unwrap_err();
+        assert!(matches!(e, Error::Reauth(_)), "{e:?}");
+        assert!(e.to_string().contains("re-pair"), "{e}");
+        assert!(s
+            .reauth_reason()
+            .unwrap()
+            .contains("Refresh Token Not Found"));
+        for _ in 0..20 {
+            assert!(s.refresh_if_current(&old).is_err());
+        }
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "cached for the retry interval"
+        );
+        assert!(store.saved.lock().unwrap().is_empty());
+        // The old access token is still valid for a while: calls keep using it.
+        assert_eq!(s.access_token().unwrap(), old);
     }
 }
