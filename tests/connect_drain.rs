@@ -5,42 +5,10 @@
 mod connect_support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use connect_support::*;
 use serde_json::json;
-
-/// A fake `claude` whose `--version` prints a version; once the test arms it (creates the
-/// `armed` file: after start-up probing), it first writes its pid and sleeps.
-fn fake_claude(dir: &Path, sleep_secs: u32) -> String {
-    let script = dir.join(format!("claude-sleep-{sleep_secs}"));
-    let pidfile = dir.join(format!("claude-{sleep_secs}.pid"));
-    let armed = dir.join("armed");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nif [ -e '{}' ]; then echo $$ > '{}'; sleep {sleep_secs}; fi\necho '9.9.9 (Claude Code)'\n",
-            armed.display(),
-            pidfile.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script.display().to_string()
-}
-
-fn alive(pid: i32) -> bool {
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-fn read_pid(dir: &Path, sleep_secs: u32) -> Option<i32> {
-    std::fs::read_to_string(dir.join(format!("claude-{sleep_secs}.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
 
 #[test]
 fn a_running_job_finishes_within_the_drain_timeout() {

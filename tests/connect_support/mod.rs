@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -436,4 +437,35 @@ pub fn wait_job_done(b: &Backend, id: &str, timeout: Duration) -> Value {
         )
         .then_some(j)
     })
+}
+
+/// A fake `claude` whose `--version` prints a version; once the test arms it (creates the
+/// `armed` file: after start-up probing), it first writes its pid and sleeps.
+pub fn fake_claude(dir: &Path, sleep_secs: u32) -> String {
+    let script = dir.join(format!("claude-sleep-{sleep_secs}"));
+    let pidfile = dir.join(format!("claude-{sleep_secs}.pid"));
+    let armed = dir.join("armed");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then echo $$ > '{}'; sleep {sleep_secs}; fi\necho '9.9.9 (Claude Code)'\n",
+            armed.display(),
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script.display().to_string()
+}
+
+pub fn alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+pub fn read_pid(dir: &Path, sleep_secs: u32) -> Option<i32> {
+    std::fs::read_to_string(dir.join(format!("claude-{sleep_secs}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
