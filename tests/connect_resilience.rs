@@ -14,7 +14,14 @@ fn gateway_log(gw: &Gateway) -> String {
 }
 
 fn started_gateway(b: &Backend) -> (Gateway, String, String) {
+    started_gateway_with(b, &[])
+}
+
+fn started_gateway_with(b: &Backend, env: &[(&str, &str)]) -> (Gateway, String, String) {
     let mut gw = Gateway::new(b);
+    for (k, v) in env {
+        gw.set_env(k, v);
+    }
     let (code, team) = b.pairing_code(None);
     gw.pair(&code);
     let gid = gw.gateway_id();
@@ -49,7 +56,8 @@ fn assert_alive(gw: &mut Gateway) {
 #[test]
 fn realtime_dropped_20_times_while_200_jobs_arrive_every_job_runs_exactly_once() {
     let b = Backend::start();
-    let (mut gw, gid, team) = started_gateway(&b);
+    let (mut gw, gid, team) =
+        started_gateway_with(&b, &[("PANORAMA_GATEWAY_RECONNECT_MAX_MS", "2000")]);
     let mut ids = Vec::new();
     std::thread::scope(|s| {
         let dropper = s.spawn(|| {

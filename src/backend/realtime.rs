@@ -21,6 +21,8 @@ const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 const READ_TICK: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A joined connection that lasted this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // Frames
@@ -446,6 +448,7 @@ fn one_connection(
     })?;
     let started = Instant::now();
     let mut joined = false;
+    let mut joined_at: Option<Instant> = None;
     let mut binding_ids: Vec<Value> = Vec::new();
     let mut hb_pending: Option<String> = None;
     let mut next_hb = Instant::now() + cfg.heartbeat;
@@ -540,7 +543,7 @@ fn one_connection(
                     .map(|a| a.iter().filter_map(|b| b.get("id").cloned()).collect())
                     .unwrap_or_default();
                 joined = true;
-                backoff.reset();
+                joined_at = Some(Instant::now());
                 log::info!(target: "realtime", "subscribed to realtime:gateway_jobs_{}", session.gateway_id);
                 hooks.subscribed();
             }
@@ -572,6 +575,11 @@ fn one_connection(
         }
     };
     conn.close();
+    // A connection that stayed up a while earns a fast reconnect; one that flaps right after
+    // each join keeps backing off.
+    if joined_at.is_some_and(|t| t.elapsed() >= STABLE_AFTER) {
+        backoff.reset();
+    }
     result
 }
 
