@@ -2,6 +2,7 @@
 //! (edge functions), realtime (Phoenix over tungstenite), jobs (typed rows, claim/complete).
 //! Owner: Connect (issue 4). Knows the wire, nothing about CLIs.
 
+pub mod capabilities;
 pub mod functions;
 pub mod jobs;
 pub mod realtime;
