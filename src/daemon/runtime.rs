@@ -726,6 +726,13 @@ impl ReaderHooks for Hooks {
         s.push_status(true);
     }
     fn record(&self, record: Value) {
+        // The binding is team-wide: another gateway's rows are none of our business, even
+        // malformed ones.
+        if let Some(g) = record.get("gateway_id").and_then(Value::as_str) {
+            if g != self.shared.session.gateway_id {
+                return;
+            }
+        }
         match wire::decode_job(&record) {
             Ok(job) => self.shared.offer(job),
             Err(why) => {
