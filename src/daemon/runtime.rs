@@ -83,6 +83,17 @@ impl Tuning {
     }
 }
 
+/// `None`, or longer ago than `d`.
+trait ElapsedExt {
+    fn is_none_or_elapsed(&self, d: Duration) -> bool;
+}
+
+impl ElapsedExt for Option<Instant> {
+    fn is_none_or_elapsed(&self, d: Duration) -> bool {
+        !self.is_some_and(|t| t.elapsed() < d)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -166,6 +177,10 @@ struct Shared {
     events: Mutex<VecDeque<GatewayEvent>>,
     /// Send a heartbeat at the next wake-up even if nothing changed (SIGHUP reload).
     force_heartbeat: AtomicBool,
+    /// When the current heartbeat outage was last logged as a warning.
+    heartbeat_fail_logged: Mutex<Option<Instant>>,
+    /// No event insert before this (after a transient failure).
+    events_retry_at: Mutex<Option<Instant>>,
     malformed_logged: Mutex<HashSet<String>>,
     last_status_push: Mutex<Option<Instant>>,
     last_reconnect_event: Mutex<Option<Instant>>,
@@ -581,10 +596,20 @@ impl Shared {
                 false
             }
             Err(e) => {
-                log::warn!(target: "heartbeat", "failed to send the gateway heartbeat status={status}: {e}");
+                // Once per outage as a warning (and every 10 minutes while it lasts).
+                let mut last = lock(&self.heartbeat_fail_logged);
+                if last.is_none_or_elapsed(Duration::from_secs(600)) {
+                    log::warn!(target: "heartbeat", "failed to send the gateway heartbeat status={status}: {e}; retrying every {} s", self.tuning.heartbeat.as_secs().max(1));
+                    *last = Some(Instant::now());
+                } else {
+                    log::debug!(target: "heartbeat", "heartbeat still failing status={status}: {e}");
+                }
                 false
             }
         };
+        if ok && lock(&self.heartbeat_fail_logged).take().is_some() {
+            log::info!(target: "heartbeat", "heartbeats accepted again status={status}");
+        }
         // `last_heartbeat_at` is the last one the backend took (status judges staleness by it).
         let at = now_rfc3339();
         (self.status)(&|s: &mut RuntimeStatus| {
@@ -624,16 +649,28 @@ impl Shared {
                 });
             }
         }
+        // After a transient failure, wait a while before trying again (no retry storm when
+        // many wake-ups arrive while the backend is away).
+        if lock(&self.events_retry_at).is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         loop {
             let Some(ev) = lock(&self.events).pop_front() else {
                 return;
             };
-            if let Err(e) = wire::insert_event(&self.session, &ev) {
-                log::warn!(target: "events", "could not record gateway event {:?}: {e}", ev.code);
-                if e.is_retryable() {
-                    let mut q = lock(&self.events);
-                    q.push_front(ev);
+            match wire::insert_event(&self.session, &ev) {
+                Ok(()) => *lock(&self.events_retry_at) = None,
+                Err(e) if e.is_retryable() => {
+                    let first = lock(&self.events_retry_at).is_none();
+                    if first {
+                        log::warn!(target: "events", "could not record gateway event {:?}: {e}; will retry", ev.code);
+                    }
+                    *lock(&self.events_retry_at) = Some(Instant::now() + Duration::from_secs(30));
+                    lock(&self.events).push_front(ev);
                     return;
+                }
+                Err(e) => {
+                    log::warn!(target: "events", "the backend refused gateway event {:?}: {e}; dropped", ev.code)
                 }
             }
         }
@@ -784,6 +821,10 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
         match wire::reconcile(&s.session) {
             Ok((jobs, bad)) => {
                 *lock(&s.last_reconcile_ok) = Some(Instant::now());
+                // The backend answers again: queued events may go now.
+                if lock(&s.events_retry_at).take().is_some() {
+                    let _ = s.heartbeat_wake.try_send(());
+                }
                 *lock(&s.ingress) = Ingress::Ok;
                 for (id, why) in bad {
                     s.log_malformed(id.as_deref(), &why, "reconcile");
@@ -982,6 +1023,8 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         heartbeat_wake: hb_tx,
         events: Mutex::new(VecDeque::new()),
         force_heartbeat: AtomicBool::new(false),
+        heartbeat_fail_logged: Mutex::new(None),
+        events_retry_at: Mutex::new(None),
         malformed_logged: Mutex::new(HashSet::new()),
         last_status_push: Mutex::new(None),
         last_reconnect_event: Mutex::new(None),
