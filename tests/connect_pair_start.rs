@@ -186,7 +186,31 @@ fn pair_starts_the_daemon_in_the_background_and_stop_takes_it_offline() {
     let (rc, out, _) = gw.run(&["pair", &code2, "--device-name", "bg-box"]);
     assert_eq!(rc, 0);
     assert!(out.contains("already running"), "{out}");
+    let new_state = gw.state();
+    assert_ne!(new_state["gatewayId"], gid.as_str());
+    // The old process refreshes its session: it must not overwrite the new pairing's tokens.
+    let before = b.stats()["token_refreshes"].as_u64().unwrap();
+    b.fault(serde_json::json!({"expire_access_tokens": true}));
+    wait_for(
+        "the running gateway to refresh",
+        Duration::from_secs(20),
+        || (b.stats()["token_refreshes"].as_u64().unwrap() > before).then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        gw.state()["refreshToken"],
+        new_state["refreshToken"],
+        "new pairing kept"
+    );
+    assert_eq!(gw.state()["gatewayId"], new_state["gatewayId"]);
     let (rc, out, err) = gw.run(&["stop"]);
     assert_eq!(rc, 0, "{out}{err}");
     assert_eq!(b.gateway_row(&gid)["status"], "offline");
+    // The restarted gateway is the new one.
+    let (rc, out, err) = gw.run(&["start", "--daemon"]);
+    assert_eq!(rc, 0, "{out}{err}");
+    let new_gid = new_state["gatewayId"].as_str().unwrap().to_string();
+    wait_for("the new gateway ready", Duration::from_secs(20), || {
+        (b.gateway_row(&new_gid)["status"] == "ready").then_some(())
+    });
 }

@@ -110,15 +110,26 @@ struct FileTokenStore {
 impl TokenStore for FileTokenStore {
     fn save(&self, access_token: &str, refresh_token: &str) -> Result<(), String> {
         let (a, r) = (access_token.to_string(), refresh_token.to_string());
-        crate::config::state::update(
+        let me = self.gateway_id.clone();
+        let mut foreign = false;
+        let written = crate::config::state::update(
             &self.settings.paths.config_path,
-            move |s: &mut GatewayState| {
-                s.access_token = Some(a);
-                s.refresh_token = Some(r);
+            |s: &mut GatewayState| {
+                // A `pair` since this process started made gateway.json another gateway's:
+                // never overwrite its tokens with ours.
+                if s.gateway_id.as_deref() == Some(me.as_str()) {
+                    s.access_token = Some(a);
+                    s.refresh_token = Some(r);
+                } else {
+                    foreign = true;
+                }
             },
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        );
+        written.map_err(|e| e.to_string())?;
+        if foreign {
+            return Err("gateway.json now holds another pairing (re-paired while running); restart the gateway to use it".into());
+        }
+        Ok(())
     }
 
     fn load(&self) -> Option<(String, String)> {
