@@ -187,7 +187,8 @@ impl World {
         let py = python_dir(&root);
         let path = format!("{}:/usr/bin:/bin", py.display());
         gw.set_env("PATH", &path);
-        gw.env.retain(|(k, _)| k != "SHELL");
+        // No login-shell probe for CLIs `pair` does not find (empty SHELL counts as unset).
+        gw.set_env("SHELL", "");
         let (code, team) = b.pairing_code(None);
         gw.pair(&code);
         let gid = gw.gateway_id();
