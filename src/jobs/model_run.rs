@@ -495,6 +495,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                 let what = reported
                     .clone()
                     .or_else(|| last_line(&stderr_cut))
+                    // Claude prints its errors on stdout in text mode.
+                    .or_else(|| last_line(&stdout_cut))
                     .map(|r| format!("{} {status_text}: {r}", id.short()))
                     .unwrap_or_else(|| format!("{} {status_text}", id.short()));
                 match classify_text(&text) {

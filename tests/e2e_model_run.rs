@@ -1,0 +1,1319 @@
+//! End to end: `model_run` jobs through the real gateway daemon (`start --foreground`) and the
+//! real local backend, with the fake provider CLIs of tests/fixtures/bin given by
+//! `--claude-cli`/`--codex-cli`/`--gemini-cli`. What is asserted is what a user sees: the
+//! `gateway_jobs` row (status, result, error, debug) and what the CLI received (argv, env,
+//! files), recorded by the fakes.
+//!
+//! The fakes read their behaviour from `FAKE_CLI_*` variables, which a daemon passes to every
+//! child alike. So each CLI is a small wrapper script that takes `@set:FAKE_CLI_X=value@`
+//! tokens from the prompt (the last argument) into its environment before it execs the fake:
+//! one daemon runs many scenarios at once, each job with its own mode and its own record file.
+
+mod connect_support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use connect_support::*;
+use serde_json::{json, Value};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bin");
+const JOB_WAIT: Duration = Duration::from_secs(40);
+
+/// Settings and secrets in the daemon's environment that no CLI may see (PROTOCOL.md §11).
+/// The backend URL and anon key are added per world; `PANORAMA_GATEWAY_*` come from the
+/// harness (AUTO_RESTART, RECONCILE_MS, HEARTBEAT_MS) plus one here.
+const DAEMON_SECRETS: &[(&str, &str)] = &[
+    (
+        "DATABASE_URL",
+        "postgres://e2e:e2e-db-password@127.0.0.1:1/db",
+    ),
+    ("DATABASE_CA_CERT", "e2e-ca-cert"),
+    ("SUPABASE_SERVICE_ROLE_KEY", "e2e-service-role-secret"),
+    ("SUPABASE_SECRET_KEY", "e2e-supabase-secret"),
+    ("SUPABASE_PUBLISHABLE_KEY", "e2e-publishable"),
+    ("PANORAMA_EGRESS_PROXY_TOKEN", "e2e-egress-token-secret"),
+    ("PANORAMA_EGRESS_PROXY_HOST", "127.0.0.1:9"),
+    ("OPENROUTER_API_KEY", "e2e-openrouter-secret"),
+    ("BRAVE_SEARCH_API_KEY", "e2e-brave-secret"),
+    ("HTTP_PROXY", "http://127.0.0.1:9"),
+    ("http_proxy", "http://127.0.0.1:9"),
+    ("HTTPS_PROXY", "http://127.0.0.1:9"),
+    ("https_proxy", "http://127.0.0.1:9"),
+    ("PANORAMA_GATEWAY_E2E_SECRET", "e2e-gateway-setting-secret"),
+];
+
+/// Passed through to the CLIs (they need their own keys).
+const PASSED_THROUGH: &[(&str, &str)] = &[
+    ("ANTHROPIC_API_KEY", "e2e-anthropic-key"),
+    ("E2E_PASS_THROUGH", "kept"),
+];
+
+/// A JSON schema with a nested object (Codex must make both strict).
+fn schema() -> Value {
+    json!({"type": "object", "required": ["label"],
+           "properties": {"label": {"type": "string"},
+                          "meta": {"type": "object", "properties": {"x": {"type": "string"}}}}})
+}
+
+fn strict_schema() -> Value {
+    json!({"type": "object", "required": ["label"], "additionalProperties": false,
+           "properties": {"label": {"type": "string"},
+                          "meta": {"type": "object", "additionalProperties": false,
+                                   "properties": {"x": {"type": "string"}}}}})
+}
+
+/// The prefix of every provider failure message (the reference's wording, kept).
+fn unhealthy(label: &str) -> String {
+    format!("Gateway provider {label} is unhealthy. Try another provider or run \"panorama-gateway doctor\". Details: ")
+}
+
+/// A directory holding only a `python3` link (the fakes' interpreter, without the pyenv shim).
+fn python_dir(dir: &Path) -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs the fake CLIs");
+    let exe = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let d = dir.join("pybin");
+    std::fs::create_dir_all(&d).unwrap();
+    std::os::unix::fs::symlink(exe, d.join("python3")).unwrap();
+    d
+}
+
+/// A wrapper `dir/<name>` that applies the prompt's `@set:FAKE_CLI_*=value@` tokens, fixes
+/// how `--help` answers (`full`, `old`, `fail`), and execs the fake CLI.
+fn wrapper(dir: &Path, name: &str, help: &str) -> PathBuf {
+    let path = dir.join(name);
+    let script = format!(
+        r#"#!/bin/sh
+export FAKE_CLI_HELP='{help}'
+last=
+for a in "$@"; do last=$a; done
+rest=$last
+while :; do
+  case $rest in *@set:*) ;; *) break ;; esac
+  rest=${{rest#*@set:}}
+  kv=${{rest%%@*}}
+  case $kv in FAKE_CLI_*=*) export "$kv" ;; esac
+done
+exec '{FIXTURES}/{name}' "$@"
+"#
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `(pid, state, ppid)` of every process, from /proc.
+fn processes() -> Vec<(i32, char, i32)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        v.push((pid, state, ppid));
+    }
+    v
+}
+
+fn proc_entry(pid: i32) -> Option<(char, i32)> {
+    processes()
+        .into_iter()
+        .find(|(p, _, _)| *p == pid)
+        .map(|(_, s, pp)| (s, pp))
+}
+
+/// Gone, or a zombie (dead; whoever its parent is now reaps it).
+fn dead(pid: i32) -> bool {
+    !matches!(proc_entry(pid), Some((s, _)) if s != 'Z')
+}
+
+/// Kills leftover pids when a test fails half-way.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if *p > 1 {
+                unsafe {
+                    libc::kill(*p, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+struct Job {
+    id: String,
+    tag: String,
+    prompt: String,
+}
+
+/// One backend, one paired gateway with wrapper CLIs, and a record directory.
+struct World {
+    b: Backend,
+    gw: Gateway,
+    team: String,
+    gid: String,
+    bin: PathBuf,
+    rec: PathBuf,
+    clis: [PathBuf; 3],
+    tokens: Vec<String>,
+}
+
+impl World {
+    /// `help`: how each CLI's `--help` answers (claude, codex, gemini); `None`: that CLI is a
+    /// path that does not exist.
+    fn new(help: [Option<&str>; 3]) -> World {
+        let b = Backend::start();
+        let mut gw = Gateway::new(&b);
+        let root = gw.dir.path().to_path_buf();
+        let bin = root.join("bin");
+        let rec = root.join("rec");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&rec).unwrap();
+        let py = python_dir(&root);
+        let path = format!("{}:/usr/bin:/bin", py.display());
+        gw.set_env("PATH", &path);
+        // No login-shell probe for CLIs `pair` does not find (empty SHELL counts as unset).
+        gw.set_env("SHELL", "");
+        let (code, team) = b.pairing_code(None);
+        gw.pair(&code);
+        let gid = gw.gateway_id();
+        let state = gw.state();
+        let tokens = ["accessToken", "refreshToken"]
+            .iter()
+            .map(|k| state[k].as_str().unwrap().to_string())
+            .collect();
+        let clis = [("claude", help[0]), ("codex", help[1]), ("gemini", help[2])].map(
+            |(name, h)| match h {
+                Some(h) => wrapper(&bin, name, h),
+                None => root.join("not-installed").join(name),
+            },
+        );
+        // The daemon runs with every secret a child must not see.
+        for (k, v) in DAEMON_SECRETS.iter().chain(PASSED_THROUGH) {
+            gw.set_env(k, v);
+        }
+        gw.set_env("PANORAMA_SUPABASE_URL", &b.url);
+        gw.set_env("PANORAMA_SUPABASE_ANON_KEY", &b.anon_key);
+        World {
+            b,
+            gw,
+            team,
+            gid,
+            bin,
+            rec,
+            clis,
+            tokens,
+        }
+    }
+
+    fn start(&mut self) {
+        let c = self.clis.clone().map(|p| p.display().to_string());
+        self.gw.start_with(&[
+            "--claude-cli",
+            &c[0],
+            "--codex-cli",
+            &c[1],
+            "--gemini-cli",
+            &c[2],
+        ]);
+        // The scrub tests mean something only if the daemon itself has the secrets.
+        let pid = self.gw.pid();
+        let environ = wait_for("the daemon's environment", Duration::from_secs(10), || {
+            let e = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let e = String::from_utf8_lossy(&e).into_owned();
+            e.contains("SUPABASE_ANON_KEY=").then_some(e)
+        });
+        for (k, v) in DAEMON_SECRETS {
+            assert!(
+                environ.split('\0').any(|e| e == format!("{k}={v}")),
+                "the daemon runs with {k}: {environ:?}"
+            );
+        }
+    }
+
+    /// The prompt of job `tag`: `text`, then the fake's record file and `sets` as tokens.
+    fn prompt(&self, tag: &str, text: &str, sets: &[(&str, &str)]) -> String {
+        let mut p = format!(
+            "{text} @set:FAKE_CLI_RECORD={}@",
+            self.rec.join(format!("{tag}.jsonl")).display()
+        );
+        for (k, v) in sets {
+            p.push_str(&format!(" @set:{k}={v}@"));
+        }
+        p
+    }
+
+    /// Queues a model_run: `payload` plus a prompt built by [`World::prompt`].
+    fn submit(&self, tag: &str, mut payload: Value, sets: &[(&str, &str)]) -> Job {
+        let prompt = self.prompt(tag, &format!("Classify ticket {tag}."), sets);
+        payload["prompt"] = json!(prompt);
+        let id = self
+            .b
+            .insert_job(&self.team, &self.gid, "model_run", payload);
+        Job {
+            id,
+            tag: tag.into(),
+            prompt,
+        }
+    }
+
+    fn wait(&self, j: &Job) -> Value {
+        wait_job_done(&self.b, &j.id, JOB_WAIT)
+    }
+
+    /// The fake's invocations for job `tag` (one JSON object each).
+    fn records(&self, tag: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.rec.join(format!("{tag}.jsonl")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The one invocation of job `j`.
+    fn record(&self, j: &Job) -> Value {
+        let r = self.records(&j.tag);
+        assert_eq!(r.len(), 1, "job {} ran its CLI once: {r:?}", j.tag);
+        r[0].clone()
+    }
+
+    fn work_dir(&self, j: &Job) -> PathBuf {
+        self.gw
+            .config_dir()
+            .join("work")
+            .join("model-runs")
+            .join(&j.id)
+    }
+
+    fn cli(&self, name: &str) -> String {
+        self.bin.join(name).display().to_string()
+    }
+
+    /// No session token (from pairing or the current one), key or daemon secret anywhere a
+    /// user or the team can read: job rows (result, error, debug), events, the gateway log.
+    fn assert_nothing_leaked(&self) {
+        let state = self.gw.state();
+        let mut secrets: Vec<String> = self.tokens.clone();
+        for k in ["accessToken", "refreshToken"] {
+            if let Some(t) = state[k].as_str() {
+                secrets.push(t.to_string());
+            }
+        }
+        secrets.push(self.b.anon_key.clone());
+        secrets.push(self.b.service_key.clone());
+        for (k, v) in DAEMON_SECRETS {
+            if k.contains("KEY")
+                || k.contains("TOKEN")
+                || k.contains("SECRET")
+                || k.starts_with("DATABASE")
+            {
+                secrets.push(v.to_string());
+            }
+        }
+        let rows = serde_json::to_string(&self.b.jobs(&self.gid)).unwrap();
+        let events = serde_json::to_string(&self.b.events(&self.gid)).unwrap();
+        let log = self.gw.log();
+        assert!(log.contains("model_run"), "the log covers the runs: {log}");
+        for s in secrets.iter().filter(|s| s.len() >= 12) {
+            for (what, hay) in [
+                ("job rows", &rows),
+                ("events", &events),
+                ("gateway log", &log),
+            ] {
+                assert!(
+                    !hay.contains(s.as_str()),
+                    "a secret ({}…) appears in the {what}",
+                    &s[..8]
+                );
+            }
+        }
+    }
+
+    /// The daemon's children that are zombies (never reaped).
+    fn zombie_children(&self) -> Vec<i32> {
+        let me = self.gw.pid() as i32;
+        processes()
+            .into_iter()
+            .filter(|(_, s, pp)| *pp == me && *s == 'Z')
+            .map(|(p, _, _)| p)
+            .collect()
+    }
+}
+
+/// On a failed test the daemon may still have CLIs running (in their own process groups, so
+/// killing the daemon alone would orphan them): kill its whole process tree first.
+impl Drop for World {
+    fn drop(&mut self) {
+        let Some(d) = self.gw.daemon.as_ref().map(|c| c.id() as i32) else {
+            return;
+        };
+        let procs = processes();
+        let mut tree = vec![d];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                procs
+                    .iter()
+                    .filter(|(_, _, pp)| *pp == parent)
+                    .map(|(p, _, _)| *p),
+            );
+            i += 1;
+        }
+        for p in tree {
+            unsafe {
+                libc::kill(p, libc::SIGKILL);
+                if p != d {
+                    libc::kill(-p, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn argv(rec: &Value) -> Vec<String> {
+    strs(&rec["argv"])
+}
+
+fn sv(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The child environment: scrubbed, private TMPDIR in the work directory, HOME/PATH kept.
+fn assert_scrubbed_env(w: &World, j: &Job, rec: &Value) {
+    let env: BTreeMap<String, String> = serde_json::from_value(rec["env"].clone()).unwrap();
+    for (k, _) in DAEMON_SECRETS {
+        assert!(!env.contains_key(*k), "{k} reached the CLI of {}", j.tag);
+    }
+    for k in [
+        "SUPABASE_URL",
+        "SUPABASE_ANON_KEY",
+        "PANORAMA_SUPABASE_URL",
+        "PANORAMA_SUPABASE_ANON_KEY",
+    ] {
+        assert!(!env.contains_key(k), "{k} reached the CLI of {}", j.tag);
+    }
+    let leaked: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with("PANORAMA_GATEWAY_"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?} reached the CLI of {}", j.tag);
+    let all = serde_json::to_string(&env).unwrap();
+    for t in &w.tokens {
+        assert!(!all.contains(t.as_str()), "a session token reached the CLI");
+    }
+    assert!(!all.contains(&w.b.anon_key), "the anon key reached the CLI");
+    for (k, v) in PASSED_THROUGH {
+        assert_eq!(
+            env.get(*k).map(String::as_str),
+            Some(*v),
+            "{k} is passed through"
+        );
+    }
+    assert_eq!(env["HOME"], w.gw.home().display().to_string());
+    let path =
+        w.gw.env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .unwrap()
+            .1
+            .clone();
+    assert!(env["PATH"].ends_with(&path), "PATH kept: {}", env["PATH"]);
+    // A private TMPDIR inside the job's work directory, which is the cwd.
+    let work = w.work_dir(j);
+    assert_eq!(rec["cwd"], work.display().to_string());
+    let tmp = PathBuf::from(&env["TMPDIR"]);
+    assert!(tmp.starts_with(&work), "TMPDIR {tmp:?} is inside {work:?}");
+    assert_eq!(env["TMP"], env["TMPDIR"]);
+    assert_eq!(env["TEMP"], env["TMPDIR"]);
+    // Gone once the job is done (the row is final only after the cleanup).
+    assert!(!tmp.exists(), "TMPDIR {tmp:?} removed after the job");
+    assert!(!work.exists(), "work dir {work:?} removed after the job");
+}
+
+/// The debug column: which CLI ran how, prompt and schema redacted.
+fn assert_debug(row: &Value, provider: &str, prompt: &str, mode: &str) {
+    let d = &row["debug"];
+    assert_eq!(d["provider_id"], provider, "{d}");
+    assert_eq!(d["output_mode"], mode, "{d}");
+    assert_eq!(d["prompt_chars"], prompt.chars().count());
+    let args = strs(&d["args"]);
+    assert_eq!(
+        args.last().unwrap(),
+        "[REDACTED]",
+        "the prompt is redacted: {args:?}"
+    );
+    let text = d.to_string();
+    assert!(
+        !text.contains("Classify ticket"),
+        "prompt text in debug: {d}"
+    );
+    assert!(!text.contains("required"), "schema text in debug: {d}");
+    for k in ["stdout", "stderr"] {
+        let s = d[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("debug.{k} missing: {d}"));
+        assert!(s.chars().count() <= 200_000);
+    }
+    assert_eq!(d["timed_out"], false);
+    assert!(d["duration_ms"].as_u64().is_some(), "{d}");
+}
+
+#[test]
+fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
+    let t0 = Instant::now();
+    let mut w = World::new([Some("full"), Some("full"), Some("full")]);
+    let sch = schema();
+    let sch_text = serde_json::to_string(&sch).unwrap();
+    let resp = r#"{"label":"billing","meta":{"x":"y"}}"#;
+    let resp_v: Value = serde_json::from_str(resp).unwrap();
+
+    let claude_json = w.submit(
+        "claude-json",
+        json!({"provider": "claude_code", "model": "claude-sonnet-4-5", "output_format": "json",
+               "json_schema": sch, "append_system_prompt": "Be terse."}),
+        &[("FAKE_CLI_RESPONSE", resp)],
+    );
+    let claude_text = w.submit(
+        "claude-text",
+        json!({"provider": "claude_code", "model": "claude-sonnet-4-5", "output_format": "text"}),
+        &[("FAKE_CLI_TEXT", "A short poem.")],
+    );
+    let codex_json = w.submit(
+        "codex-json",
+        json!({"provider": "codex", "model": "gpt-5-codex", "json_schema": sch,
+               "reasoning_effort": "high", "append_system_prompt": "Be terse.", "timeout_ms": 90000}),
+        &[("FAKE_CLI_RESPONSE", r#"{"label":"bug"}"#)],
+    );
+    let codex_text = w.submit(
+        "codex-text",
+        json!({"provider": "codex", "model": "gpt-5-codex", "output_format": "text"}),
+        &[("FAKE_CLI_TEXT", "Codex says hi.")],
+    );
+    let gemini_json = w.submit(
+        "gemini-json",
+        json!({"provider": "gemini", "model": "gemini-2.5-pro", "output_format": "json",
+               "json_schema": sch, "append_system_prompt": "Be terse."}),
+        &[("FAKE_CLI_RESPONSE", resp)],
+    );
+    let gemini_text = w.submit(
+        "gemini-text",
+        json!({"provider": "gemini", "model": "gemini-2.5-flash", "output_format": "text"}),
+        &[("FAKE_CLI_TEXT", "Gemini says hi.")],
+    );
+    // Provider inferred from the model when `provider` is absent or not a provider id.
+    let inferred: Vec<(Job, &str, &str, Option<&str>)> = [
+        ("infer-gpt", "gpt-5", None, "codex"),
+        ("infer-openai", "openai/gpt-5", None, "codex"),
+        ("infer-codex-anywhere", "my-Codex-mini", None, "codex"),
+        ("infer-gemini", "gemini-2.5-flash", None, "gemini"),
+        ("infer-google", "google/gemini-pro", None, "gemini"),
+        ("infer-claude", "claude-opus-4", None, "claude"),
+        ("infer-o3", "o3", None, "claude"),
+        ("infer-default", "__default__", None, "claude"),
+        ("infer-bogus-provider", "gpt-5", Some("openai"), "codex"),
+        (
+            "explicit-wins",
+            "gpt-5-codex",
+            Some("claude_code"),
+            "claude",
+        ),
+    ]
+    .into_iter()
+    .map(|(tag, model, provider, cli)| {
+        let mut p = json!({"model": model, "output_format": "text"});
+        if let Some(pr) = provider {
+            p["provider"] = json!(pr);
+        }
+        (w.submit(tag, p, &[]), model, cli, provider)
+    })
+    .collect();
+    w.start();
+
+    // Claude, JSON with a schema: the full modern argv, structured output, usage.
+    let row = w.wait(&claude_json);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["error"], Value::Null);
+    let r = &row["result"];
+    assert_eq!(r["output"], resp_v, "{r}");
+    assert_eq!(r["raw"]["structured_output"], resp_v);
+    assert_eq!(r["usage"]["input_tokens"], 12);
+    assert_eq!(r["usage"]["output_tokens"], 34);
+    assert_eq!(r["model"], Value::Null);
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["stdout_truncated"], false);
+    assert_eq!(r["stderr_truncated"], false);
+    assert_eq!(
+        r["command"],
+        format!("{} --print --model claude-sonnet-4-5 --output-format json --json-schema [REDACTED] --tools  --input-format text --no-session-persistence [REDACTED] dontAsk --setting-sources local --disable-slash-commands --system-prompt [REDACTED] [REDACTED]", w.cli("claude"))
+    );
+    let rec = w.record(&claude_json);
+    assert_eq!(rec["name"], "claude");
+    assert_eq!(
+        argv(&rec),
+        sv(&[
+            "--print",
+            "--model",
+            "claude-sonnet-4-5",
+            "--output-format",
+            "json",
+            "--json-schema",
+            &sch_text,
+            "--tools",
+            "",
+            "--input-format",
+            "text",
+            "--no-session-persistence",
+            "--permission-mode",
+            "dontAsk",
+            "--setting-sources",
+            "local",
+            "--disable-slash-commands",
+            "--system-prompt",
+            "Be terse.",
+            &claude_json.prompt,
+        ])
+    );
+    assert_debug(&row, "claude_code", &claude_json.prompt, "stdout-json");
+    assert_eq!(row["debug"]["json_schema_chars"], sch_text.chars().count());
+    assert_eq!(row["debug"]["timeout_ms"], 110_000, "the default timeout");
+    let dbg_out = row["debug"]["stdout"].as_str().unwrap();
+    assert!(dbg_out.contains("structured_output"), "{dbg_out}");
+    assert!(
+        !dbg_out.contains("f1d2c3b4-0000"),
+        "session_id masked in debug.stdout: {dbg_out}"
+    );
+    assert_scrubbed_env(&w, &claude_json, &rec);
+
+    // Claude, text.
+    let row = w.wait(&claude_text);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["output"], json!({"text": "A short poem."}));
+    assert_eq!(row["result"]["usage"], Value::Null);
+    let rec = w.record(&claude_text);
+    assert_eq!(
+        argv(&rec),
+        sv(&[
+            "--print",
+            "--model",
+            "claude-sonnet-4-5",
+            "--output-format",
+            "text",
+            "--tools",
+            "",
+            "--input-format",
+            "text",
+            "--no-session-persistence",
+            "--permission-mode",
+            "dontAsk",
+            "--setting-sources",
+            "local",
+            "--disable-slash-commands",
+            &claude_text.prompt,
+        ])
+    );
+    assert_eq!(row["debug"]["json_schema_chars"], 0);
+    assert_scrubbed_env(&w, &claude_text, &rec);
+
+    // Codex, JSON: schema file mode with the strict schema, effort and tool flags.
+    let row = w.wait(&codex_json);
+    assert_eq!(row["status"], "completed", "{row}");
+    let r = &row["result"];
+    assert_eq!(r["output"], json!({"label": "bug"}), "{r}");
+    assert_eq!(r["usage"], Value::Null, "file mode has no usage");
+    assert_eq!(
+        r["command"],
+        format!("{} exec --sandbox read-only --skip-git-repo-check --model gpt-5-codex -c model_reasoning_effort=\"high\" -c features.shell_tool=false -c features.web_search_request=false --output-schema schema.json -o output.json [REDACTED]", w.cli("codex"))
+    );
+    let rec = w.record(&codex_json);
+    assert_eq!(rec["name"], "codex");
+    assert_eq!(
+        argv(&rec),
+        sv(&[
+            "exec",
+            "--sandbox",
+            "read-only",
+            "--skip-git-repo-check",
+            "--model",
+            "gpt-5-codex",
+            "-c",
+            "model_reasoning_effort=\"high\"",
+            "-c",
+            "features.shell_tool=false",
+            "-c",
+            "features.web_search_request=false",
+            "--output-schema",
+            "schema.json",
+            "-o",
+            "output.json",
+            &format!("{}\n\nBe terse.", codex_json.prompt),
+        ])
+    );
+    let written: Value =
+        serde_json::from_str(rec["files"]["schema.json"].as_str().unwrap()).unwrap();
+    assert_eq!(written, strict_schema(), "the strict schema file");
+    assert_debug(&row, "codex", &codex_json.prompt, "file-json");
+    assert_eq!(row["debug"]["output_path"], "output.json");
+    assert_eq!(row["debug"]["files"], json!(["schema.json"]));
+    assert_eq!(row["debug"]["timeout_ms"], 90_000);
+    assert_scrubbed_env(&w, &codex_json, &rec);
+
+    // Codex, text.
+    let row = w.wait(&codex_text);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["output"], json!({"text": "Codex says hi."}));
+    let rec = w.record(&codex_text);
+    assert_eq!(
+        argv(&rec),
+        sv(&[
+            "exec",
+            "--sandbox",
+            "read-only",
+            "--skip-git-repo-check",
+            "--model",
+            "gpt-5-codex",
+            "-c",
+            "features.shell_tool=false",
+            "-c",
+            "features.web_search_request=false",
+            &codex_text.prompt,
+        ])
+    );
+    assert_scrubbed_env(&w, &codex_text, &rec);
+
+    // Gemini, JSON: schema in the system prompt file, model and usage from the stats.
+    let row = w.wait(&gemini_json);
+    assert_eq!(row["status"], "completed", "{row}");
+    let r = &row["result"];
+    assert_eq!(r["output"], resp_v, "{r}");
+    assert_eq!(r["model"], "gemini-2.5-pro");
+    assert_eq!(
+        r["usage"]["models"]["gemini-2.5-pro"]["tokens"]["total"],
+        5212
+    );
+    let rec = w.record(&gemini_json);
+    assert_eq!(rec["name"], "gemini");
+    assert_eq!(
+        argv(&rec),
+        sv(&[
+            "--output-format",
+            "json",
+            "--model",
+            "gemini-2.5-pro",
+            &gemini_json.prompt
+        ])
+    );
+    assert_eq!(
+        rec["system_md"],
+        format!(
+            "Be terse.\nReturn STRICT JSON only. Do not wrap in code fences.\nSchema:\n{sch_text}"
+        )
+    );
+    let work = w.work_dir(&gemini_json);
+    assert_eq!(
+        rec["env"]["GEMINI_SYSTEM_MD"],
+        work.join("system.md").display().to_string()
+    );
+    assert!(
+        rec["env"]["PATH"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", w.bin.display())),
+        "gemini's own directory first on PATH: {}",
+        rec["env"]["PATH"]
+    );
+    assert_debug(&row, "gemini", &gemini_json.prompt, "stdout-json");
+    assert_scrubbed_env(&w, &gemini_json, &rec);
+
+    // Gemini, text: an empty system prompt file still replaces the built-in one.
+    let row = w.wait(&gemini_text);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["output"], json!({"text": "Gemini says hi."}));
+    let rec = w.record(&gemini_text);
+    assert_eq!(
+        argv(&rec),
+        sv(&[
+            "--output-format",
+            "text",
+            "--model",
+            "gemini-2.5-flash",
+            &gemini_text.prompt
+        ])
+    );
+    assert_eq!(rec["system_md"], "");
+    assert_scrubbed_env(&w, &gemini_text, &rec);
+
+    // Inference: the CLI that ran, the model passed verbatim (`__default__`: no --model).
+    for (j, model, cli, provider) in &inferred {
+        let row = w.wait(j);
+        assert_eq!(row["status"], "completed", "{}: {row}", j.tag);
+        let rec = w.record(j);
+        assert_eq!(
+            rec["name"], *cli,
+            "{} ({model}, provider {provider:?})",
+            j.tag
+        );
+        let want_id = if *cli == "claude" { "claude_code" } else { cli };
+        assert_eq!(row["debug"]["provider_id"], want_id, "{}", j.tag);
+        let a = argv(&rec);
+        let m = a
+            .iter()
+            .position(|x| x == "--model")
+            .map(|i| a[i + 1].clone());
+        if *model == "__default__" {
+            assert_eq!(m, None, "{a:?}");
+        } else {
+            assert_eq!(m.as_deref(), Some(*model), "{a:?}");
+        }
+    }
+
+    w.assert_nothing_leaked();
+    assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
+    eprintln!("providers/modes/inference: {:?}", t0.elapsed());
+}
+
+#[test]
+fn older_clis_get_their_fallback_modes() {
+    let t0 = Instant::now();
+    // Claude and Codex with an older `--help` (no --json-schema, --tools, --output-schema or
+    // -c); Gemini's `--help` fails (its defaults apply).
+    let mut w = World::new([Some("old"), Some("old"), Some("fail")]);
+    let sch = schema();
+    let sch_text = serde_json::to_string(&sch).unwrap();
+    // The schema flag is always passed for Claude JSON runs; without structured_output the
+    // answer is read from the envelope's `result` text.
+    let claude_json = w.submit(
+        "old-claude-json",
+        json!({"provider": "claude_code", "model": "claude-sonnet-4-5", "json_schema": sch,
+               "append_system_prompt": "Be terse."}),
+        &[
+            ("FAKE_CLI_NO_STRUCTURED", "1"),
+            ("FAKE_CLI_RESPONSE", r#"{"label":"from-result"}"#),
+        ],
+    );
+    let claude_text = w.submit(
+        "old-claude-text",
+        json!({"model": "__default__", "output_format": "text"}),
+        &[("FAKE_CLI_TEXT", "Old claude.")],
+    );
+    // Codex without schema mode: JSONL events (`--json`), usage from turn.completed, the
+    // answer's code fence stripped.
+    let codex_json = w.submit(
+        "old-codex-jsonl",
+        json!({"provider": "codex", "model": "gpt-5-codex", "json_schema": sch,
+               "reasoning_effort": "high"}),
+        &[
+            ("FAKE_CLI_RESPONSE", r#"{"label":"jsonl"}"#),
+            ("FAKE_CLI_FENCE", "1"),
+        ],
+    );
+    let codex_no_msg = w.submit(
+        "old-codex-no-message",
+        json!({"provider": "codex", "model": "gpt-5-codex", "json_schema": sch}),
+        &[("FAKE_CLI_MODE", "no_message")],
+    );
+    let gemini_json = w.submit(
+        "helpless-gemini-json",
+        json!({"model": "gemini-2.5-pro", "json_schema": sch}),
+        &[
+            ("FAKE_CLI_RESPONSE", r#"{"label":"fenced"}"#),
+            ("FAKE_CLI_FENCE", "1"),
+        ],
+    );
+    w.start();
+
+    let row = w.wait(&claude_json);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["output"], json!({"label": "from-result"}));
+    assert_eq!(row["result"]["raw"]["result"], r#"{"label":"from-result"}"#);
+    // No --tools (only --allowedTools), no system-prompt flag at all: the text is dropped.
+    assert_eq!(
+        argv(&w.record(&claude_json)),
+        sv(&[
+            "--print",
+            "--model",
+            "claude-sonnet-4-5",
+            "--output-format",
+            "json",
+            "--json-schema",
+            &sch_text,
+            "--allowedTools",
+            "",
+            &claude_json.prompt,
+        ])
+    );
+    let row = w.wait(&claude_text);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["output"], json!({"text": "Old claude."}));
+    assert_eq!(
+        argv(&w.record(&claude_text)),
+        sv(&[
+            "--print",
+            "--output-format",
+            "text",
+            "--allowedTools",
+            "",
+            &claude_text.prompt
+        ])
+    );
+
+    let row = w.wait(&codex_json);
+    assert_eq!(row["status"], "completed", "{row}");
+    let r = &row["result"];
+    assert_eq!(r["output"], json!({"label": "jsonl"}), "{r}");
+    assert_eq!(
+        r["usage"],
+        json!({"input_tokens": 24763, "cached_input_tokens": 24448, "output_tokens": 122})
+    );
+    // No -c support: no effort, no tool flags.
+    assert_eq!(
+        argv(&w.record(&codex_json)),
+        sv(&[
+            "exec",
+            "--sandbox",
+            "read-only",
+            "--skip-git-repo-check",
+            "--model",
+            "gpt-5-codex",
+            "--json",
+            &codex_json.prompt,
+        ])
+    );
+    assert_debug(&row, "codex", &codex_json.prompt, "stream-json");
+
+    let row = w.wait(&codex_no_msg);
+    assert_eq!(row["status"], "failed", "{row}");
+    assert_eq!(row["result"]["error_kind"], "bad_output");
+    assert_eq!(
+        row["error"],
+        format!(
+            "{}Codex JSONL output missing agent message",
+            unhealthy("Codex")
+        )
+    );
+
+    let row = w.wait(&gemini_json);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["output"], json!({"label": "fenced"}));
+    assert_eq!(
+        argv(&w.record(&gemini_json)),
+        sv(&[
+            "--output-format",
+            "json",
+            "--model",
+            "gemini-2.5-pro",
+            &gemini_json.prompt
+        ])
+    );
+
+    w.assert_nothing_leaked();
+    assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
+    eprintln!("fallback modes: {:?}", t0.elapsed());
+}
+
+#[test]
+fn failures_are_classified_with_actionable_messages() {
+    let t0 = Instant::now();
+    let mut w = World::new([Some("full"), Some("full"), Some("full")]);
+    let sch = schema();
+    let js = |model: &str| json!({"model": model, "json_schema": sch});
+    let tx = |model: &str| json!({"model": model, "output_format": "text"});
+    let bearer = "e2e-bearer-secret-0123456789";
+    let stderr_line = format!("upstream said Authorization: Bearer {bearer}");
+    // (job, error_kind, text the job error must contain)
+    let cases: Vec<(Job, &str, Vec<String>)> = vec![
+        (
+            w.submit("claude-auth", js("claude-sonnet-4-5"), &[("FAKE_CLI_MODE", "auth_error")]),
+            "auth",
+            vec![
+                unhealthy("Claude"),
+                "Claude exited with status 1: Invalid API key · Please run /login".into(),
+                "run `claude` once in a terminal to log in".into(),
+            ],
+        ),
+        (
+            w.submit("claude-rate", tx("claude-sonnet-4-5"), &[("FAKE_CLI_MODE", "rate_limit")]),
+            "rate_limit",
+            vec![
+                "Claude AI usage limit reached".into(),
+                "retry later or use another provider".into(),
+            ],
+        ),
+        (
+            w.submit(
+                "claude-exit",
+                js("claude-sonnet-4-5"),
+                &[("FAKE_CLI_MODE", "fail"), ("FAKE_CLI_STDERR", &stderr_line)],
+            ),
+            "exit_status",
+            vec![
+                "Claude exited with status 1: Error: something broke inside the fake claude"
+                    .into(),
+            ],
+        ),
+        (
+            w.submit("claude-bad", js("claude-sonnet-4-5"), &[("FAKE_CLI_MODE", "bad_json")]),
+            "bad_output",
+            vec![format!("{}Failed to parse Claude JSON output", unhealthy("Claude"))],
+        ),
+        (
+            w.submit("claude-empty", js("claude-sonnet-4-5"), &[("FAKE_CLI_MODE", "empty")]),
+            "bad_output",
+            vec!["Empty Claude output".into()],
+        ),
+        (
+            w.submit("codex-auth", js("gpt-5-codex"), &[("FAKE_CLI_MODE", "auth_error")]),
+            "auth",
+            vec![
+                "Incorrect API key provided".into(),
+                "run `codex login` (or set OPENAI_API_KEY)".into(),
+            ],
+        ),
+        (
+            w.submit("codex-rate", js("gpt-5-codex"), &[("FAKE_CLI_MODE", "rate_limit")]),
+            "rate_limit",
+            vec!["Rate limit reached for gpt-5-codex".into()],
+        ),
+        (
+            w.submit("codex-exit", tx("gpt-5-codex"), &[("FAKE_CLI_MODE", "fail")]),
+            "exit_status",
+            vec!["Codex exited with status 1: Error: fatal error in the fake codex".into()],
+        ),
+        (
+            w.submit("codex-no-file", js("gpt-5-codex"), &[("FAKE_CLI_MODE", "no_message")]),
+            "bad_output",
+            vec![format!("{}Codex output file not found", unhealthy("Codex"))],
+        ),
+        (
+            w.submit("codex-symlink", js("gpt-5-codex"), &[("FAKE_CLI_MODE", "symlink_output")]),
+            "bad_output",
+            vec!["Codex output path is a symlink; refusing to follow it".into()],
+        ),
+        (
+            w.submit("gemini-auth", js("gemini-2.5-pro"), &[("FAKE_CLI_MODE", "auth_error")]),
+            "auth",
+            vec![
+                unhealthy("Gemini"),
+                "Please set an Auth method".into(),
+                "run `gemini` once in a terminal to log in".into(),
+            ],
+        ),
+        (
+            w.submit("gemini-rate", tx("gemini-2.5-pro"), &[("FAKE_CLI_MODE", "rate_limit")]),
+            "rate_limit",
+            vec!["Quota exceeded".into()],
+        ),
+        (
+            w.submit("gemini-bad", js("gemini-2.5-pro"), &[("FAKE_CLI_RESPONSE", "not json")]),
+            "bad_output",
+            vec!["Failed to decode ai_model_output boundary \"gateway.gemini_cli.output\": invalid JSON".into()],
+        ),
+    ];
+    // Invalid payloads: no CLI runs, no debug.
+    let no_prompt = w.b.insert_job(
+        &w.team,
+        &w.gid,
+        "model_run",
+        json!({"model": "claude-sonnet-4-5"}),
+    );
+    let no_schema = w.b.insert_job(
+        &w.team,
+        &w.gid,
+        "model_run",
+        json!({"model": "claude-sonnet-4-5", "prompt": "hi"}),
+    );
+    w.start();
+
+    for (j, kind, needles) in &cases {
+        let row = w.wait(j);
+        assert_eq!(row["status"], "failed", "{}: {row}", j.tag);
+        let r = &row["result"];
+        assert_eq!(r["error_kind"], *kind, "{}: {row}", j.tag);
+        let err = row["error"].as_str().unwrap();
+        assert_eq!(r["message"], err, "{}", j.tag);
+        assert!(
+            err.starts_with("Gateway provider "),
+            "{}: the established prefix: {err}",
+            j.tag
+        );
+        for n in needles {
+            assert!(err.contains(n.as_str()), "{}: {err:?} lacks {n:?}", j.tag);
+        }
+        assert!(r["command"].as_str().unwrap().ends_with(" [REDACTED]"));
+        assert!(row["debug"].is_object(), "{}: debug written", j.tag);
+        assert_eq!(w.records(&j.tag).len(), 1, "{}: ran once, no retry", j.tag);
+        if *kind != "bad_output" {
+            assert_eq!(r["exit_code"], 1, "{}: {r}", j.tag);
+            assert_eq!(row["debug"]["exit_code"], 1, "{}", j.tag);
+        }
+    }
+    let row = w.wait(&cases[2].0);
+    for k in ["result", "debug", "error"] {
+        let text = row[k].to_string();
+        assert!(
+            !text.contains(bearer),
+            "the bearer token is masked in {k}: {row}"
+        );
+    }
+    assert!(
+        row["result"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("[REDACTED]"),
+        "{row}"
+    );
+    let row = w.wait(&cases[3].0);
+    assert!(row["result"]["stdout"]
+        .as_str()
+        .unwrap()
+        .contains("I could not produce JSON"));
+    let codex_auth = w.wait(&cases[5].0);
+    assert_eq!(
+        codex_auth["result"]["error_summary"],
+        json!({"message": "Incorrect API key provided: sk-proj-****abcd.",
+               "type": "invalid_request_error", "code": "invalid_api_key"})
+    );
+    assert_eq!(
+        w.wait(&cases[6].0)["result"]["error_summary"]["code"],
+        "rate_limit_exceeded"
+    );
+
+    let row = wait_job_done(&w.b, &no_prompt, JOB_WAIT);
+    assert_eq!(row["status"], "failed");
+    assert_eq!(row["error"], "Missing prompt or model");
+    assert_eq!(
+        row["result"],
+        json!({"message": "Missing prompt or model for gateway model run"})
+    );
+    assert_eq!(row["debug"], Value::Null);
+    let row = wait_job_done(&w.b, &no_schema, JOB_WAIT);
+    assert_eq!(row["error"], "Missing json_schema");
+    assert_eq!(
+        row["result"],
+        json!({"message": "Missing json_schema for gateway model run"})
+    );
+
+    // Each provider that failed is reported to the team as unhealthy.
+    for p in ["claude_code", "codex", "gemini"] {
+        wait_for(
+            &format!("a provider_unhealthy event for {p}"),
+            JOB_WAIT,
+            || {
+                w.b.events(&w.gid)
+                    .iter()
+                    .any(|e| e["code"] == "provider_unhealthy" && e["provider"] == p)
+                    .then_some(())
+            },
+        );
+    }
+    let log = w.gw.log();
+    assert!(!log.contains(bearer), "the bearer token is not logged");
+    w.assert_nothing_leaked();
+    assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
+    eprintln!("failure classification: {:?}", t0.elapsed());
+}
+
+#[test]
+fn timeouts_kill_the_process_tree_floods_are_bounded_and_a_missing_cli_is_named() {
+    let t0 = Instant::now();
+    // Codex's `exec --help` fails: JSON runs embed the schema in the prompt. Gemini is a path
+    // that does not exist.
+    let mut w = World::new([Some("full"), Some("fail"), None]);
+    let gc_file = w.rec.join("grandchild.pid");
+    let tree = w.submit(
+        "timeout-tree",
+        json!({"model": "claude-sonnet-4-5", "output_format": "text", "timeout_ms": 2500}),
+        &[
+            ("FAKE_CLI_MODE", "grandchild"),
+            ("FAKE_CLI_GRANDCHILD_PID", &gc_file.display().to_string()),
+        ],
+    );
+    let stubborn = w.submit(
+        "timeout-ignores-term",
+        json!({"model": "claude-sonnet-4-5", "output_format": "text", "timeout_ms": 800}),
+        &[("FAKE_CLI_MODE", "hang_term")],
+    );
+    let flood = w.submit(
+        "flood",
+        json!({"model": "gpt-5-codex", "json_schema": schema()}),
+        &[
+            ("FAKE_CLI_MODE", "flood"),
+            ("FAKE_CLI_FLOOD_BYTES", "100000000"),
+        ],
+    );
+    let inline = w.submit(
+        "codex-inline-schema",
+        json!({"model": "gpt-5-codex", "json_schema": schema(), "append_system_prompt": "Be terse."}),
+        &[("FAKE_CLI_RESPONSE", r#"{"label":"inline"}"#)],
+    );
+    let missing = w.submit(
+        "gemini-missing",
+        json!({"model": "gemini-2.5-pro", "output_format": "text"}),
+        &[],
+    );
+    w.start();
+
+    // The fake started a grandchild and hangs; both must go when the timeout fires.
+    let gc: i32 = wait_for("the grandchild's pid", JOB_WAIT, || {
+        std::fs::read_to_string(&gc_file).ok()?.trim().parse().ok()
+    });
+    let (_, fake) = proc_entry(gc).expect("the grandchild runs");
+    let _guard = KillOnDrop(vec![gc, fake]);
+    assert!(fake > 1 && !dead(fake), "the fake CLI runs");
+    let row = w.wait(&tree);
+    assert_eq!(row["status"], "failed", "{row}");
+    let r = &row["result"];
+    assert_eq!(r["error_kind"], "timeout", "{r}");
+    assert_eq!(r["exit_code"], Value::Null);
+    let err = row["error"].as_str().unwrap();
+    assert!(err.starts_with(&unhealthy("Claude")), "{err}");
+    assert!(
+        err.contains(
+            "Claude did not finish within 2500 ms (timeout_ms) and was stopped; raise timeout_ms"
+        ),
+        "{err}"
+    );
+    assert_eq!(row["debug"]["timed_out"], true);
+    assert_eq!(row["debug"]["timeout_ms"], 2500);
+    assert!(
+        wait_for_bool(Duration::from_secs(5), || dead(gc)),
+        "grandchild {gc} survived the timeout"
+    );
+    assert_eq!(
+        proc_entry(fake),
+        None,
+        "the fake CLI {fake} was reaped (no zombie)"
+    );
+
+    // A CLI that ignores SIGTERM is killed after the grace period.
+    let row = w.wait(&stubborn);
+    assert_eq!(row["result"]["error_kind"], "timeout", "{row}");
+    let ms = row["debug"]["duration_ms"].as_u64().unwrap();
+    assert!((800..10_000).contains(&ms), "stopped after {ms} ms");
+
+    // 100 MB of output: the run fails on the 5 MB limit, memory stays bounded.
+    let row = w.wait(&flood);
+    assert_eq!(row["status"], "failed", "{row}");
+    let msg = "Gateway model stdout exceeded the 5000000-byte output limit";
+    assert_eq!(
+        row["result"],
+        json!({"message": msg, "error_code": "GATEWAY_MODEL_OUTPUT_LIMIT", "boundary": "stdout",
+               "output_limit_bytes": 5_000_000, "error_kind": "output_limit"})
+    );
+    assert_eq!(row["error"], msg);
+    let d = &row["debug"];
+    assert_eq!(d["stdout_truncated"], true, "cut for debug");
+    assert_eq!(
+        d["stdout_bytes"], 5_000_000,
+        "5 MB captured, the rest drained"
+    );
+    assert_eq!(d["stdout"].as_str().unwrap().chars().count(), 200_000);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", w.gw.pid())).unwrap_or_default();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(
+        hwm_kb < 50_000,
+        "the daemon's peak RSS stayed far below the 100 MB flood: {hwm_kb} kB"
+    );
+
+    // Codex without any detected flag: the strict schema travels in the prompt.
+    eprintln!("daemon peak RSS after the flood: {hwm_kb} kB");
+    let row = w.wait(&inline);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["output"], json!({"label": "inline"}));
+    let strict = serde_json::to_string(&strict_schema()).unwrap();
+    assert_eq!(
+        argv(&w.record(&inline)),
+        sv(&[
+            "exec",
+            "--sandbox",
+            "read-only",
+            "--skip-git-repo-check",
+            "--model",
+            "gpt-5-codex",
+            &format!(
+                "{}\n\nReturn STRICT JSON matching this schema:\n{strict}\n\nBe terse.",
+                inline.prompt
+            ),
+        ])
+    );
+
+    // Not installed: named, with the fix.
+    let row = w.wait(&missing);
+    assert_eq!(row["status"], "failed", "{row}");
+    assert_eq!(row["result"]["error_kind"], "not_installed", "{row}");
+    let err = row["error"].as_str().unwrap();
+    assert!(err.starts_with(&unhealthy("Gemini")), "{err}");
+    assert!(
+        err.contains("Gemini CLI is not installed or not on PATH"),
+        "{err}"
+    );
+    assert!(
+        err.contains("npm install -g @google/gemini-cli) or pass --gemini-cli <path>"),
+        "{err}"
+    );
+
+    // The daemon is alive and still runs jobs.
+    let after = w.submit(
+        "after",
+        json!({"model": "claude-sonnet-4-5", "output_format": "text"}),
+        &[("FAKE_CLI_TEXT", "still here")],
+    );
+    let row = w.wait(&after);
+    assert_eq!(
+        row["result"]["output"],
+        json!({"text": "still here"}),
+        "{row}"
+    );
+    assert!(w.gw.daemon.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(
+        wait_for_bool(Duration::from_secs(5), || w.zombie_children().is_empty()),
+        "zombie children of the daemon: {:?}",
+        w.zombie_children()
+    );
+    let log = w.gw.log();
+    assert!(log.contains("kind=timeout"), "the timeout is logged");
+    w.assert_nothing_leaked();
+    assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
+    eprintln!("timeout/flood/missing: {:?}", t0.elapsed());
+}
+
+fn wait_for_bool(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
