@@ -1,6 +1,12 @@
 //! `logs [--lines N] [--no-follow]`: the last N lines (read from the end, reaching into the
 //! rotated file when the current one is short), then follow like `tail -F`: across rotation
 //! (the path gets a new file) and truncation, until Ctrl-C.
+//!
+//! Following polls every 100 ms and keeps the file it reads open. When the path holds a new
+//! file, the open one is read to its end, then every rotated file newer than it
+//! (`gateway.log.2`, `.1`), then the new one: no line is lost or printed twice however often
+//! the log rotated between two polls, as long as the open file is still among the kept ones
+//! (otherwise one NOTE on stderr says lines may be missing). Only whole lines are printed.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -267,7 +273,7 @@ fn catch_up(
     if fell_off {
         let _ = writeln!(
             err,
-            "NOTE the log rotated 3 or more times since it was last read: lines older than {} may have been rotated away (deleted) and are not shown",
+            "NOTE the log rotated 3 or more times since it was last read: lines older than {} may have been rotated away (deleted) and are not shown; a larger PANORAMA_GATEWAY_LOG_MAX_BYTES keeps more",
             rotated_path(path, KEEP_FILES - 1).display()
         );
     }
