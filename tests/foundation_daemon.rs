@@ -9,8 +9,7 @@ mod common;
 use std::fs;
 use std::io::Read;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -227,8 +226,82 @@ fn sighup_rereads_full_control() {
     assert_eq!(o.status.code(), Some(0));
 }
 
+/// The log files on disk, oldest first (`gateway.log.2`, `.1`, `gateway.log`): inode and text
+/// of each, read while no rotation happened (inodes checked before and after).
+fn log_files(w: &World) -> Vec<(u64, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let paths = ["gateway.log.2", "gateway.log.1", "gateway.log"].map(|f| w.cfg.join(f));
+    let inodes = || {
+        paths
+            .iter()
+            .map(|p| fs::metadata(p).map(|m| m.ino()).unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    loop {
+        let before = inodes();
+        let texts: Vec<String> = paths
+            .iter()
+            .map(|p| fs::read_to_string(p).unwrap_or_default())
+            .collect();
+        if inodes() == before && before[2] != 0 {
+            return before
+                .into_iter()
+                .zip(texts)
+                .filter(|(ino, _)| *ino != 0)
+                .collect();
+        }
+    }
+}
+
+const HUP_LINE: &str = "SIGHUP: log reopened";
+
+/// The same log file in two snapshots: files only grow, and an inode number may be reused by
+/// a new file once the old one was rotated away.
+fn same_file(prev: &(u64, String), now: &(u64, String)) -> bool {
+    prev.0 == now.0 && now.1.starts_with(&prev.1)
+}
+
+/// `SIGHUP: log reopened` lines added between two [`log_files`] snapshots.
+fn hup_lines_added(prev: &[(u64, String)], now: &[(u64, String)]) -> usize {
+    now.iter()
+        .map(|n| {
+            let before = prev
+                .iter()
+                .find(|p| same_file(p, n))
+                .map_or(0, |(_, t)| t.matches(HUP_LINE).count());
+            n.1.matches(HUP_LINE).count() - before
+        })
+        .sum()
+}
+
+/// Sends one SIGHUP and waits until its line is in the log; the files afterwards.
+fn hup_once(w: &World, pid: u32, prev: &[(u64, String)]) -> Vec<(u64, String)> {
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let mut now = Vec::new();
+    wait_for_every("SIGHUP logged", T, Duration::from_millis(1), || {
+        now = log_files(w);
+        hup_lines_added(prev, &now) == 1
+    });
+    now
+}
+
+/// Every line on disk written after the follower started is in its output exactly once, in
+/// order, and nothing else: the output and the files on disk end alike (whichever reaches
+/// further back). Lines rotated away are not on disk and not compared.
+fn follower_matches_disk(seen: &str, files: &[(u64, String)]) -> bool {
+    let disk: String = files.iter().map(|(_, t)| t.as_str()).collect();
+    let (got, want): (Vec<&str>, Vec<&str>) = (seen.lines().collect(), disk.lines().collect());
+    seen.ends_with('\n')
+        && if got.len() >= want.len() {
+            got.ends_with(&want)
+        } else {
+            want.ends_with(&got)
+        }
+}
+
 #[test]
 fn log_rotates_and_logs_follows_across_rotation() {
+    use std::os::unix::fs::MetadataExt;
     let w = World::new("rotate");
     w.write_paired_config();
     let pid = start_daemon(&w, &[("PANORAMA_GATEWAY_LOG_MAX_BYTES", "2048")]);
@@ -236,62 +309,93 @@ fn log_rotates_and_logs_follows_across_rotation() {
 
     // follow from now on
     let mut c = w.cmd(&["logs", "--lines", "1"]);
-    c.stdout(Stdio::piped()).stderr(Stdio::null());
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut follower = ChildGuard::spawn(c);
-    let mut so = follower.child().stdout.take().unwrap();
-    let seen = Arc::new(Mutex::new(String::new()));
-    let seen2 = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = so.read(&mut buf) {
-            if n == 0 {
-                break;
+    let fpid = follower.pid() as i32;
+    let seen = capture(follower.child().stdout.take().unwrap());
+    let notes = capture(follower.child().stderr.take().unwrap());
+    let cur_ino = || fs::metadata(w.log()).map(|m| m.ino()).unwrap_or(0);
+    // Caught up: printed everything on disk, and reading the current file (not still the
+    // previous one, which would make the rotations counted below one more for it).
+    let wait_caught_up = |what: &str| {
+        let deadline = Instant::now() + T;
+        loop {
+            let files = log_files(&w);
+            let got = seen.lock().unwrap().clone();
+            if follower_matches_disk(&got, &files) && open_inodes(fpid as u32).contains(&cur_ino())
+            {
+                return files;
             }
-            seen2
-                .lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
+            if Instant::now() > deadline {
+                let disk: String = files.iter().map(|(_, t)| t.as_str()).collect();
+                let missing: Vec<&str> = disk
+                    .lines()
+                    .filter(|l| l.contains(HUP_LINE) && !got.contains(l))
+                    .collect();
+                panic!(
+                    "{what}: after {T:?} the follower output does not end like the log files \
+                     on disk: {} SIGHUP lines on disk, {} printed, {} on disk never printed, \
+                     e.g. {:?}\nfollower output, last lines newest first:\n{}",
+                    disk.matches(HUP_LINE).count(),
+                    got.matches(HUP_LINE).count(),
+                    missing.len(),
+                    missing.first(),
+                    got.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-    });
-    // The follower printed the last line: it has the file open and follows from there.
-    wait_for("follower started", T, || !seen.lock().unwrap().is_empty());
+    };
+    let mut files = wait_caught_up("follower started");
 
-    // Each SIGHUP logs one line; keep going until two rotations happened.
-    let rotated2 = w.cfg.join("gateway.log.2");
-    wait_for("two rotations", Duration::from_secs(60), || {
-        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-        std::thread::sleep(Duration::from_millis(5));
-        rotated2.exists()
-    });
-    let marker_count = |s: &str| s.matches("SIGHUP: log reopened").count();
-    for _ in 0..40 {
-        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-        std::thread::sleep(Duration::from_millis(5));
+    // Two rotations while the follower sleeps (stopped): when it wakes, the file it had open
+    // is gateway.log.2 and its successor gateway.log.1, which it must print before the new
+    // gateway.log. Several times, so the files it reads are ones it caught up into.
+    for round in 0..3 {
+        let followed = cur_ino();
+        unsafe { libc::kill(fpid, libc::SIGSTOP) };
+        while files.len() < 3 || files[0].0 != followed {
+            files = hup_once(&w, pid, &files);
+        }
+        unsafe { libc::kill(fpid, libc::SIGCONT) };
+        files = wait_caught_up(&format!("follower caught up after round {round}"));
     }
+    let got = seen.lock().unwrap().clone();
+    assert!(got.matches(HUP_LINE).count() >= 3 * 19, "{got}");
+    assert_eq!(notes.lock().unwrap().as_str(), "", "nothing was lost");
+
+    // Four rotations while it sleeps: the file after the one it had open is gone. It says so
+    // once on stderr, and still prints all it can, once: its open file and the 3 on disk.
+    let mut rotations = 0;
+    unsafe { libc::kill(fpid, libc::SIGSTOP) };
+    while rotations < 4 {
+        let now = hup_once(&w, pid, &files);
+        if !same_file(&files[files.len() - 1], &now[now.len() - 1]) {
+            rotations += 1;
+        }
+        files = now;
+    }
+    unsafe { libc::kill(fpid, libc::SIGCONT) };
+    wait_caught_up("follower caught up after lines were rotated away");
+    let n = notes.lock().unwrap().clone();
+    assert_eq!(n.lines().count(), 1, "{n}");
+    assert!(n.contains("rotated away"), "{n}");
+
     // the log never exceeds its size and at most 3 files exist
     assert!(!w.cfg.join("gateway.log.3").exists());
     for f in ["gateway.log", "gateway.log.1", "gateway.log.2"] {
         let len = fs::metadata(w.cfg.join(f)).unwrap().len();
         assert!(len <= 2048, "{f} is {len} bytes");
     }
-    // the follower saw every line written after it started, across the rotations
-    let total_written = || {
-        ["gateway.log.2", "gateway.log.1", "gateway.log"]
-            .iter()
-            .map(|f| marker_count(&fs::read_to_string(w.cfg.join(f)).unwrap_or_default()))
-            .sum::<usize>()
-    };
-    let written = total_written();
-    wait_for("follower caught up", T, || {
-        let got = marker_count(&seen.lock().unwrap());
-        // lines in files older than .2 are gone; the follower must have at least what is on disk
-        got >= written
-    });
+    // whole log lines only
     let got = seen.lock().unwrap().clone();
-    assert!(
-        got.lines().all(|l| l.starts_with("20")),
-        "whole lines only: {got}"
-    );
+    for l in got.lines() {
+        let b = l.as_bytes();
+        assert!(
+            b.len() > 30 && b[4] == b'-' && b[10] == b'T' && l.contains("Z ") && l.contains(" ["),
+            "not a whole log line: {l:?}"
+        );
+    }
     drop(follower);
     let o = w.run(&["stop"]);
     assert_eq!(o.status.code(), Some(0));

@@ -291,3 +291,48 @@ pub fn start_daemon(w: &World, extra_env: &[(&str, &str)]) -> u32 {
         .unwrap_or_else(|| panic!("no pid in start output: {out}"));
     pid
 }
+
+/// Like [`wait_for`], polling every `every` (for conditions that change quickly).
+pub fn wait_for_every(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(every);
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Inodes of the files process `pid` has open (`/proc/<pid>/fd`), deleted ones included.
+pub fn open_inodes(pid: u32) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| fs::metadata(e.path()).ok())
+                .map(|m| m.ino())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Collects everything `r` yields (a child's stdout or stderr) into a shared string.
+pub fn capture(
+    mut r: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let s = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let s2 = std::sync::Arc::clone(&s);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s2.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    s
+}
