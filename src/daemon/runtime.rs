@@ -172,7 +172,7 @@ struct Shared {
     accepting: AtomicBool,
     /// Ids queued locally or running (dedup of realtime + reconcile).
     seen: Mutex<HashSet<String>>,
-    running: Mutex<HashMap<String, RunningJob>>,
+    running: Arc<Mutex<HashMap<String, RunningJob>>>,
     /// Boxed rows: the bounded channel preallocates its slots, keep them pointer-sized.
     queue: Sender<Box<JobRow>>,
     completed: AtomicU64,
@@ -196,6 +196,10 @@ struct Shared {
     last_status_push: Mutex<Option<Instant>>,
     last_reconnect_event: Mutex<Option<Instant>>,
     down_since: Mutex<Option<Instant>>,
+    /// `team_gateways.full_control_enabled` as last read (machine control, PROTOCOL.md §8).
+    team_full_control: AtomicBool,
+    /// When the backend last accepted a heartbeat.
+    last_heartbeat_ok: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -425,6 +429,22 @@ impl Shared {
         mine.then_some(row)
     }
 
+    /// The machine-control layers now: install toggle (gateway.json), team toggle (last
+    /// control-state read), heartbeat freshness (90 s, PROTOCOL.md §8).
+    fn control_state(&self) -> jobs::ControlState {
+        let install_enabled = crate::config::state::load(&self.settings.paths.config_path)
+            .ok()
+            .flatten()
+            .map(|s| s.full_control_enabled)
+            .unwrap_or(false);
+        jobs::ControlState {
+            install_enabled,
+            team_enabled: self.team_full_control.load(Ordering::SeqCst),
+            heartbeat_fresh: lock(&self.last_heartbeat_ok)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(90)),
+        }
+    }
+
     fn run_handler(&self, job: &JobRow, cancel: &CancelToken) -> Outcome {
         if job.job_type != "subagent_cancel" {
             match wire::idempotency_conflict(&self.session, job) {
@@ -453,6 +473,18 @@ impl Shared {
             children: self.children.clone(),
             cancel: cancel.clone(),
             shutdown: self.shutdown.clone(),
+            session: Some(self.session.clone()),
+            control: self.control_state(),
+            cancel_running: {
+                let running = Arc::clone(&self.running);
+                Arc::new(move |id: &str| match lock(&running).get(id) {
+                    Some(r) => {
+                        r.cancel.cancel();
+                        true
+                    }
+                    None => false,
+                })
+            },
         };
         match std::panic::catch_unwind(AssertUnwindSafe(|| {
             jobs::dispatch(&job.job_type, &job.payload, &ctx)
@@ -623,6 +655,9 @@ impl Shared {
         }
         // `last_heartbeat_at` is the last one the backend took (status judges staleness by it).
         let at = now_rfc3339();
+        if ok {
+            *lock(&self.last_heartbeat_ok) = Some(Instant::now());
+        }
         (self.status)(&|s: &mut RuntimeStatus| {
             if ok {
                 s.last_heartbeat_at = Some(at.clone());
@@ -892,6 +927,7 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
             next_tick = Instant::now() + s.tuning.heartbeat;
             if let Ok(Some(cs)) = wire::control_state(&s.session) {
                 let team_fc = cs.get("full_control_enabled") == Some(&Value::Bool(true));
+                s.team_full_control.store(team_fc, Ordering::SeqCst);
                 (s.status)(&|st: &mut RuntimeStatus| st.team_full_control = Some(team_fc));
             }
         }
@@ -1021,8 +1057,10 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         settings: settings.clone(),
         process_start_ms,
         accepting: AtomicBool::new(true),
+        team_full_control: AtomicBool::new(false),
+        last_heartbeat_ok: Mutex::new(None),
         seen: Mutex::new(HashSet::new()),
-        running: Mutex::new(HashMap::new()),
+        running: Arc::new(Mutex::new(HashMap::new())),
         queue: queue_tx,
         completed: AtomicU64::new(0),
         failed: AtomicU64::new(0),

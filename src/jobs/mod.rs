@@ -43,6 +43,41 @@ pub struct Outcome {
     pub debug: Option<Value>,
 }
 
+/// The machine-control layers as the runtime sees them when a job starts (PROTOCOL.md §8).
+/// The resource-level opt-in is per job and checked by the handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlState {
+    /// `full_control_enabled` in gateway.json (`panorama-gateway full-control enable`).
+    pub install_enabled: bool,
+    /// `team_gateways.full_control_enabled`, as last read from the backend.
+    pub team_enabled: bool,
+    /// The last accepted heartbeat is younger than 90 s.
+    pub heartbeat_fresh: bool,
+}
+
+impl ControlState {
+    /// Machine control is effective only when every gateway-side layer allows it.
+    pub fn allowed(&self) -> bool {
+        self.install_enabled && self.team_enabled && self.heartbeat_fresh
+    }
+
+    /// Why machine control is not available, for error messages; None when allowed.
+    pub fn denial(&self) -> Option<&'static str> {
+        if !self.install_enabled {
+            Some("host machine control is disabled on this gateway (run `panorama-gateway full-control enable` on the host)")
+        } else if !self.team_enabled {
+            Some("machine control is disabled for this gateway in the team settings")
+        } else if !self.heartbeat_fresh {
+            Some("the gateway's heartbeat is stale, so machine control is paused until it reaches Panorama again")
+        } else {
+            None
+        }
+    }
+}
+
+/// Cancels a job that runs in this gateway, by job id; true when it was running here.
+pub type CancelRunning = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What a handler may use.
 pub struct JobContext {
     pub job_id: String,
@@ -52,6 +87,13 @@ pub struct JobContext {
     /// Set when this job is cancelled or the daemon stops now.
     pub cancel: CancelToken,
     pub shutdown: Shutdown,
+    /// The backend session, for handlers that read or write backend rows (subagents, remote
+    /// shell resources) through `crate::backend`. None where no backend exists (unit tests).
+    pub session: Option<Arc<crate::backend::session::Session>>,
+    /// Machine-control layers at the job's start.
+    pub control: ControlState,
+    /// Reaches other running jobs (subagent_cancel).
+    pub cancel_running: CancelRunning,
 }
 
 /// Runs the handler for `job_type`. Unknown types fail with "Unsupported job type: X"
@@ -87,5 +129,37 @@ pub fn processing_failed(job_type: &str, message: &str) -> Outcome {
         })),
         error: Some(message.to_string()),
         debug: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControlState;
+
+    #[test]
+    fn machine_control_needs_every_layer() {
+        let all = ControlState {
+            install_enabled: true,
+            team_enabled: true,
+            heartbeat_fresh: true,
+        };
+        assert!(all.allowed());
+        assert_eq!(all.denial(), None);
+        let no_install = ControlState {
+            install_enabled: false,
+            ..all
+        };
+        assert!(!no_install.allowed());
+        assert!(no_install.denial().unwrap().contains("full-control enable"));
+        let no_team = ControlState {
+            team_enabled: false,
+            ..all
+        };
+        assert!(no_team.denial().unwrap().contains("team settings"));
+        let stale = ControlState {
+            heartbeat_fresh: false,
+            ..all
+        };
+        assert!(stale.denial().unwrap().contains("heartbeat"));
     }
 }

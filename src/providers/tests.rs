@@ -105,6 +105,9 @@ fn ctx(reg: &Arc<Registry>, job: &str) -> JobContext {
         children: Arc::new(Children::new()),
         cancel: CancelToken::new(),
         shutdown: Shutdown::new(),
+        session: None,
+        control: Default::default(),
+        cancel_running: Arc::new(|_: &str| false),
     }
 }
 
