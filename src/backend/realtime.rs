@@ -731,6 +731,28 @@ mod tests {
                 };
                 assert_eq!(join.event, "phx_join");
                 assert_eq!(join.topic, "realtime:gateway_jobs_g");
+                assert!(join.join_ref.is_some() && join.join_ref == join.r#ref);
+                assert_eq!(
+                    join.payload,
+                    join_payload("t", join.payload["access_token"].as_str().unwrap())
+                );
+                assert_eq!(
+                    join.payload,
+                    json!({"config": {"broadcast": {"ack": false, "self": false},
+                                      "presence": {"key": "", "enabled": false},
+                                      "postgres_changes": [{"event": "INSERT", "schema": "public",
+                                          "table": "gateway_jobs", "filter": "team_id=eq.t"}],
+                                      "private": false},
+                           "access_token": join.payload["access_token"].clone()})
+                );
+                assert_eq!(
+                    join.payload["access_token"]
+                        .as_str()
+                        .unwrap()
+                        .split('.')
+                        .count(),
+                    3
+                );
                 assert_eq!(
                     join.payload["config"]["postgres_changes"][0]["filter"],
                     "team_id=eq.t"
@@ -759,14 +781,42 @@ mod tests {
                 ))
                 .unwrap();
                 if conn_no == 0 {
-                    // Read (and ignore) heartbeats until the client gives up on us.
-                    while ws.read().is_ok() {}
+                    // Read (and never answer) heartbeats until the client gives up on us.
+                    let mut beats = 0;
+                    while let Ok(m) = ws.read() {
+                        if let Message::Text(t) = m {
+                            // Exactly `[null,"<ref>","phoenix","heartbeat",{}]`.
+                            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                            assert_eq!(v[0], Value::Null, "{v}");
+                            assert!(v[1].as_str().is_some_and(|r| r.parse::<u64>().is_ok()));
+                            assert_eq!(
+                                (&v[2], &v[3], &v[4]),
+                                (&json!("phoenix"), &json!("heartbeat"), &json!({}))
+                            );
+                            beats += 1;
+                        }
+                    }
+                    assert_eq!(beats, 1, "one unanswered heartbeat is enough to reconnect");
                 } else {
-                    // Answer until the client leaves.
+                    // Answer heartbeats until the client leaves.
                     while let Ok(m) = ws.read() {
                         if let Message::Text(t) = m {
                             let f = Frame::decode(t.as_str()).unwrap();
+                            if f.event == "heartbeat" {
+                                let reply = Frame {
+                                    join_ref: None,
+                                    r#ref: f.r#ref.clone(),
+                                    topic: "phoenix".into(),
+                                    event: "phx_reply".into(),
+                                    payload: json!({"status": "ok", "response": {}}),
+                                };
+                                ws.send(Message::text(reply.encode())).unwrap();
+                            }
                             if f.event == "phx_leave" {
+                                assert_eq!(f.join_ref, join.join_ref);
+                                assert_ne!(f.r#ref, join.r#ref);
+                                assert_eq!(f.topic, join.topic);
+                                assert_eq!(f.payload, json!({}));
                                 break;
                             }
                         }
