@@ -317,3 +317,39 @@ fn changes_lost_by_a_muted_realtime_are_picked_up_by_reconcile() {
     assert_alive(&mut gw);
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
+
+#[test]
+fn a_claim_whose_reply_is_lost_while_the_checks_fail_is_resolved_and_runs_once() {
+    let b = Backend::start();
+    // The gateway gives up on a REST call after 700 ms...
+    let (mut gw, gid, team) =
+        started_gateway_with(&b, &[("PANORAMA_GATEWAY_REST_TIMEOUT_MS", "700")]);
+    // ...and every REST request now takes 1.5 s at the backend: the claim PATCH lands, but its
+    // reply never reaches the gateway, and neither do the replies of its follow-up checks.
+    b.fault(json!({"delay_next": {"count": 100000, "ms": 1500, "paths": "rest"}}));
+    let id = b.insert_job(&team, &gid, "noop", json!({}));
+    wait_for("the claim to land", Duration::from_secs(30), || {
+        (b.job(&id)["status"] == "running").then_some(())
+    });
+    wait_for("failed follow-up checks", Duration::from_secs(30), || {
+        let log = gateway_log(&gw);
+        (log.contains(&format!("claim of job {id} in doubt"))
+            && log.contains(&format!("cannot check the claim of job {id} yet")))
+        .then_some(())
+    });
+    assert!(
+        !starts_per_job(&gw).contains_key(&id),
+        "not run while in doubt"
+    );
+    // The backend comes back after a last burst of 503s: the gateway recognises its own claim
+    // and runs the job instead of leaving it `running` until the next restart.
+    b.fault(json!({"clear": true}));
+    b.fault(json!({"fail_next": {"count": 4, "status": 503, "paths": "rest"}}));
+    let j = wait_job_done(&b, &id, Duration::from_secs(60));
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["error"], "Unsupported job type: noop", "it ran: {j}");
+    assert_eq!(starts_per_job(&gw).get(&id), Some(&1), "exactly once");
+    assert!(gateway_log(&gw).contains(&format!("claim of job {id} had landed")));
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}

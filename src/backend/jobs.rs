@@ -156,6 +156,58 @@ pub fn claim(s: &Session, job_id: &str, started_at: &str) -> Result<Option<JobRo
     }
 }
 
+/// One job row by id (`GET gateway_jobs?select=*&id=eq.<id>`), None when it does not exist.
+pub fn job_row(s: &Session, job_id: &str) -> Result<Option<Value>, Error> {
+    let id = format!("eq.{job_id}");
+    let rows = rest::select(s, "gateway_jobs", &[("select", "*"), ("id", &id)])?;
+    Ok(rows.into_iter().next())
+}
+
+/// What a re-read says about a claim whose reply never arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimCheck {
+    /// Running for this gateway with the `started_at` our claim sent: it landed.
+    Ours(Box<JobRow>),
+    /// Still queued for this gateway: the claim did not land (yet: it may still be in flight).
+    StillQueued,
+    /// Someone else's, cancelled, finished or gone: not ours to run.
+    NotOurs(String),
+    /// Ours, but the row does not decode (it must be failed, not run).
+    Malformed(String),
+}
+
+/// Recognises our own claim by the `started_at` we sent (compared as instants: the backend may
+/// answer `+00:00` or microseconds), the gateway id and the status.
+pub fn classify_claim(row: Option<&Value>, gateway_id: &str, started_at: &str) -> ClaimCheck {
+    use super::capabilities::parse_rfc3339_ms;
+    let Some(row) = row else {
+        return ClaimCheck::NotOurs("the job no longer exists".into());
+    };
+    let get = |k: &str| row.get(k).and_then(Value::as_str);
+    let status = get("status").unwrap_or("");
+    if get("gateway_id") != Some(gateway_id) {
+        return ClaimCheck::NotOurs("the job is not for this gateway".into());
+    }
+    match status {
+        "queued" => ClaimCheck::StillQueued,
+        "running"
+            if get("started_at")
+                .and_then(parse_rfc3339_ms)
+                .is_some_and(|t| Some(t) == parse_rfc3339_ms(started_at)) =>
+        {
+            match decode_job(row) {
+                Ok(j) => ClaimCheck::Ours(Box::new(j)),
+                Err(e) => ClaimCheck::Malformed(e),
+            }
+        }
+        "running" => ClaimCheck::NotOurs(format!(
+            "running since {} (another claim)",
+            get("started_at").unwrap_or("an unknown time")
+        )),
+        other => ClaimCheck::NotOurs(format!("status is {other:?}")),
+    }
+}
+
 /// True when another execution with the same idempotency key and attempt is running or done.
 /// Query errors count as "no conflict" (like the reference), but are returned for logging.
 pub fn idempotency_conflict(s: &Session, job: &JobRow) -> Result<bool, Error> {
@@ -391,6 +443,57 @@ mod tests {
             b,
             json!({"status": "completed", "result": null, "error": null, "completed_at": "t"})
         );
+    }
+
+    #[test]
+    fn a_claim_is_recognised_by_our_started_at() {
+        let ours = "2026-01-05T10:00:00.123Z";
+        let mut r = row();
+        r["status"] = json!("running");
+        r["started_at"] = json!("2026-01-05T10:00:00.123+00:00");
+        match classify_claim(Some(&r), "g", ours) {
+            ClaimCheck::Ours(j) => assert_eq!(j.id, "j1"),
+            other => panic!("{other:?}"),
+        }
+        r["started_at"] = json!("2026-01-05T10:00:00.124Z");
+        assert!(matches!(
+            classify_claim(Some(&r), "g", ours),
+            ClaimCheck::NotOurs(_)
+        ));
+        r["started_at"] = json!(null);
+        assert!(matches!(
+            classify_claim(Some(&r), "g", ours),
+            ClaimCheck::NotOurs(_)
+        ));
+        r["started_at"] = json!(ours);
+        r["gateway_id"] = json!("other");
+        assert!(matches!(
+            classify_claim(Some(&r), "g", ours),
+            ClaimCheck::NotOurs(_)
+        ));
+        r["gateway_id"] = json!("g");
+        r["payload"] = json!("not an object");
+        assert!(matches!(
+            classify_claim(Some(&r), "g", ours),
+            ClaimCheck::Malformed(_)
+        ));
+        assert_eq!(
+            classify_claim(Some(&row()), "g", ours),
+            ClaimCheck::StillQueued
+        );
+        for st in ["cancelled", "completed", "failed"] {
+            let mut r = row();
+            r["status"] = json!(st);
+            r["started_at"] = json!(ours);
+            assert!(
+                matches!(classify_claim(Some(&r), "g", ours), ClaimCheck::NotOurs(_)),
+                "{st}"
+            );
+        }
+        assert!(matches!(
+            classify_claim(None, "g", ours),
+            ClaimCheck::NotOurs(_)
+        ));
     }
 
     fn jwt(exp: u64) -> String {

@@ -351,13 +351,20 @@ impl Shared {
                 log::debug!(target: "worker", "job {} was taken or cancelled before we claimed it", job.id);
                 return;
             }
-            Err(e) => match self.claim_landed(&job.id, &started_at, &e) {
-                Some(row) => row,
-                None => {
-                    log::warn!(target: "worker", "claim of job {} failed, it stays queued and is retried by the next reconcile: {e}", job.id);
-                    return;
+            // No answer, or an answer we cannot read: the PATCH may have landed (a timed-out
+            // request can still reach the database later). Find out before moving on.
+            Err(e)
+                if e.is_retryable() || matches!(e, Error::Decode(_) | Error::TooLarge { .. }) =>
+            {
+                match self.resolve_claim(&job, &started_at, &e) {
+                    Some(row) => row,
+                    None => return,
                 }
-            },
+            }
+            Err(e) => {
+                log::warn!(target: "worker", "claim of job {} refused, it stays queued and is retried by the next reconcile: {e}", job.id);
+                return;
+            }
         };
         let cancel = CancelToken::new();
         lock(&self.running).insert(
@@ -404,25 +411,91 @@ impl Shared {
         self.push_status(false);
     }
 
-    /// After a failed claim call, did the PATCH land anyway (reply lost)? Our `started_at`
-    /// identifies our claim.
-    fn claim_landed(&self, job_id: &str, started_at: &str, err: &Error) -> Option<JobRow> {
-        if !err.is_retryable() {
-            return None;
+    /// A claim whose reply was lost: re-read the job with backoff (500 ms doubling to 30 s)
+    /// until the backend answers, then run it if our claim landed (recognised by the
+    /// `started_at` we sent), re-claim it (same `started_at`) if it is still queued, or skip it.
+    /// Meanwhile it counts as in flight, so a drain waits for it. Only an immediate stop ends
+    /// the wait; a claim that landed unseen is then failed by the next start's recovery.
+    fn resolve_claim(&self, job: &JobRow, started_at: &str, first: &Error) -> Option<JobRow> {
+        log::warn!(target: "worker", "claim of job {} in doubt ({first}); checking whether it landed", job.id);
+        lock(&self.running).insert(
+            job.id.clone(),
+            RunningJob {
+                cancel: CancelToken::new(),
+                job_type: job.job_type.clone(),
+            },
+        );
+        let r = self.resolve_claim_loop(job, started_at);
+        if r.is_none() {
+            lock(&self.running).remove(&job.id);
+            self.push_status(false);
         }
-        std::thread::sleep(Duration::from_millis(200));
-        let id = format!("eq.{job_id}");
-        let rows = crate::backend::rest::select(
-            &self.session,
-            "gateway_jobs",
-            &[("select", "*"), ("id", &id)],
-        )
-        .ok()?;
-        let row = wire::decode_job(rows.first()?).ok()?;
-        let mine = row.status == "running"
-            && row.gateway_id.as_deref() == Some(self.session.gateway_id.as_str())
-            && row.started_at.as_deref().and_then(parse_rfc3339_ms) == parse_rfc3339_ms(started_at);
-        mine.then_some(row)
+        r
+    }
+
+    fn resolve_claim_loop(&self, job: &JobRow, started_at: &str) -> Option<JobRow> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let t0 = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            if self.shutdown.wait_for(
+                crate::daemon::shutdown::Level::Immediate,
+                backoff.next_delay(),
+            ) {
+                log::warn!(target: "worker", "stopping with the claim of job {} unresolved; if it landed, the next start marks the job failed ({RESTART_JOB_ERROR})", job.id);
+                return None;
+            }
+            let row = match wire::job_row(&self.session, &job.id) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 10 == 0 {
+                        log::warn!(target: "worker", "cannot check the claim of job {} yet (try {failures}, {} s): {e}; retrying", job.id, t0.elapsed().as_secs());
+                    }
+                    continue;
+                }
+            };
+            match wire::classify_claim(row.as_ref(), &self.session.gateway_id, started_at) {
+                wire::ClaimCheck::Ours(row) => {
+                    log::info!(target: "worker", "claim of job {} had landed (its reply was lost); running it", job.id);
+                    return Some(*row);
+                }
+                wire::ClaimCheck::NotOurs(why) => {
+                    log::info!(target: "worker", "claim of job {} did not land ({why}); skipping it", job.id);
+                    return None;
+                }
+                wire::ClaimCheck::Malformed(why) => {
+                    log::warn!(target: "worker", "claimed job {} has a malformed row ({why}); failing it", job.id);
+                    let o = jobs::processing_failed(
+                        &job.job_type,
+                        &format!("malformed gateway job row: {why}"),
+                    );
+                    let body = wire::completion_body(
+                        o.status.as_str(),
+                        &o.result,
+                        &o.error,
+                        &now_rfc3339(),
+                    );
+                    self.deliver(&job.id, &body);
+                    self.failed.fetch_add(1, Ordering::SeqCst);
+                    return None;
+                }
+                // Not landed (or still on its way): claim again with the same `started_at`.
+                // Whichever PATCH lands first wins; the other matches nothing.
+                wire::ClaimCheck::StillQueued => {
+                    match wire::claim(&self.session, &job.id, started_at) {
+                        Ok(Some(row)) => {
+                            log::info!(target: "worker", "claimed job {} on the second try", job.id);
+                            return Some(row);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            log::debug!(target: "worker", "re-claim of job {} failed: {e}", job.id)
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn run_handler(&self, job: &JobRow, cancel: &CancelToken) -> Outcome {
