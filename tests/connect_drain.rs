@@ -109,12 +109,16 @@ fn a_second_signal_skips_the_wait() {
     });
     let t0 = Instant::now();
     gw.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
+    // Draining: no longer taking jobs, so `pending` (backend.md §5.3), and `draining` locally.
+    wait_for("team_gateways pending", Duration::from_secs(10), || {
+        (b.gateway_row(&gid)["status"] == "pending").then_some(())
+    });
+    assert_eq!(gw.status_file()["connection"], "draining");
     gw.signal(libc::SIGTERM);
     let exit = gw.wait_exit(Duration::from_secs(30));
     assert_eq!(exit.code(), Some(0));
     assert!(
-        t0.elapsed() < Duration::from_secs(12),
+        t0.elapsed() < Duration::from_secs(20),
         "did not wait for the 60 s drain"
     );
     assert_eq!(
@@ -124,6 +128,7 @@ fn a_second_signal_skips_the_wait() {
     wait_for("the child to be gone", Duration::from_secs(5), || {
         (!alive(pid)).then_some(())
     });
+    assert_eq!(b.gateway_row(&gid)["status"], "offline");
 }
 
 #[test]

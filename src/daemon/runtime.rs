@@ -196,6 +196,16 @@ struct Shared {
     last_status_push: Mutex<Option<Instant>>,
     last_reconnect_event: Mutex<Option<Instant>>,
     down_since: Mutex<Option<Instant>>,
+    /// Held while a heartbeat is on the wire: never two in flight (the drain sends its own).
+    heartbeat_in_flight: Mutex<()>,
+    /// The status of the last heartbeat sent (the reconcile loop wakes the heartbeat thread
+    /// when the computed status differs).
+    heartbeat_sent: Mutex<Option<&'static str>>,
+    /// When the backend last accepted a heartbeat, and the error of the last one if it failed.
+    heartbeat_ok_at: Mutex<Option<Instant>>,
+    heartbeat_error: Mutex<Option<String>>,
+    /// The error of the last reconcile, if it failed.
+    reconcile_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -228,6 +238,29 @@ impl Shared {
                 )),
             );
         }
+        // Job queries failing for longer than the ingress window: Panorama sees `error`.
+        if *lock(&self.ingress) == Ingress::Failing && !self.ingress_fresh() {
+            let e = lock(&self.reconcile_error).clone().unwrap_or_default();
+            return (
+                "disconnected".into(),
+                Some(format!(
+                    "the backend does not answer job queries ({e}); retrying every {} ms",
+                    self.tuning.reconcile.as_millis()
+                )),
+            );
+        }
+        // Heartbeats failing for longer than the backend's staleness window (3 intervals,
+        // 90 s by default), or never accepted: Panorama shows this gateway offline.
+        if let Some(e) = lock(&self.heartbeat_error).clone() {
+            if lock(&self.heartbeat_ok_at).is_none_or_elapsed(self.tuning.heartbeat * 3) {
+                return (
+                    "disconnected".into(),
+                    Some(format!(
+                        "heartbeats are not accepted ({e}); Panorama shows this gateway offline until one is"
+                    )),
+                );
+            }
+        }
         if self.realtime_up.load(Ordering::SeqCst) {
             return ("connected".into(), None);
         }
@@ -237,6 +270,11 @@ impl Shared {
         } else {
             ("connecting".into(), None)
         }
+    }
+
+    /// The last successful reconcile is younger than 3 reconcile intervals (backend.md §5.3).
+    fn ingress_fresh(&self) -> bool {
+        lock(&self.last_reconcile_ok).is_some_and(|t| t.elapsed() <= self.tuning.reconcile * 3)
     }
 
     /// Rewrites the status file: always when `force`, else at most every 200 ms.
@@ -273,11 +311,9 @@ impl Shared {
         if self.shutdown.is_draining() || !self.accepting.load(Ordering::SeqCst) {
             return "pending";
         }
-        let fresh =
-            lock(&self.last_reconcile_ok).is_some_and(|t| t.elapsed() <= self.tuning.reconcile * 3);
         match *lock(&self.ingress) {
             Ingress::Pending => "pending",
-            _ if fresh => "ready",
+            _ if self.ingress_fresh() => "ready",
             _ => "error",
         }
     }
@@ -557,14 +593,18 @@ impl Shared {
                         break;
                     }
                     log::debug!(target: "worker", "completion of job {job_id} failed, retrying: {e}");
-                    std::thread::sleep(backoff.next_delay());
+                    // An immediate stop cuts the wait short (the result goes to the spool).
+                    self.shutdown.wait_for(
+                        crate::daemon::shutdown::Level::Immediate,
+                        backoff.next_delay(),
+                    );
                 }
                 Err(e @ Error::Reauth(_)) => {
                     log::warn!(target: "worker", "completion of job {job_id} waits for a new session: {e}");
                     break;
                 }
                 Err(e) => {
-                    log::error!(target: "worker", "the backend rejected the completion of job {job_id}: {e}; the job may stay running until the next gateway restart");
+                    self.reject_fallback(job_id, &e);
                     return;
                 }
             }
@@ -585,6 +625,25 @@ impl Shared {
         }
     }
 
+    /// The backend refused a completion for good (say 413 for a result too large, or 400): the
+    /// job must not stay `running`, so fail it with a small body that says why.
+    fn reject_fallback(&self, job_id: &str, e: &Error) {
+        log::error!(target: "worker", "the backend rejected the completion of job {job_id}: {e}; failing the job with a short error instead");
+        let msg = crate::backend::truncate_chars(
+            &format!("the backend rejected the gateway's job result: {e}"),
+            1000,
+        );
+        let body = wire::completion_body(
+            "failed",
+            &Some(json!({ "message": "Gateway job result rejected by the backend" })),
+            &Some(msg),
+            &now_rfc3339(),
+        );
+        if let Err(e2) = wire::complete(&self.session, job_id, &body) {
+            log::error!(target: "worker", "could not fail job {job_id} either ({e2}); it stays running until the next gateway restart fails it");
+        }
+    }
+
     /// Sends spooled completions; stops at the first transient failure (backend still away).
     fn flush_spool(&self) {
         let entries = self.spool.entries();
@@ -593,6 +652,9 @@ impl Shared {
         }
         let mut sent = 0;
         for e in &entries {
+            if self.shutdown.is_draining() {
+                break; // the spool survives the restart
+            }
             match wire::complete(&self.session, &e.job_id, &e.body) {
                 Ok(()) => {
                     self.spool.remove(e);
@@ -603,7 +665,7 @@ impl Shared {
                     break;
                 }
                 Err(err) => {
-                    log::error!(target: "spool", "the backend rejected the spooled completion of job {}: {err}; dropping it", e.job_id);
+                    self.reject_fallback(&e.job_id, &err);
                     self.spool.remove(e);
                 }
             }
@@ -665,7 +727,9 @@ impl Shared {
         })
     }
 
-    fn send_heartbeat(&self, status: &str) -> bool {
+    fn send_heartbeat(&self, status: &'static str) -> bool {
+        let _in_flight = lock(&self.heartbeat_in_flight);
+        *lock(&self.heartbeat_sent) = Some(status);
         let body = self.heartbeat_body(status);
         let r = functions::invoke(
             &self.session,
@@ -694,6 +758,15 @@ impl Shared {
         if ok && lock(&self.heartbeat_fail_logged).take().is_some() {
             log::info!(target: "heartbeat", "heartbeats accepted again status={status}");
         }
+        if ok {
+            *lock(&self.heartbeat_ok_at) = Some(Instant::now());
+            *lock(&self.heartbeat_error) = None;
+        } else {
+            *lock(&self.heartbeat_error) = Some(match &r {
+                Err(e) => crate::backend::truncate_chars(&e.to_string(), 300),
+                Ok(_) => "the backend's reply was not {\"success\": true}".into(),
+            });
+        }
         // `last_heartbeat_at` is the last one the backend took (status judges staleness by it).
         let at = now_rfc3339();
         (self.status)(&|s: &mut RuntimeStatus| {
@@ -705,6 +778,7 @@ impl Shared {
         if ok {
             log::debug!(target: "heartbeat", "heartbeat sent status={status}");
         }
+        self.push_status(true);
         ok
     }
 
@@ -910,6 +984,7 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
                     let _ = s.heartbeat_wake.try_send(());
                 }
                 *lock(&s.ingress) = Ingress::Ok;
+                *lock(&s.reconcile_error) = None;
                 for (id, why) in bad {
                     s.log_malformed(id.as_deref(), &why, "reconcile");
                 }
@@ -919,13 +994,18 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
             }
             Err(e) => {
                 *lock(&s.ingress) = Ingress::Failing;
+                *lock(&s.reconcile_error) =
+                    Some(crate::backend::truncate_chars(&e.to_string(), 300));
                 if !last_error_log.is_some_and(|t| t.elapsed() <= Duration::from_secs(30)) {
                     log::warn!(target: "ingress", "reconcile of queued jobs failed: {e}");
                     last_error_log = Some(Instant::now());
                 }
             }
         }
-        if *lock(&s.ingress) != before || before == Ingress::Pending {
+        if *lock(&s.ingress) != before
+            || before == Ingress::Pending
+            || *lock(&s.heartbeat_sent) != Some(s.heartbeat_status())
+        {
             let _ = s.heartbeat_wake.try_send(());
         }
         s.push_status(true);
@@ -941,7 +1021,6 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
 }
 
 fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
-    let mut last_sent: Option<&'static str> = None;
     let mut last_health = s.providers.health_generation();
     let mut next_tick = Instant::now();
     loop {
@@ -957,11 +1036,11 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
                 .check_health(crate::providers::health::Mode::Light, None);
         }
         let forced = s.force_heartbeat.swap(false, Ordering::SeqCst);
+        let last_sent = *lock(&s.heartbeat_sent);
         if now >= next_tick || last_sent != Some(status) || health != last_health || forced {
             last_health = s.providers.health_generation();
             // A failed send is retried at the next tick, not in a loop.
             s.send_heartbeat(status);
-            last_sent = Some(status);
             next_tick = Instant::now() + s.tuning.heartbeat;
             if let Ok(Some(cs)) = wire::control_state(&s.session) {
                 let team_fc = cs.get("full_control_enabled") == Some(&Value::Bool(true));
@@ -970,7 +1049,16 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
         }
         s.send_events();
         s.push_status(false);
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        let mut wait = next_tick.saturating_duration_since(Instant::now());
+        // `ready` turns into `error` when the last reconcile gets too old, even if the
+        // reconcile thread is stuck in a slow request: wake up then.
+        if let Some(t) = *lock(&s.last_reconcile_ok) {
+            let stale_in =
+                (s.tuning.reconcile * 3 + Duration::from_millis(10)).saturating_sub(t.elapsed());
+            if !stale_in.is_zero() {
+                wait = wait.min(stale_in);
+            }
+        }
         // Woken early by status changes, new events and the drain.
         match wake.recv_timeout(wait) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -1113,6 +1201,11 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         last_status_push: Mutex::new(None),
         last_reconnect_event: Mutex::new(None),
         down_since: Mutex::new(None),
+        heartbeat_in_flight: Mutex::new(()),
+        heartbeat_sent: Mutex::new(None),
+        heartbeat_ok_at: Mutex::new(None),
+        heartbeat_error: Mutex::new(None),
+        reconcile_error: Mutex::new(None),
     });
     shared.event(
         Level::Info,
@@ -1241,6 +1334,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             .iter()
             .map(|(id, r)| (id.clone(), r.job_type.clone()))
             .collect();
+        let mut backend_away = false;
         for (id, jt) in stuck {
             log::warn!(target: "runtime", "job {id} did not stop; marking it failed");
             let body = wire::completion_body(
@@ -1249,9 +1343,23 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
                 &Some(SHUTDOWN_JOB_ERROR.into()),
                 &now_rfc3339(),
             );
-            if let Err(e) = wire::complete(&shared.session, &id, &body) {
-                log::warn!(target: "runtime", "could not mark job {id} failed ({e}); spooling");
-                let _ = shared.spool.put(&id, &body);
+            // Once the backend failed to answer, spool the rest at once: each try could take
+            // a whole request timeout.
+            let sent = !backend_away
+                && {
+                    match wire::complete(&shared.session, &id, &body) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            log::warn!(target: "runtime", "could not mark job {id} failed ({e}); spooling it for the next start");
+                            backend_away = true;
+                            false
+                        }
+                    }
+                };
+            if !sent {
+                if let Err(e) = shared.spool.put(&id, &body) {
+                    log::error!(target: "runtime", "LOST RESULT of job {id}: cannot spool it: {e}; the next start fails it ({RESTART_JOB_ERROR})");
+                }
             }
         }
     }
