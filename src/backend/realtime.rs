@@ -531,6 +531,7 @@ fn one_connection(
                         .get("response")
                         .map(|r| r.to_string())
                         .unwrap_or_default();
+                    refresh_if_token_problem(session, &token, &reason);
                     break Err(format!(
                         "channel join refused: {}",
                         super::truncate_chars(&reason, 300)
@@ -569,7 +570,10 @@ fn one_connection(
             "phx_error" => break Err("the server reported a channel error".into()),
             "phx_close" => break Err("the server closed the channel".into()),
             "system" if f.payload.get("status").and_then(Value::as_str) == Some("error") => {
-                log::warn!(target: "realtime", "realtime system error: {}", super::truncate_chars(&f.payload.to_string(), 300));
+                let text = f.payload.to_string();
+                log::warn!(target: "realtime", "realtime system error: {}", super::truncate_chars(&text, 300));
+                // "Token has expired": the server closes the channel next; rejoin with a fresh one.
+                refresh_if_token_problem(session, &session.current_access_token(), &text);
             }
             _ => {}
         }
@@ -581,6 +585,17 @@ fn one_connection(
         backoff.reset();
     }
     result
+}
+
+/// The server refused the channel's token (expired or revoked before its `exp` says): refresh
+/// the session now (single-flight, failures cached) so the next join carries a new token.
+fn refresh_if_token_problem(session: &Session, token: &str, reason: &str) {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("token") || r.contains("jwt") {
+        if let Err(e) = session.refresh_if_current(token) {
+            log::debug!(target: "realtime", "refresh after a realtime token error failed: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

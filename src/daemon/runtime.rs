@@ -1139,6 +1139,15 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         .or(state.device_name.clone())
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(hostname);
+    // Like the reference's start (backend.md §16), gateway.json keeps the name in use.
+    if state.device_name.as_deref() != Some(device_name.as_str()) {
+        let name = device_name.clone();
+        if let Err(e) = crate::config::state::update(&settings.paths.config_path, move |s| {
+            s.device_name = Some(name)
+        }) {
+            log::warn!(target: "runtime", "cannot save the device name to gateway.json: {e}");
+        }
+    }
     let session = Arc::new(Session::new(
         crate::backend::new_agent(),
         &cfg,
