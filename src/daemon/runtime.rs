@@ -728,15 +728,25 @@ impl Shared {
     }
 
     fn send_heartbeat(&self, status: &'static str) -> bool {
+        self.send_heartbeat_within(status, functions::HEARTBEAT_TIMEOUT)
+    }
+
+    /// The shutdown heartbeats: 20 s normally, 5 s when the last one already failed (a
+    /// backend that is away must not push the stop past a service manager's stop timeout).
+    fn send_shutdown_heartbeat(&self, status: &'static str) -> bool {
+        let t = if lock(&self.heartbeat_error).is_some() {
+            Duration::from_secs(5)
+        } else {
+            functions::HEARTBEAT_TIMEOUT
+        };
+        self.send_heartbeat_within(status, t)
+    }
+
+    fn send_heartbeat_within(&self, status: &'static str, timeout: Duration) -> bool {
         let _in_flight = lock(&self.heartbeat_in_flight);
         *lock(&self.heartbeat_sent) = Some(status);
         let body = self.heartbeat_body(status);
-        let r = functions::invoke(
-            &self.session,
-            "gateway-heartbeat",
-            &body,
-            functions::HEARTBEAT_TIMEOUT,
-        );
+        let r = functions::invoke(&self.session, "gateway-heartbeat", &body, timeout);
         let ok = match &r {
             Ok(v) if v.get("success") == Some(&Value::Bool(true)) => true,
             Ok(_) => {
@@ -1303,7 +1313,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     join_within(rec, Duration::from_secs(20), "the reconcile thread");
     join_within(hb, Duration::from_secs(25), "the heartbeat thread");
     // One status-change heartbeat (pending) while draining: the gateway stops taking jobs.
-    shared.send_heartbeat("pending");
+    shared.send_shutdown_heartbeat("pending");
     let mut next_log = Instant::now();
     loop {
         let n = lock(&shared.running).len();
@@ -1383,7 +1393,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         json!({ "drain_ms": drain_start.elapsed().as_millis() as u64 }),
     );
     shared.send_events();
-    shared.send_heartbeat("offline");
+    shared.send_shutdown_heartbeat("offline");
     (ctx.status)(&|s: &mut RuntimeStatus| s.connection = "stopped".into());
     shared.push_status(true);
     (ctx.status)(&|s: &mut RuntimeStatus| s.connection = "stopped".into());
