@@ -442,3 +442,26 @@ fn refused_heartbeats_show_in_status_until_one_is_accepted() {
     assert_alive(&mut gw);
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
+
+#[test]
+fn a_backlog_too_big_for_one_reconcile_reply_is_fetched_in_smaller_pages() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    // Queued while the gateway is stopped: 3 rows of 6 MiB (long prompts) are more than the
+    // 16 MiB a reconcile reply may have.
+    let blob = "x".repeat(6 * 1024 * 1024);
+    let ids: Vec<String> = (0..3)
+        .map(|i| b.insert_job(&team, &gid, "noop", json!({ "n": i, "blob": blob })))
+        .collect();
+    gw.start();
+    for id in &ids {
+        let j = wait_job_done(&b, id, Duration::from_secs(60));
+        assert_eq!(j["error"], "Unsupported job type: noop", "{id}");
+    }
+    assert!(gateway_log(&gw).contains("too large for one reconcile reply"));
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}

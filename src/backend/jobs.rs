@@ -105,11 +105,13 @@ pub fn decode_jobs(rows: Vec<Value>) -> (Vec<JobRow>, Malformed) {
     (ok, bad)
 }
 
-/// At most this many queued jobs per reconcile.
-pub const RECONCILE_LIMIT: &str = "1000";
+/// At most this many queued jobs per reconcile (fewer while big rows do not fit the body limit).
+pub const RECONCILE_LIMIT: usize = 1000;
 
-/// The queued jobs of this gateway, oldest first; malformed rows come back separately.
-pub fn reconcile(s: &Session) -> Result<(Vec<JobRow>, Malformed), Error> {
+/// The queued jobs of this gateway, oldest first, at most `limit`; malformed rows come back
+/// separately.
+pub fn reconcile(s: &Session, limit: usize) -> Result<(Vec<JobRow>, Malformed), Error> {
+    let limit = limit.to_string();
     let team = format!("eq.{}", s.team_id);
     let gw = format!("eq.{}", s.gateway_id);
     let rows = rest::select(
@@ -123,7 +125,7 @@ pub fn reconcile(s: &Session) -> Result<(Vec<JobRow>, Malformed), Error> {
             ("order", "created_at.asc"),
             // Bounded (the reference has no limit): a huge backlog must not make every
             // reconcile exceed the body limit; the next ones come as these are claimed.
-            ("limit", RECONCILE_LIMIT),
+            ("limit", &limit),
         ],
     )?;
     Ok(decode_jobs(rows))
@@ -580,7 +582,7 @@ mod tests {
             assert_eq!(c.header("prefer"), prefer);
         };
 
-        reconcile(&s).unwrap();
+        reconcile(&s, RECONCILE_LIMIT).unwrap();
         let c = last();
         read(&c);
         assert_eq!(

@@ -967,6 +967,7 @@ fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()
 }
 
 fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
+    let mut limit = wire::RECONCILE_LIMIT;
     let mut startup_done = false;
     let mut last_error_log: Option<Instant> = None;
     loop {
@@ -986,8 +987,13 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
             s.flush_spool();
         }
         let before = *lock(&s.ingress);
-        match wire::reconcile(&s.session) {
+        match wire::reconcile(&s.session, limit) {
             Ok((jobs, bad)) => {
+                // The whole backlog fit: back to the full page size.
+                if jobs.len() + bad.len() < limit && limit < wire::RECONCILE_LIMIT {
+                    log::info!(target: "ingress", "queued jobs fit in one reconcile again; page size back to {}", wire::RECONCILE_LIMIT);
+                    limit = wire::RECONCILE_LIMIT;
+                }
                 *lock(&s.last_reconcile_ok) = Some(Instant::now());
                 // The backend answers again: queued events may go now.
                 if lock(&s.events_retry_at).take().is_some() {
@@ -1001,6 +1007,13 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
                 for j in jobs {
                     s.offer(j);
                 }
+            }
+            // Big rows (long prompts) can make a page exceed the body limit: fetch fewer at
+            // once right away, or the backlog would never be seen.
+            Err(Error::TooLarge { .. }) if limit > 1 => {
+                limit = (limit / 4).max(1);
+                log::warn!(target: "ingress", "queued jobs are too large for one reconcile reply; fetching {limit} at a time");
+                continue;
             }
             Err(e) => {
                 *lock(&s.ingress) = Ingress::Failing;
