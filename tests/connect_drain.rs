@@ -109,12 +109,16 @@ fn a_second_signal_skips_the_wait() {
     });
     let t0 = Instant::now();
     gw.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
+    // Draining: no longer taking jobs, so `pending` (backend.md §5.3), and `draining` locally.
+    wait_for("team_gateways pending", Duration::from_secs(10), || {
+        (b.gateway_row(&gid)["status"] == "pending").then_some(())
+    });
+    assert_eq!(gw.status_file()["connection"], "draining");
     gw.signal(libc::SIGTERM);
     let exit = gw.wait_exit(Duration::from_secs(30));
     assert_eq!(exit.code(), Some(0));
     assert!(
-        t0.elapsed() < Duration::from_secs(12),
+        t0.elapsed() < Duration::from_secs(20),
         "did not wait for the 60 s drain"
     );
     assert_eq!(
@@ -124,6 +128,7 @@ fn a_second_signal_skips_the_wait() {
     wait_for("the child to be gone", Duration::from_secs(5), || {
         (!alive(pid)).then_some(())
     });
+    assert_eq!(b.gateway_row(&gid)["status"], "offline");
 }
 
 #[test]
@@ -169,5 +174,47 @@ fn a_result_the_backend_refuses_is_spooled_and_delivered_after_it_recovers() {
             .any(|e| e["code"] == "result_spooled" && e["details"]["job_id"] == id.as_str())
             .then_some(())
     });
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn a_result_the_backend_rejects_for_good_fails_the_job_instead_of_leaving_it_running() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    // A quiet gateway: no periodic REST call competes with the completion for the fault.
+    gw.set_env("PANORAMA_GATEWAY_RECONCILE_MS", "60000");
+    gw.set_env("PANORAMA_GATEWAY_HEARTBEAT_MS", "60000");
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    let claude = fake_claude(gw.dir.path(), 2);
+    gw.start_with(&["--claude-cli", &claude]);
+    wait_for("ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let dir = gw.dir.path().to_path_buf();
+    wait_for("the fake CLI to start", Duration::from_secs(20), || {
+        read_pid(&dir, 2)
+    });
+    // The completion is refused for good (as a result too large would be).
+    b.fault(json!({"fail_next": {"count": 1, "status": 413, "paths": "rest"}}));
+    let log_path = gw.config_dir().join("gateway.log");
+    wait_for("the rejection in the log", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains(&format!("rejected the completion of job {id}"))
+            .then_some(())
+    });
+    let j = wait_job_done(&b, &id, Duration::from_secs(20));
+    assert_eq!(j["status"], "failed", "not left running: {j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rejected the gateway's job result"),
+        "{j}"
+    );
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }

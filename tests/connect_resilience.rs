@@ -317,3 +317,151 @@ fn changes_lost_by_a_muted_realtime_are_picked_up_by_reconcile() {
     assert_alive(&mut gw);
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
+
+#[test]
+fn a_claim_whose_reply_is_lost_while_the_checks_fail_is_resolved_and_runs_once() {
+    let b = Backend::start();
+    // The gateway gives up on a REST call after 700 ms...
+    let (mut gw, gid, team) =
+        started_gateway_with(&b, &[("PANORAMA_GATEWAY_REST_TIMEOUT_MS", "700")]);
+    // ...and every REST request now takes 1.5 s at the backend: the claim PATCH lands, but its
+    // reply never reaches the gateway, and neither do the replies of its follow-up checks.
+    b.fault(json!({"delay_next": {"count": 100000, "ms": 1500, "paths": "rest"}}));
+    let id = b.insert_job(&team, &gid, "noop", json!({}));
+    wait_for("the claim to land", Duration::from_secs(30), || {
+        (b.job(&id)["status"] == "running").then_some(())
+    });
+    wait_for("failed follow-up checks", Duration::from_secs(30), || {
+        let log = gateway_log(&gw);
+        (log.contains(&format!("claim of job {id} in doubt"))
+            && log.contains(&format!("cannot check the claim of job {id} yet")))
+        .then_some(())
+    });
+    assert!(
+        !starts_per_job(&gw).contains_key(&id),
+        "not run while in doubt"
+    );
+    // The backend comes back after a last burst of 503s: the gateway recognises its own claim
+    // and runs the job instead of leaving it `running` until the next restart.
+    b.fault(json!({"clear": true}));
+    b.fault(json!({"fail_next": {"count": 4, "status": 503, "paths": "rest"}}));
+    let j = wait_job_done(&b, &id, Duration::from_secs(60));
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(j["error"], "Unsupported job type: noop", "it ran: {j}");
+    assert_eq!(starts_per_job(&gw).get(&id), Some(&1), "exactly once");
+    assert!(gateway_log(&gw).contains(&format!("claim of job {id} had landed")));
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn heartbeat_status_follows_job_ingress_at_once_and_status_says_why() {
+    let b = Backend::start();
+    // A 30 s heartbeat tick: the status changes below must be pushed when they happen.
+    let (mut gw, gid, _team) = started_gateway_with(
+        &b,
+        &[
+            ("PANORAMA_GATEWAY_HEARTBEAT_MS", "30000"),
+            ("PANORAMA_GATEWAY_REST_TIMEOUT_MS", "700"),
+        ],
+    );
+    wait_for("connected", Duration::from_secs(20), || {
+        (gw.status_file()["connection"] == "connected").then_some(())
+    });
+    // Job queries stop being answered (slower than the gateway's timeout).
+    let t0 = Instant::now();
+    b.fault(json!({"delay_next": {"count": 100000, "ms": 1500, "paths": "rest"}}));
+    wait_for("team_gateways error", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "error").then_some(())
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "`error` was sent on the change, not at the next 30 s tick ({:?})",
+        t0.elapsed()
+    );
+    let st = wait_for("status file disconnected", Duration::from_secs(10), || {
+        let s = gw.status_file();
+        (s["connection"] == "disconnected").then_some(s)
+    });
+    assert!(
+        st["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not answer job queries"),
+        "{st}"
+    );
+    let (rc, out, _) = gw.run(&["status"]);
+    assert_eq!(rc, 1, "degraded: {out}");
+    // Back to normal: `ready` again, right away.
+    let t1 = Instant::now();
+    b.fault(json!({"clear": true}));
+    wait_for("team_gateways ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    assert!(t1.elapsed() < Duration::from_secs(15));
+    wait_for("status exit 0", Duration::from_secs(10), || {
+        (gw.run(&["status"]).0 == 0).then_some(())
+    });
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+    assert_eq!(b.gateway_row(&gid)["status"], "offline");
+}
+
+#[test]
+fn refused_heartbeats_show_in_status_until_one_is_accepted() {
+    let b = Backend::start();
+    let (mut gw, _gid, _team) = started_gateway(&b);
+    wait_for("connected", Duration::from_secs(20), || {
+        (gw.status_file()["connection"] == "connected").then_some(())
+    });
+    b.fault(json!({"fail_next": {"count": 100000, "status": 503, "paths": "functions"}}));
+    // Heartbeats every second here: after 3 refused intervals Panorama shows us offline.
+    let st = wait_for("status file disconnected", Duration::from_secs(20), || {
+        let s = gw.status_file();
+        (s["connection"] == "disconnected").then_some(s)
+    });
+    assert!(
+        st["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("heartbeats are not accepted"),
+        "{st}"
+    );
+    assert_eq!(st["last_heartbeat_ok"], false, "{st}");
+    let last_ok = st["last_heartbeat_at"].clone();
+    assert!(last_ok.is_string(), "the last accepted one is kept: {st}");
+    let (rc, out, _) = gw.run(&["status"]);
+    assert_eq!(rc, 1, "degraded: {out}");
+    b.fault(json!({"clear": true}));
+    let st = wait_for("connected again", Duration::from_secs(20), || {
+        let s = gw.status_file();
+        (s["connection"] == "connected").then_some(s)
+    });
+    assert_eq!(st["last_heartbeat_ok"], true);
+    assert_ne!(st["last_heartbeat_at"], last_ok);
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn a_backlog_too_big_for_one_reconcile_reply_is_fetched_in_smaller_pages() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    // Queued while the gateway is stopped: 3 rows of 6 MiB (long prompts) are more than the
+    // 16 MiB a reconcile reply may have.
+    let blob = "x".repeat(6 * 1024 * 1024);
+    let ids: Vec<String> = (0..3)
+        .map(|i| b.insert_job(&team, &gid, "noop", json!({ "n": i, "blob": blob })))
+        .collect();
+    gw.start();
+    for id in &ids {
+        let j = wait_job_done(&b, id, Duration::from_secs(60));
+        assert_eq!(j["error"], "Unsupported job type: noop", "{id}");
+    }
+    assert!(gateway_log(&gw).contains("too large for one reconcile reply"));
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}

@@ -120,10 +120,11 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
                 _ => return None,
             };
             let r = &rest[1..];
+            let part = |a: usize, b: usize| r.get(a..b)?.parse::<i64>().ok();
             let (oh, om) = if r.len() == 5 && r.as_bytes()[2] == b':' {
-                (r[0..2].parse::<i64>().ok()?, r[3..5].parse::<i64>().ok()?)
+                (part(0, 2)?, part(3, 5)?)
             } else if r.len() == 4 {
-                (r[0..2].parse::<i64>().ok()?, r[2..4].parse::<i64>().ok()?)
+                (part(0, 2)?, part(2, 4)?)
             } else if r.len() == 2 {
                 (r.parse::<i64>().ok()?, 0)
             } else {
@@ -158,6 +159,10 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:00Z"), Some(z - 123));
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        // Odd bytes from the backend never panic.
+        assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:00+1é1"), None);
+        assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:00é"), None);
+        assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:0é"), None);
         let now = now_rfc3339();
         let back = parse_rfc3339_ms(&now).unwrap();
         assert!(back.abs_diff(crate::util::unix_now() * 1000) < 5_000);

@@ -89,10 +89,10 @@ pub fn exchange_pairing_code(
     );
     let resp = match resp {
         Ok(r) => r,
-        Err(Error::Decode(m)) => {
-            return Err(format!(
-                "Pairing response did not match the expected contract ({m})"
-            ))
+        // Larger than 1 MiB counts as unparseable (backend.md §2.3): a 2xx is off-contract,
+        // anything else reports its status.
+        Err(Error::TooLarge { status, .. }) => {
+            return parse_pairing_reply(status, b"");
         }
         Err(e) => {
             return Err(format!(
@@ -154,16 +154,12 @@ fn strict_success(o: &Map<String, Value>) -> Option<Pairing> {
     })
 }
 
-/// `YYYY-MM-DDTHH:MM:SS...` with an offset or `Z`.
+/// An ISO 8601 date-time with `Z` or a numeric offset (never panics on odd input).
 fn looks_like_datetime(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() >= 20
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && (b[10] == b'T' || b[10] == b't' || b[10] == b' ')
-        && b[13] == b':'
-        && b[16] == b':'
-        && (s.ends_with('Z') || s.ends_with('z') || s[19..].contains('+') || s[19..].contains('-'))
+    let has_zone = s.ends_with(['Z', 'z'])
+        || s.get(19..)
+            .is_some_and(|tail| tail.contains(['+', '-']) && tail.is_ascii());
+    has_zone && super::capabilities::parse_rfc3339_ms(s).is_some()
 }
 
 #[cfg(test)]
@@ -197,6 +193,12 @@ mod tests {
         let mut blank = ok_body();
         blank["gateway_id"] = json!("  ");
         assert!(parse_pairing_reply(200, blank.to_string().as_bytes()).is_err());
+        let mut odd = ok_body();
+        odd["expires_at"] = json!("2026-01-05T11:11:1é");
+        assert!(parse_pairing_reply(200, odd.to_string().as_bytes()).is_err());
+        let mut nozone = ok_body();
+        nozone["expires_at"] = json!("2026-01-05T11:11:12");
+        assert!(parse_pairing_reply(200, nozone.to_string().as_bytes()).is_err());
         assert!(parse_pairing_reply(200, b"<html>")
             .unwrap_err()
             .contains("contract"));

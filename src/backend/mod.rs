@@ -30,6 +30,8 @@ pub enum Error {
     Decode(String),
     /// The refresh token was refused: the pairing is gone and `pair` must run again.
     Reauth(String),
+    /// The reply (HTTP `status`) was larger than the `limit` bytes the call reads.
+    TooLarge { status: u16, limit: u64 },
 }
 
 impl Error {
@@ -40,7 +42,7 @@ impl Error {
             Error::Status { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429 || *status == 0
             }
-            Error::Decode(_) | Error::Reauth(_) => false,
+            Error::Decode(_) | Error::Reauth(_) | Error::TooLarge { .. } => false,
         }
     }
 
@@ -65,6 +67,10 @@ impl fmt::Display for Error {
                 }
             }
             Error::Decode(m) => write!(f, "unexpected reply from the backend: {m}"),
+            Error::TooLarge { status, limit } => write!(
+                f,
+                "unexpected reply from the backend: larger than {limit} bytes (HTTP {status})"
+            ),
             Error::Reauth(m) => write!(
                 f,
                 "the backend refused the gateway's refresh token ({m}); re-pair needed: run `panorama-gateway pair <CODE>`"
@@ -95,6 +101,14 @@ pub fn truncate_chars(s: &str, max: usize) -> String {
     out.push_str("...");
     out
 }
+
+/// `X-Client-Info` of every HTTP request: informational for the backend's logs (supabase-js
+/// sends `supabase-js/<ver>; runtime=node; ...`; we name ourselves instead of impersonating it).
+pub const CLIENT_INFO: &str = concat!(
+    "panorama-gateway/",
+    env!("CARGO_PKG_VERSION"),
+    "; runtime=rust"
+);
 
 /// One HTTP exchange as the wire modules need it.
 pub struct HttpRequest<'a> {
@@ -136,7 +150,10 @@ pub fn new_agent() -> ureq::Agent {
 /// Sends one request; any HTTP status comes back as `Ok`, only transport failures and bodies
 /// over the limit are errors.
 pub fn send(agent: &ureq::Agent, req: HttpRequest<'_>) -> Result<HttpResponse, Error> {
-    let mut r = agent.request(req.method, &req.url).timeout(req.timeout);
+    let mut r = agent
+        .request(req.method, &req.url)
+        .timeout(req.timeout)
+        .set("X-Client-Info", CLIENT_INFO);
     for (k, v) in &req.headers {
         r = r.set(k, v);
     }
@@ -157,10 +174,10 @@ pub fn send(agent: &ureq::Agent, req: HttpRequest<'_>) -> Result<HttpResponse, E
         .read_to_end(&mut body)
         .map_err(|e| Error::Transport(format!("reading the reply failed: {e}")))?;
     if body.len() as u64 > req.max_body {
-        return Err(Error::Decode(format!(
-            "reply larger than {} bytes (HTTP {status})",
-            req.max_body
-        )));
+        return Err(Error::TooLarge {
+            status,
+            limit: req.max_body,
+        });
     }
     Ok(HttpResponse {
         status,
@@ -260,6 +277,104 @@ impl Backoff {
             random_u64() % (half + 1)
         };
         Duration::from_millis(half + jitter).max(self.min.min(base))
+    }
+}
+
+/// A loopback HTTP server for wire tests: records every request (method, target, headers,
+/// body) and answers with a canned reply chosen by a closure.
+#[cfg(test)]
+pub(crate) mod testsrv {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Clone)]
+    pub struct Captured {
+        pub method: String,
+        /// Path and query exactly as sent.
+        pub target: String,
+        /// Lower-cased names.
+        pub headers: Vec<(String, String)>,
+        pub body: String,
+    }
+
+    impl Captured {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k == &name.to_ascii_lowercase())
+                .map(|(_, v)| v.as_str())
+        }
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body).unwrap()
+        }
+    }
+
+    pub type Reply = Box<dyn Fn(&Captured) -> (u16, String) + Send + Sync>;
+
+    /// Starts the server; returns its base URL and the request log.
+    pub fn start(reply: Reply) -> (String, Arc<Mutex<Vec<Captured>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (log2, reply) = (log.clone(), Arc::new(reply));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (log, reply) = (log2.clone(), reply.clone());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(stream.try_clone().unwrap());
+                    let mut w = stream;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut parts = line.split_whitespace();
+                        let method = parts.next().unwrap_or("").to_string();
+                        let target = parts.next().unwrap_or("").to_string();
+                        let mut headers = Vec::new();
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let h = h.trim_end();
+                            if h.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                            }
+                        }
+                        let len = headers
+                            .iter()
+                            .find(|(k, _)| k == "content-length")
+                            .and_then(|(_, v)| v.parse().ok())
+                            .unwrap_or(0usize);
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let c = Captured {
+                            method,
+                            target,
+                            headers,
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                        };
+                        let (st, b) = reply(&c);
+                        log.lock().unwrap().push(c);
+                        let resp = format!(
+                            "HTTP/1.1 {st} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                            b.len()
+                        );
+                        if w.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, log)
     }
 }
 

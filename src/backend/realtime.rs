@@ -531,6 +531,7 @@ fn one_connection(
                         .get("response")
                         .map(|r| r.to_string())
                         .unwrap_or_default();
+                    refresh_if_token_problem(session, &token, &reason);
                     break Err(format!(
                         "channel join refused: {}",
                         super::truncate_chars(&reason, 300)
@@ -569,7 +570,10 @@ fn one_connection(
             "phx_error" => break Err("the server reported a channel error".into()),
             "phx_close" => break Err("the server closed the channel".into()),
             "system" if f.payload.get("status").and_then(Value::as_str) == Some("error") => {
-                log::warn!(target: "realtime", "realtime system error: {}", super::truncate_chars(&f.payload.to_string(), 300));
+                let text = f.payload.to_string();
+                log::warn!(target: "realtime", "realtime system error: {}", super::truncate_chars(&text, 300));
+                // "Token has expired": the server closes the channel next; rejoin with a fresh one.
+                refresh_if_token_problem(session, &session.current_access_token(), &text);
             }
             _ => {}
         }
@@ -581,6 +585,17 @@ fn one_connection(
         backoff.reset();
     }
     result
+}
+
+/// The server refused the channel's token (expired or revoked before its `exp` says): refresh
+/// the session now (single-flight, failures cached) so the next join carries a new token.
+fn refresh_if_token_problem(session: &Session, token: &str, reason: &str) {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("token") || r.contains("jwt") {
+        if let Err(e) = session.refresh_if_current(token) {
+            log::debug!(target: "realtime", "refresh after a realtime token error failed: {e}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -731,6 +746,28 @@ mod tests {
                 };
                 assert_eq!(join.event, "phx_join");
                 assert_eq!(join.topic, "realtime:gateway_jobs_g");
+                assert!(join.join_ref.is_some() && join.join_ref == join.r#ref);
+                assert_eq!(
+                    join.payload,
+                    join_payload("t", join.payload["access_token"].as_str().unwrap())
+                );
+                assert_eq!(
+                    join.payload,
+                    json!({"config": {"broadcast": {"ack": false, "self": false},
+                                      "presence": {"key": "", "enabled": false},
+                                      "postgres_changes": [{"event": "INSERT", "schema": "public",
+                                          "table": "gateway_jobs", "filter": "team_id=eq.t"}],
+                                      "private": false},
+                           "access_token": join.payload["access_token"].clone()})
+                );
+                assert_eq!(
+                    join.payload["access_token"]
+                        .as_str()
+                        .unwrap()
+                        .split('.')
+                        .count(),
+                    3
+                );
                 assert_eq!(
                     join.payload["config"]["postgres_changes"][0]["filter"],
                     "team_id=eq.t"
@@ -759,14 +796,42 @@ mod tests {
                 ))
                 .unwrap();
                 if conn_no == 0 {
-                    // Read (and ignore) heartbeats until the client gives up on us.
-                    while ws.read().is_ok() {}
+                    // Read (and never answer) heartbeats until the client gives up on us.
+                    let mut beats = 0;
+                    while let Ok(m) = ws.read() {
+                        if let Message::Text(t) = m {
+                            // Exactly `[null,"<ref>","phoenix","heartbeat",{}]`.
+                            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                            assert_eq!(v[0], Value::Null, "{v}");
+                            assert!(v[1].as_str().is_some_and(|r| r.parse::<u64>().is_ok()));
+                            assert_eq!(
+                                (&v[2], &v[3], &v[4]),
+                                (&json!("phoenix"), &json!("heartbeat"), &json!({}))
+                            );
+                            beats += 1;
+                        }
+                    }
+                    assert_eq!(beats, 1, "one unanswered heartbeat is enough to reconnect");
                 } else {
-                    // Answer until the client leaves.
+                    // Answer heartbeats until the client leaves.
                     while let Ok(m) = ws.read() {
                         if let Message::Text(t) = m {
                             let f = Frame::decode(t.as_str()).unwrap();
+                            if f.event == "heartbeat" {
+                                let reply = Frame {
+                                    join_ref: None,
+                                    r#ref: f.r#ref.clone(),
+                                    topic: "phoenix".into(),
+                                    event: "phx_reply".into(),
+                                    payload: json!({"status": "ok", "response": {}}),
+                                };
+                                ws.send(Message::text(reply.encode())).unwrap();
+                            }
                             if f.event == "phx_leave" {
+                                assert_eq!(f.join_ref, join.join_ref);
+                                assert_ne!(f.r#ref, join.r#ref);
+                                assert_eq!(f.topic, join.topic);
+                                assert_eq!(f.payload, json!({}));
                                 break;
                             }
                         }

@@ -11,6 +11,18 @@ use super::{encode_query, Error, HttpResponse, MAX_BODY, MAX_SMALL_BODY};
 /// Default timeout of one REST call.
 pub const REST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The timeout of one REST call: [`REST_TIMEOUT`], or `PANORAMA_GATEWAY_REST_TIMEOUT_MS` (a test
+/// knob: lost replies are simulated by a backend slower than this).
+pub fn rest_timeout() -> Duration {
+    static T: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        super::session::env_ms(
+            "PANORAMA_GATEWAY_REST_TIMEOUT_MS",
+            REST_TIMEOUT.as_millis() as u64,
+        )
+    })
+}
+
 fn path(table: &str, params: &[(&str, &str)]) -> String {
     if params.is_empty() {
         format!("/rest/v1/{table}")
@@ -49,7 +61,7 @@ pub fn select(s: &Session, table: &str, params: &[(&str, &str)]) -> Result<Vec<V
         &path(table, params),
         &[("Accept-Profile", "public")],
         None,
-        REST_TIMEOUT,
+        rest_timeout(),
         MAX_BODY,
     )?;
     json_array(&check(resp)?)
@@ -76,7 +88,7 @@ pub fn update(
         &path(table, params),
         &headers,
         Some(&body.to_string()),
-        REST_TIMEOUT,
+        rest_timeout(),
         MAX_BODY,
     )?;
     let resp = check(resp)?;
@@ -97,7 +109,7 @@ pub fn insert(s: &Session, table: &str, body: &Value) -> Result<(), Error> {
             ("Content-Type", "application/json"),
         ],
         Some(&body.to_string()),
-        REST_TIMEOUT,
+        rest_timeout(),
         MAX_SMALL_BODY,
     )?;
     check(resp).map(|_| ())
@@ -113,7 +125,7 @@ pub fn rpc(s: &Session, function: &str, args: &Value) -> Result<Value, Error> {
             ("Content-Type", "application/json"),
         ],
         Some(&args.to_string()),
-        REST_TIMEOUT,
+        rest_timeout(),
         MAX_BODY,
     )?;
     let resp = check(resp)?;

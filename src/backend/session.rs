@@ -98,7 +98,7 @@ impl Tokens {
             Some(e) => Tokens {
                 access: r.access,
                 refresh: r.refresh,
-                exp: Some(now + e),
+                exp: Some(now.saturating_add(e)),
                 lifetime: Some(e),
             },
             None => Tokens::new(r.access, r.refresh),
@@ -114,7 +114,7 @@ impl Tokens {
                     Some(l) if l > 0 => REFRESH_MARGIN_SECS.min(l / 2),
                     _ => REFRESH_MARGIN_SECS,
                 };
-                exp <= now + margin
+                exp <= now.saturating_add(margin)
             }
         }
     }

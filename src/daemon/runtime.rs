@@ -198,8 +198,16 @@ struct Shared {
     down_since: Mutex<Option<Instant>>,
     /// `team_gateways.full_control_enabled` as last read (machine control, PROTOCOL.md §8).
     team_full_control: AtomicBool,
-    /// When the backend last accepted a heartbeat.
-    last_heartbeat_ok: Mutex<Option<Instant>>,
+    /// Held while a heartbeat is on the wire: never two in flight (the drain sends its own).
+    heartbeat_in_flight: Mutex<()>,
+    /// The status of the last heartbeat sent (the reconcile loop wakes the heartbeat thread
+    /// when the computed status differs).
+    heartbeat_sent: Mutex<Option<&'static str>>,
+    /// When the backend last accepted a heartbeat, and the error of the last one if it failed.
+    heartbeat_ok_at: Mutex<Option<Instant>>,
+    heartbeat_error: Mutex<Option<String>>,
+    /// The error of the last reconcile, if it failed.
+    reconcile_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -232,6 +240,29 @@ impl Shared {
                 )),
             );
         }
+        // Job queries failing for longer than the ingress window: Panorama sees `error`.
+        if *lock(&self.ingress) == Ingress::Failing && !self.ingress_fresh() {
+            let e = lock(&self.reconcile_error).clone().unwrap_or_default();
+            return (
+                "disconnected".into(),
+                Some(format!(
+                    "the backend does not answer job queries ({e}); retrying every {} ms",
+                    self.tuning.reconcile.as_millis()
+                )),
+            );
+        }
+        // Heartbeats failing for longer than the backend's staleness window (3 intervals,
+        // 90 s by default), or never accepted: Panorama shows this gateway offline.
+        if let Some(e) = lock(&self.heartbeat_error).clone() {
+            if lock(&self.heartbeat_ok_at).is_none_or_elapsed(self.tuning.heartbeat * 3) {
+                return (
+                    "disconnected".into(),
+                    Some(format!(
+                        "heartbeats are not accepted ({e}); Panorama shows this gateway offline until one is"
+                    )),
+                );
+            }
+        }
         if self.realtime_up.load(Ordering::SeqCst) {
             return ("connected".into(), None);
         }
@@ -241,6 +272,11 @@ impl Shared {
         } else {
             ("connecting".into(), None)
         }
+    }
+
+    /// The last successful reconcile is younger than 3 reconcile intervals (backend.md §5.3).
+    fn ingress_fresh(&self) -> bool {
+        lock(&self.last_reconcile_ok).is_some_and(|t| t.elapsed() <= self.tuning.reconcile * 3)
     }
 
     /// Rewrites the status file: always when `force`, else at most every 200 ms.
@@ -277,11 +313,9 @@ impl Shared {
         if self.shutdown.is_draining() || !self.accepting.load(Ordering::SeqCst) {
             return "pending";
         }
-        let fresh =
-            lock(&self.last_reconcile_ok).is_some_and(|t| t.elapsed() <= self.tuning.reconcile * 3);
         match *lock(&self.ingress) {
             Ingress::Pending => "pending",
-            _ if fresh => "ready",
+            _ if self.ingress_fresh() => "ready",
             _ => "error",
         }
     }
@@ -355,13 +389,20 @@ impl Shared {
                 log::debug!(target: "worker", "job {} was taken or cancelled before we claimed it", job.id);
                 return;
             }
-            Err(e) => match self.claim_landed(&job.id, &started_at, &e) {
-                Some(row) => row,
-                None => {
-                    log::warn!(target: "worker", "claim of job {} failed, it stays queued and is retried by the next reconcile: {e}", job.id);
-                    return;
+            // No answer, or an answer we cannot read: the PATCH may have landed (a timed-out
+            // request can still reach the database later). Find out before moving on.
+            Err(e)
+                if e.is_retryable() || matches!(e, Error::Decode(_) | Error::TooLarge { .. }) =>
+            {
+                match self.resolve_claim(&job, &started_at, &e) {
+                    Some(row) => row,
+                    None => return,
                 }
-            },
+            }
+            Err(e) => {
+                log::warn!(target: "worker", "claim of job {} refused, it stays queued and is retried by the next reconcile: {e}", job.id);
+                return;
+            }
         };
         let cancel = CancelToken::new();
         lock(&self.running).insert(
@@ -408,25 +449,91 @@ impl Shared {
         self.push_status(false);
     }
 
-    /// After a failed claim call, did the PATCH land anyway (reply lost)? Our `started_at`
-    /// identifies our claim.
-    fn claim_landed(&self, job_id: &str, started_at: &str, err: &Error) -> Option<JobRow> {
-        if !err.is_retryable() {
-            return None;
+    /// A claim whose reply was lost: re-read the job with backoff (500 ms doubling to 30 s)
+    /// until the backend answers, then run it if our claim landed (recognised by the
+    /// `started_at` we sent), re-claim it (same `started_at`) if it is still queued, or skip it.
+    /// Meanwhile it counts as in flight, so a drain waits for it. Only an immediate stop ends
+    /// the wait; a claim that landed unseen is then failed by the next start's recovery.
+    fn resolve_claim(&self, job: &JobRow, started_at: &str, first: &Error) -> Option<JobRow> {
+        log::warn!(target: "worker", "claim of job {} in doubt ({first}); checking whether it landed", job.id);
+        lock(&self.running).insert(
+            job.id.clone(),
+            RunningJob {
+                cancel: CancelToken::new(),
+                job_type: job.job_type.clone(),
+            },
+        );
+        let r = self.resolve_claim_loop(job, started_at);
+        if r.is_none() {
+            lock(&self.running).remove(&job.id);
+            self.push_status(false);
         }
-        std::thread::sleep(Duration::from_millis(200));
-        let id = format!("eq.{job_id}");
-        let rows = crate::backend::rest::select(
-            &self.session,
-            "gateway_jobs",
-            &[("select", "*"), ("id", &id)],
-        )
-        .ok()?;
-        let row = wire::decode_job(rows.first()?).ok()?;
-        let mine = row.status == "running"
-            && row.gateway_id.as_deref() == Some(self.session.gateway_id.as_str())
-            && row.started_at.as_deref().and_then(parse_rfc3339_ms) == parse_rfc3339_ms(started_at);
-        mine.then_some(row)
+        r
+    }
+
+    fn resolve_claim_loop(&self, job: &JobRow, started_at: &str) -> Option<JobRow> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let t0 = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            if self.shutdown.wait_for(
+                crate::daemon::shutdown::Level::Immediate,
+                backoff.next_delay(),
+            ) {
+                log::warn!(target: "worker", "stopping with the claim of job {} unresolved; if it landed, the next start marks the job failed ({RESTART_JOB_ERROR})", job.id);
+                return None;
+            }
+            let row = match wire::job_row(&self.session, &job.id) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 10 == 0 {
+                        log::warn!(target: "worker", "cannot check the claim of job {} yet (try {failures}, {} s): {e}; retrying", job.id, t0.elapsed().as_secs());
+                    }
+                    continue;
+                }
+            };
+            match wire::classify_claim(row.as_ref(), &self.session.gateway_id, started_at) {
+                wire::ClaimCheck::Ours(row) => {
+                    log::info!(target: "worker", "claim of job {} had landed (its reply was lost); running it", job.id);
+                    return Some(*row);
+                }
+                wire::ClaimCheck::NotOurs(why) => {
+                    log::info!(target: "worker", "claim of job {} did not land ({why}); skipping it", job.id);
+                    return None;
+                }
+                wire::ClaimCheck::Malformed(why) => {
+                    log::warn!(target: "worker", "claimed job {} has a malformed row ({why}); failing it", job.id);
+                    let o = jobs::processing_failed(
+                        &job.job_type,
+                        &format!("malformed gateway job row: {why}"),
+                    );
+                    let body = wire::completion_body(
+                        o.status.as_str(),
+                        &o.result,
+                        &o.error,
+                        &now_rfc3339(),
+                    );
+                    self.deliver(&job.id, &body);
+                    self.failed.fetch_add(1, Ordering::SeqCst);
+                    return None;
+                }
+                // Not landed (or still on its way): claim again with the same `started_at`.
+                // Whichever PATCH lands first wins; the other matches nothing.
+                wire::ClaimCheck::StillQueued => {
+                    match wire::claim(&self.session, &job.id, started_at) {
+                        Ok(Some(row)) => {
+                            log::info!(target: "worker", "claimed job {} on the second try", job.id);
+                            return Some(row);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            log::debug!(target: "worker", "re-claim of job {} failed: {e}", job.id)
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The machine-control layers now: install toggle (gateway.json), team toggle (last
@@ -440,7 +547,7 @@ impl Shared {
         jobs::ControlState {
             install_enabled,
             team_enabled: self.team_full_control.load(Ordering::SeqCst),
-            heartbeat_fresh: lock(&self.last_heartbeat_ok)
+            heartbeat_fresh: lock(&self.heartbeat_ok_at)
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(90)),
         }
     }
@@ -516,14 +623,18 @@ impl Shared {
                         break;
                     }
                     log::debug!(target: "worker", "completion of job {job_id} failed, retrying: {e}");
-                    std::thread::sleep(backoff.next_delay());
+                    // An immediate stop cuts the wait short (the result goes to the spool).
+                    self.shutdown.wait_for(
+                        crate::daemon::shutdown::Level::Immediate,
+                        backoff.next_delay(),
+                    );
                 }
                 Err(e @ Error::Reauth(_)) => {
                     log::warn!(target: "worker", "completion of job {job_id} waits for a new session: {e}");
                     break;
                 }
                 Err(e) => {
-                    log::error!(target: "worker", "the backend rejected the completion of job {job_id}: {e}; the job may stay running until the next gateway restart");
+                    self.reject_fallback(job_id, &e);
                     return;
                 }
             }
@@ -544,6 +655,25 @@ impl Shared {
         }
     }
 
+    /// The backend refused a completion for good (say 413 for a result too large, or 400): the
+    /// job must not stay `running`, so fail it with a small body that says why.
+    fn reject_fallback(&self, job_id: &str, e: &Error) {
+        log::error!(target: "worker", "the backend rejected the completion of job {job_id}: {e}; failing the job with a short error instead");
+        let msg = crate::backend::truncate_chars(
+            &format!("the backend rejected the gateway's job result: {e}"),
+            1000,
+        );
+        let body = wire::completion_body(
+            "failed",
+            &Some(json!({ "message": "Gateway job result rejected by the backend" })),
+            &Some(msg),
+            &now_rfc3339(),
+        );
+        if let Err(e2) = wire::complete(&self.session, job_id, &body) {
+            log::error!(target: "worker", "could not fail job {job_id} either ({e2}); it stays running until the next gateway restart fails it");
+        }
+    }
+
     /// Sends spooled completions; stops at the first transient failure (backend still away).
     fn flush_spool(&self) {
         let entries = self.spool.entries();
@@ -552,6 +682,9 @@ impl Shared {
         }
         let mut sent = 0;
         for e in &entries {
+            if self.shutdown.is_draining() {
+                break; // the spool survives the restart
+            }
             match wire::complete(&self.session, &e.job_id, &e.body) {
                 Ok(()) => {
                     self.spool.remove(e);
@@ -562,7 +695,7 @@ impl Shared {
                     break;
                 }
                 Err(err) => {
-                    log::error!(target: "spool", "the backend rejected the spooled completion of job {}: {err}; dropping it", e.job_id);
+                    self.reject_fallback(&e.job_id, &err);
                     self.spool.remove(e);
                 }
             }
@@ -624,14 +757,26 @@ impl Shared {
         })
     }
 
-    fn send_heartbeat(&self, status: &str) -> bool {
+    fn send_heartbeat(&self, status: &'static str) -> bool {
+        self.send_heartbeat_within(status, functions::HEARTBEAT_TIMEOUT)
+    }
+
+    /// The shutdown heartbeats: 20 s normally, 5 s when the last one already failed (a
+    /// backend that is away must not push the stop past a service manager's stop timeout).
+    fn send_shutdown_heartbeat(&self, status: &'static str) -> bool {
+        let t = if lock(&self.heartbeat_error).is_some() {
+            Duration::from_secs(5)
+        } else {
+            functions::HEARTBEAT_TIMEOUT
+        };
+        self.send_heartbeat_within(status, t)
+    }
+
+    fn send_heartbeat_within(&self, status: &'static str, timeout: Duration) -> bool {
+        let _in_flight = lock(&self.heartbeat_in_flight);
+        *lock(&self.heartbeat_sent) = Some(status);
         let body = self.heartbeat_body(status);
-        let r = functions::invoke(
-            &self.session,
-            "gateway-heartbeat",
-            &body,
-            functions::HEARTBEAT_TIMEOUT,
-        );
+        let r = functions::invoke(&self.session, "gateway-heartbeat", &body, timeout);
         let ok = match &r {
             Ok(v) if v.get("success") == Some(&Value::Bool(true)) => true,
             Ok(_) => {
@@ -653,11 +798,17 @@ impl Shared {
         if ok && lock(&self.heartbeat_fail_logged).take().is_some() {
             log::info!(target: "heartbeat", "heartbeats accepted again status={status}");
         }
+        if ok {
+            *lock(&self.heartbeat_ok_at) = Some(Instant::now());
+            *lock(&self.heartbeat_error) = None;
+        } else {
+            *lock(&self.heartbeat_error) = Some(match &r {
+                Err(e) => crate::backend::truncate_chars(&e.to_string(), 300),
+                Ok(_) => "the backend's reply was not {\"success\": true}".into(),
+            });
+        }
         // `last_heartbeat_at` is the last one the backend took (status judges staleness by it).
         let at = now_rfc3339();
-        if ok {
-            *lock(&self.last_heartbeat_ok) = Some(Instant::now());
-        }
         (self.status)(&|s: &mut RuntimeStatus| {
             if ok {
                 s.last_heartbeat_at = Some(at.clone());
@@ -667,6 +818,7 @@ impl Shared {
         if ok {
             log::debug!(target: "heartbeat", "heartbeat sent status={status}");
         }
+        self.push_status(true);
         ok
     }
 
@@ -845,6 +997,7 @@ fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()
 }
 
 fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
+    let mut limit = wire::RECONCILE_LIMIT;
     let mut startup_done = false;
     let mut last_error_log: Option<Instant> = None;
     loop {
@@ -864,14 +1017,20 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
             s.flush_spool();
         }
         let before = *lock(&s.ingress);
-        match wire::reconcile(&s.session) {
+        match wire::reconcile(&s.session, limit) {
             Ok((jobs, bad)) => {
+                // The whole backlog fit: back to the full page size.
+                if jobs.len() + bad.len() < limit && limit < wire::RECONCILE_LIMIT {
+                    log::info!(target: "ingress", "queued jobs fit in one reconcile again; page size back to {}", wire::RECONCILE_LIMIT);
+                    limit = wire::RECONCILE_LIMIT;
+                }
                 *lock(&s.last_reconcile_ok) = Some(Instant::now());
                 // The backend answers again: queued events may go now.
                 if lock(&s.events_retry_at).take().is_some() {
                     let _ = s.heartbeat_wake.try_send(());
                 }
                 *lock(&s.ingress) = Ingress::Ok;
+                *lock(&s.reconcile_error) = None;
                 for (id, why) in bad {
                     s.log_malformed(id.as_deref(), &why, "reconcile");
                 }
@@ -879,15 +1038,27 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
                     s.offer(j);
                 }
             }
+            // Big rows (long prompts) can make a page exceed the body limit: fetch fewer at
+            // once right away, or the backlog would never be seen.
+            Err(Error::TooLarge { .. }) if limit > 1 => {
+                limit = (limit / 4).max(1);
+                log::warn!(target: "ingress", "queued jobs are too large for one reconcile reply; fetching {limit} at a time");
+                continue;
+            }
             Err(e) => {
                 *lock(&s.ingress) = Ingress::Failing;
+                *lock(&s.reconcile_error) =
+                    Some(crate::backend::truncate_chars(&e.to_string(), 300));
                 if !last_error_log.is_some_and(|t| t.elapsed() <= Duration::from_secs(30)) {
                     log::warn!(target: "ingress", "reconcile of queued jobs failed: {e}");
                     last_error_log = Some(Instant::now());
                 }
             }
         }
-        if *lock(&s.ingress) != before || before == Ingress::Pending {
+        if *lock(&s.ingress) != before
+            || before == Ingress::Pending
+            || *lock(&s.heartbeat_sent) != Some(s.heartbeat_status())
+        {
             let _ = s.heartbeat_wake.try_send(());
         }
         s.push_status(true);
@@ -903,7 +1074,6 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
 }
 
 fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
-    let mut last_sent: Option<&'static str> = None;
     let mut last_health = s.providers.health_generation();
     let mut next_tick = Instant::now();
     loop {
@@ -919,11 +1089,11 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
                 .check_health(crate::providers::health::Mode::Light, None);
         }
         let forced = s.force_heartbeat.swap(false, Ordering::SeqCst);
+        let last_sent = *lock(&s.heartbeat_sent);
         if now >= next_tick || last_sent != Some(status) || health != last_health || forced {
             last_health = s.providers.health_generation();
             // A failed send is retried at the next tick, not in a loop.
             s.send_heartbeat(status);
-            last_sent = Some(status);
             next_tick = Instant::now() + s.tuning.heartbeat;
             if let Ok(Some(cs)) = wire::control_state(&s.session) {
                 let team_fc = cs.get("full_control_enabled") == Some(&Value::Bool(true));
@@ -933,7 +1103,16 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
         }
         s.send_events();
         s.push_status(false);
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        let mut wait = next_tick.saturating_duration_since(Instant::now());
+        // `ready` turns into `error` when the last reconcile gets too old, even if the
+        // reconcile thread is stuck in a slow request: wake up then.
+        if let Some(t) = *lock(&s.last_reconcile_ok) {
+            let stale_in =
+                (s.tuning.reconcile * 3 + Duration::from_millis(10)).saturating_sub(t.elapsed());
+            if !stale_in.is_zero() {
+                wait = wait.min(stale_in);
+            }
+        }
         // Woken early by status changes, new events and the drain.
         match wake.recv_timeout(wait) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -1014,6 +1193,15 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         .or(state.device_name.clone())
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(hostname);
+    // Like the reference's start (backend.md §16), gateway.json keeps the name in use.
+    if state.device_name.as_deref() != Some(device_name.as_str()) {
+        let name = device_name.clone();
+        if let Err(e) = crate::config::state::update(&settings.paths.config_path, move |s| {
+            s.device_name = Some(name)
+        }) {
+            log::warn!(target: "runtime", "cannot save the device name to gateway.json: {e}");
+        }
+    }
     let session = Arc::new(Session::new(
         crate::backend::new_agent(),
         &cfg,
@@ -1058,7 +1246,6 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         process_start_ms,
         accepting: AtomicBool::new(true),
         team_full_control: AtomicBool::new(false),
-        last_heartbeat_ok: Mutex::new(None),
         seen: Mutex::new(HashSet::new()),
         running: Arc::new(Mutex::new(HashMap::new())),
         queue: queue_tx,
@@ -1078,6 +1265,11 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         last_status_push: Mutex::new(None),
         last_reconnect_event: Mutex::new(None),
         down_since: Mutex::new(None),
+        heartbeat_in_flight: Mutex::new(()),
+        heartbeat_sent: Mutex::new(None),
+        heartbeat_ok_at: Mutex::new(None),
+        heartbeat_error: Mutex::new(None),
+        reconcile_error: Mutex::new(None),
     });
     shared.event(
         Level::Info,
@@ -1166,7 +1358,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     join_within(rec, Duration::from_secs(20), "the reconcile thread");
     join_within(hb, Duration::from_secs(25), "the heartbeat thread");
     // One status-change heartbeat (pending) while draining: the gateway stops taking jobs.
-    shared.send_heartbeat("pending");
+    shared.send_shutdown_heartbeat("pending");
     let mut next_log = Instant::now();
     loop {
         let n = lock(&shared.running).len();
@@ -1206,6 +1398,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             .iter()
             .map(|(id, r)| (id.clone(), r.job_type.clone()))
             .collect();
+        let mut backend_away = false;
         for (id, jt) in stuck {
             log::warn!(target: "runtime", "job {id} did not stop; marking it failed");
             let body = wire::completion_body(
@@ -1214,9 +1407,23 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
                 &Some(SHUTDOWN_JOB_ERROR.into()),
                 &now_rfc3339(),
             );
-            if let Err(e) = wire::complete(&shared.session, &id, &body) {
-                log::warn!(target: "runtime", "could not mark job {id} failed ({e}); spooling");
-                let _ = shared.spool.put(&id, &body);
+            // Once the backend failed to answer, spool the rest at once: each try could take
+            // a whole request timeout.
+            let sent = !backend_away
+                && {
+                    match wire::complete(&shared.session, &id, &body) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            log::warn!(target: "runtime", "could not mark job {id} failed ({e}); spooling it for the next start");
+                            backend_away = true;
+                            false
+                        }
+                    }
+                };
+            if !sent {
+                if let Err(e) = shared.spool.put(&id, &body) {
+                    log::error!(target: "runtime", "LOST RESULT of job {id}: cannot spool it: {e}; the next start fails it ({RESTART_JOB_ERROR})");
+                }
             }
         }
     }
@@ -1231,7 +1438,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         json!({ "drain_ms": drain_start.elapsed().as_millis() as u64 }),
     );
     shared.send_events();
-    shared.send_heartbeat("offline");
+    shared.send_shutdown_heartbeat("offline");
     (ctx.status)(&|s: &mut RuntimeStatus| s.connection = "stopped".into());
     shared.push_status(true);
     (ctx.status)(&|s: &mut RuntimeStatus| s.connection = "stopped".into());
