@@ -124,6 +124,8 @@ impl World {
             assert_eq!(rc, 0, "full-control enable: {out} {err}");
         }
         let claude = wrapper(&bin, "claude");
+        wrapper(&bin, "codex");
+        wrapper(&bin, "gemini");
         World {
             b,
             gw,
@@ -135,10 +137,10 @@ impl World {
     }
 
     fn start(&mut self) {
-        let none = self.gw.dir.path().join("not-installed");
+        let bin = self.claude.parent().unwrap().to_path_buf();
         let c = self.claude.display().to_string();
-        let x = none.join("codex").display().to_string();
-        let g = none.join("gemini").display().to_string();
+        let x = bin.join("codex").display().to_string();
+        let g = bin.join("gemini").display().to_string();
         self.gw
             .start_with(&["--claude-cli", &c, "--codex-cli", &x, "--gemini-cli", &g]);
         // Subagent runs need a fresh heartbeat with model execution ready (§2.4 steps 11-12).
@@ -164,13 +166,17 @@ impl World {
 
     /// A running subagent with an accepted running run (what the backend writes on admission).
     fn subagent(&self, tag: &str, config: Value, sets: &[(&str, &str)]) -> Sub {
+        self.subagent_of(tag, "claude_code_gateway", config, sets)
+    }
+
+    fn subagent_of(&self, tag: &str, kind: &str, config: Value, sets: &[(&str, &str)]) -> Sub {
         let sid = uuid();
         let rid = uuid();
         let prompt = self.prompt(tag, sets);
         let (st, v) = self.b.insert_row(
             "subagents",
             json!({"id": sid, "team_id": self.team, "gateway_id": self.gid,
-                   "subagent_type": "claude_code_gateway", "status": "running", "config": config,
+                   "subagent_type": kind, "status": "running", "config": config,
                    "input": {"prompt": prompt, "run_id": rid, "run_sequence": 1},
                    "metadata": {"current_run_id": rid, "kept": "yes"}}),
         );
@@ -680,4 +686,67 @@ fn install_toggle_off_denies_full_control() {
         "Gateway host machine control is disabled. Run \"panorama-gateway full-control enable\" on the host."
     );
     assert!(w.records("noinstall").is_empty());
+}
+
+#[test]
+fn codex_and_gemini_runs_complete_with_their_argv() {
+    let mut w = World::new(false);
+    w.start();
+    let mut config = restricted_config();
+    config.as_object_mut().unwrap().remove("permission_mode");
+    let cx = w.subagent_of("codex", "codex_gateway", config.clone(), &[]);
+    let gm = w.subagent_of("gemini", "gemini_gateway", config.clone(), &[]);
+    let mut stream = config.clone();
+    stream["output_format"] = json!("stream-json");
+    let cs = w.subagent_of("codexstream", "codex_gateway", stream, &[]);
+    let jobs: Vec<String> = [&cx, &gm, &cs].iter().map(|s| w.run_job(s)).collect();
+    for j in &jobs {
+        let row = wait_job_done(&w.b, j, JOB_WAIT);
+        assert_eq!(row["status"], "completed", "job: {row}");
+        assert_eq!(row["result"]["output"]["content_type"], "json");
+        assert_eq!(row["result"]["output"]["content"]["message"], "hi");
+    }
+    let argv = w.argv("codex");
+    assert_eq!(
+        &argv[..4],
+        ["exec", "--skip-git-repo-check", "--sandbox", "read-only"]
+    );
+    assert!(
+        has_pair(&argv, "-c", "features.shell_tool=false"),
+        "{argv:?}"
+    );
+    assert!(
+        has_pair(&argv, "-c", "features.web_search_request=true"),
+        "{argv:?}"
+    );
+    assert!(argv.contains(&"--json".to_string()));
+    assert!(argv.last().unwrap().contains("\n\nYou cannot write"));
+    let argv = w.argv("gemini");
+    assert!(has_pair(&argv, "--output-format", "json"), "{argv:?}");
+    assert!(has_pair(&argv, "--approval-mode", "plan"), "{argv:?}");
+    let rec = &w.records("gemini")[0];
+    let md = rec["system_md"].as_str().unwrap();
+    assert!(md.contains("You cannot write"), "{md}");
+    assert!(
+        md.ends_with("Return STRICT JSON only. Do not wrap in code fences."),
+        "{md}"
+    );
+    // stream-json: the agent message and reasoning become message events after finalization.
+    let kinds = w.wait_kinds(&cs.rid, "run_completed");
+    assert_eq!(
+        kinds,
+        [
+            "run_started",
+            "run_progress",
+            "message",
+            "message",
+            "run_completed"
+        ]
+    );
+    let ev = w.run_events(&cs.rid);
+    assert_eq!(ev[2].2["kind"], "reasoning");
+    assert_eq!(
+        w.row("subagent_runs", &cs.rid)["metadata"]["usage"]["output_tokens"],
+        122
+    );
 }

@@ -421,6 +421,34 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
         return Ok(fail_msg("Missing subagent_id in payload"));
     };
     let payload_run_id = trimmed(s(payload, "run_id").or_else(|| s(payload, "runId")));
+    // At most one active run per subagent (§1.4): reserve the subagent, waiting for a run of
+    // it that is still active in this gateway.
+    let _guard = {
+        let mut waited = false;
+        loop {
+            {
+                let mut g = lock(&ACTIVE);
+                if !g.iter().any(|a| a.subagent_id == subagent_id) {
+                    g.push(Active {
+                        subagent_id: subagent_id.clone(),
+                        run_id: String::new(),
+                        job_id: ctx.job_id.clone(),
+                        cancel_reason: None,
+                    });
+                    break ActiveGuard(subagent_id.clone());
+                }
+            }
+            if !waited {
+                log::info!(target: "subagent", "job {} waits for the active run of subagent {subagent_id} to finish (one run per subagent at a time)", ctx.job_id);
+                waited = true;
+            }
+            if ctx.cancel.is_cancelled() || ctx.shutdown.is_immediate() {
+                let m = "Gateway stopped before the subagent run could start";
+                return Ok(skip(json!({"message": m, "subagent_id": subagent_id}), m));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     // 2.
     let sub = match wire::load_subagent(
         session,
@@ -619,17 +647,21 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
         return Ok(cancel_before_start(session, &prep, &reason));
     }
     // 18.
-    let _guard = {
+    {
+        // Under the ACTIVE lock, so a cancel job sees either the run id or leaves a pending
+        // cancel that is taken here.
         let mut g = lock(&ACTIVE);
-        g.retain(|a| a.subagent_id != subagent_id);
-        g.push(Active {
-            subagent_id: subagent_id.clone(),
-            run_id: run_id.clone(),
-            job_id: ctx.job_id.clone(),
-            cancel_reason: None,
-        });
-        ActiveGuard(subagent_id.clone())
-    };
+        if let Some(a) = g
+            .iter_mut()
+            .find(|a| a.subagent_id == subagent_id && a.job_id == ctx.job_id)
+        {
+            a.run_id = run_id.clone();
+            if let Some(reason) = take_pending(&run_id, &subagent_id) {
+                a.cancel_reason = Some(reason);
+                ctx.cancel.cancel();
+            }
+        }
+    }
     // 19.
     let now = crate::util::now_rfc3339();
     let start_meta = merged(
@@ -1779,17 +1811,19 @@ fn execute_and_finalize(
         }
     };
     let mem_reason = active_cancel_reason(&prep.subagent_id);
-    let shutdown_kill = ctx.shutdown.is_immediate() && mem_reason.is_none();
-    let was_cancelled = mem_reason.is_some() || db_cancelled || shutdown_kill;
+    let killed = matches!(&result, Ok(o) if o.stop != exec::Stop::None && !o.timed_out());
+    if ctx.shutdown.is_immediate() && killed && mem_reason.is_none() && !db_cancelled {
+        return Ok(cancel_on_shutdown(
+            session,
+            prep,
+            em,
+            "Gateway shutting down",
+        ));
+    }
+    let was_cancelled = mem_reason.is_some() || db_cancelled;
     let cancel_reason = mem_reason
         .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| {
-            if shutdown_kill {
-                "Gateway shutting down".into()
-            } else {
-                CANCELLED.into()
-            }
-        });
+        .unwrap_or_else(|| CANCELLED.into());
     let (out_ok, stdout, stderr, exit_code, timed_out, so_tr, se_tr) = match &result {
         Ok(o) => (
             o.success(),
@@ -1953,6 +1987,62 @@ fn execute_and_finalize(
             outcome: outcome(FinalStatus::Completed, result, None),
             fail_subagent: false,
         })
+    }
+}
+
+/// §6.6 "cancel on shutdown": the daemon stopped now and killed the child; write the
+/// cancelled state directly (no edge function) and complete the job as cancelled.
+fn cancel_on_shutdown(session: &Session, prep: &Prepared, em: &mut Emitter, reason: &str) -> End {
+    let now = crate::util::now_rfc3339();
+    let marks = json!({"cancel_run_id": prep.run_id, "cancel_requested_at": now, "cancel_reason": reason,
+        "cancel_support": "gateway", "cancellation_scope": "gateway", "cancel_state": "acknowledged",
+        "cancelled": true, "last_run_at": now});
+    let env = error_envelope(reason);
+    let run_meta = wire::load_run(session, &prep.run_id, "metadata")
+        .ok()
+        .flatten()
+        .and_then(|r| r.get("metadata").cloned());
+    let run_hit = wire::update_where(
+        session,
+        "subagent_runs",
+        &prep.run_id,
+        &[("status", "eq.running")],
+        &json!({"status": "cancelled", "output": env, "error": reason, "completed_at": now,
+                "metadata": merged(run_meta.as_ref(), &marks)}),
+    );
+    let sub_meta = wire::load_subagent(session, &prep.subagent_id, "metadata")
+        .ok()
+        .flatten()
+        .and_then(|r| r.get("metadata").cloned());
+    if let Err(e) = wire::update_where(
+        session,
+        "subagents",
+        &prep.subagent_id,
+        &[("status", "eq.running")],
+        &json!({"status": "cancelled", "output": env, "error": reason, "completed_at": now,
+                "metadata": merged(sub_meta.as_ref(), &marks)}),
+    ) {
+        log::warn!(target: "subagent", "could not mark subagent {} cancelled at shutdown: {e}", prep.subagent_id);
+    }
+    match run_hit {
+        Ok(true) => {
+            let p = json!({"reason": reason, "source": "gateway_shutdown", "cancellation_scope": "gateway"});
+            em.emit("cancellation_acknowledged", p.clone());
+            em.emit("run_cancelled", p);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            log::warn!(target: "subagent", "could not mark run {} cancelled at shutdown: {e}", prep.run_id)
+        }
+    }
+    log::info!(target: "subagent", "subagent run cancelled by shutdown subagent={} run={}", prep.subagent_id, prep.run_id);
+    End {
+        outcome: outcome(
+            FinalStatus::Cancelled,
+            json!({"message": reason, "cancelled": true}),
+            Some(reason.to_string()),
+        ),
+        fail_subagent: false,
     }
 }
 
@@ -2221,7 +2311,10 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
                     a.cancel_reason = Some(reason.clone());
                     Some(a.job_id.clone())
                 }
-                None => None,
+                None => {
+                    lock(&PENDING).push((run_id.clone(), reason.clone()));
+                    None
+                }
             }
         };
         let is_active = match target_job {
@@ -2230,10 +2323,7 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
                 ctx.children.kill_job(&job, CANCEL_GRACE);
                 true
             }
-            None => {
-                lock(&PENDING).push((run_id.clone(), reason.clone()));
-                false
-            }
+            None => false,
         };
         log::info!(target: "subagent", "subagent cancel requested subagent={sid} run={run_id} active_process={is_active}");
         let t = EventTarget {
