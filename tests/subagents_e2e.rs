@@ -750,3 +750,60 @@ fn codex_and_gemini_runs_complete_with_their_argv() {
         122
     );
 }
+
+/// The emulator holds the gateway to the strict finalize body (subagents-shell.md §5.3).
+#[test]
+fn finalize_function_rejects_invalid_envelopes() {
+    let w = World::new(false);
+    let s = w.subagent("env", restricted_config(), &[]);
+    let token = w.gw.state()["accessToken"].as_str().unwrap().to_string();
+    let post = |body: &Value| -> (u16, Value) {
+        let r = ureq::post(&format!(
+            "{}/functions/v1/finalize-gateway-subagent-run",
+            w.b.url
+        ))
+        .set("apikey", &w.b.anon_key)
+        .set("Authorization", &format!("Bearer {token}"))
+        .send_string(&body.to_string());
+        let r = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{e}"),
+        };
+        (r.status(), r.into_json().unwrap())
+    };
+    let good = json!({"subagent_id": s.sid, "run_id": s.rid, "final_status": "completed",
+        "output": {"schema_version": 1, "content": "x", "content_type": "markdown"},
+        "failure_output": null, "final_error": null,
+        "completed_at": "2026-01-05T10:05:00.000Z", "stderr": "", "metadata_patch": {}});
+    for (field, value, why) in [
+        (
+            "output",
+            json!({"schema_version": 1, "content": "x", "content_type": "html"}),
+            "content_type",
+        ),
+        (
+            "output",
+            json!({"schema_version": 0, "content": "x", "content_type": "text"}),
+            "schema_version",
+        ),
+        (
+            "output",
+            json!({"schema_version": 1, "content": "x", "content_type": "text", "x": 1}),
+            "unexpected field",
+        ),
+        ("output", Value::Null, "output is required"),
+        ("stderr", json!(5), "stderr"),
+    ] {
+        let mut b = good.clone();
+        b[field] = value;
+        let (st, v) = post(&b);
+        assert_eq!(st, 400, "{field}: {v}");
+        assert_eq!(v["success"], false);
+        assert!(v["error"].as_str().unwrap().contains(why), "{v}");
+    }
+    assert_eq!(w.row("subagent_runs", &s.rid)["status"], "running");
+    let (st, v) = post(&good);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(w.row("subagent_runs", &s.rid)["status"], "completed");
+}
