@@ -749,6 +749,23 @@ fn codex_and_gemini_runs_complete_with_their_argv() {
         w.row("subagent_runs", &cs.rid)["metadata"]["usage"]["output_tokens"],
         122
     );
+
+    // Claude stream-json: asked with --verbose (the CLI requires it), the result line is the
+    // output.
+    let mut stream = restricted_config();
+    stream["output_format"] = json!("stream_json");
+    let cl = w.subagent("claudestream", stream, &[]);
+    let row = wait_job_done(&w.b, &w.run_job(&cl), JOB_WAIT);
+    assert_eq!(row["status"], "completed", "job: {row}");
+    assert_eq!(row["result"]["output"]["content"], "{\"message\":\"hi\"}");
+    let argv = w.argv("claudestream");
+    assert_eq!(
+        &argv[..4],
+        ["--print", "--output-format", "stream-json", "--verbose"]
+    );
+    let md = &w.row("subagent_runs", &cl.rid)["metadata"];
+    assert_eq!(md["output_format"], "stream-json");
+    assert_eq!(md["session_id"], "f1d2c3b4-0000-4000-8000-000000000000");
 }
 
 /// The emulator holds the gateway to the strict finalize body (subagents-shell.md §5.3).
@@ -806,4 +823,42 @@ fn finalize_function_rejects_invalid_envelopes() {
     let (st, v) = post(&good);
     assert_eq!(st, 200, "{v}");
     assert_eq!(w.row("subagent_runs", &s.rid)["status"], "completed");
+}
+
+/// A stop that outlasts the drain kills the CLI and records the run as cancelled by the
+/// shutdown (§6.6), without blaming the provider.
+#[test]
+fn shutdown_after_the_drain_cancels_the_running_subagent() {
+    let mut w = World::new(false);
+    w.gw.set_env("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "300");
+    w.start();
+    let s = w.subagent("stop", restricted_config(), &[("FAKE_CLI_MODE", "hang")]);
+    let job = w.run_job(&s);
+    wait_for("the CLI to start", JOB_WAIT, || {
+        (!w.records("stop").is_empty()).then_some(())
+    });
+    w.gw.signal(libc::SIGTERM);
+    let st = w.gw.wait_exit(Duration::from_secs(20));
+    assert!(st.success(), "daemon exit: {st:?}");
+    // The job row follows the runtime's rule for jobs stopped by a shutdown.
+    let j = w.b.job(&job);
+    assert_eq!(j["status"], "failed", "job: {j}");
+    assert_eq!(j["error"], "gateway shut down before the job finished");
+    let run = w.row("subagent_runs", &s.rid);
+    assert_eq!(run["status"], "cancelled");
+    assert_eq!(run["metadata"]["cancel_state"], "acknowledged");
+    assert_eq!(w.row("subagents", &s.sid)["status"], "cancelled");
+    let ev = w.run_events(&s.rid);
+    let kinds: Vec<&str> = ev.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "run_started",
+            "run_progress",
+            "cancellation_acknowledged",
+            "run_cancelled"
+        ]
+    );
+    assert_eq!(ev[3].2["source"], "gateway_shutdown");
+    assert!(!w.gw.state().to_string().contains("\"unhealthy\""));
 }

@@ -1058,6 +1058,11 @@ pub fn claude_args(
             _ => "json",
         };
         a.extend(["--output-format".into(), cli.into()]);
+        // The reference omits --verbose (subagents-shell.md §11.10), but `claude --print`
+        // refuses stream-json without it; same wire, working CLI.
+        if cli == "stream-json" && f.get("verboseFlag") {
+            a.push("--verbose".into());
+        }
     }
     if let Some(m) = conf_str(c, "model") {
         if f.get("modelFlag") {
@@ -2404,6 +2409,11 @@ mod tests {
         )
         .unwrap();
         assert!(a.windows(2).any(|w| w == ["--resume", "abc"]));
+        let a = claude_args(&default_config(), "hi", false, None, &f, Format::StreamJson).unwrap();
+        assert_eq!(
+            &a[..4],
+            ["--print", "--output-format", "stream-json", "--verbose"]
+        );
         let mut no_resume = f.clone();
         no_resume.0.retain(|(k, _)| *k != "resumeFlag");
         assert!(claude_args(
