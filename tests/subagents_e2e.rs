@@ -617,6 +617,15 @@ fn timeout_fails_the_run_and_marks_the_provider_unhealthy() {
         w.wait_kinds(&s.rid, "run_failed"),
         ["run_started", "run_progress", "run_failed"]
     );
+    // The team sees why: a provider_unhealthy event for this run.
+    let gid = w.gid.clone();
+    let ev = wait_for("the provider_unhealthy event", JOB_WAIT, || {
+        w.b.events(&gid)
+            .into_iter()
+            .find(|e| e["code"] == "provider_unhealthy")
+    });
+    assert_eq!(ev["details"]["context"], "subagent_run");
+    assert_eq!(ev["details"]["run_id"], s.rid.as_str());
 }
 
 #[test]

@@ -1878,16 +1878,24 @@ fn execute_and_finalize(
     if !was_cancelled {
         if effective_fail {
             let summary = health_summary(&stderr, &error_message);
-            ctx.providers.record_run(
+            ctx.providers.record_run_in(
                 prep.provider,
                 Status::Unhealthy,
                 Some(&summary),
                 Some(&ctx.job_id),
+                "subagent_run",
+                Some(&prep.run_id),
             );
             error_message = unhealthy_message(prep.provider, &summary);
         } else {
-            ctx.providers
-                .record_run(prep.provider, Status::Healthy, None, Some(&ctx.job_id));
+            ctx.providers.record_run_in(
+                prep.provider,
+                Status::Healthy,
+                None,
+                Some(&ctx.job_id),
+                "subagent_run",
+                Some(&prep.run_id),
+            );
         }
     }
     let final_status = if was_cancelled {
