@@ -600,6 +600,19 @@ fn timeout_fails_the_run_and_marks_the_provider_unhealthy() {
     config["timeout_ms"] = json!(1500);
     let s = w.subagent("slow", config, &[("FAKE_CLI_MODE", "hang")]);
     let job = w.run_job(&s);
+    let auth = w.subagent(
+        "auth",
+        restricted_config(),
+        &[("FAKE_CLI_MODE", "auth_error")],
+    );
+    let auth_job = w.run_job(&auth);
+    let j = wait_job_done(&w.b, &auth_job, JOB_WAIT);
+    assert_eq!(j["status"], "failed", "job: {j}");
+    assert_eq!(
+        j["error"],
+        "Gateway provider Claude is unhealthy. Try another provider or run \"panorama-gateway doctor\". Details: Invalid API key · Please run /login"
+    );
+    assert_eq!(w.row("subagent_runs", &auth.rid)["status"], "failed");
     let j = wait_job_done(&w.b, &job, JOB_WAIT);
     assert_eq!(j["status"], "failed", "job: {j}");
     let err = j["error"].as_str().unwrap();
@@ -625,7 +638,8 @@ fn timeout_fails_the_run_and_marks_the_provider_unhealthy() {
             .find(|e| e["code"] == "provider_unhealthy")
     });
     assert_eq!(ev["details"]["context"], "subagent_run");
-    assert_eq!(ev["details"]["run_id"], s.rid.as_str());
+    // Emitted on the status change: the auth failure came first.
+    assert_eq!(ev["details"]["run_id"], auth.rid.as_str());
 }
 
 #[test]

@@ -1867,6 +1867,11 @@ fn execute_and_finalize(
                 format!("Subagent timed out after {} ms", plan.timeout.as_millis())
             }
             Ok(_) if !stderr.trim().is_empty() => stderr.trim().to_string(),
+            // Better than the reference: the CLI's own structured error on stdout (Claude's
+            // `is_error` envelope, Gemini's `{"error":{"message"}}`) instead of the exit code.
+            Ok(_) if providers::cli_reported(prep.provider, &stdout, None).is_some() => {
+                providers::cli_reported(prep.provider, &stdout, None).unwrap_or_default()
+            }
             Ok(_) => match exit_code {
                 None => "Subagent process did not exit cleanly".into(),
                 Some(c) => format!("Subagent exited with code {c}"),
