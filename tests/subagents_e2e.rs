@@ -885,3 +885,40 @@ fn shutdown_after_the_drain_cancels_the_running_subagent() {
     assert_eq!(ev[3].2["source"], "gateway_shutdown");
     assert!(!w.gw.state().to_string().contains("\"unhealthy\""));
 }
+
+/// §2.4 steps 11-12 read the gateway's own row: a stale `last_seen_at` or a stored
+/// `model_execution` that is not ready fails the run and marks the subagent failed.
+#[test]
+fn stale_heartbeat_and_unready_models_fail_the_run() {
+    let mut w = World::new(false);
+    // One heartbeat at start, then none for the test's length.
+    w.gw.set_env("PANORAMA_GATEWAY_HEARTBEAT_MS", "600000");
+    w.start();
+    let path = format!("/rest/v1/team_gateways?id=eq.{}", w.gid);
+    let fresh = w.b.gateway_row(&w.gid)["last_seen_at"].clone();
+    w.b.admin(
+        "PATCH",
+        &path,
+        Some(json!({"last_seen_at": "2020-01-01T00:00:00.000Z"})),
+    );
+    let stale = w.subagent("stale_hb", restricted_config(), &[]);
+    let j = wait_job_done(&w.b, &w.run_job(&stale), JOB_WAIT);
+    assert_eq!(j["status"], "failed", "job: {j}");
+    assert_eq!(j["error"], "Gateway is offline or heartbeat is stale");
+    assert_eq!(w.row("subagents", &stale.sid)["status"], "failed");
+    assert_eq!(w.row("subagent_runs", &stale.rid)["status"], "failed");
+
+    let mut caps = w.b.gateway_row(&w.gid)["capabilities"].clone();
+    caps["services"]["model_execution"] =
+        json!({"ready": false, "reason": "No gateway AI model provider is healthy"});
+    w.b.admin(
+        "PATCH",
+        &path,
+        Some(json!({"last_seen_at": fresh, "capabilities": caps})),
+    );
+    let unready = w.subagent("unready", restricted_config(), &[]);
+    let j = wait_job_done(&w.b, &w.run_job(&unready), JOB_WAIT);
+    assert_eq!(j["status"], "failed", "job: {j}");
+    assert_eq!(j["error"], "No gateway AI model provider is healthy");
+    assert!(w.records("stale_hb").is_empty() && w.records("unready").is_empty());
+}
