@@ -9,6 +9,7 @@ pub mod realtime;
 pub mod rest;
 pub mod session;
 pub mod spool;
+pub mod subagents;
 
 use std::fmt;
 use std::io::Read;

@@ -6,6 +6,7 @@
 
 pub mod diagnostic;
 pub mod model_run;
+pub mod subagent;
 
 use std::sync::Arc;
 
@@ -102,6 +103,8 @@ pub fn dispatch(job_type: &str, payload: &Value, ctx: &JobContext) -> Outcome {
     match job_type {
         "diagnostic" => diagnostic::handle(payload, ctx),
         "model_run" => model_run::handle(payload, ctx),
+        "subagent_run" => subagent::handle_run(payload, ctx),
+        "subagent_cancel" => subagent::handle_cancel(payload, ctx),
         other => unsupported(other),
     }
 }

@@ -518,6 +518,19 @@ impl Registry {
         summary: Option<&str>,
         job_id: Option<&str>,
     ) -> bool {
+        self.record_run_in(id, status, summary, job_id, "model_run", None)
+    }
+
+    /// [`Registry::record_run`] with the event's `context` and `run_id` (subagent runs).
+    pub fn record_run_in(
+        &self,
+        id: ProviderId,
+        status: Status,
+        summary: Option<&str>,
+        job_id: Option<&str>,
+        context: &str,
+        run_id: Option<&str>,
+    ) -> bool {
         let prev = self.health(id);
         let h = health::after_run(prev.as_ref(), status, summary, &crate::util::now_rfc3339());
         let changed = prev.map(|p| p.status) != Some(status) && status != Status::Healthy;
@@ -527,8 +540,8 @@ impl Registry {
                 "level": if status == Status::Unhealthy { "error" } else { "warn" },
                 "code": "provider_unhealthy",
                 "message": format!("{} provider marked {}.", id.short(), status.as_str()),
-                "details": {"context": "model_run", "status": status.as_str(),
-                            "error": h.error.clone(), "job_id": job_id, "run_id": null},
+                "details": {"context": context, "status": status.as_str(),
+                            "error": h.error.clone(), "job_id": job_id, "run_id": run_id},
             }));
         }
         self.set_health(id, h, true);

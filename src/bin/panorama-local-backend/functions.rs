@@ -234,6 +234,63 @@ const FINALIZE_KEYS: &[&str] = &[
     "metadata_patch",
 ];
 
+const ENVELOPE_KEYS: &[&str] = &[
+    "schema_version",
+    "content",
+    "content_type",
+    "original_content_type",
+    "exact_content_state",
+    "omission_reason",
+    "summary",
+    "sources",
+    "errors",
+    "overflow_artifact",
+];
+
+/// The strict output envelope of subagents-shell.md §5.3.
+fn check_envelope(v: &Value) -> Result<(), String> {
+    let o = v.as_object().ok_or("expected an object")?;
+    if let Some(k) = o.keys().find(|k| !ENVELOPE_KEYS.contains(&k.as_str())) {
+        return Err(format!("unexpected field {k:?}"));
+    }
+    if !o
+        .get("schema_version")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > 0)
+    {
+        return Err("schema_version must be a positive integer".into());
+    }
+    if !o.contains_key("content") {
+        return Err("content is required".into());
+    }
+    let types = ["markdown", "text", "json"];
+    for k in ["content_type", "original_content_type"] {
+        match o.get(k) {
+            None if k == "original_content_type" => {}
+            Some(Value::String(t)) if types.contains(&t.as_str()) => {}
+            _ => return Err(format!("{k} must be markdown, text or json")),
+        }
+    }
+    if let Some(st) = o.get("exact_content_state") {
+        if !matches!(st.as_str(), Some("inline" | "overflow" | "preview_only")) {
+            return Err("exact_content_state must be inline, overflow or preview_only".into());
+        }
+    }
+    for k in ["sources", "errors"] {
+        if let Some(a) = o.get(k) {
+            if !a.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
+                return Err(format!("{k} must be an array of strings"));
+            }
+        }
+    }
+    if let Some(s) = o.get("summary") {
+        if !s.is_string() {
+            return Err("summary must be a string".into());
+        }
+    }
+    Ok(())
+}
+
 fn merge_meta(base: Option<&Value>, patch: &Map<String, Value>) -> Value {
     let mut m = match base {
         Some(Value::Object(m)) => m.clone(),
@@ -269,13 +326,21 @@ fn finalize(app: &App, p: &Principal, body: &Value) -> Response {
     };
     for k in ["output", "failure_output"] {
         if let Some(v) = m.get(k) {
-            if !v.is_null() && !v.is_object() {
-                return fail(
-                    400,
-                    &format!("{k} must be an output envelope object or null"),
-                );
+            if !v.is_null() {
+                if let Err(e) = check_envelope(v) {
+                    return fail(400, &format!("{k} is not a valid output envelope: {e}"));
+                }
             }
         }
+    }
+    if final_status == "completed" && !m.get("output").is_some_and(Value::is_object) {
+        return fail(400, "output is required when final_status is completed");
+    }
+    if !matches!(
+        m.get("stderr"),
+        None | Some(Value::Null) | Some(Value::String(_))
+    ) {
+        return fail(400, "stderr must be a string or null");
     }
     let final_error = match m.get("final_error") {
         None | Some(Value::Null) => Value::Null,
