@@ -6,6 +6,7 @@
 
 pub mod diagnostic;
 pub mod model_run;
+pub mod shell;
 
 use std::sync::Arc;
 
@@ -102,6 +103,8 @@ pub fn dispatch(job_type: &str, payload: &Value, ctx: &JobContext) -> Outcome {
     match job_type {
         "diagnostic" => diagnostic::handle(payload, ctx),
         "model_run" => model_run::handle(payload, ctx),
+        "shell_exec" => shell::handle_exec(payload, ctx),
+        "shell_session" => shell::handle_session(payload, ctx),
         other => unsupported(other),
     }
 }
