@@ -45,7 +45,8 @@ pub const SESSION_WAIT_MAX_MS: u64 = 30_000;
 /// Sessions per gateway and per resource.
 pub const MAX_SESSIONS: usize = 10;
 pub const MAX_SESSIONS_PER_RESOURCE: usize = 4;
-/// Default idle expiry (no `write`/`read`/`status`); `PANORAMA_GATEWAY_SHELL_SESSION_IDLE_MS`.
+/// Default idle expiry (no `write`/`read`; `status` does not count as activity);
+/// `PANORAMA_GATEWAY_SHELL_SESSION_IDLE_MS`.
 pub const DEFAULT_SESSION_IDLE_MS: u64 = 15 * 60 * 1000;
 /// How long a write may wait for the shell to take its input.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -505,6 +506,23 @@ pub fn close_all_sessions(timeout: Duration) {
     }
 }
 
+/// The daemon's exit path does not know about sessions (yet): whatever way `main` ends, kill
+/// the sessions' process groups before the process is gone (their pump threads still run while
+/// exit handlers do).
+extern "C" fn close_sessions_at_exit() {
+    close_all_sessions(exec::KILL_GRACE + Duration::from_secs(1));
+}
+
+fn register_exit_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain extern "C" function with no captured state.
+        if unsafe { libc::atexit(close_sessions_at_exit) } != 0 {
+            log::warn!(target: "shell", "could not register the exit hook that closes shell sessions");
+        }
+    });
+}
+
 /// How many sessions are open (for status and tests).
 pub fn session_count() -> usize {
     registry().lock().len()
@@ -928,7 +946,7 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
             ok(r)
         }
         "status" => {
-            let mut st = sess.lock();
+            let st = sess.lock();
             let idle_ms = st.last_activity.elapsed().as_millis() as u64;
             r.insert("message".into(), "Shell session status".into());
             r.insert("alive".into(), Value::Bool(!st.exited));
@@ -948,7 +966,6 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
             r.insert("buffer_start".into(), json!(st.start));
             r.insert("buffer_end".into(), json!(st.end()));
             r.insert("success".into(), Value::Bool(true));
-            st.touch();
             drop(st);
             ok(r)
         }
@@ -1095,6 +1112,7 @@ fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
             );
         }
     }
+    register_exit_hook();
     let shell = pick_shell();
     let tmp = match exec::PrivateDir::create_in(&tmp_base(ctx), "pgw-shell-") {
         Ok(t) => Some(t),
