@@ -624,7 +624,9 @@ fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Sh
             signal_group(sess.pgid, libc::SIGKILL);
         }
         if exited_at.is_none() {
-            if let Ok(Some(_)) = peek_exit(child.id() as i32) {
+            // An error (the child is not ours to wait for any more) counts as exited too, so
+            // this loop cannot outlive the shell.
+            if !matches!(peek_exit(child.id() as i32), Ok(None)) {
                 exited_at = Some(now);
                 // Background members of the group go with the leader.
                 signal_group(sess.pgid, libc::SIGKILL);
@@ -1020,7 +1022,8 @@ fn read_into(
 ) {
     let deadline = Instant::now() + wait;
     let mut st = sess.lock();
-    let want = cursor.unwrap_or(st.acked);
+    // A cursor past the end means "from the end" (never skip bytes that arrive meanwhile).
+    let want = cursor.unwrap_or(st.acked).min(st.end());
     while st.end() <= want && !st.exited && Instant::now() < deadline {
         if ctx.cancel.is_cancelled() || ctx.shutdown.is_draining() {
             break;
