@@ -74,10 +74,13 @@ fn failed(message: &str, extra: &[(&str, Value)]) -> Outcome {
 /// team toggle, install toggle. Locally the `machine_control` service is ready exactly when the
 /// install toggle is on, so its check is the install check.
 fn machine_control(ctx: &JobContext) -> Result<(), &'static str> {
-    if ctx.session.is_none() {
+    control_denial(ctx.session.is_some(), ctx.control)
+}
+
+fn control_denial(has_backend: bool, c: super::ControlState) -> Result<(), &'static str> {
+    if !has_backend {
         return Err("Gateway control state unavailable");
     }
-    let c = ctx.control;
     if !c.heartbeat_fresh {
         return Err("Gateway is offline or heartbeat is stale");
     }
@@ -682,8 +685,10 @@ fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Sh
         }
     }
     drop(pipes);
-    let status = child.wait();
+    // Reap under the lock: `request_stop` signals the group only while `exited` is false, so
+    // nobody signals a process group id the system may hand out again after the reap.
     let mut st = sess.lock();
+    let status = child.wait();
     st.exited = true;
     if let Ok(s) = status {
         st.exit_code = s.code();
@@ -952,10 +957,12 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
             let idle_ms = st.last_activity.elapsed().as_millis() as u64;
             r.insert("message".into(), "Shell session status".into());
             r.insert("alive".into(), Value::Bool(!st.exited));
-            r.insert(
-                "status".into(),
-                (if st.exited { "exited" } else { "open" }).into(),
-            );
+            let state = match (st.exited, st.stop) {
+                (true, _) => "exited",
+                (false, Some(_)) => "closing",
+                (false, None) => "open",
+            };
+            r.insert("status".into(), state.into());
             r.insert("exit_code".into(), json!(st.exit_code));
             r.insert("shell".into(), sess.shell.clone().into());
             r.insert("cwd".into(), "/".into());
@@ -1243,6 +1250,42 @@ mod tests {
         assert_eq!(parse_timeout(Some(&json!(0))), 1);
         assert_eq!(parse_timeout(Some(&json!(-5))), 1);
         assert_eq!(parse_timeout(Some(&json!(10_000_000))), 600_000);
+    }
+
+    #[test]
+    fn the_first_closed_machine_control_layer_is_named() {
+        use super::super::ControlState;
+        let all = ControlState {
+            install_enabled: true,
+            team_enabled: true,
+            heartbeat_fresh: true,
+        };
+        assert_eq!(control_denial(true, all), Ok(()));
+        assert_eq!(
+            control_denial(false, all),
+            Err("Gateway control state unavailable")
+        );
+        let nothing = ControlState::default();
+        assert_eq!(
+            control_denial(true, nothing),
+            Err("Gateway is offline or heartbeat is stale")
+        );
+        let no_team = ControlState {
+            team_enabled: false,
+            install_enabled: false,
+            ..all
+        };
+        assert_eq!(
+            control_denial(true, no_team),
+            Err("Gateway machine control is disabled in Team Integrations.")
+        );
+        let no_install = ControlState {
+            install_enabled: false,
+            ..all
+        };
+        assert!(control_denial(true, no_install)
+            .unwrap_err()
+            .contains("panorama-gateway full-control enable"));
     }
 
     #[test]
