@@ -241,6 +241,11 @@ fn shell_exec_runs_commands_with_the_reference_result_shape_and_limits() {
     // Payload validation.
     let j = w.exec(json!({"command": "true"}));
     assert_denied(&j, "Missing resource_id in payload");
+    let j = w.exec(json!({"resource_id": "box-1", "command": "true"}));
+    assert_denied(
+        &j,
+        "Invalid resource_id in payload: expected the UUID of a team resource",
+    );
     let j = w.exec(json!({"resource_id": rid, "command": "   "}));
     assert_denied(&j, "Missing command in payload");
     assert_eq!(j["result"]["resource_id"], rid.as_str());

@@ -309,7 +309,7 @@ fn a_session_keeps_its_shell_across_jobs_and_close_kills_its_group() {
 
 #[test]
 fn idle_sessions_expire_and_shutdown_kills_the_rest() {
-    let mut w = World::start(&[("PANORAMA_GATEWAY_SHELL_SESSION_IDLE_MS", "1500")]);
+    let mut w = World::start(&[("PANORAMA_GATEWAY_SHELL_SESSION_IDLE_MS", "3000")]);
     let rid = w.shell_resource();
     let dir = TempDir::new("shell-idle");
 
@@ -323,7 +323,7 @@ fn idle_sessions_expire_and_shutdown_kills_the_rest() {
     let bg = wait_pid(&idle_pid);
     wait_for(
         "the idle session's process to be gone",
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         || (!alive(bg)).then_some(()),
     );
     // `status` is not activity, so polling it does not keep the session alive.

@@ -257,9 +257,29 @@ fn resource_id(payload: &Value) -> Result<String, Outcome> {
         .and_then(Value::as_str)
         .map(str::trim)
     {
-        Some(r) if !r.is_empty() => Ok(r.to_string()),
+        Some(r) if !r.is_empty() => {
+            if is_uuid(r) {
+                Ok(r.to_string())
+            } else {
+                Err(failed(
+                    "Invalid resource_id in payload: expected the UUID of a team resource",
+                    &[("resource_id", r.into())],
+                ))
+            }
+        }
         _ => Err(failed("Missing resource_id in payload", &[])),
     }
+}
+
+/// 8-4-4-4-12 hex digits (any version): what `team_resources.id` holds. Anything else would
+/// only come back from PostgREST as a type error.
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// True when `secret_env` asks for secrets (a non-empty object).
@@ -1286,6 +1306,20 @@ mod tests {
         assert!(control_denial(true, no_install)
             .unwrap_err()
             .contains("panorama-gateway full-control enable"));
+    }
+
+    #[test]
+    fn resource_ids_must_be_uuids() {
+        assert!(is_uuid("b5e1c0de-0000-4000-8000-00000000abcd"));
+        assert!(!is_uuid("b5e1c0de-0000-4000-8000-00000000abc"));
+        assert!(!is_uuid("b5e1c0de-0000-4000-8000-00000000abcx"));
+        assert!(!is_uuid("b5e1c0de00000-4000-8000-00000000abcd"));
+        let o = resource_id(&json!({"resource_id": "x&team_id=eq.y"})).unwrap_err();
+        assert_eq!(
+            o.error.as_deref(),
+            Some("Invalid resource_id in payload: expected the UUID of a team resource")
+        );
+        assert!(resource_id(&json!({"resource_id": " "})).is_err());
     }
 
     #[test]
