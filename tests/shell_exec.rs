@@ -229,7 +229,7 @@ fn shell_exec_runs_commands_with_the_reference_result_shape_and_limits() {
     // Output beyond 5 MB per stream is dropped and flagged.
     let j = w.exec(json!({"resource_id": rid,
         "command": "head -c 6000000 /dev/zero | tr '\\0' a; echo err >&2"}));
-    assert_eq!(j["status"], "completed", "{j}");
+    assert_eq!(j["status"], "completed", "{}", j["error"]);
     let r = &j["result"];
     assert_eq!(r["stdout"].as_str().unwrap().len(), 5_000_000);
     assert_eq!(r["stdout_truncated"], true);
@@ -237,6 +237,26 @@ fn shell_exec_runs_commands_with_the_reference_result_shape_and_limits() {
     assert_eq!(r["output_truncated"], true);
     assert_eq!(r["stderr"], "err\n");
     assert_eq!(r["success"], true);
+
+    // Both streams full: the result still fits a completion the backend takes (stdout keeps
+    // its 5 MB, stderr the rest of the 6 MB budget) instead of leaving the job running.
+    let j = w.exec(json!({"resource_id": rid,
+        "command": "head -c 6000000 /dev/zero | tr '\\0' a; head -c 6000000 /dev/zero | tr '\\0' b >&2"}));
+    assert_eq!(j["status"], "completed", "{}", j["error"]);
+    let r = &j["result"];
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 5_000_000);
+    assert_eq!(r["stderr"].as_str().unwrap().len(), 1_000_000);
+    assert!(r["stderr"].as_str().unwrap().bytes().all(|b| b == b'b'));
+    assert_eq!(r["stdout_truncated"], true);
+    assert_eq!(r["stderr_truncated"], true);
+    assert_eq!(r["output_truncated"], true);
+    // Control bytes are escaped six-fold in JSON; the budget counts them that way.
+    let j = w.exec(json!({"resource_id": rid, "command": "head -c 3000000 /dev/zero"}));
+    assert_eq!(j["status"], "completed", "{}", j["error"]);
+    let r = &j["result"];
+    let n = r["stdout"].as_str().unwrap().len();
+    assert!(n <= 5_000_000 / 6 && n > 800_000, "{n}");
+    assert_eq!(r["stdout_truncated"], true);
 
     // Payload validation.
     let j = w.exec(json!({"command": "true"}));

@@ -32,6 +32,56 @@ use crate::exec;
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Gateway-side clamp of `timeout_ms` (10 min).
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Most bytes stdout and stderr may take in a `shell_exec` result once JSON-encoded. Each stream
+/// is captured up to 5 MB, but two full streams (or control bytes, which JSON escapes to six
+/// bytes each) would make a completion the backend refuses, and the job would stay `running`.
+/// stdout keeps its 5 MB first; stderr gets at least 1 MB of the rest.
+pub const RESULT_OUTPUT_BUDGET: usize = 6_000_000;
+const STDERR_RESERVE: usize = 1_000_000;
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn json_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The JSON-encoded size of `s`, without the quotes.
+fn json_size(s: &str) -> usize {
+    s.chars().map(json_len).sum()
+}
+
+/// Cuts `s` (at a char boundary) so its JSON-encoded size is at most `budget`; true when cut.
+fn cut_to_json_budget(s: &mut String, budget: usize) -> bool {
+    let mut used = 0;
+    for (i, c) in s.char_indices() {
+        used += json_len(c);
+        if used > budget {
+            s.truncate(i);
+            return true;
+        }
+    }
+    false
+}
+
+/// Fits stdout and stderr into [`RESULT_OUTPUT_BUDGET`]; returns whether each was cut.
+fn fit_output(stdout: &mut String, stderr: &mut String) -> (bool, bool) {
+    let out_size = json_size(stdout);
+    let err_size = json_size(stderr);
+    if out_size + err_size <= RESULT_OUTPUT_BUDGET {
+        return (false, false);
+    }
+    let out_budget = out_size
+        .min(exec::CAPTURE_LIMIT)
+        .min(RESULT_OUTPUT_BUDGET - err_size.min(STDERR_RESERVE));
+    let out_cut = cut_to_json_budget(stdout, out_budget);
+    let err_budget = RESULT_OUTPUT_BUDGET - json_size(stdout);
+    let err_cut = cut_to_json_budget(stderr, err_budget);
+    (out_cut, err_cut)
+}
+
 /// Output kept per session (stdout and stderr merged); older bytes are dropped.
 pub const SESSION_BUFFER_BYTES: usize = 5_000_000;
 /// Most bytes one `read` returns.
@@ -369,15 +419,20 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
                 } else {
                     "Remote shell command completed with a non-zero exit status"
                 };
+                let (mut stdout, mut stderr) = (o.stdout_lossy(), o.stderr_lossy());
+                let (out_cut, err_cut) = fit_output(&mut stdout, &mut stderr);
+                if out_cut || err_cut {
+                    log::info!(target: "shell", "shell_exec output cut to the result budget job_id={} stdout_bytes={} stderr_bytes={}", ctx.job_id, stdout.len(), stderr.len());
+                }
                 (
                     msg,
-                    o.stdout_lossy(),
-                    o.stderr_lossy(),
+                    stdout,
+                    stderr,
                     o.exit_code,
                     o.timed_out(),
                     o.success(),
-                    o.stdout_truncated,
-                    o.stderr_truncated,
+                    o.stdout_truncated || out_cut,
+                    o.stderr_truncated || err_cut,
                     None,
                     stopped,
                 )
@@ -1306,6 +1361,31 @@ mod tests {
         assert!(control_denial(true, no_install)
             .unwrap_err()
             .contains("panorama-gateway full-control enable"));
+    }
+
+    #[test]
+    fn output_fits_the_result_budget_stdout_first() {
+        // Small output is untouched.
+        let (mut o, mut e) = ("a\n".to_string(), "\"b\"".to_string());
+        assert_eq!(fit_output(&mut o, &mut e), (false, false));
+        assert_eq!((o.as_str(), e.as_str()), ("a\n", "\"b\""));
+        // 5 MB stdout + small stderr: untouched (the per-stream contract).
+        let (mut o, mut e) = ("a".repeat(5_000_000), "e".repeat(900_000));
+        assert_eq!(fit_output(&mut o, &mut e), (false, false));
+        // Two full streams: stdout keeps 5 MB, stderr the rest of the budget.
+        let (mut o, mut e) = ("a".repeat(5_000_000), "e".repeat(5_000_000));
+        assert_eq!(fit_output(&mut o, &mut e), (false, true));
+        assert_eq!((o.len(), e.len()), (5_000_000, 1_000_000));
+        // Control bytes are measured as JSON writes them.
+        let (mut o, mut e) = ("\0".repeat(2_000_000), String::new());
+        assert_eq!(fit_output(&mut o, &mut e), (true, false));
+        let encoded = serde_json::to_string(&o).unwrap().len() - 2;
+        assert!(encoded <= 5_000_000 && encoded > 4_999_990, "{encoded}");
+        // Multi-byte characters are cut at a boundary.
+        let mut s = "é".repeat(10);
+        assert!(cut_to_json_budget(&mut s, 5));
+        assert_eq!(s, "éé");
+        assert_eq!(json_size("\"\\\n\u{1}é"), 2 + 2 + 2 + 6 + 2);
     }
 
     #[test]
