@@ -174,6 +174,20 @@ fn a_session_keeps_its_shell_across_jobs_and_close_kills_its_group() {
     assert_eq!(r["next_cursor"], 3);
     assert_eq!(r["more"], true);
 
+    // A read never splits a UTF-8 character: 3 bytes of "ééé" give one "é".
+    let r = w.ok(
+        json!({"action": "write", "resource_id": rid, "session_id": sid,
+                        "input": "echo ééé\n"}),
+    );
+    let at = r["cursor"].as_u64().unwrap();
+    let (_, next) = w.read_until(&rid, &sid, at, "ééé\n");
+    let r = w.ok(
+        json!({"action": "read", "resource_id": rid, "session_id": sid,
+                        "cursor": at, "max_bytes": 3}),
+    );
+    assert_eq!(r["output"], "é", "{r}");
+    assert_eq!(r["next_cursor"], at + 2);
+
     let st = w.ok(json!({"action": "status", "resource_id": rid, "session_id": sid}));
     assert_eq!(st["alive"], true, "{st}");
     assert_eq!(st["exit_code"], Value::Null);

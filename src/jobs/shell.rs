@@ -1120,11 +1120,21 @@ fn read_into(
     let truncated = want < st.start;
     let from = want.clamp(st.start, st.end());
     let to = (from + max_bytes as u64).min(st.end());
-    let data: Vec<u8> = st
+    let mut data: Vec<u8> = st
         .buf
         .range((from - st.start) as usize..(to - st.start) as usize)
         .copied()
         .collect();
+    // Do not split a UTF-8 character across two reads (its rest may still be on the way);
+    // once the shell has exited and this is the end, hand out what there is.
+    // A read too small for one whole character (`max_bytes` 1) still makes progress.
+    if !(st.exited && to == st.end()) {
+        let keep = utf8_complete_prefix(&data);
+        if keep > 0 {
+            data.truncate(keep);
+        }
+    }
+    let to = from + data.len() as u64;
     st.acked = st.acked.max(to);
     r.insert(
         "output".into(),
@@ -1136,6 +1146,26 @@ fn read_into(
     r.insert("more".into(), Value::Bool(to < st.end()));
     r.insert("exited".into(), Value::Bool(st.exited));
     r.insert("exit_code".into(), json!(st.exit_code));
+}
+
+/// The length of `b` without a trailing, incomplete UTF-8 sequence (at most 3 bytes dropped;
+/// bytes that can never be UTF-8 are kept).
+fn utf8_complete_prefix(b: &[u8]) -> usize {
+    let n = b.len();
+    for back in 1..=3.min(n) {
+        let c = b[n - back];
+        if c & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for the lead
+        }
+        let need = match c {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return n,
+        };
+        return if need > back { n - back } else { n };
+    }
+    n
 }
 
 /// Writes all of `input` to the shell's stdin within [`WRITE_TIMEOUT`]. Err = (bytes written,
@@ -1386,6 +1416,19 @@ mod tests {
         assert!(cut_to_json_budget(&mut s, 5));
         assert_eq!(s, "éé");
         assert_eq!(json_size("\"\\\n\u{1}é"), 2 + 2 + 2 + 6 + 2);
+    }
+
+    #[test]
+    fn reads_end_on_a_character_boundary() {
+        let e = "é".as_bytes(); // C3 A9
+        let euro = "€".as_bytes(); // E2 82 AC
+        assert_eq!(utf8_complete_prefix(b"abc"), 3);
+        assert_eq!(utf8_complete_prefix(&[b'a', e[0]]), 1);
+        assert_eq!(utf8_complete_prefix(&[b'a', e[0], e[1]]), 3);
+        assert_eq!(utf8_complete_prefix(&[b'a', euro[0], euro[1]]), 1);
+        assert_eq!(utf8_complete_prefix(euro), 3);
+        assert_eq!(utf8_complete_prefix(&[0xff]), 1);
+        assert_eq!(utf8_complete_prefix(&[]), 0);
     }
 
     #[test]
