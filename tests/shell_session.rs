@@ -301,6 +301,17 @@ fn a_session_keeps_its_shell_across_jobs_and_close_kills_its_group() {
         j["error"],
         "Remote shell resource machine control is disabled"
     );
+    // At most 4 sessions per resource.
+    let busy = w.shell_resource();
+    for _ in 0..4 {
+        w.open(&busy);
+    }
+    let j = w.job(json!({"action": "open", "resource_id": busy}));
+    assert_eq!(j["status"], "failed", "{j}");
+    assert_eq!(
+        j["error"],
+        "Too many shell sessions on this resource (4); close one first"
+    );
     // Team toggle off: every action is denied, naming the layer.
     w.b.admin(
         "PATCH",
