@@ -312,6 +312,50 @@ fn a_session_keeps_its_shell_across_jobs_and_close_kills_its_group() {
         j["error"],
         "Too many shell sessions on this resource (4); close one first"
     );
+    // Revoking the resource's opt-in ends its sessions at the next job that sees it.
+    let revoked = w.shell_resource();
+    let rsid = w.open(&revoked);
+    let rpid = dir.path().join("revoked.pid");
+    w.ok(
+        json!({"action": "write", "resource_id": revoked, "session_id": rsid,
+                "input": format!("sleep 60 & echo $! > {}\n", rpid.display())}),
+    );
+    let rbg = wait_pid(&rpid);
+    w.b.admin(
+        "PATCH",
+        &format!("/rest/v1/team_resources?id=eq.{revoked}"),
+        Some(json!({"metadata": {"gateway_id": w.gid, "full_control": false}})),
+    );
+    let j = w.job(json!({"action": "read", "resource_id": revoked, "session_id": rsid}));
+    assert_eq!(
+        j["error"],
+        "Remote shell resource machine control is disabled"
+    );
+    wait_for(
+        "the revoked session's process to be gone",
+        Duration::from_secs(10),
+        || (!alive(rbg)).then_some(()),
+    );
+    // Closing needs no machine control: it works on the revoked resource too.
+    wait_for(
+        "the revoked session to be forgotten",
+        Duration::from_secs(10),
+        || {
+            let j = w.job(json!({"action": "close", "resource_id": revoked, "session_id": rsid}));
+            (j["error"] == "Shell session not found").then_some(())
+        },
+    );
+
+    // A session whose process must die when the team toggle goes off.
+    let tsid = w.open(&rid);
+    let tpid = dir.path().join("team.pid");
+    w.ok(
+        json!({"action": "write", "resource_id": rid, "session_id": tsid,
+                "input": format!("sleep 60 & echo $! > {}\n", tpid.display())}),
+    );
+    let tbg = wait_pid(&tpid);
+    let csid = w.open(&rid);
+
     // Team toggle off: every action is denied, naming the layer.
     w.b.admin(
         "PATCH",
@@ -323,11 +367,24 @@ fn a_session_keeps_its_shell_across_jobs_and_close_kills_its_group() {
         Duration::from_secs(20),
         || (w.gw.status_file()["team_full_control"] == json!(false)).then_some(()),
     );
+    // Closing still works (and the denial it meets closes every other session as well).
+    let r = w.ok(json!({"action": "close", "resource_id": rid, "session_id": csid}));
+    assert_eq!(r["status"], "closed", "{r}");
     let j = w.job(json!({"action": "open", "resource_id": rid}));
     assert_eq!(j["status"], "failed");
     assert_eq!(
         j["error"],
         "Gateway machine control is disabled in Team Integrations."
+    );
+    let j = w.job(json!({"action": "read", "resource_id": rid, "session_id": tsid}));
+    assert_eq!(
+        j["error"],
+        "Gateway machine control is disabled in Team Integrations."
+    );
+    wait_for(
+        "sessions to end when the team toggle is off",
+        Duration::from_secs(10),
+        || (!alive(tbg)).then_some(()),
     );
     assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
 }

@@ -359,6 +359,7 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
     }
     if let Err(m) = machine_control(ctx) {
         log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);
+        enforce_control(ctx.session.is_some(), ctx.control);
         return failed(m, &[]);
     }
     let rid = match resource_id(payload) {
@@ -584,6 +585,33 @@ pub fn close_all_sessions(timeout: Duration) {
     }
 }
 
+/// Machine control must hold for a session to live on: when any gateway-side layer is off,
+/// every session is closed (process groups killed). Called by every shell job that finds a
+/// layer off; the runtime may also call it after each heartbeat's control-state read so that
+/// turning a toggle off acts without waiting for the next shell job.
+pub fn enforce_control(has_backend: bool, c: super::ControlState) {
+    if let Err(why) = control_denial(has_backend, c) {
+        close_sessions_where(|_| true, &format!("machine control is off ({why})"));
+    }
+}
+
+/// Stops the sessions `pick` selects; their pumps finish the kill and then forget them.
+fn close_sessions_where(pick: impl Fn(&Sess) -> bool, why: &str) {
+    let picked: Vec<Arc<Sess>> = registry()
+        .lock()
+        .values()
+        .filter(|s| pick(s) && !s.lock().exited)
+        .cloned()
+        .collect();
+    if picked.is_empty() {
+        return;
+    }
+    log::info!(target: "shell", "closing shell sessions count={} reason={why:?}", picked.len());
+    for s in &picked {
+        request_stop(s, "revoked");
+    }
+}
+
 /// The daemon's exit path does not know about sessions (yet): whatever way `main` ends, kill
 /// the sessions' process groups before the process is gone (their pump threads still run while
 /// exit handlers do).
@@ -774,9 +802,9 @@ fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Sh
     sess.changed.notify_all();
     *sess.stdin.lock().unwrap_or_else(|e| e.into_inner()) = None;
     log::info!(target: "shell", "shell session ended session_id={} reason={}", sess.id, why.unwrap_or("exited"));
-    // Idle and shutdown stops remove the session; `close` removes it itself; a shell that
+    // Idle, shutdown and revoked stops remove the session; `close` removes it itself; a shell that
     // exited on its own stays readable until closed or idle.
-    if matches!(why, Some("idle") | Some("shutdown")) {
+    if matches!(why, Some("idle") | Some("shutdown") | Some("revoked")) {
         registry().lock().remove(&sess.id);
     }
 }
@@ -883,18 +911,36 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
         }
     };
     let act = Value::String(action.clone());
+    // Closing only takes control away, so it needs no machine control and no resource opt-in:
+    // a session can be closed after its resource or a toggle was switched off. It still only
+    // reaches a session of the same team and resource.
+    let closing = action == "close";
     if let Err(m) = machine_control(ctx) {
-        log::info!(target: "shell", "shell_session denied job_id={} action={action} reason={m:?}", ctx.job_id);
-        return failed(m, &[("action", act)]);
+        enforce_control(ctx.session.is_some(), ctx.control);
+        if !closing {
+            log::info!(target: "shell", "shell_session denied job_id={} action={action} reason={m:?}", ctx.job_id);
+            return failed(m, &[("action", act)]);
+        }
     }
     let rid = match resource_id(payload) {
         Ok(r) => r,
         Err(o) => return o,
     };
     let rid_v = Value::String(rid.clone());
-    if let Err(m) = check_resource(ctx, &rid, access) {
-        log::info!(target: "shell", "shell_session denied job_id={} action={action} resource_id={rid} reason={m:?}", ctx.job_id);
-        return failed(&m, &[("action", act), ("resource_id", rid_v)]);
+    if !closing {
+        if let Err(m) = check_resource(ctx, &rid, access) {
+            log::info!(target: "shell", "shell_session denied job_id={} action={action} resource_id={rid} reason={m:?}", ctx.job_id);
+            // The resource no longer allows a shell here (not a passing read error): its
+            // sessions go too.
+            if !m.starts_with("Failed to load") {
+                let team = ctx.session.as_ref().map(|s| s.team_id.clone());
+                close_sessions_where(
+                    |s| Some(&s.team_id) == team.as_ref() && s.resource_id == rid,
+                    &m,
+                );
+            }
+            return failed(&m, &[("action", act), ("resource_id", rid_v)]);
+        }
     }
     let fields = (|| -> Result<_, String> {
         Ok((
