@@ -1099,6 +1099,8 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
                 let team_fc = cs.get("full_control_enabled") == Some(&Value::Bool(true));
                 s.team_full_control.store(team_fc, Ordering::SeqCst);
                 (s.status)(&|st: &mut RuntimeStatus| st.team_full_control = Some(team_fc));
+                // A toggle turned off ends the open shell sessions now, not at the next job.
+                crate::jobs::shell::enforce_control(true, s.control_state());
             }
         }
         s.send_events();
@@ -1431,6 +1433,9 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     for w in workers {
         join_within(w, Duration::from_secs(2), "a worker thread");
     }
+    // Remote shell sessions outlive single jobs: end them (process groups killed) before the
+    // process exits or re-executes itself for an upgrade.
+    crate::jobs::shell::close_all_sessions(Duration::from_secs(5));
     shared.event(
         Level::Info,
         "gateway_stopped",

@@ -6,6 +6,7 @@
 
 pub mod diagnostic;
 pub mod model_run;
+pub mod shell;
 pub mod subagent;
 
 use std::sync::Arc;
@@ -105,6 +106,8 @@ pub fn dispatch(job_type: &str, payload: &Value, ctx: &JobContext) -> Outcome {
         "model_run" => model_run::handle(payload, ctx),
         "subagent_run" => subagent::handle_run(payload, ctx),
         "subagent_cancel" => subagent::handle_cancel(payload, ctx),
+        "shell_exec" => shell::handle_exec(payload, ctx),
+        "shell_session" => shell::handle_session(payload, ctx),
         other => unsupported(other),
     }
 }
