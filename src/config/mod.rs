@@ -226,6 +226,7 @@ pub fn backend_config(
                     "invalid backend URL {url:?}: it must start with https:// (or http:// for a local backend); set --supabase-url or SUPABASE_URL"
                 ));
             }
+            crate::redact::register_secret(&anon_key);
             Ok(BackendConfig { url, anon_key })
         }
         _ => Err(format!(

@@ -118,6 +118,21 @@ impl fmt::Display for StateError {
 impl std::error::Error for StateError {}
 
 impl GatewayState {
+    /// Tells the redactor about this state's tokens and key, so that they are masked in every
+    /// log line, error and debug text of this process even where no pattern recognises them.
+    pub fn register_secrets(&self) {
+        for v in [
+            &self.access_token,
+            &self.refresh_token,
+            &self.supabase_anon_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            crate::redact::register_secret(v);
+        }
+    }
+
     /// Paired means the session and identity are present (PROTOCOL.md §1).
     pub fn is_paired(&self) -> bool {
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
@@ -130,12 +145,14 @@ pub fn parse(path: &Path, text: &str) -> Result<GatewayState, StateError> {
     if text.trim() == "null" {
         return Ok(GatewayState::default());
     }
-    serde_json::from_str::<GatewayState>(text).map_err(|e| StateError::Corrupt {
+    let state = serde_json::from_str::<GatewayState>(text).map_err(|e| StateError::Corrupt {
         path: path.to_path_buf(),
         line: e.line(),
         column: e.column(),
         message: crate::redact::redact(&e.to_string()),
-    })
+    })?;
+    state.register_secrets();
+    Ok(state)
 }
 
 /// Reads gateway.json. `Ok(None)` when it does not exist. Refuses a symlink or a file of
@@ -169,6 +186,8 @@ pub fn load(path: &Path) -> Result<Option<GatewayState>, StateError> {
 /// Writes gateway.json atomically and durably (0600, directory 0700). Prefer [`update`], which
 /// also serialises concurrent writers.
 pub fn save(path: &Path, state: &GatewayState) -> Result<(), StateError> {
+    // Before anything can fail: an error about this save must not show a new token.
+    state.register_secrets();
     let dir = parent_dir(path);
     secure::ensure_dir(&dir)?;
     let mut text = serde_json::to_string_pretty(state).map_err(|e| StateError::Io {
