@@ -222,6 +222,8 @@ fn temp_path(path: &Path) -> PathBuf {
 pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<(), StateError> {
     check_file(path)?;
     let tmp = temp_path(path);
+    // Errors name the file being replaced (the temporary name means nothing to a reader); the
+    // old content is untouched until the rename.
     let result = (|| -> Result<(), StateError> {
         let mut f = OpenOptions::new()
             .write(true)
@@ -229,10 +231,10 @@ pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<(), State
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
-            .map_err(|e| io_err(&tmp, "create", e))?;
-        f.write_all(data).map_err(|e| io_err(&tmp, "write", e))?;
+            .map_err(|e| io_err(path, "write", e))?;
+        f.write_all(data).map_err(|e| io_err(path, "write", e))?;
         if durable {
-            f.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
+            f.sync_all().map_err(|e| io_err(path, "write", e))?;
         }
         drop(f);
         fs::rename(&tmp, path).map_err(|e| io_err(path, "replace", e))?;

@@ -87,7 +87,15 @@ impl fmt::Display for StateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StateError::Io { path, action, err } => {
+                let full = matches!(
+                    err.raw_os_error(),
+                    Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EROFS)
+                );
                 let hint = match err.kind() {
+                    _ if full && *action == "write" => {
+                        " The disk is full or read-only: free space (or remount it writable) and retry; the previous file is unchanged."
+                    }
+                    _ if full => " The disk is full or read-only: free space (or remount it writable) and retry.",
                     io::ErrorKind::PermissionDenied => {
                         " Make sure the gateway directory is owned by you and writable, or choose another with --config-dir."
                     }
@@ -218,6 +226,31 @@ pub fn lock_path(path: &Path) -> PathBuf {
 /// lose each other's changes. A missing file starts from defaults; a corrupt file is an error
 /// and stays untouched. Returns the state as written.
 pub fn update<F>(path: &Path, f: F) -> Result<GatewayState, StateError>
+where
+    F: FnOnce(&mut GatewayState),
+{
+    let result = update_locked(path, f);
+    if let Some(obs) = SAVE_OBSERVER.get() {
+        match &result {
+            Ok(_) => obs(None),
+            Err(e) => obs(Some(&e.to_string())),
+        }
+    }
+    result
+}
+
+/// Told about the outcome of every [`update`] in this process: `None` after a successful write,
+/// the error otherwise. The daemon shows a failed write in its status file, so that `status`
+/// reports it loudly: a rotated token that could not be saved lives only in memory.
+type SaveObserver = Box<dyn Fn(Option<&str>) + Send + Sync>;
+static SAVE_OBSERVER: std::sync::OnceLock<SaveObserver> = std::sync::OnceLock::new();
+
+/// Installs the observer of [`update`] outcomes (once per process; later calls are ignored).
+pub fn set_save_observer(f: SaveObserver) {
+    let _ = SAVE_OBSERVER.set(f);
+}
+
+fn update_locked<F>(path: &Path, f: F) -> Result<GatewayState, StateError>
 where
     F: FnOnce(&mut GatewayState),
 {
