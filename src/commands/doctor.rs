@@ -149,7 +149,10 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
     checks.push(check_dir("state directory", &p.config_dir));
     if let Some(d) = p.config_path.parent() {
         if d != p.config_dir {
-            checks.push(check_dir("config directory", d));
+            checks.push(match secure::ensure_parent_dir(d) {
+                Ok(()) => Check::new("config directory", true, d.display().to_string()),
+                Err(e) => Check::new("config directory", false, e.to_string()),
+            });
         }
     }
 
@@ -203,7 +206,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
     let log_dir_ok = p
         .log_path
         .parent()
-        .map(secure::ensure_dir)
+        .map(secure::ensure_parent_dir)
         .unwrap_or(Ok(()));
     checks.push(
         match log_dir_ok.and_then(|_| secure::open_append_secure(&p.log_path)) {

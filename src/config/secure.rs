@@ -92,6 +92,18 @@ fn check_owner_and_kind(path: &Path, md: &fs::Metadata, dir: bool) -> Result<(),
             fix,
         });
     }
+    if md.uid() != euid() && dir && md.uid() == 0 {
+        // A system directory: handing it over to a user is never the fix.
+        return Err(StateError::Insecure {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it belongs to {} (a system directory), not to you ({}); mode {mode:04o}",
+                describe_uid(md.uid()),
+                describe_uid(euid())
+            ),
+            fix: "choose a directory of your own with --config-dir (the default is ~/.panorama/gateway)".into(),
+        });
+    }
     if md.uid() != euid() {
         return Err(StateError::Insecure {
             path: path.to_path_buf(),
@@ -112,22 +124,43 @@ fn check_owner_and_kind(path: &Path, md: &fs::Metadata, dir: bool) -> Result<(),
     Ok(())
 }
 
+fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_err(dir, "create directory", e))?;
+    // Someone may have won the race and put a directory or a symlink of theirs there (mkdir -p
+    // accepts an existing one): check what is there now, as for an existing path.
+    let md = fs::symlink_metadata(dir).map_err(|e| io_err(dir, "inspect", e))?;
+    check_owner_and_kind(dir, &md, true)?;
+    // The umask may have narrowed it further; that is fine. Make sure it is not wider.
+    tighten(dir, &md, 0o700)
+}
+
 /// Creates `dir` (0700, parents too) when missing; refuses a symlink or a directory of another
-/// user; tightens a looser mode to 0700.
+/// user; tightens a looser mode to 0700. For the gateway's own directories (the config dir and
+/// what is inside it); the directory of an explicitly placed file goes through
+/// [`ensure_parent_dir`], which never changes an existing directory.
 pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| io_err(dir, "create directory", e))?;
-            // The umask may have narrowed it further; that is fine. Make sure it is not wider.
-            let md = fs::symlink_metadata(dir).map_err(|e| io_err(dir, "inspect", e))?;
-            tighten(dir, &md, 0o700)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(dir),
         Err(e) => Err(io_err(dir, "inspect", e)),
         Ok(md) => {
+            if md.is_dir() && md.mode() & libc::S_ISVTX != 0 {
+                // /tmp and the like: tightening would lock every other user out of it.
+                return Err(StateError::Insecure {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "it is a shared directory (sticky bit, mode {:04o}); the gateway's state directory must be its own",
+                        md.mode() & 0o7777
+                    ),
+                    fix: format!(
+                        "use a directory of its own, e.g. --config-dir {}",
+                        shell_quote(&dir.join("panorama-gateway"))
+                    ),
+                });
+            }
             check_owner_and_kind(dir, &md, true)?;
             if !md.is_dir() {
                 return Err(StateError::Insecure {
@@ -142,6 +175,58 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
             tighten(dir, &md, 0o700)
         }
     }
+}
+
+/// The directory of an explicitly placed file (`--log-path`, `--pid-path`, `--config-path`):
+/// created 0700 when missing. An existing one is used as it is and never changed (it may be
+/// `/tmp`, `/run` or your home directory), provided nobody else can swap files in it: it must
+/// belong to you or root, and be writable by nobody else unless it has the sticky bit (files in
+/// it are still refused when they are symlinks or belong to someone else).
+pub fn ensure_parent_dir(dir: &Path) -> Result<(), StateError> {
+    let md = match fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A dangling symlink is "not found" through metadata: refuse it, don't create
+            // through it.
+            if let Ok(l) = fs::symlink_metadata(dir) {
+                return check_owner_and_kind(dir, &l, true);
+            }
+            return create_private_dir(dir);
+        }
+        Err(e) => return Err(io_err(dir, "inspect", e)),
+        Ok(md) => md,
+    };
+    let mode = md.mode() & 0o7777;
+    if !md.is_dir() {
+        return Err(StateError::Insecure {
+            path: dir.to_path_buf(),
+            reason: "it is not a directory".into(),
+            fix: "choose a path inside a directory (--log-path, --pid-path, --config-path)".into(),
+        });
+    }
+    if md.uid() != euid() && md.uid() != 0 {
+        return Err(StateError::Insecure {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "it belongs to {}, not to you ({}); mode {mode:04o}: its owner could replace the gateway's files",
+                describe_uid(md.uid()),
+                describe_uid(euid())
+            ),
+            fix: "choose a directory of your own".into(),
+        });
+    }
+    if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
+        return Err(StateError::Insecure {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "other users can write to it (mode {mode:04o}) and replace the gateway's files"
+            ),
+            fix: format!(
+                "chmod go-w {}, or choose another directory",
+                shell_quote(dir)
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn tighten(path: &Path, md: &fs::Metadata, want: u32) -> Result<(), StateError> {

@@ -197,7 +197,7 @@ pub fn save(path: &Path, state: &GatewayState) -> Result<(), StateError> {
     // Before anything can fail: an error about this save must not show a new token.
     state.register_secrets();
     let dir = parent_dir(path);
-    secure::ensure_dir(&dir)?;
+    secure::ensure_parent_dir(&dir)?;
     let mut text = serde_json::to_string_pretty(state).map_err(|e| StateError::Io {
         path: path.to_path_buf(),
         action: "serialise",
@@ -255,7 +255,7 @@ where
     F: FnOnce(&mut GatewayState),
 {
     let dir = parent_dir(path);
-    secure::ensure_dir(&dir)?;
+    secure::ensure_parent_dir(&dir)?;
     let lp = lock_path(path);
     let lock = secure::open_rw_secure(&lp)?;
     loop {

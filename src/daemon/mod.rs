@@ -171,12 +171,15 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         Ok(s) => s,
         Err(e) => return fail!(e),
     };
-    for dir in [
-        paths.config_dir.clone(),
-        parent_of(&paths.pid_path),
-        parent_of(&paths.log_path),
-    ] {
+    // The gateway's own directories are created and tightened; the directory of an explicitly
+    // placed pid or log file is created when missing but never changed (it may be /run or /tmp).
+    for dir in [paths.config_dir.clone(), paths.spool_dir.clone()] {
         if let Err(e) = secure::ensure_dir(&dir) {
+            return fail!(e.to_string());
+        }
+    }
+    for dir in [parent_of(&paths.pid_path), parent_of(&paths.log_path)] {
+        if let Err(e) = secure::ensure_parent_dir(&dir) {
             return fail!(e.to_string());
         }
     }
