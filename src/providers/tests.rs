@@ -1076,3 +1076,27 @@ fn secrets_echoed_by_a_failing_cli_are_masked_in_the_result() {
     assert!(!text.contains("eyJhbGciOiJIUzI1"), "{text}");
     assert!(text.contains("[REDACTED]"));
 }
+
+#[test]
+fn a_probe_thread_that_panics_marks_only_its_provider() {
+    let out = run_parallel(
+        |id| {
+            if id == ProviderId::Codex {
+                panic!("odd output");
+            }
+            Ok::<_, String>(id.as_str())
+        },
+        |id, msg| Err(format!("{}: {msg}", id.as_str())),
+    );
+    assert_eq!(
+        out,
+        vec![
+            Ok("claude_code"),
+            Err("codex: odd output".into()),
+            Ok("gemini")
+        ]
+    );
+    let c = probe_crashed(ProviderId::Codex, "odd output");
+    assert!(!c.available);
+    assert!(c.error.unwrap().contains("internal error (odd output)"));
+}
