@@ -1100,3 +1100,107 @@ fn a_probe_thread_that_panics_marks_only_its_provider() {
     assert!(!c.available);
     assert!(c.error.unwrap().contains("internal error (odd output)"));
 }
+
+/// Outside text (CLI output, version banners, model answers, gateway.json, .env files) never
+/// panics a parser or the redactor: random strings built from the characters those parsers
+/// look at, multi-byte characters included.
+#[test]
+fn parsers_and_redactors_never_panic_on_random_text() {
+    const ALPHABET: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        "'",
+        "\\",
+        ":",
+        "=",
+        ",",
+        ".",
+        "-",
+        "_",
+        " ",
+        "\n",
+        "\t",
+        "`",
+        "```",
+        "json",
+        "eyJ",
+        "Bearer ",
+        "token",
+        "apikey",
+        "sk-",
+        "exec ",
+        "1",
+        "2.",
+        "v",
+        "é",
+        "€",
+        "😀",
+        "\u{0}",
+        "#",
+        "export ",
+        "$",
+        "type",
+        "result",
+        "item.completed",
+        "agent_message",
+        "text",
+        "error",
+        "message",
+        "null",
+        "true",
+    ];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let dir = std::env::temp_dir().join(format!("pg-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for _ in 0..3000 {
+        let n = (next() % 40) as usize;
+        let s: String = (0..n)
+            .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+            .collect();
+        let _ = crate::redact::redact(&s);
+        let _ = redact::text(&s, (next() % 50) as usize);
+        let _ = redact::command_line(&s, &[s.clone()]);
+        let _ = redact::args(&[s.clone(), "--api-key".into(), s.clone()], true);
+        let _ = plan::strip_fence(&s);
+        let _ = plan::extract_object(&s, true);
+        let _ = plan::error_summary(&s);
+        let _ = plan::collapse(&s, (next() % 20) as usize);
+        let _ = plan::truncate_chars(&s, (next() % 20) as usize, "…");
+        let _ = discovery::extract_version(&s);
+        let _ = discovery::compare_versions(&s, "1.2.3");
+        let _ = gemini::parse_extensions(&s);
+        for f in [plan::OutputFormat::Json, plan::OutputFormat::Text] {
+            let _ = claude::parse(f, &s);
+            let _ = gemini::parse(f, &s);
+            for m in [
+                plan::OutputMode::StdoutJson,
+                plan::OutputMode::StreamJson,
+                plan::OutputMode::FileJson,
+            ] {
+                let _ = codex::parse(f, m, &s, &dir);
+            }
+        }
+        if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<Value>(&s) {
+            let _ = codex::map_args_json(o);
+        }
+        let _ = crate::config::state::parse(std::path::Path::new("g.json"), &s);
+        let _ = crate::config::envfile::parse(std::path::Path::new(".env"), &s);
+        if let Ok(mut v) = serde_json::from_str::<Value>(&s) {
+            crate::redact::redact_json(&mut v);
+            let _ = redact::summary(&v, 0);
+        }
+        let wrapper = dir.join("w");
+        std::fs::write(&wrapper, &s).unwrap();
+        let _ = discovery::broken_wrapper_target(&wrapper, None);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
