@@ -1204,3 +1204,29 @@ fn parsers_and_redactors_never_panic_on_random_text() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn diagnostic_output_is_redacted_before_it_reaches_the_backend() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("diag-redact");
+    let key = "sk-ant-api03-ZyXwVuTsRqPoNmLkJiHg";
+    let cli = s.path().join("leaky-claude");
+    std::fs::write(
+        &cli,
+        format!("#!/bin/sh\necho \"2.0.14 (Claude Code) key={key}\"\necho \"warning: ANTHROPIC_API_KEY={key} rejected\" >&2\nexit 1\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let reg = Arc::new(Registry::with_commands([
+        cli.clone(),
+        s.path().join("none/codex"),
+        s.path().join("none/gemini"),
+    ]));
+    let o = jobs::diagnostic::handle(&json!({}), &ctx(&reg, "d-redact"));
+    assert_eq!(o.status, FinalStatus::Failed);
+    let r = o.result.unwrap();
+    let text = r.to_string();
+    assert!(!text.contains(key), "{text}");
+    assert!(!o.error.unwrap_or_default().contains(key));
+    assert!(r["stderr"].as_str().unwrap().contains("rejected"), "{r}");
+}
