@@ -80,3 +80,17 @@ fn a_file_where_a_directory_belongs_is_named() {
     );
     assert_eq!(fs::read_to_string(&f).unwrap(), "x");
 }
+
+#[test]
+fn stop_with_a_locked_empty_pid_file_says_how_to_find_the_holder() {
+    use std::os::unix::io::AsRawFd;
+    let w = World::new("emptypid");
+    w.write_paired_config();
+    let f = fs::File::create(w.pid_file()).unwrap();
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let o = w.run(&["stop"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("holds no pid") && e.contains("fuser -v"), "{e}");
+    drop(f);
+}
