@@ -187,3 +187,26 @@ fn a_config_dir_replaced_by_a_symlink_is_refused() {
     assert_eq!(left, vec![std::ffi::OsString::from("gateway.json")]);
     assert_eq!(fs::read(elsewhere.join("gateway.json")).unwrap(), before);
 }
+
+#[test]
+fn a_hard_link_planted_as_the_log_is_refused() {
+    // In a shared (sticky) directory anyone can create a name; a hard link there to a file of
+    // yours (think ~/.ssh/authorized_keys) must not receive the gateway's log lines.
+    let w = World::new("hardlink");
+    w.write_paired_config();
+    let shared = w.root.join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let precious = w.root.join("authorized_keys");
+    fs::write(&precious, "ssh-ed25519 AAAA me\n").unwrap();
+    let log = shared.join("gw.log");
+    fs::hard_link(&precious, &log).unwrap();
+    let o = w.run(&["start", "--foreground", "--log-path", log.to_str().unwrap()]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("hard links"), "{e}");
+    assert_eq!(
+        fs::read_to_string(&precious).unwrap(),
+        "ssh-ed25519 AAAA me\n"
+    );
+}

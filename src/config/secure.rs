@@ -92,6 +92,21 @@ fn check_owner_and_kind(path: &Path, md: &fs::Metadata, dir: bool) -> Result<(),
             fix,
         });
     }
+    if !dir && md.is_file() && md.nlink() > 1 {
+        // A hard link made elsewhere (a shared directory) would point the gateway's writes at
+        // some other file of yours, e.g. ~/.ssh/authorized_keys.
+        return Err(StateError::Insecure {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it has {} hard links; another name for the same file could redirect what the gateway writes",
+                md.nlink()
+            ),
+            fix: format!(
+                "cp {p} {p}.copy && mv {p}.copy {p} (after checking what the other links are)",
+                p = shell_quote(path)
+            ),
+        });
+    }
     if md.uid() != euid() && dir && md.uid() == 0 {
         // A system directory: handing it over to a user is never the fix.
         return Err(StateError::Insecure {
@@ -262,23 +277,44 @@ pub fn check_file(path: &Path) -> Result<bool, StateError> {
     }
 }
 
-/// Opens (creating 0600) a file for appending, never through a symlink, refusing other owners.
+/// Checks what was really opened: between [`check_file`] and `open(O_CREAT)` someone with
+/// write access to the directory (a shared one such as /tmp) could have put their own file or a
+/// hard link there.
+fn verify_opened(path: &Path, f: File) -> Result<File, StateError> {
+    let md = f.metadata().map_err(|e| io_err(path, "inspect", e))?;
+    check_owner_and_kind(path, &md, false)?;
+    if !md.is_file() {
+        return Err(StateError::Insecure {
+            path: path.to_path_buf(),
+            reason: "it is not a regular file".into(),
+            fix: format!(
+                "move it away (mv {p} {p}.bak) or choose another path",
+                p = shell_quote(path)
+            ),
+        });
+    }
+    Ok(f)
+}
+
+/// Opens (creating 0600) a file for appending, never through a symlink, refusing other owners
+/// and hard-linked files.
 pub fn open_append_secure(path: &Path) -> Result<File, StateError> {
     check_file(path)?;
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| io_err(path, "open", e))
+        .map_err(|e| io_err(path, "open", e))?;
+    verify_opened(path, f)
 }
 
 /// Opens (creating 0600) a file for read+write without truncating, never through a symlink,
-/// refusing other owners.
+/// refusing other owners and hard-linked files.
 pub fn open_rw_secure(path: &Path) -> Result<File, StateError> {
     check_file(path)?;
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -286,7 +322,8 @@ pub fn open_rw_secure(path: &Path) -> Result<File, StateError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| io_err(path, "open", e))
+        .map_err(|e| io_err(path, "open", e))?;
+    verify_opened(path, f)
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -372,6 +409,17 @@ mod tests {
             e.contains("symbolic link") && e.contains("link.json"),
             "{e}"
         );
+        // A hard link to a file of ours elsewhere: refused for reading and for writing.
+        let precious = d.join("precious");
+        fs::write(&precious, "keep").unwrap();
+        let hard = sub.join("gateway.log");
+        fs::hard_link(&precious, &hard).unwrap();
+        let e = open_append_secure(&hard).unwrap_err().to_string();
+        assert!(e.contains("2 hard links"), "{e}");
+        assert!(check_file(&hard).is_err());
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
+        fs::remove_file(&hard).unwrap();
+        assert!(open_append_secure(&hard).is_ok());
         write_atomic(&f, b"{\"a\":1}", true).unwrap();
         assert_eq!(fs::read_to_string(&f).unwrap(), "{\"a\":1}");
         assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
