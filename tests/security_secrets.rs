@@ -68,7 +68,7 @@ fn tokens_and_keys_never_leave_gateway_json() {
     std::fs::write(
         &claude,
         format!(
-            "#!/bin/sh\nenv >> '{r}/env.txt'\necho \"$0 $*\" >> '{r}/argv.txt'\necho '2.0.14 (Claude Code)'\n",
+            "#!/bin/sh\nenv >> '{r}/env.txt'\necho \"$0 $*\" >> '{r}/argv.txt'\nls -l /proc/self/fd >> '{r}/fds.txt'\necho '2.0.14 (Claude Code)'\n",
             r = rec.display()
         ),
     )
@@ -151,6 +151,25 @@ fn tokens_and_keys_never_leave_gateway_json() {
         assert!(
             !env.lines().any(|l| l.starts_with(name)),
             "{name} reached a child: {env}"
+        );
+    }
+    // No descriptor of the daemon (gateway files, backend sockets, its pipes) reaches a child:
+    // only stdin/stdout/stderr, the shell's script and ls's own directory handle.
+    let fds = std::fs::read_to_string(rec.join("fds.txt")).unwrap();
+    assert!(
+        fds.lines().filter(|l| l.contains(" -> pipe:")).count() >= 3,
+        "stdio of every run is piped: {fds}"
+    );
+    for l in fds.lines().filter(|l| l.contains(" -> ")) {
+        let (left, target) = l.split_once(" -> ").unwrap();
+        let fd: u32 = left.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            !target.contains("gateway") && !target.contains("socket:"),
+            "leaked descriptor in a child: {l}\n{fds}"
+        );
+        assert!(
+            fd <= 2 || !target.contains("pipe:"),
+            "leaked pipe in a child: {l}\n{fds}"
         );
     }
     assert!(places.iter().any(|(p, _)| p.ends_with("gateway.log")));
