@@ -210,3 +210,27 @@ fn a_hard_link_planted_as_the_log_is_refused() {
         "ssh-ed25519 AAAA me\n"
     );
 }
+
+#[test]
+fn an_env_file_of_another_user_is_never_loaded() {
+    // `--env prod` walks up from the working directory: a `.env.prod` that someone else left in
+    // a shared parent directory would redirect the gateway (and its tokens) to their backend.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to give a file to another user (CI runs as root)");
+        return;
+    }
+    let w = World::new("envowner");
+    w.write_paired_config();
+    let env = w.root.join(".env.prod");
+    fs::write(&env, "SUPABASE_URL=http://evil.example\n").unwrap();
+    fs::set_permissions(&env, fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&env, Some(65534), Some(65534)).unwrap();
+    let o = w.run(&["doctor", "--env", "prod"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(".env.prod") && e.contains("not to you") && e.contains("--env-file"),
+        "{e}"
+    );
+    assert!(!stdout(&o).contains("evil.example"));
+}
