@@ -1230,3 +1230,36 @@ fn diagnostic_output_is_redacted_before_it_reaches_the_backend() {
     assert!(!o.error.unwrap_or_default().contains(key));
     assert!(r["stderr"].as_str().unwrap().contains("rejected"), "{r}");
 }
+
+#[test]
+fn a_key_a_failing_cli_prints_never_reaches_the_job_row() {
+    let key = "sk-proj-AbCdEfGhIjKlMnOpQrStUv";
+    let s = Scratch::new("fail-redact");
+    let stderr = format!(
+        "ERROR: unexpected status 401 Unauthorized: {{\"error\":{{\"message\":\"Incorrect API key provided: {key}\",\"type\":\"invalid_request_error\"}}}}"
+    );
+    let reg = s.registry(
+        &[],
+        &[("FAKE_CLI_MODE", "fail"), ("FAKE_CLI_STDERR", &stderr)],
+        &[],
+    );
+    let o = run_job(
+        &reg,
+        "job-leak",
+        json!({"prompt": "hi", "model": "gpt-5-codex", "provider": "codex", "output_format": "text"}),
+    );
+    assert_eq!(o.status, FinalStatus::Failed, "{o:?}");
+    let everything = format!(
+        "{} {} {}",
+        o.result.clone().unwrap_or_default(),
+        o.error.clone().unwrap_or_default(),
+        o.debug.clone().unwrap_or_default()
+    );
+    assert!(!everything.contains(key), "{everything}");
+    assert!(
+        o.error.unwrap_or_default().contains("Incorrect API key"),
+        "the message still says what happened: {everything}"
+    );
+    let h = reg.capabilities_providers().to_string();
+    assert!(!h.contains(key), "{h}");
+}
