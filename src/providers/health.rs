@@ -130,7 +130,9 @@ impl Health {
             checked_at: s("checked_at").unwrap_or_default(),
             last_full_checked_at: s("last_full_checked_at"),
             last_full_status,
-            error: s("error"),
+            // Written by an older version (or the reference), it may hold a raw stderr with
+            // a key in it: cleaned before it is shown or sent in a heartbeat.
+            error: s("error").map(|e| clean_error(&e, HEALTH_ERROR_LIMIT)),
             model: s("model"),
             duration_ms: o.get("duration_ms").and_then(Value::as_u64),
         })
@@ -271,7 +273,9 @@ mod tests {
     fn cli_errors_are_redacted_before_they_are_stored() {
         let key = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUv";
         let e = format!("Invalid API key: {key}\nplease log in");
+        let stored = serde_json::json!({"status": "unhealthy", "error": e});
         for h in [
+            Health::from_json(&stored).unwrap(),
             full(false, Some(&e), 5, "t"),
             unavailable(None, Mode::Full, Some(&e), "t"),
             after_run(None, Status::Unhealthy, Some(&e), "t"),
