@@ -232,9 +232,51 @@ pub fn redact(text: &str) -> String {
     redact_with(text, &DEFAULT_RULES)
 }
 
+/// Secret values this process knows (the gateway's tokens and keys), masked wherever they
+/// appear, whatever surrounds them: a refresh token is a short opaque string that no pattern
+/// recognises, so the value itself is the only reliable marker.
+static KNOWN_SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+/// Values shorter than this are not registered (masking them would mangle ordinary text).
+const MIN_KNOWN_SECRET: usize = 12;
+/// At most this many values are kept (the oldest are dropped): rotated tokens accumulate.
+const MAX_KNOWN_SECRETS: usize = 32;
+
+/// Registers a secret value (an access or refresh token, a key) so that [`redact`] masks it
+/// wherever it appears. Called by everything that loads or saves gateway.json and by the
+/// backend configuration; cheap to call again with a value already known.
+pub fn register_secret(value: &str) {
+    let v = value.trim();
+    if v.len() < MIN_KNOWN_SECRET {
+        return;
+    }
+    let mut known = KNOWN_SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    if known.iter().any(|k| k == v) {
+        return;
+    }
+    if known.len() >= MAX_KNOWN_SECRETS {
+        known.remove(0);
+    }
+    known.push(v.to_string());
+}
+
+fn mask_known(text: &str) -> std::borrow::Cow<'_, str> {
+    let known = KNOWN_SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    if known.iter().all(|k| !text.contains(k.as_str())) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = text.to_string();
+    for k in known.iter() {
+        if out.contains(k.as_str()) {
+            out = out.replace(k.as_str(), REDACTED);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// [`redact`] with other markers and extra sensitive key names.
 pub fn redact_with(text: &str, rules: &Rules) -> String {
-    let s = text.as_bytes();
+    let masked = mask_known(text);
+    let s = masked.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
@@ -342,6 +384,24 @@ mod tests {
     use serde_json::json;
 
     const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+
+    #[test]
+    fn registered_secrets_are_masked_anywhere() {
+        // An opaque refresh token matches no pattern: only its registration masks it.
+        let rt = "v1.Zq8LrTfW3xNpQ2sKd9";
+        let line = format!("refresh failed for {rt}: status 400 (url=http://h/x?rt={rt})");
+        assert!(redact(&line).contains(rt), "not known yet: shows the need");
+        register_secret(rt);
+        register_secret(rt);
+        register_secret("short"); // ignored: too short to mask safely
+        let r = redact(&line);
+        assert!(!r.contains(rt), "{r}");
+        assert!(r.contains("refresh failed for [REDACTED]"), "{r}");
+        assert_eq!(redact("a short word"), "a short word");
+        let mut v = json!({"detail": format!("x {rt} y")});
+        redact_json(&mut v);
+        assert_eq!(v["detail"], "x [REDACTED] y");
+    }
 
     #[test]
     fn jwt_anywhere() {

@@ -47,6 +47,15 @@ impl Check {
     }
 }
 
+/// Prints a line to stdout; a closed stdout (`doctor | head -1`) ends the output quietly instead
+/// of panicking. (`doctor` keeps SIGPIPE ignored: it writes to provider CLIs' pipes.)
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 fn check_dir(name: &str, dir: &Path) -> Check {
     match secure::ensure_dir(dir) {
         Ok(()) => Check::new(name, true, format!("{} (0700, yours)", dir.display())),
@@ -86,7 +95,7 @@ fn provider_checks(
         registry.load_health(map);
     }
     if !as_json {
-        println!(
+        say!(
             "Validating providers (one small model call each, up to {} s)...",
             VALIDATION_TIMEOUT.as_secs()
         );
@@ -149,7 +158,10 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
     checks.push(check_dir("state directory", &p.config_dir));
     if let Some(d) = p.config_path.parent() {
         if d != p.config_dir {
-            checks.push(check_dir("config directory", d));
+            checks.push(match secure::ensure_parent_dir(d) {
+                Ok(()) => Check::new("config directory", true, d.display().to_string()),
+                Err(e) => Check::new("config directory", false, e.to_string()),
+            });
         }
     }
 
@@ -203,7 +215,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
     let log_dir_ok = p
         .log_path
         .parent()
-        .map(secure::ensure_dir)
+        .map(secure::ensure_parent_dir)
         .unwrap_or(Ok(()));
     checks.push(
         match log_dir_ok.and_then(|_| secure::open_append_secure(&p.log_path)) {
@@ -240,7 +252,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
             "checks": checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "level": c.level(), "detail": c.detail})).collect::<Vec<_>>(),
             "providers": providers,
         });
-        println!("{v}");
+        say!("{v}");
     } else {
         for c in &checks {
             let tag = match c.level() {
@@ -248,16 +260,16 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
                 "warn" => "WARN",
                 _ => "ok  ",
             };
-            println!("{tag} {}: {}", c.name, c.detail);
+            say!("{tag} {}: {}", c.name, c.detail);
         }
         let warnings = checks.iter().filter(|c| c.warning).count();
         if all_ok && warnings > 0 {
-            println!("All checks passed ({warnings} warning(s)).");
+            say!("All checks passed ({warnings} warning(s)).");
         } else if all_ok {
-            println!("All checks passed.");
+            say!("All checks passed.");
         } else {
             let n = checks.iter().filter(|c| !c.ok).count();
-            println!("{n} check(s) failed.");
+            say!("{n} check(s) failed.");
         }
     }
     if all_ok {

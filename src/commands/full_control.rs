@@ -37,6 +37,11 @@ pub fn run(settings: &Settings, action: FullControlAction) -> i32 {
         FullControlAction::Enable => true,
         FullControlAction::Disable => false,
     };
+    // The config dir is the gateway's own: create or tighten it (0700) before writing into it.
+    if let Err(e) = crate::config::secure::ensure_dir(&settings.paths.config_dir) {
+        eprintln!("ERROR {e}");
+        return 1;
+    }
     let mut before = false;
     let result = state::update(path, |s| {
         before = s.full_control_enabled;

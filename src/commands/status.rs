@@ -157,6 +157,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
         (None, true) => "unknown".to_string(),
     };
     let mut detail = rt.as_ref().and_then(|s| s.detail.clone());
+    let save_error = rt.as_ref().and_then(|s| s.config_save_error.clone());
     let mut connected = running && connection == "connected";
     if connected {
         if let Some(age) = hb_age {
@@ -179,7 +180,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
         EXIT_NOT_PAIRED
     } else if !running {
         EXIT_NOT_RUNNING
-    } else if connected && paired == Some(true) {
+    } else if connected && paired == Some(true) && save_error.is_none() {
         EXIT_CONNECTED
     } else {
         EXIT_DEGRADED
@@ -217,6 +218,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
             "jobs_completed": rt.as_ref().map(|s| s.jobs_completed),
             "jobs_failed": rt.as_ref().map(|s| s.jobs_failed),
             "restart_pending": rt.as_ref().map(|s| s.restart_pending),
+            "config_save_error": save_error,
             "stale_pid": stale_pid,
             "exit_code": code,
             "config_path": paths.config_path,
@@ -301,6 +303,12 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
                     "Restart: pending (upgraded binary; draining)".into(),
                 );
             }
+        }
+        if let Some(e) = &save_error {
+            line(
+                &mut out,
+                format!("WARNING gateway.json could not be saved: {e}"),
+            );
         }
     }
     line(

@@ -10,13 +10,19 @@ use crate::daemon::statusfile;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 const FORCE_GRACE: Duration = Duration::from_secs(5);
 
-fn send(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+fn send(pid: u32, sig: libc::c_int) -> Result<(), String> {
     // SAFETY: kill(2) with a positive pid read from a locked pid file.
     if unsafe { libc::kill(pid as libc::pid_t, sig) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+        return Ok(());
     }
+    let e = std::io::Error::last_os_error();
+    Err(if e.raw_os_error() == Some(libc::EPERM) {
+        format!(
+            "{e}: it runs as another user; run panorama-gateway stop as that user (or with sudo)"
+        )
+    } else {
+        e.to_string()
+    })
 }
 
 /// Waits until the pid lock is free (the daemon holds it until its very end). Prints why it
@@ -52,7 +58,8 @@ pub fn run(settings: &Settings, force: bool, timeout_secs: Option<u64>) -> i32 {
         Ok(PidState::Running(pid)) if pid > 0 => pid,
         Ok(PidState::Running(_)) => {
             eprintln!(
-                "ERROR the pid file {} is locked but holds no pid; stop the gateway process by hand",
+                "ERROR the pid file {} is locked but holds no pid; find the process holding it with `fuser -v {}` and stop it by hand",
+                path.display(),
                 path.display()
             );
             return 1;

@@ -204,6 +204,42 @@ pub fn load_file(path: &Path) -> Result<usize, String> {
     Ok(n)
 }
 
+/// An env file decides where the gateway sends its tokens (`SUPABASE_URL`): it must be yours
+/// (or root's) and writable by nobody else, and so must a symlink leading to it. On a shared
+/// host a `.env.prod` that another user left in /tmp, above a working directory without `.git`,
+/// would otherwise be picked up by `--env prod`.
+pub fn check_trusted(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = super::secure::euid();
+    let refuse = |what: &str, md: &std::fs::Metadata| -> Result<(), String> {
+        let uid = md.uid();
+        let mode = md.mode() & 0o7777;
+        if uid != me && uid != 0 {
+            return Err(format!(
+                "refusing to load the environment file {}: {what} belongs to {} (mode {mode:04o}), not to you; an env file sets the backend the gateway sends its tokens to. Use a file of your own (--env-file PATH)",
+                path.display(),
+                super::secure::describe_uid(uid)
+            ));
+        }
+        if !md.file_type().is_symlink() && mode & 0o022 != 0 {
+            return Err(format!(
+                "refusing to load the environment file {}: {what} is writable by other users (mode {mode:04o}); an env file sets the backend the gateway sends its tokens to. Fix: chmod go-w {}",
+                path.display(),
+                path.display()
+            ));
+        }
+        Ok(())
+    };
+    let link = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot read the environment file {}: {e}", path.display()))?;
+    if link.file_type().is_symlink() {
+        refuse("the symbolic link", &link)?;
+    }
+    let md = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read the environment file {}: {e}", path.display()))?;
+    refuse("it", &md)
+}
+
 /// Applies `--env`/`--env-file` (falling back to `PANORAMA_ENV`/`PANORAMA_ENV_FILE`). Returns
 /// the file loaded, if any. An explicitly requested file that is missing is an error.
 pub fn load_requested(
@@ -232,6 +268,7 @@ pub fn load_requested(
             path.display()
         ));
     }
+    check_trusted(&path)?;
     load_file(&path)?;
     Ok(Some(path))
 }
@@ -260,6 +297,24 @@ mod tests {
         assert!(e.starts_with("/x/.env:2:"), "{e}");
         let e = parse(Path::new("/x/.env"), "A=1\nB=\"open\n").unwrap_err();
         assert!(e.contains(":2:") && e.contains("unterminated"), "{e}");
+    }
+
+    #[test]
+    fn env_files_others_can_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("pg-envtrust-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join(".env.prod");
+        std::fs::write(&f, "SUPABASE_URL=https://evil.example\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_trusted(&f).is_ok());
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = check_trusted(&f).unwrap_err();
+        assert!(
+            e.contains("writable by other users") && e.contains("chmod go-w"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -226,6 +226,23 @@ pub fn backend_config(
                     "invalid backend URL {url:?}: it must start with https:// (or http:// for a local backend); set --supabase-url or SUPABASE_URL"
                 ));
             }
+            let host = url
+                .split_once("://")
+                .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+                .unwrap_or("");
+            if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "invalid backend URL {url:?}: it needs a host name and no spaces, like https://<project>.supabase.co; set --supabase-url or SUPABASE_URL"
+                ));
+            }
+            if host.contains('@') {
+                // user:password@host would be sent with every request and shown in status.
+                return Err(format!(
+                    "invalid backend URL {}: credentials in the URL are not supported (the gateway authenticates with the anon key); set --supabase-url or SUPABASE_URL without them",
+                    crate::redact::redact(&url.replace(host.split('@').next().unwrap_or(""), "[REDACTED]"))
+                ));
+            }
+            crate::redact::register_secret(&anon_key);
             Ok(BackendConfig { url, anon_key })
         }
         _ => Err(format!(
@@ -272,6 +289,17 @@ mod tests {
         }
         let e = backend_config(&settings(Some("ftp://x"), Some("k")), None).unwrap_err();
         assert!(e.contains("https://"), "{e}");
+        for bad in ["https:///rest", "https://exa mple.com", "http://?x"] {
+            let e = backend_config(&settings(Some(bad), Some("k")), None).unwrap_err();
+            assert!(e.contains("needs a host name"), "{bad}: {e}");
+        }
+        let e = backend_config(
+            &settings(Some("https://u:hunter2@h.example"), Some("k")),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
+        assert!(backend_config(&settings(Some("http://127.0.0.1:5432/"), Some("k")), None).is_ok());
     }
 
     #[test]

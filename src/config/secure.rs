@@ -92,6 +92,33 @@ fn check_owner_and_kind(path: &Path, md: &fs::Metadata, dir: bool) -> Result<(),
             fix,
         });
     }
+    if !dir && md.is_file() && md.nlink() > 1 {
+        // A hard link made elsewhere (a shared directory) would point the gateway's writes at
+        // some other file of yours, e.g. ~/.ssh/authorized_keys.
+        return Err(StateError::Insecure {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it has {} hard links; another name for the same file could redirect what the gateway writes",
+                md.nlink()
+            ),
+            fix: format!(
+                "cp {p} {p}.copy && mv {p}.copy {p} (after checking what the other links are)",
+                p = shell_quote(path)
+            ),
+        });
+    }
+    if md.uid() != euid() && dir && md.uid() == 0 {
+        // A system directory: handing it over to a user is never the fix.
+        return Err(StateError::Insecure {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it belongs to {} (a system directory), not to you ({}); mode {mode:04o}",
+                describe_uid(md.uid()),
+                describe_uid(euid())
+            ),
+            fix: "choose a directory of your own with --config-dir (the default is ~/.panorama/gateway)".into(),
+        });
+    }
     if md.uid() != euid() {
         return Err(StateError::Insecure {
             path: path.to_path_buf(),
@@ -112,22 +139,43 @@ fn check_owner_and_kind(path: &Path, md: &fs::Metadata, dir: bool) -> Result<(),
     Ok(())
 }
 
+fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_err(dir, "create directory", e))?;
+    // Someone may have won the race and put a directory or a symlink of theirs there (mkdir -p
+    // accepts an existing one): check what is there now, as for an existing path.
+    let md = fs::symlink_metadata(dir).map_err(|e| io_err(dir, "inspect", e))?;
+    check_owner_and_kind(dir, &md, true)?;
+    // The umask may have narrowed it further; that is fine. Make sure it is not wider.
+    tighten(dir, &md, 0o700)
+}
+
 /// Creates `dir` (0700, parents too) when missing; refuses a symlink or a directory of another
-/// user; tightens a looser mode to 0700.
+/// user; tightens a looser mode to 0700. For the gateway's own directories (the config dir and
+/// what is inside it); the directory of an explicitly placed file goes through
+/// [`ensure_parent_dir`], which never changes an existing directory.
 pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
     match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| io_err(dir, "create directory", e))?;
-            // The umask may have narrowed it further; that is fine. Make sure it is not wider.
-            let md = fs::symlink_metadata(dir).map_err(|e| io_err(dir, "inspect", e))?;
-            tighten(dir, &md, 0o700)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(dir),
         Err(e) => Err(io_err(dir, "inspect", e)),
         Ok(md) => {
+            if md.is_dir() && md.mode() & libc::S_ISVTX != 0 {
+                // /tmp and the like: tightening would lock every other user out of it.
+                return Err(StateError::Insecure {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "it is a shared directory (sticky bit, mode {:04o}); the gateway's state directory must be its own",
+                        md.mode() & 0o7777
+                    ),
+                    fix: format!(
+                        "use a directory of its own, e.g. --config-dir {}",
+                        shell_quote(&dir.join("panorama-gateway"))
+                    ),
+                });
+            }
             check_owner_and_kind(dir, &md, true)?;
             if !md.is_dir() {
                 return Err(StateError::Insecure {
@@ -142,6 +190,58 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
             tighten(dir, &md, 0o700)
         }
     }
+}
+
+/// The directory of an explicitly placed file (`--log-path`, `--pid-path`, `--config-path`):
+/// created 0700 when missing. An existing one is used as it is and never changed (it may be
+/// `/tmp`, `/run` or your home directory), provided nobody else can swap files in it: it must
+/// belong to you or root, and be writable by nobody else unless it has the sticky bit (files in
+/// it are still refused when they are symlinks or belong to someone else).
+pub fn ensure_parent_dir(dir: &Path) -> Result<(), StateError> {
+    let md = match fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A dangling symlink is "not found" through metadata: refuse it, don't create
+            // through it.
+            if let Ok(l) = fs::symlink_metadata(dir) {
+                return check_owner_and_kind(dir, &l, true);
+            }
+            return create_private_dir(dir);
+        }
+        Err(e) => return Err(io_err(dir, "inspect", e)),
+        Ok(md) => md,
+    };
+    let mode = md.mode() & 0o7777;
+    if !md.is_dir() {
+        return Err(StateError::Insecure {
+            path: dir.to_path_buf(),
+            reason: "it is not a directory".into(),
+            fix: "choose a path inside a directory (--log-path, --pid-path, --config-path)".into(),
+        });
+    }
+    if md.uid() != euid() && md.uid() != 0 {
+        return Err(StateError::Insecure {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "it belongs to {}, not to you ({}); mode {mode:04o}: its owner could replace the gateway's files",
+                describe_uid(md.uid()),
+                describe_uid(euid())
+            ),
+            fix: "choose a directory of your own".into(),
+        });
+    }
+    if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
+        return Err(StateError::Insecure {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "other users can write to it (mode {mode:04o}) and replace the gateway's files"
+            ),
+            fix: format!(
+                "chmod go-w {}, or choose another directory",
+                shell_quote(dir)
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn tighten(path: &Path, md: &fs::Metadata, want: u32) -> Result<(), StateError> {
@@ -177,23 +277,44 @@ pub fn check_file(path: &Path) -> Result<bool, StateError> {
     }
 }
 
-/// Opens (creating 0600) a file for appending, never through a symlink, refusing other owners.
+/// Checks what was really opened: between [`check_file`] and `open(O_CREAT)` someone with
+/// write access to the directory (a shared one such as /tmp) could have put their own file or a
+/// hard link there.
+fn verify_opened(path: &Path, f: File) -> Result<File, StateError> {
+    let md = f.metadata().map_err(|e| io_err(path, "inspect", e))?;
+    check_owner_and_kind(path, &md, false)?;
+    if !md.is_file() {
+        return Err(StateError::Insecure {
+            path: path.to_path_buf(),
+            reason: "it is not a regular file".into(),
+            fix: format!(
+                "move it away (mv {p} {p}.bak) or choose another path",
+                p = shell_quote(path)
+            ),
+        });
+    }
+    Ok(f)
+}
+
+/// Opens (creating 0600) a file for appending, never through a symlink, refusing other owners
+/// and hard-linked files.
 pub fn open_append_secure(path: &Path) -> Result<File, StateError> {
     check_file(path)?;
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| io_err(path, "open", e))
+        .map_err(|e| io_err(path, "open", e))?;
+    verify_opened(path, f)
 }
 
 /// Opens (creating 0600) a file for read+write without truncating, never through a symlink,
-/// refusing other owners.
+/// refusing other owners and hard-linked files.
 pub fn open_rw_secure(path: &Path) -> Result<File, StateError> {
     check_file(path)?;
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -201,7 +322,8 @@ pub fn open_rw_secure(path: &Path) -> Result<File, StateError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| io_err(path, "open", e))
+        .map_err(|e| io_err(path, "open", e))?;
+    verify_opened(path, f)
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -222,6 +344,8 @@ fn temp_path(path: &Path) -> PathBuf {
 pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<(), StateError> {
     check_file(path)?;
     let tmp = temp_path(path);
+    // Errors name the file being replaced (the temporary name means nothing to a reader); the
+    // old content is untouched until the rename.
     let result = (|| -> Result<(), StateError> {
         let mut f = OpenOptions::new()
             .write(true)
@@ -229,10 +353,10 @@ pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<(), State
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
-            .map_err(|e| io_err(&tmp, "create", e))?;
-        f.write_all(data).map_err(|e| io_err(&tmp, "write", e))?;
+            .map_err(|e| io_err(path, "write", e))?;
+        f.write_all(data).map_err(|e| io_err(path, "write", e))?;
         if durable {
-            f.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
+            f.sync_all().map_err(|e| io_err(path, "write", e))?;
         }
         drop(f);
         fs::rename(&tmp, path).map_err(|e| io_err(path, "replace", e))?;
@@ -285,6 +409,17 @@ mod tests {
             e.contains("symbolic link") && e.contains("link.json"),
             "{e}"
         );
+        // A hard link to a file of ours elsewhere: refused for reading and for writing.
+        let precious = d.join("precious");
+        fs::write(&precious, "keep").unwrap();
+        let hard = sub.join("gateway.log");
+        fs::hard_link(&precious, &hard).unwrap();
+        let e = open_append_secure(&hard).unwrap_err().to_string();
+        assert!(e.contains("2 hard links"), "{e}");
+        assert!(check_file(&hard).is_err());
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
+        fs::remove_file(&hard).unwrap();
+        assert!(open_append_secure(&hard).is_ok());
         write_atomic(&f, b"{\"a\":1}", true).unwrap();
         assert_eq!(fs::read_to_string(&f).unwrap(), "{\"a\":1}");
         assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);

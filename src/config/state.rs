@@ -87,7 +87,15 @@ impl fmt::Display for StateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StateError::Io { path, action, err } => {
+                let full = matches!(
+                    err.raw_os_error(),
+                    Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EROFS)
+                );
                 let hint = match err.kind() {
+                    _ if full && *action == "write" => {
+                        " The disk is full or read-only: free space (or remount it writable) and retry; the previous file is unchanged."
+                    }
+                    _ if full => " The disk is full or read-only: free space (or remount it writable) and retry.",
                     io::ErrorKind::PermissionDenied => {
                         " Make sure the gateway directory is owned by you and writable, or choose another with --config-dir."
                     }
@@ -118,6 +126,21 @@ impl fmt::Display for StateError {
 impl std::error::Error for StateError {}
 
 impl GatewayState {
+    /// Tells the redactor about this state's tokens and key, so that they are masked in every
+    /// log line, error and debug text of this process even where no pattern recognises them.
+    pub fn register_secrets(&self) {
+        for v in [
+            &self.access_token,
+            &self.refresh_token,
+            &self.supabase_anon_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            crate::redact::register_secret(v);
+        }
+    }
+
     /// Paired means the session and identity are present (PROTOCOL.md §1).
     pub fn is_paired(&self) -> bool {
         let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
@@ -130,12 +153,14 @@ pub fn parse(path: &Path, text: &str) -> Result<GatewayState, StateError> {
     if text.trim() == "null" {
         return Ok(GatewayState::default());
     }
-    serde_json::from_str::<GatewayState>(text).map_err(|e| StateError::Corrupt {
+    let state = serde_json::from_str::<GatewayState>(text).map_err(|e| StateError::Corrupt {
         path: path.to_path_buf(),
         line: e.line(),
         column: e.column(),
         message: crate::redact::redact(&e.to_string()),
-    })
+    })?;
+    state.register_secrets();
+    Ok(state)
 }
 
 /// Reads gateway.json. `Ok(None)` when it does not exist. Refuses a symlink or a file of
@@ -169,8 +194,10 @@ pub fn load(path: &Path) -> Result<Option<GatewayState>, StateError> {
 /// Writes gateway.json atomically and durably (0600, directory 0700). Prefer [`update`], which
 /// also serialises concurrent writers.
 pub fn save(path: &Path, state: &GatewayState) -> Result<(), StateError> {
+    // Before anything can fail: an error about this save must not show a new token.
+    state.register_secrets();
     let dir = parent_dir(path);
-    secure::ensure_dir(&dir)?;
+    secure::ensure_parent_dir(&dir)?;
     let mut text = serde_json::to_string_pretty(state).map_err(|e| StateError::Io {
         path: path.to_path_buf(),
         action: "serialise",
@@ -202,8 +229,33 @@ pub fn update<F>(path: &Path, f: F) -> Result<GatewayState, StateError>
 where
     F: FnOnce(&mut GatewayState),
 {
+    let result = update_locked(path, f);
+    if let Some(obs) = SAVE_OBSERVER.get() {
+        match &result {
+            Ok(_) => obs(None),
+            Err(e) => obs(Some(&e.to_string())),
+        }
+    }
+    result
+}
+
+/// Told about the outcome of every [`update`] in this process: `None` after a successful write,
+/// the error otherwise. The daemon shows a failed write in its status file, so that `status`
+/// reports it loudly: a rotated token that could not be saved lives only in memory.
+type SaveObserver = Box<dyn Fn(Option<&str>) + Send + Sync>;
+static SAVE_OBSERVER: std::sync::OnceLock<SaveObserver> = std::sync::OnceLock::new();
+
+/// Installs the observer of [`update`] outcomes (once per process; later calls are ignored).
+pub fn set_save_observer(f: SaveObserver) {
+    let _ = SAVE_OBSERVER.set(f);
+}
+
+fn update_locked<F>(path: &Path, f: F) -> Result<GatewayState, StateError>
+where
+    F: FnOnce(&mut GatewayState),
+{
     let dir = parent_dir(path);
-    secure::ensure_dir(&dir)?;
+    secure::ensure_parent_dir(&dir)?;
     let lp = lock_path(path);
     let lock = secure::open_rw_secure(&lp)?;
     loop {

@@ -112,7 +112,7 @@ pub fn launch(settings: &Settings) -> Result<Launch, String> {
     super::preflight(settings)?;
     secure::ensure_dir(&paths.config_dir).map_err(|e| e.to_string())?;
     if let Some(d) = paths.log_path.parent() {
-        secure::ensure_dir(d).map_err(|e| e.to_string())?;
+        secure::ensure_parent_dir(d).map_err(|e| e.to_string())?;
     }
     let log = secure::open_append_secure(&paths.log_path).map_err(|e| e.to_string())?;
     let log2 = log

@@ -171,12 +171,15 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         Ok(s) => s,
         Err(e) => return fail!(e),
     };
-    for dir in [
-        paths.config_dir.clone(),
-        parent_of(&paths.pid_path),
-        parent_of(&paths.log_path),
-    ] {
+    // The gateway's own directories are created and tightened; the directory of an explicitly
+    // placed pid or log file is created when missing but never changed (it may be /run or /tmp).
+    for dir in [paths.config_dir.clone(), paths.spool_dir.clone()] {
         if let Err(e) = secure::ensure_dir(&dir) {
+            return fail!(e.to_string());
+        }
+    }
+    for dir in [parent_of(&paths.pid_path), parent_of(&paths.log_path)] {
+        if let Err(e) = secure::ensure_parent_dir(&dir) {
             return fail!(e.to_string());
         }
     }
@@ -217,6 +220,19 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     );
     let updater = status.updater();
     let shutdown = Shutdown::new();
+    // A failed write of gateway.json (rotated tokens, provider health) must not stay a log line
+    // nobody reads: `status` shows it and reports the gateway degraded until a write succeeds.
+    let save_status = Arc::clone(&status);
+    let save_config = paths.config_path.clone();
+    state::set_save_observer(Box::new(move |err| {
+        let err = err.map(|e| {
+            format!("{e} (rotated tokens are kept in memory only: free disk space or fix the permissions of {}, or the next restart will need a re-pair)", save_config.display())
+        });
+        if let Some(e) = &err {
+            log::error!(target: "daemon", "cannot save gateway.json: {e}");
+        }
+        save_status.update(&|s| s.config_save_error = err.clone());
+    }));
 
     let hup_status = Arc::clone(&status);
     let config_path = paths.config_path.clone();

@@ -43,4 +43,9 @@ pub struct RuntimeStatus {
     /// Set while the daemon drains before restarting into an upgraded binary.
     #[serde(default)]
     pub restart_pending: bool,
+    /// The last write of gateway.json failed (disk full, read-only, permissions): rotated
+    /// tokens or settings live only in memory until a write succeeds. Cleared by the next
+    /// successful write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_save_error: Option<String>,
 }

@@ -42,8 +42,10 @@ pub fn handle(_payload: &Value, ctx: &JobContext) -> Outcome {
             })
         }
         Ok(o) => {
-            let stdout = o.stdout_lossy();
-            let stderr = o.stderr_lossy();
+            // The result goes to the backend (the whole team sees it): a CLI that prints a
+            // key (a warning echoing its environment) must not publish it.
+            let stdout = crate::redact::redact(&o.stdout_lossy());
+            let stderr = crate::redact::redact(&o.stderr_lossy());
             result.insert("stdout".into(), stdout.clone().into());
             result.insert("stderr".into(), stderr.clone().into());
             result.insert(

@@ -326,7 +326,9 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
         format!(
             "Gateway provider {} is unhealthy. Try another provider or run \"panorama-gateway doctor\". Details: {}",
             id.short(),
-            collapse(details, 500)
+            // Details quote the CLI's own output (its last stderr line, its error object): the
+            // message goes to the job row the whole team sees.
+            collapse(&crate::redact::redact(details), 500)
         )
     };
 
@@ -522,7 +524,10 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                     "stderr": redact::text(&stderr_cut, RESULT_TEXT_LIMIT),
                     "stdout": redact::text(&stdout_cut, RESULT_TEXT_LIMIT),
                     "command": safe_command_line,
-                    "error_summary": summary.unwrap_or(Value::Null),
+                    "error_summary": summary.map(|mut v| {
+                        crate::redact::redact_json(&mut v);
+                        v
+                    }).unwrap_or(Value::Null),
                     "error_kind": kind.as_str(),
                 }),
                 message.clone(),

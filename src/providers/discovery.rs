@@ -127,7 +127,14 @@ pub fn bin_dirs(env: &dyn EnvLookup) -> Vec<PathBuf> {
         .map(String::from),
     );
     if let Some(path) = var("PATH") {
-        raw.extend(path.split(':').map(String::from));
+        // Relative entries (`.`, an empty one) mean "wherever the daemon was started": a cloned
+        // repository with an executable named `claude` would be run for months. Skipped.
+        raw.extend(
+            path.split(':')
+                .map(str::trim)
+                .filter(|e| e.starts_with('/') || e.starts_with('~'))
+                .map(String::from),
+        );
     }
     let mut seen = HashSet::new();
     raw.iter()
@@ -166,11 +173,45 @@ pub fn candidates(id: ProviderId, env: &dyn EnvLookup) -> Vec<PathBuf> {
     for dir in bin_dirs(env) {
         let p = dir.join(id.bare_name());
         if is_executable_file(&p) {
+            if let Some(why) = untrusted_reason(&p) {
+                log::warn!(target: "providers", "ignoring {}: {why}; install the CLI somewhere only you (or root) can write, or name it with --{}-cli", p.display(), id.bare_name());
+                continue;
+            }
             push(p, &mut out);
         }
     }
     out.push(PathBuf::from(id.bare_name()));
     out
+}
+
+/// Why a CLI found by searching must not be run: anyone could have put it there or can change
+/// it (a world-writable file, or a file of another user in a world-writable directory such as
+/// /tmp reached through a relative PATH entry). The gateway runs it for months with your
+/// rights. An explicit `--<cli>-cli` is your choice and is not filtered.
+pub fn untrusted_reason(p: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(p).ok()?;
+    let md = std::fs::metadata(&real).ok()?;
+    let mode = md.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Some(format!(
+            "{} is writable by every user (mode {mode:04o})",
+            real.display()
+        ));
+    }
+    let dir = real.parent()?;
+    let dmd = std::fs::metadata(dir).ok()?;
+    let dmode = dmd.mode() & 0o7777;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if dmode & 0o002 != 0 && (dmode & libc::S_ISVTX == 0 || (md.uid() != me && md.uid() != 0)) {
+        return Some(format!(
+            "it lives in {}, a directory every user can write to (mode {dmode:04o}), and belongs to uid {}",
+            dir.display(),
+            md.uid()
+        ));
+    }
+    None
 }
 
 /// The first `exec <target>` of a small wrapper script, when that target does not exist
@@ -602,6 +643,40 @@ mod tests {
             assert_eq!(g.source, Source::Fallback);
             assert_eq!(g.command, PathBuf::from("gemini"));
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn planted_or_world_writable_clis_and_relative_path_entries_are_skipped() {
+        let d = scratch("trust");
+        let good = d.join("good");
+        let open = d.join("open");
+        write_exe(&good.join("codex"), "#!/bin/sh\necho 'codex-cli 0.40.0'\n");
+        write_exe(&open.join("codex"), "#!/bin/sh\necho 'codex-cli 9.9.9'\n");
+        // A directory anyone can write to without the sticky bit: whatever is in it can be
+        // swapped by anyone.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let env = MapEnv(HashMap::from([
+            (
+                "PATH".to_string(),
+                OsString::from(format!(".::{}:{}", open.display(), good.display())),
+            ),
+            ("HOME".to_string(), d.join("home").into_os_string()),
+        ]));
+        assert!(untrusted_reason(&open.join("codex")).is_some());
+        assert!(untrusted_reason(&good.join("codex")).is_none());
+        let c = candidates(ProviderId::Codex, &env);
+        assert!(!c.contains(&open.join("codex")), "{c:?}");
+        assert!(c.contains(&good.join("codex")), "{c:?}");
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            !bin_dirs(&env).contains(&cwd),
+            "relative PATH entries are not searched"
+        );
+        // A world-writable executable in a good directory is skipped too.
+        std::fs::set_permissions(good.join("codex"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        assert!(untrusted_reason(&good.join("codex")).is_some());
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -130,7 +130,9 @@ impl Health {
             checked_at: s("checked_at").unwrap_or_default(),
             last_full_checked_at: s("last_full_checked_at"),
             last_full_status,
-            error: s("error"),
+            // Written by an older version (or the reference), it may hold a raw stderr with
+            // a key in it: cleaned before it is shown or sent in a heartbeat.
+            error: s("error").map(|e| clean_error(&e, HEALTH_ERROR_LIMIT)),
             model: s("model"),
             duration_ms: o.get("duration_ms").and_then(Value::as_u64),
         })
@@ -141,10 +143,17 @@ impl Health {
 /// gateway.json and every heartbeat; providers.md §9.12).
 pub const HEALTH_ERROR_LIMIT: usize = 2000;
 
+/// A CLI's error text as stored in health: redacted (a CLI may echo the key it was refused,
+/// and health goes to gateway.json, `doctor`, `status -v` and every heartbeat), one line,
+/// bounded.
+fn clean_error(e: &str, limit: usize) -> String {
+    super::plan::collapse(&crate::redact::redact(e), limit)
+}
+
 /// Rule 1: the CLI did not answer `--version`.
 pub fn unavailable(prev: Option<&Health>, mode: Mode, error: Option<&str>, now: &str) -> Health {
     let error = error
-        .map(|e| super::plan::collapse(e, HEALTH_ERROR_LIMIT))
+        .map(|e| clean_error(e, HEALTH_ERROR_LIMIT))
         .or_else(|| prev.and_then(|p| p.error.clone()));
     Health::carried(prev, Status::Unavailable, mode == Mode::Full, error, now)
 }
@@ -174,7 +183,7 @@ pub fn full(ok: bool, error: Option<&str>, duration_ms: u64, now: &str) -> Healt
         last_full_checked_at: Some(now.to_string()),
         last_full_status: Some(status),
         error: (!ok).then(|| {
-            super::plan::collapse(
+            clean_error(
                 error.unwrap_or("Provider validation failed"),
                 HEALTH_ERROR_LIMIT,
             )
@@ -217,7 +226,7 @@ pub fn after_run(
         None
     } else {
         summary
-            .map(|s| super::plan::collapse(s, 500))
+            .map(|s| clean_error(s, 500))
             .or_else(|| prev.and_then(|p| p.error.clone()))
     };
     Health::carried(prev, status, false, error, now)
@@ -258,6 +267,23 @@ mod tests {
             (l.status, l.error.as_deref()),
             (Status::Unhealthy, Some("boom"))
         );
+    }
+
+    #[test]
+    fn cli_errors_are_redacted_before_they_are_stored() {
+        let key = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUv";
+        let e = format!("Invalid API key: {key}\nplease log in");
+        let stored = serde_json::json!({"status": "unhealthy", "error": e});
+        for h in [
+            Health::from_json(&stored).unwrap(),
+            full(false, Some(&e), 5, "t"),
+            unavailable(None, Mode::Full, Some(&e), "t"),
+            after_run(None, Status::Unhealthy, Some(&e), "t"),
+        ] {
+            let err = h.error.unwrap();
+            assert!(!err.contains(key), "{err}");
+            assert!(err.contains("Invalid API key"), "{err}");
+        }
     }
 
     #[test]

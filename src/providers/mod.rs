@@ -328,19 +328,47 @@ pub struct ProviderCheck {
     pub detail: Option<String>,
 }
 
-fn run_parallel<T: Send>(f: impl Fn(ProviderId) -> T + Sync) -> Vec<T> {
+/// Runs `f` for every provider in parallel. A thread that panics (a bug met on odd CLI output)
+/// yields `on_panic(id, message)` instead of taking the caller (the daemon, `doctor`) down.
+fn run_parallel<T: Send>(
+    f: impl Fn(ProviderId) -> T + Sync,
+    on_panic: impl Fn(ProviderId, String) -> T,
+) -> Vec<T> {
     std::thread::scope(|s| {
         let hs: Vec<_> = ProviderId::ALL
             .into_iter()
             .map(|id| {
                 let f = &f;
-                s.spawn(move || f(id))
+                (id, s.spawn(move || f(id)))
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().expect("provider probe thread panicked"))
+            .map(|(id, h)| match h.join() {
+                Ok(v) => v,
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    log::error!(target: "providers", "checking provider={} failed with an internal error: {msg}", id.as_str());
+                    on_panic(id, msg)
+                }
+            })
             .collect()
     })
+}
+
+/// What a provider's probe says when the probe itself crashed.
+fn probe_crashed(id: ProviderId, msg: &str) -> Caps {
+    Caps {
+        error: Some(format!(
+            "checking the {} CLI failed with an internal error ({}); it is treated as unavailable. Run panorama-gateway doctor -v and report the message",
+            id.short(),
+            crate::redact::redact(msg)
+        )),
+        ..Caps::not_probed(id)
+    }
 }
 
 impl Registry {
@@ -366,46 +394,75 @@ impl Registry {
 
     /// [`Registry::discover`] with an injected environment.
     pub fn discover_with(overrides: &CliOverrides, env: &(dyn EnvLookup + Sync)) -> Registry {
-        let entries = run_parallel(|id| {
-            let found = discovery::discover_one(id, id.override_of(overrides), env);
-            log::info!(target: "providers", "discovered provider={} command={} source={} version={}",
+        let entries = run_parallel(
+            |id| {
+                let found = discovery::discover_one(id, id.override_of(overrides), env);
+                log::info!(target: "providers", "discovered provider={} command={} source={} version={}",
                 id.as_str(), found.command.display(), found.source.as_str(), found.version.as_deref().unwrap_or("-"));
-            let caps = probe_caps(id, &found.command);
-            let shell_hint = (found.source == Source::Fallback && !caps.available)
-                .then(|| discovery::shell_hint(id, env))
-                .flatten();
-            if let Some(h) = &shell_hint {
-                log::warn!(target: "providers", "{} CLI not found in PATH: {h}", id.label());
-            }
-            Entry {
+                let caps = probe_caps(id, &found.command);
+                let shell_hint = (found.source == Source::Fallback && !caps.available)
+                    .then(|| discovery::shell_hint(id, env))
+                    .flatten();
+                if let Some(h) = &shell_hint {
+                    log::warn!(target: "providers", "{} CLI not found in PATH: {h}", id.label());
+                }
+                Entry {
+                    id,
+                    found,
+                    shell_hint,
+                    caps,
+                    health: None,
+                }
+            },
+            |id, msg| Entry {
                 id,
-                found,
-                shell_hint,
-                caps,
+                found: Discovered {
+                    command: id
+                        .override_of(overrides)
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| PathBuf::from(id.bare_name())),
+                    version: None,
+                    source: Source::Fallback,
+                },
+                shell_hint: None,
+                caps: probe_crashed(id, &msg),
                 health: None,
-            }
-        });
+            },
+        );
         Registry::from_entries(entries)
     }
 
     /// Uses these commands as they are (no search), then probes them. For tests and callers
     /// that already know the paths.
     pub fn with_commands(commands: [PathBuf; 3]) -> Registry {
-        let entries = run_parallel(|id| {
-            let command = commands[id.index()].clone();
-            let caps = probe_caps(id, &command);
-            Entry {
+        let entries = run_parallel(
+            |id| {
+                let command = commands[id.index()].clone();
+                let caps = probe_caps(id, &command);
+                Entry {
+                    id,
+                    found: Discovered {
+                        command,
+                        version: None,
+                        source: Source::Override,
+                    },
+                    shell_hint: None,
+                    caps,
+                    health: None,
+                }
+            },
+            |id, msg| Entry {
                 id,
                 found: Discovered {
-                    command,
+                    command: commands[id.index()].clone(),
                     version: None,
                     source: Source::Override,
                 },
                 shell_hint: None,
-                caps,
+                caps: probe_crashed(id, &msg),
                 health: None,
-            }
-        });
+            },
+        );
         Registry::from_entries(entries)
     }
 
@@ -416,7 +473,10 @@ impl Registry {
             .iter()
             .map(|e| e.found.command.clone())
             .collect();
-        let caps = run_parallel(|id| probe_caps(id, &cmds[id.index()]));
+        let caps = run_parallel(
+            |id| probe_caps(id, &cmds[id.index()]),
+            |id, msg| probe_crashed(id, &msg),
+        );
         let mut g = self.lock();
         for (e, c) in g.iter_mut().zip(caps) {
             e.caps = c;
@@ -555,20 +615,33 @@ impl Registry {
     pub fn check_health(&self, mode: Mode, context: Option<&str>) -> Vec<(ProviderId, Health)> {
         let snapshot: Vec<Entry> = self.lock().clone();
         let work_root = self.work_root();
-        let results = run_parallel(|id| {
-            let e = &snapshot[id.index()];
-            let now = crate::util::now_rfc3339();
-            let prev = e.health.as_ref();
-            if !e.caps.available {
-                return health::unavailable(prev, mode, e.caps.error.as_deref(), &now);
-            }
-            if health::needs_full(mode, prev) {
-                let (ok, err, ms) = validate(id, &e.found.command, &e.caps.flags, &work_root);
-                log::info!(target: "providers", "validation provider={} ok={} duration_ms={}", id.as_str(), ok, ms);
-                return health::full(ok, err.as_deref(), ms, &crate::util::now_rfc3339());
-            }
-            health::light(prev, &now)
-        });
+        let results = run_parallel(
+            |id| {
+                let e = &snapshot[id.index()];
+                let now = crate::util::now_rfc3339();
+                let prev = e.health.as_ref();
+                if !e.caps.available {
+                    return health::unavailable(prev, mode, e.caps.error.as_deref(), &now);
+                }
+                if health::needs_full(mode, prev) {
+                    let (ok, err, ms) = validate(id, &e.found.command, &e.caps.flags, &work_root);
+                    log::info!(target: "providers", "validation provider={} ok={} duration_ms={}", id.as_str(), ok, ms);
+                    return health::full(ok, err.as_deref(), ms, &crate::util::now_rfc3339());
+                }
+                health::light(prev, &now)
+            },
+            |id, msg| {
+                health::full(
+                    false,
+                    Some(&format!(
+                        "checking the {} CLI failed with an internal error: {msg}",
+                        id.short()
+                    )),
+                    0,
+                    &crate::util::now_rfc3339(),
+                )
+            },
+        );
         let any_full = results.iter().any(|h| h.full);
         let out: Vec<(ProviderId, Health)> = ProviderId::ALL.into_iter().zip(results).collect();
         for (id, h) in &out {
