@@ -894,6 +894,17 @@ fn stale_heartbeat_and_unready_models_fail_the_run() {
     // One heartbeat at start, then none for the test's length.
     w.gw.set_env("PANORAMA_GATEWAY_HEARTBEAT_MS", "600000");
     w.start();
+    // Heartbeats are also sent when the status or a provider's health changes: wait until the
+    // gateway is ready and the start-up health checks are done, so none races the PATCH below.
+    let gid = w.gid.clone();
+    wait_for("a settled gateway", Duration::from_secs(30), || {
+        let r = w.b.gateway_row(&gid);
+        let providers = r["capabilities"]["providers"].as_object().cloned()?;
+        let settled = providers
+            .values()
+            .all(|p| p["available"] != true || p["health"]["check_type"] == "full");
+        (r["status"] == "ready" && settled).then_some(())
+    });
     let path = format!("/rest/v1/team_gateways?id=eq.{}", w.gid);
     let fresh = w.b.gateway_row(&w.gid)["last_seen_at"].clone();
     w.b.admin(
