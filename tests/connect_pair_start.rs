@@ -147,6 +147,52 @@ fn pair_reports_unreachable_backend_and_bad_codes() {
 }
 
 #[test]
+fn pair_checks_the_state_can_be_saved_before_spending_the_code() {
+    let b = Backend::start();
+    let gw = Gateway::new(&b);
+    let (code, _team) = b.pairing_code(None);
+    // A config path whose parent is a regular file: gateway.json cannot be written (works as
+    // root too, unlike chmod).
+    let blocker = gw.home().join("not-a-dir");
+    std::fs::create_dir_all(gw.home()).unwrap();
+    std::fs::write(&blocker, "x").unwrap();
+    let bad = blocker.join("gateway.json");
+    let (rc, out, err) = gw.run(&[
+        "pair",
+        &code,
+        "--no-start",
+        "--config-path",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 1, "{out} {err}");
+    assert!(err.contains("not a directory"), "{err}");
+    assert!(err.contains("was not used"), "{err}");
+    assert!(err.contains("pair again"), "{err}");
+    // A directory other users could write to: the gateway refuses to save there.
+    let shared = gw.home().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bad = shared.join("gateway.json");
+    let (rc, out, err) = gw.run(&[
+        "pair",
+        &code,
+        "--no-start",
+        "--config-path",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 1, "{out} {err}");
+    assert!(err.contains("other users can write"), "{err}");
+    assert!(err.contains("was not used"), "{err}");
+    assert!(!bad.exists());
+    // The code is still good: pairing with a usable directory succeeds with it.
+    let state = gw.pair(&code);
+    assert!(
+        state["gatewayId"].as_str().is_some_and(|s| !s.is_empty()),
+        "{state}"
+    );
+}
+
+#[test]
 fn start_without_pairing_fails_clearly() {
     let b = Backend::start();
     let gw = Gateway::new(&b);

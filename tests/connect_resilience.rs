@@ -465,3 +465,72 @@ fn a_backlog_too_big_for_one_reconcile_reply_is_fetched_in_smaller_pages() {
     assert_alive(&mut gw);
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
+
+/// The spool becomes unwritable (replaced by a regular file: root-safe) while the backend
+/// refuses completions: the result is held in memory, shown by `status`, and delivered once
+/// the backend is back, exactly once. At shutdown a result still held is named loudly as lost.
+#[test]
+fn a_result_neither_delivered_nor_spooled_is_held_and_delivered_once() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    gw.set_env("PANORAMA_GATEWAY_COMPLETE_RETRY_MS", "300");
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    let claude = fake_claude(gw.dir.path(), 1);
+    gw.start_with(&["--claude-cli", &claude]);
+    wait_for("ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    let spool = gw.config_dir().join("spool");
+    assert!(spool.is_dir());
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::write(&spool, "not a directory").unwrap();
+    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+
+    let run_until_held = |gw: &Gateway| {
+        let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+        let dir = gw.dir.path().to_path_buf();
+        wait_for("the fake CLI to start", Duration::from_secs(20), || {
+            read_pid(&dir, 1).filter(|_| b.job(&id)["status"] == "running")
+        });
+        let _ = std::fs::remove_file(dir.join("claude-1.pid"));
+        b.fault(json!({"fail_next": {"count": 100000, "status": 503, "paths": "rest"}}));
+        wait_for("the result held in memory", Duration::from_secs(30), || {
+            (gw.status_file()["results_pending"] == 1).then_some(())
+        });
+        id
+    };
+
+    let id = run_until_held(&gw);
+    assert!(gw
+        .log()
+        .contains(&format!("cannot spool the result of job {id}")));
+    let (rc, out, _) = gw.run(&["status"]);
+    assert_eq!(rc, 1, "degraded while a result is held: {out}");
+    assert!(
+        out.contains("WARNING 1 job result(s) could not be delivered"),
+        "{out}"
+    );
+    // (No REST call of the harness here: the injected faults apply to it too.)
+    b.fault(json!({"clear": true}));
+    let done = wait_job_done(&b, &id, Duration::from_secs(30));
+    assert!(done["completed_at"].is_string(), "{done}");
+    wait_for("nothing held any more", Duration::from_secs(10), || {
+        (gw.status_file()["results_pending"] == 0).then_some(())
+    });
+    assert_eq!(gw.run(&["status"]).0, 0);
+    assert_eq!(starts_per_job(&gw).get(&id), Some(&1), "ran once");
+    assert!(!gw.log().contains("LOST RESULT"), "{}", gw.log());
+
+    // Held at shutdown with the backend still away: the last attempt fails and the log names
+    // the lost result.
+    let id2 = run_until_held(&gw);
+    assert_eq!(gw.stop(Duration::from_secs(60)).code(), Some(0));
+    assert!(
+        gw.log().contains(&format!("LOST RESULT of job {id2}")),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(starts_per_job(&gw).get(&id), Some(&1));
+}

@@ -531,6 +531,24 @@ fn logs_without_follow_prints_last_lines() {
 }
 
 #[test]
+fn logs_errors_say_what_to_do() {
+    let w = World::new("logsdir");
+    let o = w.run(&["logs", "--no-follow"]);
+    assert!(stderr(&o).contains("--log-path"), "{}", stderr(&o));
+    // A directory where the log should be: the error names it and the way out, with and
+    // without following (no endless wait).
+    fs::create_dir_all(w.log()).unwrap();
+    for args in [&["logs", "--no-follow"][..], &["logs"][..]] {
+        let o = w.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains("is a directory"), "{e}");
+        assert!(e.contains("--log-path"), "{e}");
+        assert!(e.contains("PANORAMA_GATEWAY_LOG_PATH"), "{e}");
+    }
+}
+
+#[test]
 fn logs_follow_survives_truncation_rotation_and_a_late_file() {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};

@@ -244,10 +244,14 @@ pub fn completion_body(
     error: &Option<String>,
     completed_at: &str,
 ) -> Value {
+    // Second line of defence: handlers redact what they report, but a token echoed by a child
+    // or quoted in an error must never reach the team's job table.
+    let mut result = result.clone().unwrap_or(Value::Null);
+    crate::redact::redact_json(&mut result);
     json!({
         "status": status,
-        "result": result.clone().unwrap_or(Value::Null),
-        "error": error.clone().filter(|e| !e.is_empty()),
+        "result": result,
+        "error": error.as_deref().filter(|e| !e.is_empty()).map(crate::redact::redact),
         "completed_at": completed_at,
     })
 }
@@ -340,17 +344,21 @@ pub struct GatewayEvent {
 
 /// The insert body: message cut to 2000 characters (+ "..."), details an object.
 pub fn event_body(s: &Session, ev: &GatewayEvent) -> Value {
-    let message = if ev.message.chars().count() > 2000 {
-        let mut m: String = ev.message.chars().take(2000).collect();
+    // Redacted before cutting, so a secret is never left half-visible at the cut; a second
+    // line of defence behind the callers' own redaction.
+    let redacted = crate::redact::redact(&ev.message);
+    let message = if redacted.chars().count() > 2000 {
+        let mut m: String = redacted.chars().take(2000).collect();
         m.push_str("...");
         m
     } else {
-        ev.message.clone()
+        redacted
     };
-    let details = match &ev.details {
+    let mut details = match &ev.details {
         Value::Object(_) => ev.details.clone(),
         _ => json!({}),
     };
+    crate::redact::redact_json(&mut details);
     json!({
         "gateway_id": s.gateway_id,
         "team_id": s.team_id,
@@ -436,6 +444,33 @@ mod tests {
         let mut r = row();
         r["payload"] = json!("{\"a\":1}");
         assert_eq!(decode_job(&r).unwrap().payload, json!({"a": 1}));
+    }
+
+    #[test]
+    fn registered_secrets_never_reach_completion_or_event_bodies() {
+        let secret = "opaque-refresh-c0ffee-4242";
+        crate::redact::register_secret(secret);
+        let err = format!("handler failed: child said {secret}");
+        let b = completion_body(
+            "failed",
+            &Some(json!({"stdout": format!("x {secret} y"), "nested": [secret]})),
+            &Some(err.clone()),
+            "t",
+        );
+        let text = b.to_string();
+        assert!(!text.contains(secret), "{text}");
+        assert!(b["error"].as_str().unwrap().starts_with("handler failed"));
+        let s = wire_session("http://127.0.0.1:9", "tok");
+        let ev = GatewayEvent {
+            level: Level::Error,
+            code: Some("job_failed".into()),
+            provider: None,
+            message: err,
+            details: json!({"error": secret}),
+        };
+        let text = event_body(&s, &ev).to_string();
+        assert!(!text.contains(secret), "{text}");
+        assert!(text.contains("handler failed"), "{text}");
     }
 
     #[test]

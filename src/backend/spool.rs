@@ -3,8 +3,7 @@
 //! accepted the completion.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -59,28 +58,14 @@ impl Spool {
         &self.dir
     }
 
-    /// Stores the completion body of a job (replacing an older one for the same job).
+    /// Stores the completion body of a job (replacing an older one for the same job), through
+    /// the owner-only atomic writer: a fresh temp file (O_EXCL|O_NOFOLLOW, 0600), fsync,
+    /// rename. A symlink or another user's file planted in the spool is never written through.
     pub fn put(&self, job_id: &str, body: &Value) -> Result<(), String> {
-        let name = file_name(job_id);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let dst = self.dir.join(&name);
+        let dst = self.dir.join(file_name(job_id));
         let data = json!({ "job_id": job_id, "body": body }).to_string();
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(data.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &dst)?;
-            Ok(())
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", dst.display())
-        })
+        crate::config::secure::write_atomic(&dst, data.as_bytes(), true)
+            .map_err(|e| format!("cannot write {}: {e}", dst.display()))
     }
 
     /// Every readable entry, oldest file first. Unreadable files are renamed `*.bad` (kept for a
@@ -199,6 +184,26 @@ mod tests {
         fs::write(s.dir().join("broken.json"), "{").unwrap();
         assert!(s.entries().is_empty());
         assert!(s.dir().join("broken.bad").exists());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn put_never_writes_through_a_planted_symlink() {
+        let d = tmpdir("link");
+        let s = Spool::open(&d.join("spool")).unwrap();
+        let victim = d.join("victim");
+        fs::write(&victim, "keep me").unwrap();
+        // The old writer used a fixed temp name opened with create+truncate: a symlink there
+        // made the gateway truncate and overwrite the target.
+        std::os::unix::fs::symlink(&victim, s.dir().join(".job-1.json.tmp")).unwrap();
+        // A symlink at the destination name is refused too.
+        std::os::unix::fs::symlink(&victim, s.dir().join("job-2.json")).unwrap();
+        s.put("job-1", &json!({"status": "completed"})).unwrap();
+        assert!(s.put("job-2", &json!({"status": "completed"})).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep me");
+        let e = s.entries();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].job_id, "job-1");
         let _ = fs::remove_dir_all(&d);
     }
 }

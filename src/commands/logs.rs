@@ -319,6 +319,27 @@ fn follow(
     }
 }
 
+/// Where the log is chosen, for every error: the user may be looking at the wrong file.
+const LOG_PATH_HINT: &str = "if the gateway logs elsewhere, point at its log with --log-path PATH or PANORAMA_GATEWAY_LOG_PATH (same as the running gateway's)";
+
+/// The message for a log file that cannot be read: what happened and what to do next.
+fn read_error(path: &Path, kind: io::ErrorKind, err: &str) -> String {
+    let p = path.display();
+    let what = match kind {
+        io::ErrorKind::NotFound => format!(
+            "no log file at {p} yet: the gateway has not run with this configuration; start it with `panorama-gateway start`, or"
+        ),
+        io::ErrorKind::IsADirectory => format!(
+            "cannot read the log file {p}: it is a directory ({err}); move it away or"
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "cannot read the log file {p}: {err}; run logs as the user that runs the gateway, or"
+        ),
+        _ => format!("cannot read the log file {p}: {err}; check the file and the disk, or"),
+    };
+    format!("ERROR {what} {LOG_PATH_HINT}")
+}
+
 /// Runs `logs`; returns the exit code.
 pub fn run(settings: &Settings, lines: usize, follow_on: bool) -> i32 {
     let path = &settings.paths.log_path;
@@ -327,8 +348,13 @@ pub fn run(settings: &Settings, lines: usize, follow_on: bool) -> i32 {
     if settings.verbose {
         eprintln!("Log file: {}", path.display());
     }
-    // Open once: the tail and the follow start at the same length, nothing is missed.
-    let mut current = File::open(path).ok();
+    // Open once: the tail and the follow start at the same length, nothing is missed. Only a
+    // missing file means "not yet": any other open error (permissions) is reported, not waited
+    // on forever.
+    let opened = File::open(path);
+    let open_err = opened.as_ref().err().map(|e| io::Error::from(e.kind()));
+    let open_err_text = opened.as_ref().err().map(|e| e.to_string());
+    let mut current = opened.ok();
     let len = current
         .as_ref()
         .and_then(|f| f.metadata().ok())
@@ -336,22 +362,17 @@ pub fn run(settings: &Settings, lines: usize, follow_on: bool) -> i32 {
         .unwrap_or(0);
     let tail = match current.as_mut() {
         Some(f) => tail_file(f, len, lines),
-        None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        None => Err(open_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound))),
     };
     let (mut data, count) = match tail {
         Ok(v) => v,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if !follow_on {
-                eprintln!(
-                    "ERROR no log file at {} yet: the gateway has not run with this configuration (start it with panorama-gateway start)",
-                    path.display()
-                );
-                return 1;
-            }
-            (Vec::new(), 0)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && follow_on => (Vec::new(), 0),
         Err(e) => {
-            eprintln!("ERROR cannot read the log file {}: {e}", path.display());
+            let shown = match (&current, open_err_text) {
+                (None, Some(t)) => t,
+                _ => e.to_string(),
+            };
+            eprintln!("{}", read_error(path, e.kind(), &shown));
             return 1;
         }
     };
@@ -383,6 +404,18 @@ pub fn run(settings: &Settings, lines: usize, follow_on: bool) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_read_error_says_what_to_do() {
+        use io::ErrorKind::*;
+        for k in [NotFound, IsADirectory, PermissionDenied, InvalidData, Other] {
+            let m = read_error(Path::new("/x/gateway.log"), k, "boom");
+            assert!(m.starts_with("ERROR "), "{m}");
+            assert!(m.contains("/x/gateway.log"), "{m}");
+            assert!(m.contains("--log-path"), "{m}");
+            assert!(m.contains("PANORAMA_GATEWAY_LOG_PATH"), "{m}");
+        }
+    }
 
     #[test]
     fn tails() {

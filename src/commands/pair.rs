@@ -23,6 +23,21 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
         eprintln!("Get a code in Panorama (team settings → gateways → pair a gateway).");
         return 2;
     }
+    // The code is single-use: everything the save after the exchange needs is checked first,
+    // so a full disk or an unusable config directory does not burn it.
+    let ready = crate::config::secure::ensure_dir(&settings.paths.config_dir)
+        .and_then(|_| state::check_writable(&settings.paths.config_path));
+    if let Err(e) = ready {
+        eprintln!(
+            "Cannot save a pairing: {}.",
+            e.to_string().trim_end_matches('.')
+        );
+        eprintln!(
+            "The pairing code was not used: fix this (or choose another --config-dir / --config-path), then run pair again with the same code."
+        );
+        log::warn!(target: "pair", "pairing not attempted: the state cannot be saved: {e}");
+        return 1;
+    }
     let existing = match state::load(&settings.paths.config_path) {
         Ok(s) => s,
         Err(e) => {

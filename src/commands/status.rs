@@ -158,6 +158,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
     };
     let mut detail = rt.as_ref().and_then(|s| s.detail.clone());
     let save_error = rt.as_ref().and_then(|s| s.config_save_error.clone());
+    let results_pending = rt.as_ref().map(|s| s.results_pending).unwrap_or(0);
     let mut connected = running && connection == "connected";
     if connected {
         if let Some(age) = hb_age {
@@ -180,7 +181,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
         EXIT_NOT_PAIRED
     } else if !running {
         EXIT_NOT_RUNNING
-    } else if connected && paired == Some(true) && save_error.is_none() {
+    } else if connected && paired == Some(true) && save_error.is_none() && results_pending == 0 {
         EXIT_CONNECTED
     } else {
         EXIT_DEGRADED
@@ -217,6 +218,8 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
             "jobs_in_flight": rt.as_ref().map(|s| s.jobs_in_flight),
             "jobs_completed": rt.as_ref().map(|s| s.jobs_completed),
             "jobs_failed": rt.as_ref().map(|s| s.jobs_failed),
+            "results_spooled": rt.as_ref().map(|s| s.results_spooled),
+            "results_pending": rt.as_ref().map(|s| s.results_pending),
             "restart_pending": rt.as_ref().map(|s| s.restart_pending),
             "config_save_error": save_error,
             "stale_pid": stale_pid,
@@ -303,6 +306,15 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
                     "Restart: pending (upgraded binary; draining)".into(),
                 );
             }
+        }
+        if results_pending > 0 {
+            line(
+                &mut out,
+                format!(
+                    "WARNING {results_pending} job result(s) could not be delivered nor written to the spool; held in memory and retried, lost if the gateway dies. Fix the spool directory ({}) or free disk space; `panorama-gateway logs` shows why",
+                    paths.spool_dir.display()
+                ),
+            );
         }
         if let Some(e) = &save_error {
             line(

@@ -280,6 +280,38 @@ where
     Ok(state)
 }
 
+/// Checks that [`update`] of `path` would succeed without changing anything: the directory is
+/// usable (created 0700 when missing, refused when it is a file, a symlink or someone else's),
+/// the lock can be taken, an existing file is readable and valid, and a file of a full state's
+/// size can be written, fsync'ed and renamed there (a probe beside it, removed again). For
+/// steps that cannot be repeated when the save fails afterwards (spending a one-time pairing
+/// code). An existing gateway.json is never rewritten.
+pub fn check_writable(path: &Path) -> Result<(), StateError> {
+    let dir = parent_dir(path);
+    secure::ensure_parent_dir(&dir)?;
+    let lp = lock_path(path);
+    let lock = secure::open_rw_secure(&lp)?;
+    // SAFETY: flock on a descriptor we own; a failure only means no serialisation here.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    load(path)?;
+    let mut probe = path.as_os_str().to_owned();
+    probe.push(format!(".probe-{}", std::process::id()));
+    let probe = PathBuf::from(probe);
+    // About the size of a paired state (two JWT-sized tokens, the key, ids): a nearly full
+    // disk fails here rather than after the code is spent.
+    let result = secure::write_atomic(&probe, &[b' '; 8192], true).map_err(|e| match e {
+        StateError::Io { action, err, .. } => StateError::Io {
+            path: path.to_path_buf(),
+            action,
+            err,
+        },
+        other => other,
+    });
+    let _ = fs::remove_file(&probe);
+    drop(lock);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +321,31 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn check_writable_leaves_the_state_untouched() {
+        let d = tmpdir("probe");
+        let p = d.join("gateway.json");
+        check_writable(&p).unwrap();
+        assert!(!p.exists(), "no state file is created");
+        let text = r#"{"accessToken":"a",  "zzz":1}"#;
+        fs::write(&p, text).unwrap();
+        check_writable(&p).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), text);
+        let left: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("probe") || n.contains(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        fs::write(&p, "{").unwrap();
+        assert!(
+            check_writable(&p).is_err(),
+            "a corrupt file would fail the save"
+        );
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

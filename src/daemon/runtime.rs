@@ -5,7 +5,10 @@
 //! Data flows one way: realtime reader / reconcile → bounded channel (dedup by job id) →
 //! workers (claim → handler → complete) → backend. Completions the backend does not take are
 //! retried with backoff, then spooled to owner-only files and flushed after a reconnect or a
-//! restart. `subagent_cancel` jobs bypass the channel.
+//! restart. A result the spool cannot store either is held in memory (bounded), retried by the
+//! reconcile loop and once more at shutdown, counted as `results_pending` in the status file,
+//! and named in an error line if still undeliverable at exit. `subagent_cancel` jobs bypass
+//! the channel.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -208,7 +211,14 @@ struct Shared {
     heartbeat_error: Mutex<Option<String>>,
     /// The error of the last reconcile, if it failed.
     reconcile_error: Mutex<Option<String>>,
+    /// Completions that could neither be delivered nor spooled (job id, body), oldest first:
+    /// retried by the reconcile loop and once more at shutdown. Bounded by [`MAX_PENDING`].
+    pending: Mutex<VecDeque<(String, Value)>>,
 }
+
+/// At most this many undeliverable, unspoolable results are held in memory (bodies can be
+/// large). Beyond it the oldest is given up, loudly.
+const MAX_PENDING: usize = 256;
 
 impl Shared {
     /// Queues a gateway_events row (bounded; the heartbeat thread sends it).
@@ -293,6 +303,7 @@ impl Shared {
         let completed = self.completed.load(Ordering::SeqCst);
         let failed = self.failed.load(Ordering::SeqCst);
         let spooled = self.spool.len() as u64;
+        let pending = lock(&self.pending).len() as u64;
         let last_rec = lock(&self.last_reconcile_ok).map(instant_to_rfc3339);
         (self.status)(&|s: &mut RuntimeStatus| {
             s.connection = conn.clone();
@@ -301,6 +312,7 @@ impl Shared {
             s.jobs_completed = completed;
             s.jobs_failed = failed;
             s.results_spooled = spooled;
+            s.results_pending = pending;
             if last_rec.is_some() {
                 s.last_reconcile_at = last_rec.clone();
             }
@@ -649,10 +661,83 @@ impl Shared {
                     json!({ "job_id": job_id }),
                 );
             }
-            Err(e) => {
-                log::error!(target: "worker", "LOST RESULT of job {job_id}: cannot spool it: {e}")
+            Err(e) => self.hold_pending(job_id, body, &e),
+        }
+    }
+
+    /// A result the backend did not take and the spool could not store: kept in memory and
+    /// retried (delivery and spooling) by the reconcile loop until shutdown, never dropped
+    /// silently.
+    fn hold_pending(&self, job_id: &str, body: &Value, spool_error: &str) {
+        let n = {
+            let mut p = lock(&self.pending);
+            p.retain(|(id, _)| id != job_id);
+            if p.len() >= MAX_PENDING {
+                if let Some((old, _)) = p.pop_front() {
+                    log::error!(target: "worker", "LOST RESULT of job {old}: more than {MAX_PENDING} results wait in memory (the spool is unwritable and the backend away); the next start fails it ({RESTART_JOB_ERROR}). Fix the spool directory {}", self.spool.dir().display());
+                }
+            }
+            p.push_back((job_id.to_string(), body.clone()));
+            p.len()
+        };
+        log::error!(target: "worker", "cannot spool the result of job {job_id}: {spool_error}; holding it in memory and retrying ({n} result(s) held). Fix the spool directory {} or free disk space: a result still held when the gateway stops is lost", self.spool.dir().display());
+        self.event(
+            Level::Error,
+            "result_pending",
+            format!("The result of job {job_id} could not be delivered nor stored on the host; it is held in memory and retried"),
+            json!({ "job_id": job_id }),
+        );
+        self.push_status(true);
+    }
+
+    /// Retries the results held in memory: delivery first, then the spool. Once the backend
+    /// fails transiently, the rest only try the spool (each delivery try could take a whole
+    /// request timeout). Returns how many are still held.
+    fn retry_pending(&self) -> usize {
+        let held: Vec<(String, Value)> = lock(&self.pending).iter().cloned().collect();
+        if held.is_empty() {
+            return 0;
+        }
+        let mut backend_away = false;
+        let mut done: Vec<String> = Vec::new();
+        for (id, body) in &held {
+            if !backend_away {
+                match wire::complete(&self.session, id, body) {
+                    Ok(()) => {
+                        log::info!(target: "worker", "delivered the held result of job {id}");
+                        done.push(id.clone());
+                        continue;
+                    }
+                    Err(e) if e.is_retryable() || matches!(e, Error::Reauth(_)) => {
+                        log::debug!(target: "worker", "held result of job {id} not accepted yet: {e}");
+                        backend_away = true;
+                    }
+                    Err(e) => {
+                        self.reject_fallback(id, &e);
+                        done.push(id.clone());
+                        continue;
+                    }
+                }
+            }
+            if self.spool.put(id, body).is_ok() {
+                log::info!(target: "worker", "held result of job {id} written to the spool");
+                done.push(id.clone());
             }
         }
+        let left = {
+            let mut p = lock(&self.pending);
+            // Only what was retried goes: a newer body held meanwhile for the same job stays.
+            p.retain(|(id, b)| {
+                !held
+                    .iter()
+                    .any(|(hi, hb)| hi == id && hb == b && done.contains(id))
+            });
+            p.len()
+        };
+        if !done.is_empty() {
+            self.push_status(true);
+        }
+        left
     }
 
     /// The backend refused a completion for good (say 413 for a result too large, or 400): the
@@ -1004,6 +1089,9 @@ fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
         if s.shutdown.is_draining() {
             return;
         }
+        if !lock(&s.pending).is_empty() {
+            s.retry_pending();
+        }
         if !startup_done {
             // Spooled results first (they win over recovery), then crash recovery.
             s.flush_spool();
@@ -1272,6 +1360,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         heartbeat_ok_at: Mutex::new(None),
         heartbeat_error: Mutex::new(None),
         reconcile_error: Mutex::new(None),
+        pending: Mutex::new(VecDeque::new()),
     });
     shared.event(
         Level::Info,
@@ -1424,7 +1513,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
                 };
             if !sent {
                 if let Err(e) = shared.spool.put(&id, &body) {
-                    log::error!(target: "runtime", "LOST RESULT of job {id}: cannot spool it: {e}; the next start fails it ({RESTART_JOB_ERROR})");
+                    shared.hold_pending(&id, &body, &e);
                 }
             }
         }
@@ -1432,6 +1521,13 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     drop(workers_stop_tx);
     for w in workers {
         join_within(w, Duration::from_secs(2), "a worker thread");
+    }
+    // Last chance for results held in memory: deliver or spool them, else say loudly what is
+    // lost (the next start fails those jobs).
+    if shared.retry_pending() > 0 {
+        for (id, _) in lock(&shared.pending).iter() {
+            log::error!(target: "runtime", "LOST RESULT of job {id}: the backend did not take it and the spool {} is unwritable; the next start fails the job ({RESTART_JOB_ERROR})", shared.spool.dir().display());
+        }
     }
     // Remote shell sessions outlive single jobs: end them (process groups killed) before the
     // process exits or re-executes itself for an upgrade.

@@ -34,6 +34,10 @@ pub struct RuntimeStatus {
     /// Results waiting in the spool for the backend to accept them.
     #[serde(default)]
     pub results_spooled: u64,
+    /// Results that could neither be delivered nor spooled (spool unwritable while the backend
+    /// was away): held in memory and retried; lost if the daemon dies before one works.
+    #[serde(default)]
+    pub results_pending: u64,
     /// `started_at` as seconds since the epoch (uptime without parsing dates).
     #[serde(default)]
     pub started_at_unix: u64,
