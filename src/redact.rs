@@ -273,6 +273,27 @@ fn mask_known(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Masks only the registered secret values (no patterns): for data that belongs to the user
+/// (job results, command lines, model output), where a pattern could mangle ordinary text but
+/// the gateway's own tokens and keys must still never appear.
+pub fn mask_known_secrets(text: &str) -> String {
+    mask_known(text).into_owned()
+}
+
+/// [`mask_known_secrets`] on every string of a JSON value, in place; keys are left alone.
+pub fn mask_known_secrets_json(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(m) = mask_known(s) {
+                *s = m;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(mask_known_secrets_json),
+        Value::Object(m) => m.values_mut().for_each(mask_known_secrets_json),
+        _ => {}
+    }
+}
+
 /// [`redact`] with other markers and extra sensitive key names.
 pub fn redact_with(text: &str, rules: &Rules) -> String {
     let masked = mask_known(text);

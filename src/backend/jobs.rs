@@ -244,14 +244,19 @@ pub fn completion_body(
     error: &Option<String>,
     completed_at: &str,
 ) -> Value {
-    // Second line of defence: handlers redact what they report, but a token echoed by a child
-    // or quoted in an error must never reach the team's job table.
+    // Second line of defence: handlers redact what they report, but the gateway's own tokens
+    // and keys echoed by a child or quoted in an error must never reach the team's job table.
+    // Only the known secret values are masked: results are the user's data (commands, model
+    // output), which pattern-based redaction would corrupt.
     let mut result = result.clone().unwrap_or(Value::Null);
-    crate::redact::redact_json(&mut result);
+    crate::redact::mask_known_secrets_json(&mut result);
     json!({
         "status": status,
         "result": result,
-        "error": error.as_deref().filter(|e| !e.is_empty()).map(crate::redact::redact),
+        "error": error
+            .as_deref()
+            .filter(|e| !e.is_empty())
+            .map(crate::redact::mask_known_secrets),
         "completed_at": completed_at,
     })
 }
@@ -444,6 +449,19 @@ mod tests {
         let mut r = row();
         r["payload"] = json!("{\"a\":1}");
         assert_eq!(decode_job(&r).unwrap().payload, json!({"a": 1}));
+    }
+
+    #[test]
+    fn completion_results_keep_user_data_that_only_looks_secret() {
+        // A shell command mentioning a key variable, a model's JSON with a `token` field and
+        // usage counters are the user's data: only registered secret values are masked.
+        let result = json!({
+            "command": "echo \"key=${SUPABASE_ANON_KEY:-unset}\"",
+            "output": {"token": "abc", "password": "hunter2"},
+            "usage": {"input_tokens": 12, "output_tokens": 3},
+        });
+        let b = completion_body("completed", &Some(result.clone()), &None, "t");
+        assert_eq!(b["result"], result);
     }
 
     #[test]
