@@ -185,7 +185,7 @@ pub fn run_with_timeout(mut c: Command, timeout: Duration) -> Output {
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = c.spawn().expect("spawn panorama-gateway");
+    let child = spawn_retrying(&mut c);
     let mut g = ChildGuard(Some(child));
     let deadline = Instant::now() + timeout;
     loop {
@@ -205,7 +205,7 @@ pub struct ChildGuard(pub Option<Child>);
 impl ChildGuard {
     pub fn spawn(mut c: Command) -> ChildGuard {
         c.stdin(Stdio::null());
-        ChildGuard(Some(c.spawn().expect("spawn")))
+        ChildGuard(Some(spawn_retrying(&mut c)))
     }
     pub fn pid(&self) -> u32 {
         self.0.as_ref().unwrap().id()
@@ -335,4 +335,20 @@ pub fn capture(
         }
     });
     s
+}
+
+/// Spawns `c`, retrying while the executable is "busy" (ETXTBSY): a test that has just copied
+/// a binary races the fork of a parallel test thread, which briefly inherits the copy's write
+/// descriptor (a known Linux/test-harness race, not a gateway behaviour).
+pub fn spawn_retrying(c: &mut Command) -> std::process::Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn {:?}: {e}", c.get_program()),
+        }
+    }
 }
