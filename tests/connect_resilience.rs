@@ -519,7 +519,12 @@ fn a_result_neither_delivered_nor_spooled_is_held_and_delivered_once() {
     wait_for("nothing held any more", Duration::from_secs(10), || {
         (gw.status_file()["results_pending"] == 0).then_some(())
     });
-    assert_eq!(gw.run(&["status"]).0, 0);
+    // Connected and healthy again once reconcile and heartbeat succeed after the outage.
+    wait_for(
+        "status to report connected",
+        Duration::from_secs(30),
+        || (gw.run(&["status"]).0 == 0).then_some(()),
+    );
     assert_eq!(starts_per_job(&gw).get(&id), Some(&1), "ran once");
     assert!(!gw.log().contains("LOST RESULT"), "{}", gw.log());
 
