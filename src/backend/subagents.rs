@@ -190,23 +190,23 @@ pub fn insert_event(
             "payload": payload,
         })
     };
-    match rest::insert(s, "subagent_run_events", &row(sequence)) {
-        Ok(()) => Some(sequence),
-        Err(e) if is_unique_violation(&e) => {
-            let seq = next_sequence(s, &t.run_id);
-            match rest::insert(s, "subagent_run_events", &row(seq)) {
-                Ok(()) => Some(seq),
-                Err(e) => {
-                    log::warn!(target: "subagent", "run event {kind} of run {} dropped after a sequence retry: {e}", t.run_id);
-                    None
-                }
+    // Two writers (the run and a cancel job) may take the same next sequence: on a unique
+    // violation, read the next free one again, a few times, before giving the event up.
+    const SEQUENCE_TRIES: usize = 5;
+    let mut seq = sequence;
+    for attempt in 1..=SEQUENCE_TRIES {
+        match rest::insert(s, "subagent_run_events", &row(seq)) {
+            Ok(()) => return Some(seq),
+            Err(e) if is_unique_violation(&e) && attempt < SEQUENCE_TRIES => {
+                seq = next_sequence(s, &t.run_id);
+            }
+            Err(e) => {
+                log::warn!(target: "subagent", "run event {kind} of run {} dropped after {attempt} attempt(s): {e}", t.run_id);
+                return None;
             }
         }
-        Err(e) => {
-            log::warn!(target: "subagent", "run event {kind} of run {} dropped: {e}", t.run_id);
-            None
-        }
     }
+    None
 }
 
 /// What `finalize-gateway-subagent-run` answered (§5.3).

@@ -2335,14 +2335,7 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
                 }
             }
         };
-        let is_active = match target_job {
-            Some(job) => {
-                (ctx.cancel_running)(&job);
-                ctx.children.kill_job(&job, CANCEL_GRACE);
-                true
-            }
-            None => false,
-        };
+        let is_active = target_job.is_some();
         log::info!(target: "subagent", "subagent cancel requested subagent={sid} run={run_id} active_process={is_active}");
         let t = EventTarget {
             run_id: run_id.clone(),
@@ -2350,12 +2343,18 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
             team_id: team_id.clone(),
             gateway_id: gid.clone(),
         };
+        // The request is recorded before the run is signalled, so the run's own
+        // `cancellation_acknowledged` always follows it in the run's event sequence.
         emit_once(
             &session,
             &t,
             "cancellation_requested",
             json!({"reason": reason, "source": "gateway_cancel_job", "active_process": is_active, "cancel_state": "requested"}),
         );
+        if let Some(job) = target_job {
+            (ctx.cancel_running)(&job);
+            ctx.children.kill_job(&job, CANCEL_GRACE);
+        }
         ok(json!({
             "subagent_id": sid, "run_id": run_id, "cancelled_active_run": is_active,
             "reason": reason, "cancel_result": "accepted", "cancel_state": "requested",
