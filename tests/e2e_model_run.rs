@@ -12,14 +12,12 @@
 mod connect_support;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use connect_support::*;
 use serde_json::{json, Value};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bin");
 const JOB_WAIT: Duration = Duration::from_secs(40);
 
 /// Settings and secrets in the daemon's environment that no CLI may see (PROTOCOL.md §11).
@@ -70,76 +68,6 @@ fn unhealthy(label: &str) -> String {
     format!("Gateway provider {label} is unhealthy. Try another provider or run \"panorama-gateway doctor\". Details: ")
 }
 
-/// A directory holding only a `python3` link (the fakes' interpreter, without the pyenv shim).
-fn python_dir(dir: &Path) -> PathBuf {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs the fake CLIs");
-    let exe = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let d = dir.join("pybin");
-    std::fs::create_dir_all(&d).unwrap();
-    std::os::unix::fs::symlink(exe, d.join("python3")).unwrap();
-    d
-}
-
-/// A wrapper `dir/<name>` that applies the prompt's `@set:FAKE_CLI_*=value@` tokens, fixes
-/// how `--help` answers (`full`, `old`, `fail`), and execs the fake CLI.
-fn wrapper(dir: &Path, name: &str, help: &str) -> PathBuf {
-    let path = dir.join(name);
-    let script = format!(
-        r#"#!/bin/sh
-export FAKE_CLI_HELP='{help}'
-last=
-for a in "$@"; do last=$a; done
-rest=$last
-while :; do
-  case $rest in *@set:*) ;; *) break ;; esac
-  rest=${{rest#*@set:}}
-  kv=${{rest%%@*}}
-  case $kv in FAKE_CLI_*=*) export "$kv" ;; esac
-done
-exec '{FIXTURES}/{name}' "$@"
-"#
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// `(pid, state, ppid)` of every process, from /proc.
-fn processes() -> Vec<(i32, char, i32)> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        v.push((pid, state, ppid));
-    }
-    v
-}
-
-fn proc_entry(pid: i32) -> Option<(char, i32)> {
-    processes()
-        .into_iter()
-        .find(|(p, _, _)| *p == pid)
-        .map(|(_, s, pp)| (s, pp))
-}
-
-/// Gone, or a zombie (dead; whoever its parent is now reaps it).
-fn dead(pid: i32) -> bool {
-    !matches!(proc_entry(pid), Some((s, _)) if s != 'Z')
-}
-
 /// Kills leftover pids when a test fails half-way.
 struct KillOnDrop(Vec<i32>);
 
@@ -179,16 +107,7 @@ impl World {
     fn new(help: [Option<&str>; 3]) -> World {
         let b = Backend::start();
         let mut gw = Gateway::new(&b);
-        let root = gw.dir.path().to_path_buf();
-        let bin = root.join("bin");
-        let rec = root.join("rec");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(&rec).unwrap();
-        let py = python_dir(&root);
-        let path = format!("{}:/usr/bin:/bin", py.display());
-        gw.set_env("PATH", &path);
-        // No login-shell probe for CLIs `pair` does not find (empty SHELL counts as unset).
-        gw.set_env("SHELL", "");
+        let (root, bin, rec) = fake_cli_dirs(&mut gw);
         let (code, team) = b.pairing_code(None);
         gw.pair(&code);
         let gid = gw.gateway_id();
@@ -199,7 +118,7 @@ impl World {
             .collect();
         let clis = [("claude", help[0]), ("codex", help[1]), ("gemini", help[2])].map(
             |(name, h)| match h {
-                Some(h) => wrapper(&bin, name, h),
+                Some(h) => fake_cli_wrapper(&bin, name, Some(h)),
                 None => root.join("not-installed").join(name),
             },
         );
@@ -248,14 +167,7 @@ impl World {
 
     /// The prompt of job `tag`: `text`, then the fake's record file and `sets` as tokens.
     fn prompt(&self, tag: &str, text: &str, sets: &[(&str, &str)]) -> String {
-        let mut p = format!(
-            "{text} @set:FAKE_CLI_RECORD={}@",
-            self.rec.join(format!("{tag}.jsonl")).display()
-        );
-        for (k, v) in sets {
-            p.push_str(&format!(" @set:{k}={v}@"));
-        }
-        p
+        fake_cli_prompt(&self.rec, tag, text, sets)
     }
 
     /// Queues a model_run: `payload` plus a prompt built by [`World::prompt`].

@@ -6,14 +6,12 @@
 
 mod connect_support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use connect_support::*;
 use serde_json::{json, Value};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bin");
 const JOB_WAIT: Duration = Duration::from_secs(40);
 
 const DEFAULT_APPEND: &str = "You cannot write or interact with files in this environment. Include a brief \"Approach Summary\".";
@@ -23,66 +21,6 @@ fn uuid() -> String {
         .unwrap()
         .trim()
         .to_string()
-}
-
-/// A directory holding only a `python3` link (the fakes' interpreter).
-fn python_dir(dir: &Path) -> PathBuf {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs the fake CLIs");
-    let exe = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let d = dir.join("pybin");
-    std::fs::create_dir_all(&d).unwrap();
-    std::os::unix::fs::symlink(exe, d.join("python3")).unwrap();
-    d
-}
-
-fn wrapper(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let script = format!(
-        r#"#!/bin/sh
-last=
-for a in "$@"; do last=$a; done
-rest=$last
-while :; do
-  case $rest in *@set:*) ;; *) break ;; esac
-  rest=${{rest#*@set:}}
-  kv=${{rest%%@*}}
-  case $kv in FAKE_CLI_*=*) export "$kv" ;; esac
-done
-exec '{FIXTURES}/{name}' "$@"
-"#
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// `(pid, state, ppid)` of every process, from /proc.
-fn processes() -> Vec<(i32, char, i32)> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        v.push((pid, state, ppid));
-    }
-    v
-}
-
-/// Gone, or a zombie.
-fn dead(pid: i32) -> bool {
-    !processes().iter().any(|(p, s, _)| *p == pid && *s != 'Z')
 }
 
 struct World {
@@ -103,14 +41,7 @@ impl World {
     fn new(install_full_control: bool) -> World {
         let b = Backend::start();
         let mut gw = Gateway::new(&b);
-        let root = gw.dir.path().to_path_buf();
-        let bin = root.join("bin");
-        let rec = root.join("rec");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(&rec).unwrap();
-        let py = python_dir(&root);
-        gw.set_env("PATH", &format!("{}:/usr/bin:/bin", py.display()));
-        gw.set_env("SHELL", "");
+        let (_, bin, rec) = fake_cli_dirs(&mut gw);
         gw.set_env(
             "DATABASE_URL",
             "postgres://e2e:e2e-db-password@127.0.0.1:1/db",
@@ -123,9 +54,9 @@ impl World {
             let (rc, out, err) = gw.run(&["full-control", "enable"]);
             assert_eq!(rc, 0, "full-control enable: {out} {err}");
         }
-        let claude = wrapper(&bin, "claude");
-        wrapper(&bin, "codex");
-        wrapper(&bin, "gemini");
+        let claude = fake_cli_wrapper(&bin, "claude", None);
+        fake_cli_wrapper(&bin, "codex", None);
+        fake_cli_wrapper(&bin, "gemini", None);
         World {
             b,
             gw,
@@ -154,14 +85,7 @@ impl World {
     }
 
     fn prompt(&self, tag: &str, sets: &[(&str, &str)]) -> String {
-        let mut p = format!(
-            "Research {tag}. @set:FAKE_CLI_RECORD={}@",
-            self.rec.join(format!("{tag}.jsonl")).display()
-        );
-        for (k, v) in sets {
-            p.push_str(&format!(" @set:{k}={v}@"));
-        }
-        p
+        fake_cli_prompt(&self.rec, tag, &format!("Research {tag}."), sets)
     }
 
     /// A running subagent with an accepted running run (what the backend writes on admission).

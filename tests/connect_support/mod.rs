@@ -469,3 +469,108 @@ pub fn read_pid(dir: &Path, sleep_secs: u32) -> Option<i32> {
         .parse()
         .ok()
 }
+
+/// The fake provider CLIs (tests/fixtures/bin).
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bin");
+
+/// A directory holding only a `python3` link (the fakes' interpreter, without the pyenv shim).
+pub fn python_dir(dir: &Path) -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs the fake CLIs");
+    let exe = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let d = dir.join("pybin");
+    std::fs::create_dir_all(&d).unwrap();
+    std::os::unix::fs::symlink(exe, d.join("python3")).unwrap();
+    d
+}
+
+/// Prepares a gateway to run the fake CLIs: creates `<root>/bin` (for the wrappers) and
+/// `<root>/rec` (for their record files), and gives the daemon a `PATH` with only the fakes'
+/// `python3` and the system dirs, and an empty `SHELL` (no login-shell probe for CLIs `pair`
+/// does not find). Returns `(root, bin, rec)`.
+pub fn fake_cli_dirs(gw: &mut Gateway) -> (PathBuf, PathBuf, PathBuf) {
+    let root = gw.dir.path().to_path_buf();
+    let bin = root.join("bin");
+    let rec = root.join("rec");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&rec).unwrap();
+    let py = python_dir(&root);
+    gw.set_env("PATH", &format!("{}:/usr/bin:/bin", py.display()));
+    gw.set_env("SHELL", "");
+    (root, bin, rec)
+}
+
+/// A wrapper `dir/<name>` that applies the prompt's (last argument's) `@set:FAKE_CLI_*=value@`
+/// tokens, with `help`: fixes how `--help` answers (`full`, `old`, `fail`), and execs the fake.
+pub fn fake_cli_wrapper(dir: &Path, name: &str, help: Option<&str>) -> PathBuf {
+    let path = dir.join(name);
+    let help = help
+        .map(|h| format!("export FAKE_CLI_HELP='{h}'\n"))
+        .unwrap_or_default();
+    let script = format!(
+        r#"#!/bin/sh
+{help}last=
+for a in "$@"; do last=$a; done
+rest=$last
+while :; do
+  case $rest in *@set:*) ;; *) break ;; esac
+  rest=${{rest#*@set:}}
+  kv=${{rest%%@*}}
+  case $kv in FAKE_CLI_*=*) export "$kv" ;; esac
+done
+exec '{FIXTURES}/{name}' "$@"
+"#
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A prompt for the wrapped fakes: `text`, then the record file `rec/<tag>.jsonl` and `sets`
+/// as `@set:` tokens.
+pub fn fake_cli_prompt(rec: &Path, tag: &str, text: &str, sets: &[(&str, &str)]) -> String {
+    let mut p = format!(
+        "{text} @set:FAKE_CLI_RECORD={}@",
+        rec.join(format!("{tag}.jsonl")).display()
+    );
+    for (k, v) in sets {
+        p.push_str(&format!(" @set:{k}={v}@"));
+    }
+    p
+}
+
+/// `(pid, state, ppid)` of every process, from /proc.
+pub fn processes() -> Vec<(i32, char, i32)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        v.push((pid, state, ppid));
+    }
+    v
+}
+
+/// `(state, ppid)` of `pid`, if it exists.
+pub fn proc_entry(pid: i32) -> Option<(char, i32)> {
+    processes()
+        .into_iter()
+        .find(|(p, _, _)| *p == pid)
+        .map(|(_, s, pp)| (s, pp))
+}
+
+/// Gone, or a zombie (dead; whoever its parent is now reaps it).
+pub fn dead(pid: i32) -> bool {
+    !matches!(proc_entry(pid), Some((s, _)) if s != 'Z')
+}
