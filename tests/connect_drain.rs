@@ -12,23 +12,11 @@ use serde_json::json;
 
 #[test]
 fn a_running_job_finishes_within_the_drain_timeout() {
-    let b = Backend::start();
-    let mut gw = Gateway::new(&b);
-    gw.set_env("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "20000");
-    let (code, team) = b.pairing_code(None);
-    gw.pair(&code);
-    let gid = gw.gateway_id();
-    let claude = fake_claude(gw.dir.path(), 2);
-    gw.start_with(&["--claude-cli", &claude]);
-    wait_for("ready", Duration::from_secs(20), || {
-        (b.gateway_row(&gid)["status"] == "ready").then_some(())
-    });
-    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    let (b, mut gw, team, gid) =
+        ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "20000")], 2);
+    arm_fake_claude(&gw);
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
-    let dir = gw.dir.path().to_path_buf();
-    wait_for("the fake CLI to start", Duration::from_secs(20), || {
-        read_pid(&dir, 2)
-    });
+    wait_fake_claude_pid(&gw, "the fake CLI to start", 2);
     let t0 = Instant::now();
     gw.signal(libc::SIGTERM);
     // Queued meanwhile: not taken by a draining gateway.
@@ -53,23 +41,11 @@ fn a_running_job_finishes_within_the_drain_timeout() {
 
 #[test]
 fn past_the_drain_timeout_the_job_is_failed_and_its_child_is_gone() {
-    let b = Backend::start();
-    let mut gw = Gateway::new(&b);
-    gw.set_env("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "1000");
-    let (code, team) = b.pairing_code(None);
-    gw.pair(&code);
-    let gid = gw.gateway_id();
-    let claude = fake_claude(gw.dir.path(), 30);
-    gw.start_with(&["--claude-cli", &claude]);
-    wait_for("ready", Duration::from_secs(20), || {
-        (b.gateway_row(&gid)["status"] == "ready").then_some(())
-    });
-    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    let (b, mut gw, team, gid) =
+        ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "1000")], 30);
+    arm_fake_claude(&gw);
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
-    let dir = gw.dir.path().to_path_buf();
-    let pid = wait_for("the fake CLI to start", Duration::from_secs(20), || {
-        read_pid(&dir, 30)
-    });
+    let pid = wait_fake_claude_pid(&gw, "the fake CLI to start", 30);
     assert!(alive(pid));
     let t0 = Instant::now();
     gw.signal(libc::SIGTERM);
@@ -90,23 +66,11 @@ fn past_the_drain_timeout_the_job_is_failed_and_its_child_is_gone() {
 
 #[test]
 fn a_second_signal_skips_the_wait() {
-    let b = Backend::start();
-    let mut gw = Gateway::new(&b);
-    gw.set_env("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "60000");
-    let (code, team) = b.pairing_code(None);
-    gw.pair(&code);
-    let gid = gw.gateway_id();
-    let claude = fake_claude(gw.dir.path(), 30);
-    gw.start_with(&["--claude-cli", &claude]);
-    wait_for("ready", Duration::from_secs(20), || {
-        (b.gateway_row(&gid)["status"] == "ready").then_some(())
-    });
-    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    let (b, mut gw, team, gid) =
+        ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "60000")], 30);
+    arm_fake_claude(&gw);
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
-    let dir = gw.dir.path().to_path_buf();
-    let pid = wait_for("the fake CLI to start", Duration::from_secs(20), || {
-        read_pid(&dir, 30)
-    });
+    let pid = wait_fake_claude_pid(&gw, "the fake CLI to start", 30);
     let t0 = Instant::now();
     gw.signal(libc::SIGTERM);
     // Draining: no longer taking jobs, so `pending` (backend.md §5.3), and `draining` locally.
@@ -133,23 +97,11 @@ fn a_second_signal_skips_the_wait() {
 
 #[test]
 fn a_result_the_backend_refuses_is_spooled_and_delivered_after_it_recovers() {
-    let b = Backend::start();
-    let mut gw = Gateway::new(&b);
-    gw.set_env("PANORAMA_GATEWAY_COMPLETE_RETRY_MS", "1000");
-    let (code, team) = b.pairing_code(None);
-    gw.pair(&code);
-    let gid = gw.gateway_id();
-    let claude = fake_claude(gw.dir.path(), 1);
-    gw.start_with(&["--claude-cli", &claude]);
-    wait_for("ready", Duration::from_secs(20), || {
-        (b.gateway_row(&gid)["status"] == "ready").then_some(())
-    });
-    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    let (b, mut gw, team, gid) =
+        ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_COMPLETE_RETRY_MS", "1000")], 1);
+    arm_fake_claude(&gw);
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
-    let dir = gw.dir.path().to_path_buf();
-    wait_for("the fake CLI to start", Duration::from_secs(20), || {
-        read_pid(&dir, 1)
-    });
+    wait_fake_claude_pid(&gw, "the fake CLI to start", 1);
     // The backend now refuses every REST call for a while (the harness sees it too).
     b.fault(json!({"fail_next": {"count": 100000, "status": 503, "paths": "rest"}}));
     let st = wait_for("the result in the spool", Duration::from_secs(20), || {
@@ -179,25 +131,17 @@ fn a_result_the_backend_refuses_is_spooled_and_delivered_after_it_recovers() {
 
 #[test]
 fn a_result_the_backend_rejects_for_good_fails_the_job_instead_of_leaving_it_running() {
-    let b = Backend::start();
-    let mut gw = Gateway::new(&b);
     // A quiet gateway: no periodic REST call competes with the completion for the fault.
-    gw.set_env("PANORAMA_GATEWAY_RECONCILE_MS", "60000");
-    gw.set_env("PANORAMA_GATEWAY_HEARTBEAT_MS", "60000");
-    let (code, team) = b.pairing_code(None);
-    gw.pair(&code);
-    let gid = gw.gateway_id();
-    let claude = fake_claude(gw.dir.path(), 2);
-    gw.start_with(&["--claude-cli", &claude]);
-    wait_for("ready", Duration::from_secs(20), || {
-        (b.gateway_row(&gid)["status"] == "ready").then_some(())
-    });
-    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    let (b, mut gw, team, gid) = ready_gateway_with_fake_claude(
+        &[
+            ("PANORAMA_GATEWAY_RECONCILE_MS", "60000"),
+            ("PANORAMA_GATEWAY_HEARTBEAT_MS", "60000"),
+        ],
+        2,
+    );
+    arm_fake_claude(&gw);
     let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
-    let dir = gw.dir.path().to_path_buf();
-    wait_for("the fake CLI to start", Duration::from_secs(20), || {
-        read_pid(&dir, 2)
-    });
+    wait_fake_claude_pid(&gw, "the fake CLI to start", 2);
     // The completion is refused for good (as a result too large would be).
     b.fault(json!({"fail_next": {"count": 1, "status": 413, "paths": "rest"}}));
     let log_path = gw.config_dir().join("gateway.log");

@@ -471,22 +471,13 @@ fn a_backlog_too_big_for_one_reconcile_reply_is_fetched_in_smaller_pages() {
 /// the backend is back, exactly once. At shutdown a result still held is named loudly as lost.
 #[test]
 fn a_result_neither_delivered_nor_spooled_is_held_and_delivered_once() {
-    let b = Backend::start();
-    let mut gw = Gateway::new(&b);
-    gw.set_env("PANORAMA_GATEWAY_COMPLETE_RETRY_MS", "300");
-    let (code, team) = b.pairing_code(None);
-    gw.pair(&code);
-    let gid = gw.gateway_id();
-    let claude = fake_claude(gw.dir.path(), 1);
-    gw.start_with(&["--claude-cli", &claude]);
-    wait_for("ready", Duration::from_secs(20), || {
-        (b.gateway_row(&gid)["status"] == "ready").then_some(())
-    });
+    let (b, mut gw, team, gid) =
+        ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_COMPLETE_RETRY_MS", "300")], 1);
     let spool = gw.config_dir().join("spool");
     assert!(spool.is_dir());
     std::fs::remove_dir_all(&spool).unwrap();
     std::fs::write(&spool, "not a directory").unwrap();
-    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    arm_fake_claude(&gw);
 
     let run_until_held = |gw: &Gateway| {
         let id = b.insert_job(&team, &gid, "diagnostic", json!({}));

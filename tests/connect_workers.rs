@@ -74,18 +74,9 @@ fn a_duplicate_idempotency_key_is_cancelled_without_running() {
 
 #[test]
 fn at_most_concurrency_jobs_run_at_once() {
-    let b = Backend::start();
-    let mut gw = Gateway::new(&b);
-    gw.set_env("PANORAMA_GATEWAY_CONCURRENCY", "2");
-    let (code, team) = b.pairing_code(None);
-    gw.pair(&code);
-    let gid = gw.gateway_id();
-    let claude = fake_claude(gw.dir.path(), 1);
-    gw.start_with(&["--claude-cli", &claude]);
-    wait_for("ready", Duration::from_secs(20), || {
-        (b.gateway_row(&gid)["status"] == "ready").then_some(())
-    });
-    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    let (b, mut gw, team, gid) =
+        ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_CONCURRENCY", "2")], 1);
+    arm_fake_claude(&gw);
     let ids: Vec<String> = (0..5)
         .map(|_| b.insert_job(&team, &gid, "diagnostic", json!({})))
         .collect();
@@ -111,23 +102,11 @@ fn at_most_concurrency_jobs_run_at_once() {
 
 #[test]
 fn subagent_cancel_bypasses_a_full_worker_pool() {
-    let b = Backend::start();
-    let mut gw = Gateway::new(&b);
-    gw.set_env("PANORAMA_GATEWAY_CONCURRENCY", "1");
-    let (code, team) = b.pairing_code(None);
-    gw.pair(&code);
-    let gid = gw.gateway_id();
-    let claude = fake_claude(gw.dir.path(), 4);
-    gw.start_with(&["--claude-cli", &claude]);
-    wait_for("ready", Duration::from_secs(20), || {
-        (b.gateway_row(&gid)["status"] == "ready").then_some(())
-    });
-    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+    let (b, mut gw, team, gid) =
+        ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_CONCURRENCY", "1")], 4);
+    arm_fake_claude(&gw);
     let busy = b.insert_job(&team, &gid, "diagnostic", json!({}));
-    let dir = gw.dir.path().to_path_buf();
-    wait_for("the only worker busy", Duration::from_secs(20), || {
-        read_pid(&dir, 4)
-    });
+    wait_fake_claude_pid(&gw, "the only worker busy", 4);
     let waiting = b.insert_job(&team, &gid, "noop", json!({}));
     let cancel = b.insert_job(&team, &gid, "subagent_cancel", json!({"subagent_id": "s"}));
     let c = wait_job_done(&b, &cancel, Duration::from_secs(3));

@@ -458,6 +458,40 @@ pub fn fake_claude(dir: &Path, sleep_secs: u32) -> String {
     script.display().to_string()
 }
 
+/// A backend and a gateway paired to it with `env` set, running with a `fake_claude` that
+/// sleeps `sleep_secs` once armed; returns `(backend, gateway, team, gateway id)` when the
+/// backend shows the gateway ready. The fake is not armed yet (`arm_fake_claude`).
+pub fn ready_gateway_with_fake_claude(
+    env: &[(&str, &str)],
+    sleep_secs: u32,
+) -> (Backend, Gateway, String, String) {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    for (k, v) in env {
+        gw.set_env(k, v);
+    }
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    let claude = fake_claude(gw.dir.path(), sleep_secs);
+    gw.start_with(&["--claude-cli", &claude]);
+    wait_for("ready", Duration::from_secs(20), || {
+        (b.gateway_row(&gid)["status"] == "ready").then_some(())
+    });
+    (b, gw, team, gid)
+}
+
+/// From now on the gateway's `fake_claude` records its pid and sleeps when run.
+pub fn arm_fake_claude(gw: &Gateway) {
+    std::fs::write(gw.dir.path().join("armed"), "").unwrap();
+}
+
+/// Waits (for `what`) until the armed `fake_claude` of `sleep_secs` runs; its pid.
+pub fn wait_fake_claude_pid(gw: &Gateway, what: &str, sleep_secs: u32) -> i32 {
+    let dir = gw.dir.path().to_path_buf();
+    wait_for(what, Duration::from_secs(20), || read_pid(&dir, sleep_secs))
+}
+
 pub fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
