@@ -190,12 +190,7 @@ fn access_tokens_expire() {
         None,
     );
     assert_eq!(r.status, 401);
-    let r = b.req(
-        "POST",
-        "/functions/v1/gateway-heartbeat",
-        &g.access_token,
-        Some(&json!({"status": "ready"})),
-    );
+    let r = b.heartbeat_ready(&g.access_token);
     assert_eq!(r.status, 401);
     // Refresh still works and yields a usable token.
     let r = refresh(&b, &g.refresh_token);
@@ -274,13 +269,7 @@ fn sigint_with_open_websockets_stops_cleanly_and_persists() {
     let b = Backend::start(&["--data", data.to_str().unwrap()]);
     let g = b.pair(None);
     let mut rt = b.realtime("2.0.0");
-    rt.join(
-        "jobs",
-        "INSERT",
-        "gateway_jobs",
-        None,
-        Some(&g.access_token),
-    );
+    rt.join_jobs(&g.access_token);
     // The insert is persisted at shutdown even if the 200 ms flush has not run yet.
     let job = b.enqueue(&g.team_id, Some(&g.gateway_id), json!({}));
     let st = b.stop_with(libc::SIGINT);

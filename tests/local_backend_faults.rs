@@ -48,12 +48,7 @@ fn fail_next_counts_and_path_classes() {
     let g = b.pair(None);
     b.fault(json!({"fail_next": {"count": 2, "status": 503, "paths": "rest"}}));
     // Functions are not affected.
-    let r = b.req(
-        "POST",
-        "/functions/v1/gateway-heartbeat",
-        &g.access_token,
-        Some(&json!({"status": "ready"})),
-    );
+    let r = b.heartbeat_ready(&g.access_token);
     assert_eq!(r.status, 200);
     for _ in 0..2 {
         let r = b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None);
@@ -67,12 +62,7 @@ fn fail_next_counts_and_path_classes() {
     );
 
     b.fault(json!({"fail_next": {"count": 1, "status": 500, "paths": "functions"}}));
-    let r = b.req(
-        "POST",
-        "/functions/v1/gateway-heartbeat",
-        &g.access_token,
-        Some(&json!({"status": "ready"})),
-    );
+    let r = b.heartbeat_ready(&g.access_token);
     assert_eq!(r.status, 500);
     assert_eq!(r.json()["success"], false);
     b.fault(json!({"fail_next": {"count": 1, "status": 502, "paths": "auth"}}));
@@ -318,12 +308,7 @@ fn stats_count_requests_per_class() {
     let before = b.stats();
     b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None);
     b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None);
-    b.req(
-        "POST",
-        "/functions/v1/gateway-heartbeat",
-        &g.access_token,
-        Some(&json!({"status": "ready"})),
-    );
+    b.heartbeat_ready(&g.access_token);
     b.req_full(
         "GET",
         "/auth/v1/user",

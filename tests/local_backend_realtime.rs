@@ -382,13 +382,7 @@ fn expire_fault_closes_channels_promptly() {
     let b = Backend::start(&[]);
     let g = b.pair(None);
     let mut rt = b.realtime("2.0.0");
-    rt.join(
-        "jobs",
-        "INSERT",
-        "gateway_jobs",
-        None,
-        Some(&g.access_token),
-    );
+    rt.join_jobs(&g.access_token);
     b.fault(json!({"expire_access_tokens": true}));
     rt.wait_for(T, |m| m["event"] == "phx_close");
 }
@@ -398,13 +392,7 @@ fn channel_with_an_expired_token_gets_no_events() {
     let b = Backend::start(&["--access-token-ttl", "1"]);
     let g = b.pair(None);
     let mut rt = b.realtime("2.0.0");
-    rt.join(
-        "jobs",
-        "INSERT",
-        "gateway_jobs",
-        None,
-        Some(&g.access_token),
-    );
+    rt.join_jobs(&g.access_token);
     wait_until(Duration::from_secs(5), "the access token to expire", || {
         b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None)
             .status
@@ -488,20 +476,8 @@ fn rejoin_replaces_the_channel_and_stats_count() {
     let b = Backend::start(&[]);
     let g = b.pair(None);
     let mut rt = b.realtime("2.0.0");
-    rt.join(
-        "jobs",
-        "INSERT",
-        "gateway_jobs",
-        None,
-        Some(&g.access_token),
-    );
-    let second = rt.join(
-        "jobs",
-        "INSERT",
-        "gateway_jobs",
-        None,
-        Some(&g.access_token),
-    );
+    rt.join_jobs(&g.access_token);
+    let second = rt.join_jobs(&g.access_token);
     b.enqueue(&g.team_id, Some(&g.gateway_id), json!({}));
     let got = changes(&rt.drain(Duration::from_millis(500)));
     assert_eq!(got.len(), 1, "one channel per topic: {got:?}");

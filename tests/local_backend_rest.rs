@@ -588,28 +588,37 @@ fn minimal_and_representation_inserts_and_deletes() {
     assert_eq!(rows, json!([]));
 }
 
-#[test]
-fn run_events_unique_sequence_gives_23505() {
-    let b = Backend::start(&[]);
-    let g = b.pair(None);
-    let sub = b
-        .service(
-            "POST",
-            "/rest/v1/subagents",
-            Some(&json!({"team_id": g.team_id, "gateway_id": g.gateway_id,
-        "subagent_type": "claude_code_gateway", "status": "running"})),
-        )
-        .json()[0]
-        .clone();
+/// A running `claude_code_gateway` subagent of `g` (with `metadata` if given) and its running
+/// run number `run_sequence`, inserted with the service key; their rows.
+fn running_subagent_run(
+    b: &Backend,
+    g: &Gateway,
+    metadata: Option<Value>,
+    run_sequence: u32,
+) -> (Value, Value) {
+    let mut row = json!({"team_id": g.team_id, "gateway_id": g.gateway_id,
+        "subagent_type": "claude_code_gateway", "status": "running"});
+    if let Some(m) = metadata {
+        row["metadata"] = m;
+    }
+    let sub = b.service("POST", "/rest/v1/subagents", Some(&row)).json()[0].clone();
     let run = b
         .service(
             "POST",
             "/rest/v1/subagent_runs",
             Some(&json!({"team_id": g.team_id, "gateway_id": g.gateway_id,
-        "subagent_id": sub["id"], "run_sequence": 3, "status": "running", "prompt": "hi"})),
+        "subagent_id": sub["id"], "run_sequence": run_sequence, "status": "running", "prompt": "hi"})),
         )
         .json()[0]
         .clone();
+    (sub, run)
+}
+
+#[test]
+fn run_events_unique_sequence_gives_23505() {
+    let b = Backend::start(&[]);
+    let g = b.pair(None);
+    let (sub, run) = running_subagent_run(&b, &g, None, 3);
     let ev = json!({"run_id": run["id"], "subagent_id": sub["id"], "team_id": g.team_id, "gateway_id": g.gateway_id,
         "sequence": 0, "event_type": "run_started", "payload": {}});
     assert_eq!(
@@ -831,24 +840,7 @@ fn heartbeat_updates_team_gateways() {
 fn finalize_subagent_run() {
     let b = Backend::start(&[]);
     let g = b.pair(None);
-    let sub = b
-        .service(
-            "POST",
-            "/rest/v1/subagents",
-            Some(&json!({"team_id": g.team_id, "gateway_id": g.gateway_id,
-        "subagent_type": "claude_code_gateway", "status": "running", "metadata": {"keep": 1}})),
-        )
-        .json()[0]
-        .clone();
-    let run = b
-        .service(
-            "POST",
-            "/rest/v1/subagent_runs",
-            Some(&json!({"team_id": g.team_id, "gateway_id": g.gateway_id,
-        "subagent_id": sub["id"], "run_sequence": 1, "status": "running", "prompt": "hi"})),
-        )
-        .json()[0]
-        .clone();
+    let (sub, run) = running_subagent_run(&b, &g, Some(json!({"keep": 1})), 1);
     let output = json!({"schema_version": 1, "content": "done", "content_type": "markdown"});
     let body = json!({"subagent_id": sub["id"], "run_id": run["id"], "final_status": "completed", "output": output,
         "failure_output": null, "final_error": null, "completed_at": "2026-01-05T10:05:00.000Z", "stderr": "",

@@ -219,6 +219,16 @@ impl Backend {
         )
     }
 
+    /// A `gateway-heartbeat` call reporting `ready`, with `token`.
+    pub fn heartbeat_ready(&self, token: &str) -> Resp {
+        self.req(
+            "POST",
+            "/functions/v1/gateway-heartbeat",
+            token,
+            Some(&json!({"status": "ready"})),
+        )
+    }
+
     pub fn service(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
         let b = body.map(|v| v.to_string());
         self.req_full(
@@ -429,6 +439,11 @@ impl Rt {
                 Err(_) => return true,
             }
         }
+    }
+
+    /// Joins `realtime:jobs` for every `gateway_jobs` INSERT (no filter) with `token`.
+    pub fn join_jobs(&mut self, token: &str) -> Value {
+        self.join("jobs", "INSERT", "gateway_jobs", None, Some(token))
     }
 
     /// Joins `realtime:<channel>` with one postgres_changes binding; returns the ok reply.
