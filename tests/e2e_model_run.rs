@@ -271,30 +271,7 @@ impl World {
 /// killing the daemon alone would orphan them): kill its whole process tree first.
 impl Drop for World {
     fn drop(&mut self) {
-        let Some(d) = self.gw.daemon.as_ref().map(|c| c.id() as i32) else {
-            return;
-        };
-        let procs = processes();
-        let mut tree = vec![d];
-        let mut i = 0;
-        while i < tree.len() {
-            let parent = tree[i];
-            tree.extend(
-                procs
-                    .iter()
-                    .filter(|(_, _, pp)| *pp == parent)
-                    .map(|(p, _, _)| *p),
-            );
-            i += 1;
-        }
-        for p in tree {
-            unsafe {
-                libc::kill(p, libc::SIGKILL);
-                if p != d {
-                    libc::kill(-p, libc::SIGKILL);
-                }
-            }
-        }
+        kill_daemon_tree(&self.gw);
     }
 }
 

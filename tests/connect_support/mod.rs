@@ -608,3 +608,33 @@ pub fn proc_entry(pid: i32) -> Option<(char, i32)> {
 pub fn dead(pid: i32) -> bool {
     !matches!(proc_entry(pid), Some((s, _)) if s != 'Z')
 }
+
+/// On a failed test the daemon may still have CLIs running (in their own process groups, so
+/// killing the daemon alone would orphan them): SIGKILLs the running daemon's whole process
+/// tree, and the process group of each descendant.
+pub fn kill_daemon_tree(gw: &Gateway) {
+    let Some(d) = gw.daemon.as_ref().map(|c| c.id() as i32) else {
+        return;
+    };
+    let procs = processes();
+    let mut tree = vec![d];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            procs
+                .iter()
+                .filter(|(_, _, pp)| *pp == parent)
+                .map(|(p, _, _)| *p),
+        );
+        i += 1;
+    }
+    for p in tree {
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
+            if p != d {
+                libc::kill(-p, libc::SIGKILL);
+            }
+        }
+    }
+}
