@@ -111,6 +111,20 @@ fn ctx(reg: &Arc<Registry>, job: &str) -> JobContext {
     }
 }
 
+/// Claude's health status (it must have one).
+fn claude_status(reg: &Registry) -> Status {
+    reg.health(ProviderId::Claude).unwrap().status
+}
+
+/// Waits up to 10 s until a run registers a child (or returns, to let the caller's asserts
+/// fail).
+fn wait_for_a_child(children: &Children) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while children.is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn argv(v: &Value) -> Vec<String> {
     v["argv"]
         .as_array()
@@ -432,10 +446,7 @@ fn claude_json_run_argv_and_result() {
     assert_eq!(d["output_mode"], "stdout-json");
     assert!(!d.to_string().contains("Classify this ticket"));
     assert!(!d.to_string().contains("Be terse"));
-    assert_eq!(
-        reg.health(ProviderId::Claude).unwrap().status,
-        Status::Healthy
-    );
+    assert_eq!(claude_status(&reg), Status::Healthy);
 }
 
 #[test]
@@ -727,10 +738,7 @@ fn auth_and_rate_limit_errors_are_named() {
     assert!(m.contains("Invalid API key"), "{m}");
     assert!(m.contains("log in"), "{m}");
     assert_eq!(o.result.as_ref().unwrap()["exit_code"], 1);
-    assert_eq!(
-        reg.health(ProviderId::Claude).unwrap().status,
-        Status::Unhealthy
-    );
+    assert_eq!(claude_status(&reg), Status::Unhealthy);
 
     let o = run_job(
         &reg,
@@ -902,10 +910,7 @@ fn hung_cli_times_out_and_its_grandchild_dies_too() {
         unsafe { libc::kill(gc, libc::SIGKILL) };
     }
     assert!(!alive, "grandchild {gc} outlived the timed-out CLI");
-    assert_eq!(
-        reg.health(ProviderId::Claude).unwrap().status,
-        Status::Unhealthy
-    );
+    assert_eq!(claude_status(&reg), Status::Unhealthy);
 }
 
 #[test]
@@ -949,10 +954,7 @@ fn cancelled_run_is_cancelled_not_unhealthy() {
             &c,
         )
     });
-    let end = Instant::now() + Duration::from_secs(10);
-    while children.is_empty() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_child(&children);
     assert_eq!(children.len(), 1, "the run registers its child");
     cancel.cancel();
     let o = t.join().unwrap();
@@ -971,10 +973,7 @@ fn cancelled_diagnostic_is_cancelled_with_its_keys() {
     let c = ctx(&reg, "d9");
     let (cancel, children) = (c.cancel.clone(), c.children.clone());
     let t = std::thread::spawn(move || jobs::diagnostic::handle(&json!({}), &c));
-    let end = Instant::now() + Duration::from_secs(10);
-    while children.is_empty() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_child(&children);
     cancel.cancel();
     let o = t.join().unwrap();
     assert_eq!(o.status, FinalStatus::Cancelled, "{o:?}");
