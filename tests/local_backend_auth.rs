@@ -7,14 +7,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn refresh(b: &Backend, rt: &str) -> Resp {
-    b.req_full(
-        "POST",
-        "/auth/v1/token?grant_type=refresh_token",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[("X-Supabase-Api-Version", "2024-01-01")],
-        Some(&json!({"refresh_token": rt}).to_string()),
-    )
+    b.refresh_with(rt, &[("X-Supabase-Api-Version", "2024-01-01")])
 }
 
 #[test]

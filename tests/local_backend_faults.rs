@@ -66,24 +66,10 @@ fn fail_next_counts_and_path_classes() {
     assert_eq!(r.status, 500);
     assert_eq!(r.json()["success"], false);
     b.fault(json!({"fail_next": {"count": 1, "status": 502, "paths": "auth"}}));
-    let r = b.req_full(
-        "POST",
-        "/auth/v1/token?grant_type=refresh_token",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[],
-        Some(&json!({"refresh_token": g.refresh_token}).to_string()),
-    );
+    let r = b.refresh(&g.refresh_token);
     assert_eq!(r.status, 502);
     // A failed refresh did not spend the token.
-    let r = b.req_full(
-        "POST",
-        "/auth/v1/token?grant_type=refresh_token",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[],
-        Some(&json!({"refresh_token": g.refresh_token}).to_string()),
-    );
+    let r = b.refresh(&g.refresh_token);
     assert_eq!(r.status, 200);
     // "all" covers every class; clear removes pending rules.
     b.fault(json!({"fail_next": {"count": 5, "status": 503, "paths": "all"}}));
@@ -149,14 +135,7 @@ fn expire_access_tokens_now() {
     assert_eq!(r.status, 401);
     // API keys keep working, and a refresh gives a working token.
     assert_eq!(b.service("GET", "/rest/v1/gateway_jobs", None).status, 200);
-    let r = b.req_full(
-        "POST",
-        "/auth/v1/token?grant_type=refresh_token",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[],
-        Some(&json!({"refresh_token": g.refresh_token}).to_string()),
-    );
+    let r = b.refresh(&g.refresh_token);
     let at = r.json()["access_token"].as_str().unwrap().to_string();
     assert_eq!(b.req("GET", "/rest/v1/gateway_jobs", &at, None).status, 200);
 }
@@ -166,26 +145,12 @@ fn revoke_refresh_tokens_now() {
     let b = Backend::start(&[]);
     let g = b.pair(None);
     b.fault(json!({"revoke_refresh_tokens": true}));
-    let r = b.req_full(
-        "POST",
-        "/auth/v1/token?grant_type=refresh_token",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[],
-        Some(&json!({"refresh_token": g.refresh_token}).to_string()),
-    );
+    let r = b.refresh(&g.refresh_token);
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["code"], "refresh_token_not_found");
     // New pairings get fresh, working refresh tokens.
     let g2 = b.pair(None);
-    let r = b.req_full(
-        "POST",
-        "/auth/v1/token?grant_type=refresh_token",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[],
-        Some(&json!({"refresh_token": g2.refresh_token}).to_string()),
-    );
+    let r = b.refresh(&g2.refresh_token);
     assert_eq!(r.status, 200);
 }
 

@@ -299,14 +299,7 @@ fn access_token_push_updates_the_channel_and_expiry_closes_it() {
         "one second before the first token's expiry",
         || unix_now() + 1 >= first_exp,
     );
-    let r = b.req_full(
-        "POST",
-        "/auth/v1/token?grant_type=refresh_token",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[],
-        Some(&json!({"refresh_token": g.refresh_token}).to_string()),
-    );
+    let r = b.refresh(&g.refresh_token);
     let new_at = r.json()["access_token"].as_str().unwrap().to_string();
     // Push the refreshed token before the first one expires, as a client does; the channel must
     // then outlive the first token.

@@ -219,6 +219,23 @@ impl Backend {
         )
     }
 
+    /// A refresh-token grant for `refresh_token` with the anon key and `headers`.
+    pub fn refresh_with(&self, refresh_token: &str, headers: &[(&str, &str)]) -> Resp {
+        self.req_full(
+            "POST",
+            "/auth/v1/token?grant_type=refresh_token",
+            Some(&self.anon),
+            Some(&self.anon),
+            headers,
+            Some(&json!({ "refresh_token": refresh_token }).to_string()),
+        )
+    }
+
+    /// A refresh-token grant for `refresh_token` with the anon key.
+    pub fn refresh(&self, refresh_token: &str) -> Resp {
+        self.refresh_with(refresh_token, &[])
+    }
+
     /// A `gateway-heartbeat` call reporting `ready`, with `token`.
     pub fn heartbeat_ready(&self, token: &str) -> Resp {
         self.req(
