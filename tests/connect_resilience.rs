@@ -88,9 +88,7 @@ fn realtime_dropped_20_times_while_200_jobs_arrive_every_job_runs_exactly_once()
     );
     assert_alive(&mut gw);
     // Back to normal: realtime reconnects and the gateway says so.
-    wait_for("connected again", Duration::from_secs(40), || {
-        (gw.status_file()["connection"] == "connected").then_some(())
-    });
+    gw.wait_connection("connected again", "connected", Duration::from_secs(40));
     wait_for(
         "a realtime_reconnected event",
         Duration::from_secs(10),
@@ -191,10 +189,11 @@ fn revoked_refresh_token_reports_re_pair_needed_without_spinning() {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
     b.fault(json!({"revoke_refresh_tokens": true, "expire_access_tokens": true}));
-    let st = wait_for("reauth_required in status", Duration::from_secs(20), || {
-        let s = gw.status_file();
-        (s["connection"] == "reauth_required").then_some(s)
-    });
+    let st = gw.wait_connection(
+        "reauth_required in status",
+        "reauth_required",
+        Duration::from_secs(20),
+    );
     assert!(
         st["detail"].as_str().unwrap_or("").contains("re-pair"),
         "{st}"
@@ -365,9 +364,7 @@ fn heartbeat_status_follows_job_ingress_at_once_and_status_says_why() {
             ("PANORAMA_GATEWAY_REST_TIMEOUT_MS", "700"),
         ],
     );
-    wait_for("connected", Duration::from_secs(20), || {
-        (gw.status_file()["connection"] == "connected").then_some(())
-    });
+    gw.wait_connection("connected", "connected", Duration::from_secs(20));
     // Job queries stop being answered (slower than the gateway's timeout).
     let t0 = Instant::now();
     b.fault(json!({"delay_next": {"count": 100000, "ms": 1500, "paths": "rest"}}));
@@ -379,10 +376,11 @@ fn heartbeat_status_follows_job_ingress_at_once_and_status_says_why() {
         "`error` was sent on the change, not at the next 30 s tick ({:?})",
         t0.elapsed()
     );
-    let st = wait_for("status file disconnected", Duration::from_secs(10), || {
-        let s = gw.status_file();
-        (s["connection"] == "disconnected").then_some(s)
-    });
+    let st = gw.wait_connection(
+        "status file disconnected",
+        "disconnected",
+        Duration::from_secs(10),
+    );
     assert!(
         st["detail"]
             .as_str()
@@ -411,15 +409,14 @@ fn heartbeat_status_follows_job_ingress_at_once_and_status_says_why() {
 fn refused_heartbeats_show_in_status_until_one_is_accepted() {
     let b = Backend::start();
     let (mut gw, _gid, _team) = started_gateway(&b);
-    wait_for("connected", Duration::from_secs(20), || {
-        (gw.status_file()["connection"] == "connected").then_some(())
-    });
+    gw.wait_connection("connected", "connected", Duration::from_secs(20));
     b.fault(json!({"fail_next": {"count": 100000, "status": 503, "paths": "functions"}}));
     // Heartbeats every second here: after 3 refused intervals Panorama shows us offline.
-    let st = wait_for("status file disconnected", Duration::from_secs(20), || {
-        let s = gw.status_file();
-        (s["connection"] == "disconnected").then_some(s)
-    });
+    let st = gw.wait_connection(
+        "status file disconnected",
+        "disconnected",
+        Duration::from_secs(20),
+    );
     assert!(
         st["detail"]
             .as_str()
@@ -433,10 +430,7 @@ fn refused_heartbeats_show_in_status_until_one_is_accepted() {
     let (rc, out, _) = gw.run(&["status"]);
     assert_eq!(rc, 1, "degraded: {out}");
     b.fault(json!({"clear": true}));
-    let st = wait_for("connected again", Duration::from_secs(20), || {
-        let s = gw.status_file();
-        (s["connection"] == "connected").then_some(s)
-    });
+    let st = gw.wait_connection("connected again", "connected", Duration::from_secs(20));
     assert_eq!(st["last_heartbeat_ok"], true);
     assert_ne!(st["last_heartbeat_at"], last_ok);
     assert_alive(&mut gw);

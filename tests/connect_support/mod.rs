@@ -405,6 +405,14 @@ impl Gateway {
             .unwrap_or(Value::Null)
     }
 
+    /// Waits (for `what`) until the status file shows `connection` = `state`; returns it.
+    pub fn wait_connection(&self, what: &str, state: &str, timeout: Duration) -> Value {
+        wait_for(what, timeout, || {
+            let s = self.status_file();
+            (s["connection"] == state).then_some(s)
+        })
+    }
+
     pub fn log(&self) -> String {
         let mut s =
             std::fs::read_to_string(self.config_dir().join("gateway.log")).unwrap_or_default();
