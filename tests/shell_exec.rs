@@ -47,40 +47,22 @@ impl World {
             b.gateway_row(&gid)["last_seen_at"].as_str().map(|_| ())
         });
         let on = self.b.gateway_row(&self.gid)["full_control_enabled"] == json!(true);
-        wait_for(
-            "the daemon to read the team toggle",
-            Duration::from_secs(20),
-            || (self.gw.status_file()["team_full_control"] == json!(on)).then_some(()),
-        );
+        self.gw.wait_team_full_control(on);
     }
 
     /// Sets `team_gateways.full_control_enabled` with the service role; when the daemon runs,
     /// waits until it has read the new value (it does after each heartbeat).
     fn set_team_toggle(&self, on: bool) {
-        self.b.admin(
-            "PATCH",
-            &format!("/rest/v1/team_gateways?id=eq.{}", self.gid),
-            Some(json!({ "full_control_enabled": on })),
-        );
+        self.b.set_team_full_control(&self.gid, on);
         if self.gw.daemon.is_some() {
-            wait_for(
-                "the daemon to read the team toggle",
-                Duration::from_secs(20),
-                || (self.gw.status_file()["team_full_control"] == json!(on)).then_some(()),
-            );
+            self.gw.wait_team_full_control(on);
         }
     }
 
     /// Inserts a `team_resources` row; returns its id.
     fn resource(&self, team: &str, resource_type: &str, access: &str, metadata: Value) -> String {
-        let (st, v) = self.b.insert_row(
-            "team_resources",
-            json!({"team_id": team, "resource_type": resource_type, "name": "box",
-                   "max_access_level": access, "metadata": metadata}),
-        );
-        assert!((200..300).contains(&st), "insert team_resources: {st} {v}");
-        let row = if v.is_array() { v[0].clone() } else { v };
-        row["id"].as_str().unwrap().to_string()
+        self.b
+            .insert_team_resource(team, resource_type, access, metadata)
     }
 
     /// A remote shell resource on this gateway, opted in to machine control.
@@ -105,16 +87,6 @@ fn assert_denied(job: &Value, message: &str) {
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["error"], message, "{job}");
     assert_eq!(job["result"]["message"], message, "{job}");
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is as good as gone; look at the state in /proc.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 fn read_pid(p: &Path) -> Option<i32> {
@@ -223,7 +195,7 @@ fn shell_exec_runs_commands_with_the_reference_result_shape_and_limits() {
     assert_eq!(r["stdout"], "started\n");
     let gc = read_pid(&pidfile).expect("the grandchild wrote its pid");
     wait_for("the grandchild to be gone", Duration::from_secs(5), || {
-        (!alive(gc)).then_some(())
+        dead(gc).then_some(())
     });
 
     // Output beyond 5 MB per stream is dropped and flagged.

@@ -33,29 +33,15 @@ impl World {
         let gid = gw.gateway_id();
         let (rc, out, err) = gw.run(&["full-control", "enable"]);
         assert_eq!(rc, 0, "{out} {err}");
-        b.admin(
-            "PATCH",
-            &format!("/rest/v1/team_gateways?id=eq.{gid}"),
-            Some(json!({ "full_control_enabled": true })),
-        );
+        b.set_team_full_control(&gid, true);
         gw.start();
-        wait_for(
-            "the daemon to read the team toggle",
-            Duration::from_secs(20),
-            || (gw.status_file()["team_full_control"] == json!(true)).then_some(()),
-        );
+        gw.wait_team_full_control(true);
         World { b, gw, team, gid }
     }
 
     fn resource(&self, access: &str, metadata: Value) -> String {
-        let (st, v) = self.b.insert_row(
-            "team_resources",
-            json!({"team_id": self.team, "resource_type": "remote_shell", "name": "box",
-                   "max_access_level": access, "metadata": metadata}),
-        );
-        assert!((200..300).contains(&st), "insert team_resources: {st} {v}");
-        let row = if v.is_array() { v[0].clone() } else { v };
-        row["id"].as_str().unwrap().to_string()
+        self.b
+            .insert_team_resource(&self.team, "remote_shell", access, metadata)
     }
 
     fn shell_resource(&self) -> String {
@@ -111,15 +97,6 @@ impl World {
             },
         );
         (seen, cursor)
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
     }
 }
 
@@ -231,14 +208,14 @@ fn a_session_keeps_its_shell_across_jobs_and_close_kills_its_group() {
                 "input": format!("sleep 60 & echo $! > {}\n", pidfile.display())}),
     );
     let bg = wait_pid(&pidfile);
-    assert!(alive(bg));
+    assert!(!dead(bg));
     let r = w.ok(json!({"action": "close", "resource_id": rid, "session_id": sid}));
     assert_eq!(r["status"], "closed", "{r}");
     assert_eq!(r["exited"], true, "{r}");
     wait_for(
         "the background process to be gone",
         Duration::from_secs(5),
-        || (!alive(bg)).then_some(()),
+        || dead(bg).then_some(()),
     );
     let j = w.job(json!({"action": "read", "resource_id": rid, "session_id": sid}));
     assert_eq!(j["status"], "failed", "{j}");
@@ -334,7 +311,7 @@ fn a_session_keeps_its_shell_across_jobs_and_close_kills_its_group() {
     wait_for(
         "the revoked session's process to be gone",
         Duration::from_secs(10),
-        || (!alive(rbg)).then_some(()),
+        || dead(rbg).then_some(()),
     );
     // Closing needs no machine control: it works on the revoked resource too.
     wait_for(
@@ -372,7 +349,7 @@ fn a_session_keeps_its_shell_across_jobs_and_close_kills_its_group() {
     wait_for(
         "sessions to end when the team toggle is off",
         Duration::from_secs(10),
-        || (!alive(tbg)).then_some(()),
+        || dead(tbg).then_some(()),
     );
     // The ended sessions are forgotten; every other action is denied, naming the layer.
     let j = w.job(json!({"action": "close", "resource_id": rid, "session_id": csid}));
@@ -408,7 +385,7 @@ fn idle_sessions_expire_and_shutdown_kills_the_rest() {
     wait_for(
         "the idle session's process to be gone",
         Duration::from_secs(15),
-        || (!alive(bg)).then_some(()),
+        || dead(bg).then_some(()),
     );
     // `status` is not activity, so polling it does not keep the session alive.
     wait_for(
@@ -428,11 +405,11 @@ fn idle_sessions_expire_and_shutdown_kills_the_rest() {
                 "input": format!("sleep 60 & echo $! > {}\n", pidfile.display())}),
     );
     let bg = wait_pid(&pidfile);
-    assert!(alive(bg));
+    assert!(!dead(bg));
     assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
     wait_for(
         "the session's process to be gone after shutdown",
         Duration::from_secs(5),
-        || (!alive(bg)).then_some(()),
+        || dead(bg).then_some(()),
     );
 }

@@ -238,6 +238,33 @@ impl Backend {
         self.admin("POST", "/admin/v1/faults", Some(body))
     }
 
+    /// Inserts a `team_resources` row named `box` with the service role; returns its id.
+    pub fn insert_team_resource(
+        &self,
+        team: &str,
+        resource_type: &str,
+        access: &str,
+        metadata: Value,
+    ) -> String {
+        let (st, v) = self.insert_row(
+            "team_resources",
+            json!({"team_id": team, "resource_type": resource_type, "name": "box",
+                   "max_access_level": access, "metadata": metadata}),
+        );
+        assert!((200..300).contains(&st), "insert team_resources: {st} {v}");
+        let row = if v.is_array() { v[0].clone() } else { v };
+        row["id"].as_str().unwrap().to_string()
+    }
+
+    /// Sets `team_gateways.full_control_enabled` of `gateway` with the service role.
+    pub fn set_team_full_control(&self, gateway: &str, on: bool) {
+        self.admin(
+            "PATCH",
+            &format!("/rest/v1/team_gateways?id=eq.{gateway}"),
+            Some(json!({ "full_control_enabled": on })),
+        );
+    }
+
     pub fn stats(&self) -> Value {
         self.admin("GET", "/admin/v1/stats", None)
     }
@@ -403,6 +430,15 @@ impl Gateway {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null)
+    }
+
+    /// Waits until the daemon has read the team's machine-control toggle as `on`.
+    pub fn wait_team_full_control(&self, on: bool) {
+        wait_for(
+            "the daemon to read the team toggle",
+            Duration::from_secs(20),
+            || (self.status_file()["team_full_control"] == json!(on)).then_some(()),
+        );
     }
 
     /// Waits (for `what`) until the status file shows `connection` = `state`; returns it.
@@ -614,7 +650,12 @@ pub fn proc_entry(pid: i32) -> Option<(char, i32)> {
 
 /// Gone, or a zombie (dead; whoever its parent is now reaps it).
 pub fn dead(pid: i32) -> bool {
-    !matches!(proc_entry(pid), Some((s, _)) if s != 'Z')
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
 }
 
 /// On a failed test the daemon may still have CLIs running (in their own process groups, so
