@@ -548,10 +548,27 @@ fn logs_errors_say_what_to_do() {
     }
 }
 
+/// Everything `r` yields from now on, read by a thread into a shared string.
+fn collect(mut r: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let o2 = std::sync::Arc::clone(&out);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            o2.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    out
+}
+
 #[test]
 fn logs_follow_survives_truncation_rotation_and_a_late_file() {
-    use std::io::{Read, Write};
-    use std::sync::{Arc, Mutex};
+    use std::io::Write;
     use std::time::Duration;
     let w = World::new("follow");
     fs::create_dir_all(&w.cfg).unwrap();
@@ -560,34 +577,10 @@ fn logs_follow_survives_truncation_rotation_and_a_late_file() {
     c.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut g = ChildGuard::spawn(c);
-    let mut so = g.child().stdout.take().unwrap();
-    let mut se = g.child().stderr.take().unwrap();
-    let seen = Arc::new(Mutex::new(String::new()));
-    let s2 = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = so.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            s2.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let waiting = Arc::new(Mutex::new(String::new()));
-    let w2 = Arc::clone(&waiting);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = se.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            w2.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let so = g.child().stdout.take().unwrap();
+    let se = g.child().stderr.take().unwrap();
+    let seen = collect(so);
+    let waiting = collect(se);
     let t = Duration::from_secs(20);
     wait_for("waiting note", t, || {
         waiting.lock().unwrap().contains("Waiting for")

@@ -459,16 +459,23 @@ fn auto_restart_on_binary_upgrade() {
     wait_for("exit", T, || !is_alive(pid2));
 }
 
+/// Whether flock(1) is not installed (then the test says it is skipped).
+fn flock_missing() -> bool {
+    let missing = std::process::Command::new("flock")
+        .arg("--version")
+        .output()
+        .is_err();
+    if missing {
+        eprintln!("skipped: flock(1) not installed");
+    }
+    missing
+}
+
 /// A "daemon" that ignores SIGTERM and holds the pid lock: flock(1) with SIGTERM ignored.
 /// `stop --timeout` gives up with exit 1 and says how to force; `stop --force` ends it.
 #[test]
 fn stop_times_out_then_force_kills() {
-    if std::process::Command::new("flock")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: flock(1) not installed");
+    if flock_missing() {
         return;
     }
     let w = World::new("stubborn");
@@ -511,12 +518,7 @@ fn stop_times_out_then_force_kills() {
 /// ignored.
 #[test]
 fn status_reads_the_runtime_status_file() {
-    if std::process::Command::new("flock")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: flock(1) not installed");
+    if flock_missing() {
         return;
     }
     let w = World::new("statusfile");
