@@ -190,11 +190,7 @@ impl World {
 
     /// The fake's invocations for job `tag` (one JSON object each).
     fn records(&self, tag: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.rec.join(format!("{tag}.jsonl")))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        fake_cli_records(&self.rec, tag)
     }
 
     /// The one invocation of job `j`.

@@ -167,11 +167,7 @@ impl World {
     }
 
     fn records(&self, tag: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.rec.join(format!("{tag}.jsonl")))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        fake_cli_records(&self.rec, tag)
     }
 
     fn argv(&self, tag: &str) -> Vec<String> {

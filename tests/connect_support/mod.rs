@@ -619,6 +619,16 @@ pub fn fake_cli_prompt(rec: &Path, tag: &str, text: &str, sets: &[(&str, &str)])
     p
 }
 
+/// The wrapped fakes' invocations recorded for `tag` in `rec/<tag>.jsonl` (one JSON object
+/// each; none if the file does not exist).
+pub fn fake_cli_records(rec: &Path, tag: &str) -> Vec<Value> {
+    std::fs::read_to_string(rec.join(format!("{tag}.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `(pid, state, ppid)` of every process, from /proc.
 pub fn processes() -> Vec<(i32, char, i32)> {
     let mut v = Vec::new();
