@@ -146,6 +146,17 @@ fn pair_reports_unreachable_backend_and_bad_codes() {
     assert_eq!(rc, 2, "{err}");
 }
 
+/// `pair <code> --no-start --config-path <config>`: `(exit code, stdout, stderr)`.
+fn pair_no_start_at(gw: &Gateway, code: &str, config: &std::path::Path) -> (i32, String, String) {
+    gw.run(&[
+        "pair",
+        code,
+        "--no-start",
+        "--config-path",
+        config.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn pair_checks_the_state_can_be_saved_before_spending_the_code() {
     let b = Backend::start();
@@ -157,13 +168,7 @@ fn pair_checks_the_state_can_be_saved_before_spending_the_code() {
     std::fs::create_dir_all(gw.home()).unwrap();
     std::fs::write(&blocker, "x").unwrap();
     let bad = blocker.join("gateway.json");
-    let (rc, out, err) = gw.run(&[
-        "pair",
-        &code,
-        "--no-start",
-        "--config-path",
-        bad.to_str().unwrap(),
-    ]);
+    let (rc, out, err) = pair_no_start_at(&gw, &code, &bad);
     assert_eq!(rc, 1, "{out} {err}");
     assert!(err.contains("not a directory"), "{err}");
     assert!(err.contains("was not used"), "{err}");
@@ -173,13 +178,7 @@ fn pair_checks_the_state_can_be_saved_before_spending_the_code() {
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
     let bad = shared.join("gateway.json");
-    let (rc, out, err) = gw.run(&[
-        "pair",
-        &code,
-        "--no-start",
-        "--config-path",
-        bad.to_str().unwrap(),
-    ]);
+    let (rc, out, err) = pair_no_start_at(&gw, &code, &bad);
     assert_eq!(rc, 1, "{out} {err}");
     assert!(err.contains("other users can write"), "{err}");
     assert!(err.contains("was not used"), "{err}");

@@ -195,26 +195,36 @@ impl Backend {
     }
 
     pub fn req(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
-        let b = body.map(|v| v.to_string());
-        self.req_full(
-            method,
-            path,
-            Some(&self.anon),
-            Some(token),
-            &[],
-            b.as_deref(),
-        )
+        self.req_headers(method, path, token, &[], body)
     }
 
     /// Request with `Prefer: return=representation`.
     pub fn req_repr(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
+        self.req_headers(
+            method,
+            path,
+            token,
+            &[("Prefer", "return=representation")],
+            body,
+        )
+    }
+
+    /// Request with the anon apikey, bearer `token`, extra `headers` and a JSON `body`.
+    fn req_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Resp {
         let b = body.map(|v| v.to_string());
         self.req_full(
             method,
             path,
             Some(&self.anon),
             Some(token),
-            &[("Prefer", "return=representation")],
+            headers,
             b.as_deref(),
         )
     }
