@@ -14,14 +14,7 @@ fn refresh(b: &Backend, rt: &str) -> Resp {
 fn get_user_accepts_valid_and_refuses_forged_tokens() {
     let b = Backend::start(&[]);
     let g = b.pair(None);
-    let r = b.req_full(
-        "GET",
-        "/auth/v1/user",
-        Some(&b.anon),
-        Some(&g.access_token),
-        &[],
-        None,
-    );
+    let r = b.get_user(&g.access_token);
     assert_eq!(r.status, 200);
     let u = r.json();
     assert_eq!(u["role"], "authenticated");
@@ -31,26 +24,12 @@ fn get_user_accepts_valid_and_refuses_forged_tokens() {
     let mut parts: Vec<String> = g.access_token.split('.').map(str::to_string).collect();
     parts[2] = "AAAA".into();
     let forged = parts.join(".");
-    let r = b.req_full(
-        "GET",
-        "/auth/v1/user",
-        Some(&b.anon),
-        Some(&forged),
-        &[],
-        None,
-    );
+    let r = b.get_user(&forged);
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["code"], "bad_jwt");
     assert_eq!(r.header("x-supabase-api-version"), Some("2024-01-01"));
     // The anon key is not a user.
-    let r = b.req_full(
-        "GET",
-        "/auth/v1/user",
-        Some(&b.anon),
-        Some(&b.anon),
-        &[],
-        None,
-    );
+    let r = b.get_user(&b.anon);
     assert_eq!(r.status, 403);
 }
 
@@ -174,14 +153,7 @@ fn access_tokens_expire() {
     let r = b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None);
     assert_eq!(r.json()["code"], "PGRST303");
     assert_eq!(r.json()["message"], "JWT expired");
-    let r = b.req_full(
-        "GET",
-        "/auth/v1/user",
-        Some(&b.anon),
-        Some(&g.access_token),
-        &[],
-        None,
-    );
+    let r = b.get_user(&g.access_token);
     assert_eq!(r.status, 401);
     let r = b.heartbeat_ready(&g.access_token);
     assert_eq!(r.status, 401);

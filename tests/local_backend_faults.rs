@@ -124,14 +124,7 @@ fn expire_access_tokens_now() {
     let r = b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None);
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["message"], "JWT expired");
-    let r = b.req_full(
-        "GET",
-        "/auth/v1/user",
-        Some(&b.anon),
-        Some(&g.access_token),
-        &[],
-        None,
-    );
+    let r = b.get_user(&g.access_token);
     assert_eq!(r.status, 401);
     // API keys keep working, and a refresh gives a working token.
     assert_eq!(b.service("GET", "/rest/v1/gateway_jobs", None).status, 200);
@@ -274,14 +267,7 @@ fn stats_count_requests_per_class() {
     b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None);
     b.req("GET", "/rest/v1/gateway_jobs", &g.access_token, None);
     b.heartbeat_ready(&g.access_token);
-    b.req_full(
-        "GET",
-        "/auth/v1/user",
-        Some(&b.anon),
-        Some(&g.access_token),
-        &[],
-        None,
-    );
+    b.get_user(&g.access_token);
     let after = b.stats();
     let d =
         |k: &str| after["requests"][k].as_u64().unwrap() - before["requests"][k].as_u64().unwrap();

@@ -229,6 +229,18 @@ impl Backend {
         )
     }
 
+    /// `GET /auth/v1/user` with the anon apikey and `bearer`.
+    pub fn get_user(&self, bearer: &str) -> Resp {
+        self.req_full(
+            "GET",
+            "/auth/v1/user",
+            Some(&self.anon),
+            Some(bearer),
+            &[],
+            None,
+        )
+    }
+
     /// A refresh-token grant for `refresh_token` with the anon key and `headers`.
     pub fn refresh_with(&self, refresh_token: &str, headers: &[(&str, &str)]) -> Resp {
         self.req_full(
