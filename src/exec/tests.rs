@@ -199,14 +199,24 @@ fn cancel_token_stops_the_child() {
     assert!(t0.elapsed() < Duration::from_secs(3));
 }
 
-#[test]
-fn registry_reaches_running_children_and_forgets_finished_ones() {
+/// Runs `script` on a thread, registered in a fresh registry under `job`; returns once the
+/// registry holds its child.
+fn run_registered(script: &str, job: &str) -> (Arc<Children>, std::thread::JoinHandle<Output>) {
     let children = Arc::new(Children::new());
-    let mut spec = sh("trap '' TERM; sleep 0.2; sleep 0.2; sleep 0.2; sleep 30");
-    spec.register = Some((children.clone(), "job-1".into()));
+    let mut spec = sh(script);
+    spec.register = Some((children.clone(), job.into()));
     let c2 = children.clone();
     let t = std::thread::spawn(move || run(spec, None).unwrap());
     assert!(wait_until(Duration::from_secs(5), || c2.len() == 1));
+    (children, t)
+}
+
+#[test]
+fn registry_reaches_running_children_and_forgets_finished_ones() {
+    let (children, t) = run_registered(
+        "trap '' TERM; sleep 0.2; sleep 0.2; sleep 0.2; sleep 30",
+        "job-1",
+    );
     children.kill_job("other-job", Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(children.len(), 1, "another job's kill must not touch it");
@@ -222,12 +232,7 @@ fn registry_reaches_running_children_and_forgets_finished_ones() {
 
 #[test]
 fn kill_job_terminates_that_job() {
-    let children = Arc::new(Children::new());
-    let mut spec = sh("sleep 30");
-    spec.register = Some((children.clone(), "job-2".into()));
-    let c2 = children.clone();
-    let t = std::thread::spawn(move || run(spec, None).unwrap());
-    assert!(wait_until(Duration::from_secs(5), || c2.len() == 1));
+    let (children, t) = run_registered("sleep 30", "job-2");
     children.kill_job("job-2", Duration::from_secs(2));
     let o = t.join().unwrap();
     assert_eq!(o.stop, Stop::Killed);
