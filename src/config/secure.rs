@@ -178,14 +178,7 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StateError> {
             }
             check_owner_and_kind(dir, &md, true)?;
             if !md.is_dir() {
-                return Err(StateError::Insecure {
-                    path: dir.to_path_buf(),
-                    reason: "it is not a directory".into(),
-                    fix: format!(
-                        "move it away (mv {p} {p}.bak) or choose another --config-dir",
-                        p = shell_quote(dir)
-                    ),
-                });
+                return Err(wrong_kind(dir, "a directory", "--config-dir"));
             }
             tighten(dir, &md, 0o700)
         }
@@ -262,14 +255,7 @@ pub fn check_file(path: &Path) -> Result<bool, StateError> {
         Ok(md) => {
             check_owner_and_kind(path, &md, false)?;
             if !md.is_file() {
-                return Err(StateError::Insecure {
-                    path: path.to_path_buf(),
-                    reason: "it is not a regular file".into(),
-                    fix: format!(
-                        "move it away (mv {p} {p}.bak) or choose another path",
-                        p = shell_quote(path)
-                    ),
-                });
+                return Err(wrong_kind(path, "a regular file", "path"));
             }
             tighten(path, &md, 0o600)?;
             Ok(true)
@@ -284,14 +270,7 @@ fn verify_opened(path: &Path, f: File) -> Result<File, StateError> {
     let md = f.metadata().map_err(|e| io_err(path, "inspect", e))?;
     check_owner_and_kind(path, &md, false)?;
     if !md.is_file() {
-        return Err(StateError::Insecure {
-            path: path.to_path_buf(),
-            reason: "it is not a regular file".into(),
-            fix: format!(
-                "move it away (mv {p} {p}.bak) or choose another path",
-                p = shell_quote(path)
-            ),
-        });
+        return Err(wrong_kind(path, "a regular file", "path"));
     }
     Ok(f)
 }
@@ -372,6 +351,19 @@ pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<(), State
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The error for a state path that exists but is not what it must be (`kind`: "a directory",
+/// "a regular file"); `other` names what to choose instead ("--config-dir", "path").
+fn wrong_kind(path: &Path, kind: &str, other: &str) -> StateError {
+    StateError::Insecure {
+        path: path.to_path_buf(),
+        reason: format!("it is not {kind}"),
+        fix: format!(
+            "move it away (mv {p} {p}.bak) or choose another {other}",
+            p = shell_quote(path)
+        ),
+    }
 }
 
 #[cfg(test)]

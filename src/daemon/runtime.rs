@@ -97,6 +97,15 @@ impl ElapsedExt for Option<Instant> {
     }
 }
 
+/// The install-level toggle (`full_control_enabled` in gateway.json), read now: the
+/// `full-control` command may have changed it since the daemon started.
+fn install_full_control(config_path: &std::path::Path) -> bool {
+    crate::config::state::load(config_path)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.full_control_enabled)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -548,20 +557,19 @@ impl Shared {
         }
     }
 
-    /// The machine-control layers now: install toggle (gateway.json), team toggle (last
-    /// control-state read), heartbeat freshness (90 s, PROTOCOL.md §8).
-    fn control_state(&self) -> jobs::ControlState {
-        let install_enabled = crate::config::state::load(&self.settings.paths.config_path)
-            .ok()
-            .flatten()
-            .map(|s| s.full_control_enabled)
-            .unwrap_or(false);
-        jobs::ControlState {
-            install_enabled,
-            team_enabled: self.team_full_control.load(Ordering::SeqCst),
-            heartbeat_fresh: lock(&self.heartbeat_ok_at)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(90)),
-        }
+    /// The machine-control layers for a job (PROTOCOL.md §8): the team toggle (last
+    /// control-state read) and heartbeat freshness (90 s) as of now; the install toggle is read
+    /// from gateway.json only when the handler asks.
+    fn control_source(&self) -> jobs::ControlSource {
+        let team_enabled = self.team_full_control.load(Ordering::SeqCst);
+        let heartbeat_fresh =
+            lock(&self.heartbeat_ok_at).is_some_and(|t| t.elapsed() < Duration::from_secs(90));
+        let config_path = self.settings.paths.config_path.clone();
+        Arc::new(move || jobs::ControlState {
+            install_enabled: install_full_control(&config_path),
+            team_enabled,
+            heartbeat_fresh,
+        })
     }
 
     fn run_handler(&self, job: &JobRow, cancel: &CancelToken) -> Outcome {
@@ -593,7 +601,7 @@ impl Shared {
             cancel: cancel.clone(),
             shutdown: self.shutdown.clone(),
             session: Some(self.session.clone()),
-            control: self.control_state(),
+            control: self.control_source(),
             cancel_running: {
                 let running = Arc::clone(&self.running);
                 Arc::new(move |id: &str| match lock(&running).get(id) {
@@ -825,11 +833,7 @@ impl Shared {
     }
 
     fn heartbeat_body(&self, status: &str) -> Value {
-        let install_fc = crate::config::state::load(&self.settings.paths.config_path)
-            .ok()
-            .flatten()
-            .map(|s| s.full_control_enabled)
-            .unwrap_or(false);
+        let install_fc = install_full_control(&self.settings.paths.config_path);
         json!({
             "status": status,
             "capabilities": capabilities(
@@ -1188,7 +1192,7 @@ fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
                 s.team_full_control.store(team_fc, Ordering::SeqCst);
                 (s.status)(&|st: &mut RuntimeStatus| st.team_full_control = Some(team_fc));
                 // A toggle turned off ends the open shell sessions now, not at the next job.
-                crate::jobs::shell::enforce_control(true, s.control_state());
+                crate::jobs::shell::enforce_control(true, s.control_source()());
             }
         }
         s.send_events();

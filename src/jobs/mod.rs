@@ -80,6 +80,10 @@ impl ControlState {
 /// Cancels a job that runs in this gateway, by job id; true when it was running here.
 pub type CancelRunning = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Reads the machine-control layers when a handler asks (the install toggle lives in
+/// gateway.json: only the jobs that need it pay for reading it).
+pub type ControlSource = Arc<dyn Fn() -> ControlState + Send + Sync>;
+
 /// What a handler may use.
 pub struct JobContext {
     pub job_id: String,
@@ -92,10 +96,17 @@ pub struct JobContext {
     /// The backend session, for handlers that read or write backend rows (subagents, remote
     /// shell resources) through `crate::backend`. None where no backend exists (unit tests).
     pub session: Option<Arc<crate::backend::session::Session>>,
-    /// Machine-control layers at the job's start.
-    pub control: ControlState,
+    /// Machine-control layers, read on demand through [`JobContext::control`].
+    pub control: ControlSource,
     /// Reaches other running jobs (subagent_cancel).
     pub cancel_running: CancelRunning,
+}
+
+impl JobContext {
+    /// The machine-control layers now (reads the install toggle from gateway.json).
+    pub fn control(&self) -> ControlState {
+        (self.control)()
+    }
 }
 
 /// Runs the handler for `job_type`. Unknown types fail with "Unsupported job type: X"

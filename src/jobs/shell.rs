@@ -123,8 +123,10 @@ fn failed(message: &str, extra: &[(&str, Value)]) -> Outcome {
 /// The gateway-side machine-control layers, first failing one wins (§7.2 step 2): heartbeat,
 /// team toggle, install toggle. Locally the `machine_control` service is ready exactly when the
 /// install toggle is on, so its check is the install check.
-fn machine_control(ctx: &JobContext) -> Result<(), &'static str> {
-    control_denial(ctx.session.is_some(), ctx.control)
+/// On denial, also returns the state read, for [`enforce_control`].
+fn machine_control(ctx: &JobContext) -> Result<(), (&'static str, super::ControlState)> {
+    let c = ctx.control();
+    control_denial(ctx.session.is_some(), c).map_err(|m| (m, c))
 }
 
 fn control_denial(has_backend: bool, c: super::ControlState) -> Result<(), &'static str> {
@@ -357,9 +359,9 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
             &[],
         );
     }
-    if let Err(m) = machine_control(ctx) {
+    if let Err((m, c)) = machine_control(ctx) {
         log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);
-        enforce_control(ctx.session.is_some(), ctx.control);
+        enforce_control(ctx.session.is_some(), c);
         return failed(m, &[]);
     }
     let rid = match resource_id(payload) {
@@ -898,8 +900,8 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
     // a session can be closed after its resource or a toggle was switched off. It still only
     // reaches a session of the same team and resource.
     let closing = action == "close";
-    if let Err(m) = machine_control(ctx) {
-        enforce_control(ctx.session.is_some(), ctx.control);
+    if let Err((m, c)) = machine_control(ctx) {
+        enforce_control(ctx.session.is_some(), c);
         if !closing {
             log::info!(target: "shell", "shell_session denied job_id={} action={action} reason={m:?}", ctx.job_id);
             return failed(m, &[("action", act)]);

@@ -520,7 +520,7 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
             "Subagent provider does not support continuation",
         ));
     }
-    // 9. (the runtime re-read gateway.json for ctx.control) 10.
+    // 9. (the install toggle is re-read from gateway.json by `ctx.control()` at step 13) 10.
     let control = match wire::load_control(session, &me, &session.team_id) {
         Ok(Some(r)) => r,
         Ok(None) | Err(_) => return Ok(fail_msg("Gateway control state unavailable")),
@@ -552,17 +552,18 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
     );
     let flags = ctx.providers.flags(provider);
     let team_fc = control.get("full_control_enabled").and_then(Value::as_bool) == Some(true);
+    let layers = ctx.control();
     let fc_denied: Option<String> = if !fc_requested {
         None
     } else if !team_fc {
         Some("Gateway machine control is disabled in Team Integrations.".into())
-    } else if !ctx.control.install_enabled {
+    } else if !layers.install_enabled {
         Some("Gateway host machine control is disabled. Run \"panorama-gateway full-control enable\" on the host.".into())
     } else if let Some(d) = elevated_denial(provider, &flags) {
         Some(d.into())
-    } else if !ctx.control.heartbeat_fresh {
+    } else if !layers.heartbeat_fresh {
         Some(
-            ctx.control
+            layers
                 .denial()
                 .unwrap_or("Gateway elevated provider mode is unavailable.")
                 .into(),

@@ -106,7 +106,7 @@ fn ctx(reg: &Arc<Registry>, job: &str) -> JobContext {
         cancel: CancelToken::new(),
         shutdown: Shutdown::new(),
         session: None,
-        control: Default::default(),
+        control: Arc::new(Default::default),
         cancel_running: Arc::new(|_: &str| false),
     }
 }

@@ -546,22 +546,26 @@ fn reader_loop(
     }
 }
 
+/// Answers message `m` of connection `id` with a `phx_reply` (same refs and topic).
+fn send_reply(h: &HubInner, id: u64, vsn2: bool, m: &Msg, status: &str, response: Value) {
+    if let Some(c) = h.conns.get(&id) {
+        send(
+            c,
+            encode_msg(
+                vsn2,
+                &m.join_ref,
+                &m.r,
+                &m.topic,
+                "phx_reply",
+                json!({"status": status, "response": response}),
+            ),
+        );
+    }
+}
+
 fn handle_msg(app: &App, id: u64, vsn2: bool, m: Msg, apikey: &str) {
-    let reply = |h: &HubInner, status: &str, response: Value| {
-        if let Some(c) = h.conns.get(&id) {
-            send(
-                c,
-                encode_msg(
-                    vsn2,
-                    &m.join_ref,
-                    &m.r,
-                    &m.topic,
-                    "phx_reply",
-                    json!({"status": status, "response": response}),
-                ),
-            );
-        }
-    };
+    let reply =
+        |h: &HubInner, status: &str, response: Value| send_reply(h, id, vsn2, &m, status, response);
     if m.topic == "phoenix" {
         let h = app.hub.lock();
         if m.event == "heartbeat" {
@@ -662,20 +666,14 @@ fn join(app: &App, id: u64, vsn2: bool, m: &Msg, apikey: &str) {
     let err_reply = |reason: String| {
         app.stats.join_errors.fetch_add(1, Ordering::Relaxed);
         log::info!(target: "realtime", "join refused conn={id} topic={} reason={reason}", m.topic);
-        let h = app.hub.lock();
-        if let Some(c) = h.conns.get(&id) {
-            send(
-                c,
-                encode_msg(
-                    vsn2,
-                    &m.join_ref,
-                    &m.r,
-                    &m.topic,
-                    "phx_reply",
-                    json!({"status": "error", "response": {"reason": reason}}),
-                ),
-            );
-        }
+        send_reply(
+            &app.hub.lock(),
+            id,
+            vsn2,
+            m,
+            "error",
+            json!({ "reason": reason }),
+        );
     };
     let name = match m.topic.strip_prefix("realtime:") {
         Some(n) if !n.is_empty() => n.to_string(),
