@@ -524,3 +524,33 @@ fn a_result_neither_delivered_nor_spooled_is_held_and_delivered_once() {
     );
     assert_eq!(starts_per_job(&gw).get(&id), Some(&1));
 }
+
+/// Issue 4: "push the new access token to the realtime socket". The local backend closes a
+/// channel whose token has expired (as Realtime does), so a gateway that refreshed its session
+/// but kept the old token on the channel would be dropped and rejoin. Over several token
+/// lifetimes the channel must stay the one joined at start, and realtime alone still delivers.
+#[test]
+fn refreshed_tokens_are_pushed_to_the_realtime_channel() {
+    let b = Backend::start_with(&["--access-token-ttl", "4"]);
+    // Reconcile only every 10 minutes: a job can then only arrive over realtime.
+    let (mut gw, gid, team) =
+        started_gateway_with(&b, &[("PANORAMA_GATEWAY_RECONCILE_MS", "600000")]);
+    let joins = b.stats()["joins"].as_u64().unwrap();
+    assert!(joins >= 1, "{}", b.stats());
+    let refreshes = b.stats()["token_refreshes"].as_u64().unwrap();
+    // Three refreshes: the token joined with, and the next one, have expired by then.
+    wait_for("three proactive refreshes", Duration::from_secs(30), || {
+        (b.stats()["token_refreshes"].as_u64().unwrap() >= refreshes + 3).then_some(())
+    });
+    assert_eq!(
+        b.stats()["joins"].as_u64().unwrap(),
+        joins,
+        "the channel was rejoined: the refreshed token did not reach it\n{}",
+        gateway_log(&gw)
+    );
+    let id = b.insert_job(&team, &gid, "noop", json!({}));
+    let j = wait_job_done(&b, &id, Duration::from_secs(20));
+    assert_eq!(j["error"], "Unsupported job type: noop");
+    assert_alive(&mut gw);
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
