@@ -326,12 +326,26 @@ impl std::fmt::Display for SpawnError {
 impl std::error::Error for SpawnError {}
 
 /// Sends `sig` to every process of group `pgid`. Errors (the group is already gone) are fine.
-fn signal_group(pgid: i32, sig: libc::c_int) {
+pub fn signal_group(pgid: i32, sig: libc::c_int) {
     if pgid > 1 {
         // SAFETY: kill(2) with a negative pid addresses a process group; no memory involved.
         unsafe {
             libc::kill(-pgid, sig);
         }
+    }
+}
+
+/// Makes `cmd` start in a process group of its own (so the whole group can be signalled) with
+/// no descriptor of the gateway beyond its stdio. Every child the gateway starts goes through
+/// this: [`run`] and the long-lived remote shell sessions.
+pub fn isolate(cmd: &mut Command) {
+    cmd.process_group(0);
+    // SAFETY: the closure only makes async-signal-safe system calls (close_range / fcntl).
+    unsafe {
+        cmd.pre_exec(|| {
+            mark_inherited_fds_cloexec();
+            Ok(())
+        });
     }
 }
 
@@ -535,15 +549,8 @@ pub fn run(spec: Spec, on_line: Option<&mut dyn FnMut(&str)>) -> Result<Output, 
             Stdio::null()
         })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: the closure only makes async-signal-safe system calls (close_range / fcntl).
-    unsafe {
-        cmd.pre_exec(|| {
-            mark_inherited_fds_cloexec();
-            Ok(())
-        });
-    }
+        .stderr(Stdio::piped());
+    isolate(&mut cmd);
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -624,21 +624,12 @@ fn request_stop(s: &Sess, why: &'static str) {
     if st.stop.is_none() && !st.exited {
         st.stop = Some(why);
         // Signal at once; the pump escalates to SIGKILL after the grace.
-        signal_group(s.pgid, libc::SIGTERM);
+        exec::signal_group(s.pgid, libc::SIGTERM);
     }
     drop(st);
     s.changed.notify_all();
     // Closing stdin makes a shell that ignores SIGTERM (interactive bash) read EOF and exit.
     *s.stdin.lock().unwrap_or_else(|e| e.into_inner()) = None;
-}
-
-fn signal_group(pgid: i32, sig: libc::c_int) {
-    if pgid > 1 {
-        // SAFETY: kill(2) on a process group id; no memory involved.
-        unsafe {
-            libc::kill(-pgid, sig);
-        }
-    }
 }
 
 fn set_nonblocking(fd: i32) {
@@ -702,7 +693,7 @@ fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Sh
                 }
                 if let Some(why) = st.stop {
                     log::info!(target: "shell", "stopping shell session session_id={} reason={why}", sess.id);
-                    signal_group(sess.pgid, libc::SIGTERM);
+                    exec::signal_group(sess.pgid, libc::SIGTERM);
                 }
             }
             if st.stop.is_some() && kill_at.is_none() {
@@ -712,7 +703,7 @@ fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Sh
             }
         }
         if kill_at.is_some_and(|k| now >= k) && exited_at.is_none() {
-            signal_group(sess.pgid, libc::SIGKILL);
+            exec::signal_group(sess.pgid, libc::SIGKILL);
         }
         if exited_at.is_none() {
             // An error (the child is not ours to wait for any more) counts as exited too, so
@@ -720,7 +711,7 @@ fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Sh
             if !matches!(peek_exit(child.id() as i32), Ok(None)) {
                 exited_at = Some(now);
                 // Background members of the group go with the leader.
-                signal_group(sess.pgid, libc::SIGKILL);
+                exec::signal_group(sess.pgid, libc::SIGKILL);
             }
         }
         let open = pipes.iter().any(Option::is_some);
@@ -1281,22 +1272,8 @@ fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: the closure makes one async-signal-safe syscall.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Descriptors the daemon inherited must not reach the shell.
-            #[cfg(target_os = "linux")]
-            libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                4 as libc::c_uint, // CLOSE_RANGE_CLOEXEC
-            );
-            Ok(())
-        });
-    }
+        .stderr(Stdio::piped());
+    exec::isolate(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -1350,7 +1327,7 @@ fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
         .spawn(move || pump(s2, child, shutdown));
     if let Err(e) = spawned {
         // The child went with the closure; its group still exists: kill it.
-        signal_group(sess.pgid, libc::SIGKILL);
+        exec::signal_group(sess.pgid, libc::SIGKILL);
         registry().lock().remove(&sess.id);
         return failed(
             &format!("Could not start the shell session's reader thread: {e}"),
