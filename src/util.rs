@@ -45,6 +45,111 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut ms = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        let mut digits: String = frac.chars().take(3).collect();
+        while digits.len() < 3 {
+            digits.push('0');
+        }
+        ms = digits.parse().ok()?;
+    }
+    let offset_min: i64 = match &s[i..] {
+        "Z" | "z" | "" => 0,
+        rest => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let r = &rest[1..];
+            let part = |a: usize, b: usize| r.get(a..b)?.parse::<i64>().ok();
+            let (oh, om) = if r.len() == 5 && r.as_bytes()[2] == b':' {
+                (part(0, 2)?, part(3, 5)?)
+            } else if r.len() == 4 {
+                (part(0, 2)?, part(2, 4)?)
+            } else if r.len() == 2 {
+                (r.parse::<i64>().ok()?, 0)
+            } else {
+                return None;
+            };
+            sign * (oh * 60 + om)
+        }
+    };
+    // days from civil (Howard Hinnant)
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    u64::try_from(secs * 1000 + ms).ok()
+}
+
+/// 8-4-4-4-12 hex digits, any version: the shape of a Postgres `uuid` value.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// An RFC 4122 UUID: the uuid shape with version 1-5 and the RFC variant (case-insensitive).
+pub fn is_rfc4122_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    is_uuid(s)
+        && (b'1'..=b'5').contains(&b[14])
+        && matches!(b[19].to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b')
+}
+
+/// A random version-4 UUID.
+pub fn new_uuid_v4() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // Fall back to time and pid; uniqueness within this process is all that matters.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b.copy_from_slice(&(t ^ ((std::process::id() as u128) << 64)).to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +161,35 @@ mod tests {
         assert_eq!(rfc3339_millis(t), "2026-11-29T20:41:00.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parses_rfc3339_variants() {
+        let z = parse_rfc3339_ms("2026-11-29T20:41:00.123Z").unwrap();
+        assert_eq!(z, 1_795_984_860_123);
+        assert_eq!(parse_rfc3339_ms("2026-11-29T22:41:00.123+02:00"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2026-11-29 20:41:00.123456+00"), Some(z));
+        assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:00Z"), Some(z - 123));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        // Odd bytes from the backend never panic.
+        assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:00+1é1"), None);
+        assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:00é"), None);
+        assert_eq!(parse_rfc3339_ms("2026-11-29T20:41:0é"), None);
+        let now = now_rfc3339();
+        let back = parse_rfc3339_ms(&now).unwrap();
+        assert!(back.abs_diff(crate::util::unix_now() * 1000) < 5_000);
+    }
+
+    #[test]
+    fn uuids() {
+        assert!(is_rfc4122_uuid("8e9b1f22-6c1d-4f0e-8a7b-3e2c1d0f9a88"));
+        assert!(!is_rfc4122_uuid("8e9b1f22-6c1d-0f0e-8a7b-3e2c1d0f9a88"));
+        assert!(is_uuid("8e9b1f22-6c1d-0f0e-8a7b-3e2c1d0f9a88"));
+        assert!(!is_uuid("8e9b1f22-6c1d-4f0e-8a7b-3e2c1d0f9a8"));
+        let (a, b) = (new_uuid_v4(), new_uuid_v4());
+        assert_ne!(a, b);
+        assert!(is_rfc4122_uuid(&a));
+        assert_eq!(&a[14..15], "4");
     }
 }

@@ -159,7 +159,7 @@ fn looks_like_datetime(s: &str) -> bool {
     let has_zone = s.ends_with(['Z', 'z'])
         || s.get(19..)
             .is_some_and(|tail| tail.contains(['+', '-']) && tail.is_ascii());
-    has_zone && super::capabilities::parse_rfc3339_ms(s).is_some()
+    has_zone && crate::util::parse_rfc3339_ms(s).is_some()
 }
 
 #[cfg(test)]

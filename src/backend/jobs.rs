@@ -181,7 +181,7 @@ pub enum ClaimCheck {
 /// Recognises our own claim by the `started_at` we sent (compared as instants: the backend may
 /// answer `+00:00` or microseconds), the gateway id and the status.
 pub fn classify_claim(row: Option<&Value>, gateway_id: &str, started_at: &str) -> ClaimCheck {
-    use super::capabilities::parse_rfc3339_ms;
+    use crate::util::parse_rfc3339_ms;
     let Some(row) = row else {
         return ClaimCheck::NotOurs("the job no longer exists".into());
     };

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde_json::{json, Value};
 
-use crate::backend::capabilities::{capabilities, parse_rfc3339_ms};
+use crate::backend::capabilities::capabilities;
 use crate::backend::jobs::{self as wire, GatewayEvent, JobRow, Level};
 use crate::backend::realtime::{self, ReaderConfig, ReaderHooks};
 use crate::backend::session::{env_ms, Session, TokenStore};
@@ -34,6 +34,7 @@ use crate::exec::{CancelToken, Children};
 use crate::jobs::{self, FinalStatus, JobContext, Outcome};
 use crate::providers::Registry;
 use crate::util::now_rfc3339;
+use crate::util::parse_rfc3339_ms;
 
 /// Edits the daemon's status; the closure changes the current status and the file is rewritten
 /// atomically. Provided by the daemon (issue 2).

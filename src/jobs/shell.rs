@@ -27,6 +27,7 @@ use serde_json::{json, Map, Value};
 
 use super::{FinalStatus, JobContext, Outcome};
 use crate::exec;
+use crate::util::{is_uuid, new_uuid_v4};
 
 /// `DEFAULT_REMOTE_SHELL_EXEC_TIMEOUT_MS`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
@@ -321,17 +322,6 @@ fn resource_id(payload: &Value) -> Result<String, Outcome> {
         }
         _ => Err(failed("Missing resource_id in payload", &[])),
     }
-}
-
-/// 8-4-4-4-12 hex digits (any version): what `team_resources.id` holds. Anything else would
-/// only come back from PostgREST as a type error.
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
 }
 
 /// True when `secret_env` asks for secrets (a non-empty object).
@@ -640,31 +630,6 @@ fn set_nonblocking(fd: i32) {
             libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
     }
-}
-
-/// A random version-4 UUID.
-fn new_uuid() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // Fall back to time and pid; uniqueness within this process is all that matters.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b[..16].copy_from_slice(&(t ^ ((std::process::id() as u128) << 64)).to_le_bytes());
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 /// Reads both pipes into the buffer until the shell has exited and its group is gone; kills
@@ -1298,7 +1263,7 @@ fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
     }
     let now = crate::util::now_rfc3339();
     let sess = Arc::new(Sess {
-        id: new_uuid(),
+        id: new_uuid_v4(),
         team_id: team.to_string(),
         resource_id: rid.to_string(),
         shell: shell.to_string_lossy().into_owned(),
@@ -1454,8 +1419,8 @@ mod tests {
 
     #[test]
     fn uuids_are_v4_shaped_and_distinct() {
-        let a = new_uuid();
-        let b = new_uuid();
+        let a = new_uuid_v4();
+        let b = new_uuid_v4();
         assert_ne!(a, b);
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");

@@ -21,6 +21,7 @@ use crate::backend::subagents::{self as wire, EventTarget};
 use crate::exec;
 use crate::providers::health::Status;
 use crate::providers::{self, Flags, ProviderId};
+use crate::util::{is_rfc4122_uuid, new_uuid_v4, parse_rfc3339_ms};
 
 /// Run timeout when `config.timeout_ms` is not a JSON number.
 pub const DEFAULT_TIMEOUT_MS: u64 = 1_800_000;
@@ -91,87 +92,6 @@ fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
 
 fn trimmed(v: Option<&str>) -> Option<String> {
     v.map(str::trim).filter(|x| !x.is_empty()).map(String::from)
-}
-
-/// RFC-4122 versions 1–5, any case.
-pub fn is_uuid(x: &str) -> bool {
-    let b = x.as_bytes();
-    if b.len() != 36 {
-        return false;
-    }
-    for (i, c) in b.iter().enumerate() {
-        let ok = match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            14 => (b'1'..=b'5').contains(c),
-            19 => matches!(c.to_ascii_lowercase(), b'8' | b'9' | b'a' | b'b'),
-            _ => c.is_ascii_hexdigit(),
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-fn new_uuid() -> String {
-    let a = crate::backend::random_u64();
-    let b = crate::backend::random_u64();
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&a.to_be_bytes());
-    bytes[8..].copy_from_slice(&b.to_be_bytes());
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let h: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// Milliseconds since the epoch of an ISO 8601 timestamp (`Z` or `±hh:mm`; fraction optional).
-pub fn parse_iso_ms(t: &str) -> Option<i64> {
-    let t = t.trim();
-    let num = |a: usize, b: usize| t.get(a..b)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    if !matches!(t.as_bytes().get(10), Some(b'T') | Some(b't') | Some(b' ')) {
-        return None;
-    }
-    let (h, mi, se) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    let rest = &t[19..];
-    let (frac, tz) = match rest.strip_prefix('.') {
-        Some(r) => {
-            let n = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
-            let digits = &r[..n];
-            let ms = format!("{digits:0<3}")[..3].parse::<i64>().ok()?;
-            (ms, &r[n..])
-        }
-        None => (0, rest),
-    };
-    let offset = match tz {
-        "Z" | "z" | "" => 0,
-        _ => {
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            let oh = tz.get(1..3)?.parse::<i64>().ok()?;
-            let om = tz
-                .get(4..6)
-                .and_then(|x| x.parse::<i64>().ok())
-                .unwrap_or(0);
-            sign * (oh * 3600 + om * 60)
-        }
-    };
-    // days from civil (Howard Hinnant).
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + mi * 60 + se - offset) * 1000 + frac)
 }
 
 fn now_ms() -> i64 {
@@ -527,7 +447,8 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
     };
     // 11.
     let fresh = s(&control, "last_seen_at")
-        .and_then(parse_iso_ms)
+        .and_then(parse_rfc3339_ms)
+        .map(|t| t as i64)
         .is_some_and(|t| now_ms() - t <= HEARTBEAT_STALE_MS);
     if !fresh {
         return Ok(fail_msg("Gateway is offline or heartbeat is stale"));
@@ -576,9 +497,9 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
     // 14.
     let run_id = payload_run_id
         .clone()
-        .filter(|r| is_uuid(r))
-        .or_else(|| trimmed(s(&input, "run_id")).filter(|r| is_uuid(r)))
-        .unwrap_or_else(new_uuid);
+        .filter(|r| is_rfc4122_uuid(r))
+        .or_else(|| trimmed(s(&input, "run_id")).filter(|r| is_rfc4122_uuid(r)))
+        .unwrap_or_else(new_uuid_v4);
     // 15.
     let Some(run_sequence) = run_sequence_of(&input) else {
         let m = "Accepted subagent run has no run sequence";
@@ -2528,11 +2449,11 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert!(is_uuid("8e9b1f22-6c1d-4f0e-8a7b-3e2c1d0f9a88"));
-        assert!(!is_uuid("8e9b1f22-6c1d-0f0e-8a7b-3e2c1d0f9a88"));
-        assert!(is_uuid(&new_uuid()));
-        assert_eq!(parse_iso_ms("1970-01-01T00:00:01.5Z"), Some(1500));
-        assert_eq!(parse_iso_ms("1970-01-01T01:00:00+01:00"), Some(0));
+        assert!(is_rfc4122_uuid("8e9b1f22-6c1d-4f0e-8a7b-3e2c1d0f9a88"));
+        assert!(!is_rfc4122_uuid("8e9b1f22-6c1d-0f0e-8a7b-3e2c1d0f9a88"));
+        assert!(is_rfc4122_uuid(&new_uuid_v4()));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T01:00:00+01:00"), Some(0));
         assert!(lenient_bool(Some(&json!("Yes"))));
         assert!(!lenient_bool(Some(&json!("maybe"))));
         assert!(resolve(true, "running", Some("r1"), None).is_none());
