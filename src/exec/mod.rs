@@ -17,7 +17,7 @@ mod tmp;
 pub use env::{
     child_env, child_env_from, get_var, is_scrubbed, set_var, SCRUBBED_NAMES, SCRUBBED_PREFIX,
 };
-pub use tmp::{ensure_private_dir, PrivateDir};
+pub use tmp::{ensure_private_dir, write_private_file, PrivateDir};
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};

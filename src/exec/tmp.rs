@@ -45,6 +45,23 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Writes a new owner-only (0600) file in a private work directory: never follows a symlink
+/// and never reuses an existing file (O_EXCL), so nothing planted there is written through.
+/// Flushed to disk before the CLI that reads it starts.
+pub fn write_private_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all().ok();
+    Ok(())
+}
+
 /// A directory created with mode 0700 and removed on drop.
 #[derive(Debug)]
 pub struct PrivateDir {

@@ -1703,7 +1703,7 @@ fn execute_and_finalize(
         Ok(dir) => {
             let mut r = Ok(());
             for (name, data) in &plan.files {
-                if let Err(e) = write_private(&dir.path().join(name), data) {
+                if let Err(e) = exec::write_private_file(&dir.path().join(name), data) {
                     r = Err(format!("could not write {name} in the work directory: {e}"));
                 }
             }
@@ -1984,18 +1984,6 @@ fn cancel_on_shutdown(session: &Session, prep: &Prepared, em: &mut Emitter, reas
         ),
         fail_subagent: false,
     }
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    f.write_all(data)
 }
 
 // ---------------------------------------------------------------------------------------------

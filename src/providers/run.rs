@@ -2,8 +2,6 @@
 //! through `exec`, then the provider's parser. Shared by `model_run` jobs and full health checks.
 
 use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,18 +51,6 @@ fn safe_relative(p: &str) -> bool {
     !p.is_empty()
         && path.is_relative()
         && path.components().all(|c| matches!(c, Component::Normal(_)))
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all().ok();
-    Ok(())
 }
 
 /// Builds the child environment for a plan: scrubbed parent env, plan extras, PATH prepends.
@@ -120,7 +106,7 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
             let m = format!("plan file {name:?} is not a plain relative path");
             return fail(plan, Failure::Setup(m));
         }
-        if let Err(e) = write_private(&work_dir.join(name), data) {
+        if let Err(e) = crate::exec::write_private_file(&work_dir.join(name), data) {
             let m = format!("could not write {} in {}: {e}", name, work_dir.display());
             return fail(plan, Failure::Setup(m));
         }
