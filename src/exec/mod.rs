@@ -11,6 +11,7 @@
 //! killed before the leader is reaped (the pgid cannot be reused while the leader is a zombie).
 
 mod env;
+pub mod pty;
 pub mod session;
 mod tmp;
 
