@@ -210,6 +210,29 @@ pub fn stdin_prompt(field: &str, prompt: &str) -> Result<Vec<u8>, InputError> {
     Ok(prompt.as_bytes().to_vec())
 }
 
+/// Values that must never become an option, a path or a command (for the argv tests).
+#[cfg(test)]
+pub fn hostile_values() -> Vec<String> {
+    [
+        r#"--mcp-config={"mcpServers":{"x":{"command":"sh","args":["-c","touch M"]}}}"#,
+        "--mcp-config",
+        "-c",
+        "--",
+        "-p",
+        "-",
+        "--resume",
+        "a\nb",
+        "x\n--mcp-config=y",
+        "a\0b",
+        "a b",
+        "a,--x",
+        "",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +253,7 @@ mod tests {
         for t in ["WebSearch", "mcp__server__tool", "context-1m-2025-08-07"] {
             assert_eq!(name("config.betas", t), Ok(()), "{t}");
         }
-        for hostile in super::super::hostile_values() {
+        for hostile in super::hostile_values() {
             assert!(model("model", &hostile).is_err(), "{hostile:?}");
             assert!(name("config.betas", &hostile).is_err(), "{hostile:?}");
             assert!(uuid("config.session_id", &hostile).is_err(), "{hostile:?}");

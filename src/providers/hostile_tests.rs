@@ -8,9 +8,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::argv::hostile_values;
 use super::restrict::Layers;
 use super::subplan::SubagentRequest;
-use super::{build_plan, hostile_values, subagent_plan, Flags, ProviderId};
+use super::{build_plan, subagent_plan, Flags, ProviderId};
 
 /// Every option and fixed word the gateway writes, for any CLI.
 const KNOWN: &[&str] = &[

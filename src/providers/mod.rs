@@ -904,49 +904,7 @@ pub fn build_plan(
     }
 }
 
-/// The plan of a subagent run on `id`: restricted-mode limits checked on the request, the
-/// CLI's argv built, and a restricted argv scanned for elevated options (`restrict`).
-pub fn subagent_plan(
-    id: ProviderId,
-    req: &subplan::SubagentRequest,
-    layers: &restrict::Layers,
-    command: &Path,
-    flags: &Flags,
-) -> Result<subplan::SubPlan, String> {
-    restrict::check_request(req, layers)?;
-    let plan = match id {
-        ProviderId::Claude => claude::subagent_plan(req, command, flags),
-        ProviderId::Codex => codex::subagent_plan(req, command, flags),
-        ProviderId::Gemini => gemini::subagent_plan(req, command, flags),
-    }?;
-    if !req.full {
-        restrict::check_argv(&plan.args)?;
-    }
-    Ok(plan)
-}
-
-/// Values that must never become an option, a path or a command (for the argv tests).
-#[cfg(test)]
-pub fn hostile_values() -> Vec<String> {
-    [
-        r#"--mcp-config={"mcpServers":{"x":{"command":"sh","args":["-c","touch M"]}}}"#,
-        "--mcp-config",
-        "-c",
-        "--",
-        "-p",
-        "-",
-        "--resume",
-        "a\nb",
-        "x\n--mcp-config=y",
-        "a\0b",
-        "a b",
-        "a,--x",
-        "",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
+pub use subplan::subagent_plan;
 
 #[cfg(test)]
 mod hostile_tests;

@@ -264,3 +264,24 @@ impl SubagentRequest {
         })
     }
 }
+
+/// The plan of a subagent run on `id`: restricted-mode limits checked on the request, the
+/// CLI's argv built, and a restricted argv scanned for elevated options (`restrict`).
+pub fn subagent_plan(
+    id: super::ProviderId,
+    req: &SubagentRequest,
+    layers: &super::restrict::Layers,
+    command: &std::path::Path,
+    flags: &super::Flags,
+) -> Result<SubPlan, String> {
+    super::restrict::check_request(req, layers)?;
+    let plan = match id {
+        super::ProviderId::Claude => super::claude::subagent_plan(req, command, flags),
+        super::ProviderId::Codex => super::codex::subagent_plan(req, command, flags),
+        super::ProviderId::Gemini => super::gemini::subagent_plan(req, command, flags),
+    }?;
+    if !req.full {
+        super::restrict::check_argv(&plan.args)?;
+    }
+    Ok(plan)
+}
