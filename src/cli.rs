@@ -538,7 +538,7 @@ panorama-gateway: connects the AI coding CLIs (claude, codex, gemini) and the sh
 host to a Panorama team.
 
 Usage:
-  panorama-gateway pair <CODE|-> [--device-name NAME] [--no-start]
+  panorama-gateway pair <CODE> [--device-name NAME] [--no-start]   (CODE `-`: from stdin)
   panorama-gateway start [--foreground|--daemon]
   panorama-gateway stop [--timeout SECS] [--force]
   panorama-gateway status [--json]
