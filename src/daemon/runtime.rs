@@ -29,6 +29,7 @@ use crate::backend::spool::Spool;
 use crate::config::state::GatewayState;
 use crate::config::{BackendConfig, Settings};
 use crate::exec::Children;
+use crate::jobs::shell::ShellSessions;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::state_store::{health_sink, FileTokenStore};
@@ -161,6 +162,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             tuning: tuning.clone(),
             providers: open_providers(&settings, &paired.state),
             children: Arc::new(Children::default()),
+            shell_sessions: Arc::new(ShellSessions::new()),
             outbox: Outbox::new(spool),
             device_name: device_name.clone(),
             settings,
@@ -306,7 +308,7 @@ fn drain(shared: &Shared, threads: Threads) {
     outbox::last_retry(shared);
     // Remote shell sessions outlive single jobs: end them (process groups killed) before the
     // process exits or re-executes itself for an upgrade.
-    crate::jobs::shell::close_all_sessions(Duration::from_secs(5));
+    shared.shell_sessions.close_all(Duration::from_secs(5));
     shared.event(
         Level::Info,
         "gateway_stopped",
