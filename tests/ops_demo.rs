@@ -5,8 +5,8 @@
 mod connect_support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -114,7 +114,10 @@ fn the_demo_completes_every_job_and_removes_what_it_made() {
     assert!(all.contains("hello from Linux"), "{all}");
     assert!(all.contains("session in /tmp"), "{all}");
     assert!(all.contains("Connection: connected"), "status shown: {all}");
-    assert!(all.contains("[worker] job finished"), "log lines shown: {all}");
+    assert!(
+        all.contains("[worker] job finished"),
+        "log lines shown: {all}"
+    );
     assert!(all.contains("Every job completed."), "{all}");
     let pid = daemon_pid(&seen).expect("the demo names the daemon's pid");
     assert!(dead(pid), "the gateway daemon {pid} was stopped");
@@ -128,12 +131,16 @@ fn an_interrupted_demo_stops_everything_and_removes_what_it_made() {
     let rx = lines(&mut g.0);
     let mut seen = Vec::new();
     // Interrupt once the daemon runs (Ctrl-C goes to the whole foreground group).
-    let pid = wait_for("the demo to start the gateway", Duration::from_secs(60), || {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            seen.push(l);
-        }
-        daemon_pid(&seen)
-    });
+    let pid = wait_for(
+        "the demo to start the gateway",
+        Duration::from_secs(60),
+        || {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                seen.push(l);
+            }
+            daemon_pid(&seen)
+        },
+    );
     g.1 = Some(pid);
     unsafe {
         libc::kill(-(g.0.id() as i32), libc::SIGINT);
@@ -147,8 +154,10 @@ fn an_interrupted_demo_stops_everything_and_removes_what_it_made() {
     let all = seen.join("\n");
     assert_ne!(st.code(), Some(0), "{all}");
     assert!(all.contains("stopped everything and removed"), "{all}");
-    wait_for("the gateway daemon to be gone", Duration::from_secs(20), || {
-        dead(pid).then_some(())
-    });
+    wait_for(
+        "the gateway daemon to be gone",
+        Duration::from_secs(20),
+        || dead(pid).then_some(()),
+    );
     assert_eq!(leftovers(tmp.path()), Vec::<PathBuf>::new());
 }
