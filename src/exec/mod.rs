@@ -12,7 +12,6 @@
 
 mod env;
 pub mod pty;
-pub mod session;
 mod tmp;
 
 #[allow(unused_imports)] // the public surface of exec; not every item has a caller yet

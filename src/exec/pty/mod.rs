@@ -19,9 +19,8 @@ mod pump;
 mod ring;
 mod sys;
 
-#[allow(unused_imports)] // the public surface of the terminal sessions; the shell jobs use it
+#[allow(unused_imports)] // the public surface of the terminal sessions
 pub use ring::utf8_complete_prefix;
-#[allow(unused_imports)]
 pub use sys::{login_shell, WinSize};
 
 use std::ffi::OsString;
