@@ -76,6 +76,7 @@ pub enum TeamToggle {
 
 impl ControlState {
     /// Machine control is effective only when every gateway-side layer allows it.
+    #[cfg(test)]
     pub fn allowed(&self) -> bool {
         self.install_enabled && self.team_known && self.team_enabled && self.heartbeat_fresh
     }

@@ -62,10 +62,7 @@ pub struct ShellSessions {
 }
 
 pub(super) fn idle_limit() -> Duration {
-    crate::backend::session::env_ms(
-        "PANORAMA_GATEWAY_SHELL_SESSION_IDLE_MS",
-        DEFAULT_SESSION_IDLE_MS,
-    )
+    crate::tuning::shell_session_idle(DEFAULT_SESSION_IDLE_MS)
 }
 
 impl ShellSessions {
@@ -75,15 +72,6 @@ impl ShellSessions {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Sess>>> {
         lock(&self.map)
-    }
-
-    /// How many sessions are open.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 
     /// (all sessions, those of `team`'s `resource_id`).
