@@ -17,7 +17,8 @@ mod tmp;
 
 #[allow(unused_imports)] // the public surface of exec; not every item has a caller yet
 pub use env::{
-    child_env, child_env_from, get_var, is_scrubbed, set_var, SCRUBBED_NAMES, SCRUBBED_PREFIX,
+    child_env, child_env_from, get_var, is_scrubbed, set_var, ENV_FILE_NAMES_VAR, SCRUBBED_NAMES,
+    SCRUBBED_PARTS, SCRUBBED_PREFIX, SCRUBBED_PREFIXES,
 };
 pub use tmp::{ensure_private_dir, write_private_file, PrivateDir};
 
