@@ -98,6 +98,23 @@ fn log_malformed(s: &Shared, id: Option<&str>, why: &str, source: &str) {
     }
 }
 
+/// A queued row of ours that cannot be read: logged once, and its job failed with a clear
+/// error (conditional on it still being queued) so it does not stay queued forever; the other
+/// rows go on.
+fn reject_malformed(s: &Shared, id: Option<&str>, why: &str, source: &str) {
+    log_malformed(s, id, why, source);
+    let Some(id) = id else { return };
+    match wire::fail_malformed(&s.session, id, why) {
+        Ok(true) => {
+            log::warn!(target: "ingress", "failed malformed job {id} from {source}: {why}")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            log::warn!(target: "ingress", "could not fail malformed job {id}: {e}; retrying at the next reconcile")
+        }
+    }
+}
+
 /// The realtime reader's view of the runtime.
 pub(super) struct Hooks {
     pub shared: Arc<Shared>,
@@ -145,12 +162,14 @@ impl ReaderHooks for Hooks {
             Ok(job) => offer(&self.shared, job),
             Err(why) => {
                 let id = record.get("id").and_then(Value::as_str);
-                log_malformed(&self.shared, id, &why, "realtime");
+                reject_malformed(&self.shared, id, &why, "realtime");
             }
         }
     }
     fn malformed(&self, what: &str) {
         log::warn!(target: "realtime", "{what}");
+        // A row too deep for the frame decoder: reconcile reads rows one by one.
+        self.shared.wake_reconcile();
     }
     fn disconnected(&self, reason: &str, retry_in: Duration) {
         let s = &self.shared;
@@ -190,7 +209,7 @@ pub(super) fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
                 *lock(&s.ingress.state) = Ingress::Ok;
                 *lock(&s.ingress.reconcile_error) = None;
                 for (id, why) in bad {
-                    log_malformed(&s, id.as_deref(), &why, "reconcile");
+                    reject_malformed(&s, id.as_deref(), &why, "reconcile");
                 }
                 for j in jobs {
                     offer(&s, j);
