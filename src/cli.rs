@@ -223,6 +223,7 @@ where
                 g.overrides.anon_key =
                     Some(os_to_string("anon-key", take_value(&mut p, "anon-key")?)?)
             }
+            Long("allow-insecure-http") => g.overrides.allow_insecure_http = true,
             Long("device-name") => {
                 let v = os_to_string("device-name", take_value(&mut p, "device-name")?)?;
                 if v.trim().is_empty() {
@@ -393,6 +394,8 @@ Global options (any command):
   --supabase-url <url>       Backend URL (overrides SUPABASE_URL and the saved one)
   --anon-key <key>           Backend anon key (overrides SUPABASE_ANON_KEY and the saved one)
   --device-name <name>       Name shown in Panorama (pair, start)
+  --allow-insecure-http      Accept a plain http:// backend that is not on this machine
+                             (tokens travel in clear text; also PANORAMA_GATEWAY_ALLOW_INSECURE_HTTP=1)
   --claude-cli <path>        Claude CLI command
   --codex-cli <path>         Codex CLI command
   --gemini-cli <path>        Gemini CLI command
