@@ -303,12 +303,12 @@ mod tests {
     #[test]
     fn backend_precedence() {
         let saved = GatewayState {
-            supabase_url: Some("http://saved/".into()),
+            supabase_url: Some("https://saved/".into()),
             supabase_anon_key: Some("savedkey".into()),
             ..Default::default()
         };
         let b = backend_config(&settings(None, None), Some(&saved)).unwrap();
-        assert_eq!(b.url, "http://saved");
+        assert_eq!(b.url, "https://saved");
         assert_eq!(b.anon_key, "savedkey");
         let b = backend_config(&settings(Some("https://flag"), None), Some(&saved)).unwrap();
         assert_eq!(b.url, "https://flag");
