@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use serde_json::{json, Value};
 
 use super::shared::Shared;
-use super::{outbox, worker};
+use super::{cancels, outbox};
 use crate::backend::jobs::{self as wire, JobRow, Level};
 use crate::backend::realtime::ReaderHooks;
 use crate::backend::Error;
@@ -54,17 +54,10 @@ fn offer(s: &Arc<Shared>, job: JobRow) {
         return;
     }
     if job.job_type == "subagent_cancel" {
-        // Bypasses the queue and the concurrency limit.
-        let me = s.clone();
-        let spawned = std::thread::Builder::new()
-            .name("cancel-job".into())
-            .spawn(move || {
-                let id = job.id.clone();
-                worker::process(&me, job);
-                lock(&me.ingress.seen).remove(&id);
-            });
-        if let Err(e) = spawned {
-            log::error!(target: "worker", "cannot start a thread for a subagent_cancel job: {e}; it stays queued");
+        // Bypasses the queue and the concurrency limit, into the bounded cancel pool.
+        let id = job.id.clone();
+        if !cancels::offer(s, job) {
+            lock(&s.ingress.seen).remove(&id);
         }
         return;
     }
