@@ -43,9 +43,6 @@ pub const SCRUBBED_PARTS: &[&str] = &[
     "DB_URL",
 ];
 
-/// Kept for compatibility with callers that name the gateway's own prefix.
-pub const SCRUBBED_PREFIX: &str = "PANORAMA_GATEWAY_";
-
 /// The names the gateway set from its env files (`--env`, `--env-file`), comma-separated, as
 /// recorded by `config::envfile::load_file`. None of them reaches a child (the variable
 /// itself is a `PANORAMA_*` name and is scrubbed too).

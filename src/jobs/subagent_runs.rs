@@ -110,7 +110,8 @@ impl SubagentRuns {
         None
     }
 
-    /// Pending cancels held (for tests and status).
+    /// Pending cancels held.
+    #[cfg(test)]
     pub fn pending_len(&self) -> usize {
         lock(&self.pending).len()
     }
