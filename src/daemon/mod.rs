@@ -177,6 +177,12 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
             return fail!(e.to_string());
         }
     }
+    // Handlers before the pid lock: once the lock shows the gateway running, a SIGQUIT or
+    // SIGTERM must find them installed (it killed the process outright in that window).
+    let sigpipe = match signals::install() {
+        Ok(p) => p,
+        Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
+    };
     let lock = match pidfile::acquire(&paths.pid_path) {
         Ok(l) => l,
         Err(pidfile::AcquireError::AlreadyRunning(pid)) => {
@@ -185,10 +191,6 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
             return 0;
         }
         Err(pidfile::AcquireError::Failed(e)) => return fail!(e),
-    };
-    let sigpipe = match signals::install() {
-        Ok(p) => p,
-        Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
     };
     if let Err(e) =
         crate::logging::init_with(&paths.log_path, settings.verbose, !detached, detached)
