@@ -220,8 +220,8 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     if let Err(e) = prepare_dirs(paths) {
         return fail!(e);
     }
-    // Handlers before the pid lock: once the lock shows the gateway running, a SIGQUIT or
-    // SIGTERM must find them installed (it killed the process outright in that window).
+    // Handlers first: once the pid lock is held, `status` says "running" and a SIGTERM may
+    // come at once; it must drain, not kill the process with the default action.
     let sigpipe = match signals::install() {
         Ok(p) => p,
         Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
