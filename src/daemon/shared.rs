@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::exec::Children;
 use crate::jobs;
 use crate::jobs::shell::ShellSessions;
-use crate::jobs::subagent_runs::SubagentRuns;
+use crate::jobs::subagent::active::SubagentRuns;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::tuning::Tuning;

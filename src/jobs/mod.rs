@@ -9,7 +9,6 @@ pub mod diagnostic;
 pub mod model_run;
 pub mod shell;
 pub mod subagent;
-pub mod subagent_runs;
 
 use std::sync::Arc;
 
@@ -125,7 +124,7 @@ pub struct JobContext {
     /// Reaches other running jobs (subagent_cancel).
     pub cancel_running: CancelRunning,
     /// The subagent runs active here and the cancels waiting for theirs (owned by the runtime).
-    pub subagent_runs: Arc<subagent_runs::SubagentRuns>,
+    pub subagent_runs: Arc<subagent::active::SubagentRuns>,
 }
 
 impl JobContext {

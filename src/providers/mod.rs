@@ -12,6 +12,7 @@ pub mod codex;
 pub mod discovery;
 pub mod gemini;
 pub mod health;
+pub mod normalize;
 pub mod plan;
 pub mod redact;
 pub mod restrict;
