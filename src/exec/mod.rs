@@ -11,10 +11,7 @@
 //! killed before the leader is reaped (the pgid cannot be reused while the leader is a zombie).
 
 mod env;
-// Not wired into the shell sessions yet (the PTY work of the remote shell lands next).
-#[allow(dead_code)]
 pub mod pty;
-pub mod session;
 mod tmp;
 
 #[cfg(test)]
