@@ -274,6 +274,35 @@ pub fn complete(s: &Session, job_id: &str, body: &Value) -> Result<(), Error> {
     .map(|_| ())
 }
 
+/// `PATCH gateway_jobs?id=eq.<id>&status=eq.running&gateway_id=eq.<us>&started_at=eq.<ours>`
+/// with `body`: completes the job only while it is still the run our claim started (crash
+/// recovery: another claim of the same job, or a row the backend already ended, is left
+/// alone). True when the row matched.
+pub fn complete_if_ours(
+    s: &Session,
+    job_id: &str,
+    started_at: &str,
+    body: &Value,
+) -> Result<bool, Error> {
+    let id = format!("eq.{job_id}");
+    let gw = format!("eq.{}", s.gateway_id);
+    let started = format!("eq.{started_at}");
+    let rows = rest::update(
+        s,
+        "gateway_jobs",
+        &[
+            ("id", &id),
+            ("status", "eq.running"),
+            ("gateway_id", &gw),
+            ("started_at", &started),
+            ("select", "id"),
+        ],
+        body,
+        true,
+    )?;
+    Ok(!rows.is_empty())
+}
+
 /// `PATCH gateway_jobs?id=eq.<id>` with `{"debug": ...}`.
 pub fn set_debug(s: &Session, job_id: &str, debug: &Value) -> Result<(), Error> {
     let id = format!("eq.{job_id}");

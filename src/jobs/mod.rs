@@ -5,7 +5,9 @@
 //! that into the completion PATCH. Handlers never touch the websocket.
 
 pub mod diagnostic;
+pub mod journal;
 pub mod model_run;
+pub mod recovery;
 pub mod shell;
 pub mod subagent;
 
