@@ -145,7 +145,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
     } else {
         None
     };
-    let version = env!("CARGO_PKG_VERSION");
+    let version = crate::util::version();
     let hb_age = rt
         .as_ref()
         .and_then(|s| s.last_heartbeat_at.as_deref())
