@@ -115,15 +115,16 @@ fn file_name(key: &str) -> String {
 }
 
 impl Journal {
-    /// Opens (creating, owner-only) the journal directory.
-    pub fn open(dir: &Path) -> Result<Journal, String> {
-        secure::ensure_dir(dir).map_err(|e| {
-            format!("cannot use the in-flight journal directory: {e}; crash recovery needs it")
-        })?;
-        Ok(Journal {
+    /// Opens (creating, owner-only) the journal directory. A directory that cannot be made
+    /// is logged, not fatal: every write then says what is at risk.
+    pub fn open(dir: &Path) -> Journal {
+        if let Err(e) = secure::ensure_dir(dir) {
+            log::error!(target: "journal", "cannot use the in-flight journal directory: {e}; jobs run, but after a crash their processes and rows cannot be cleaned up");
+        }
+        Journal {
             dir: dir.to_path_buf(),
             live: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -271,18 +272,6 @@ impl Journal {
         }
     }
 
-    /// Names the job that opened a long-lived owner (for the logs of the next start).
-    pub fn describe_owner(&self, key: &str, job_id: &str, job_type: &str) {
-        let e = {
-            let mut live = self.lock();
-            let Some(e) = live.get_mut(key) else { return };
-            e.job_id = Some(job_id.to_string());
-            e.job_type = job_type.to_string();
-            e.clone()
-        };
-        self.write(&e);
-    }
-
     /// The observer to give to `exec::Children`.
     pub fn observer(self: &Arc<Self>) -> GroupObserver {
         let j = Arc::clone(self);
@@ -346,7 +335,7 @@ mod tests {
     #[test]
     fn entries_survive_a_crash_and_go_when_done() {
         let d = tmp("life");
-        let j = Arc::new(Journal::open(&d).unwrap());
+        let j = Arc::new(Journal::open(&d));
         assert_eq!(
             fs::metadata(&d).unwrap().permissions().mode() & 0o777,
             0o700
@@ -369,7 +358,6 @@ mod tests {
             pgid: 4343,
             start_time: Some(78),
         });
-        j.describe_owner(&session_key("s1"), "job-2", "shell_session");
         let f = d.join("job-1.json");
         assert_eq!(
             fs::metadata(&f).unwrap().permissions().mode() & 0o777,
@@ -377,7 +365,7 @@ mod tests {
         );
 
         // "Crash": a new journal on the same directory sees both entries.
-        let prev = Journal::open(&d).unwrap().previous();
+        let prev = Journal::open(&d).previous();
         assert!(prev.problems.is_empty(), "{:?}", prev.problems);
         assert_eq!(prev.entries.len(), 2);
         let job = prev.entries.iter().find(|e| e.key == "job-1").unwrap();
@@ -392,7 +380,6 @@ mod tests {
         );
         let sess = prev.entries.iter().find(|e| e.key != "job-1").unwrap();
         assert_eq!(sess.job_type, "shell_session");
-        assert_eq!(sess.job_id.as_deref(), Some("job-2"));
 
         // The job's group ends: the job entry stays (the job is not done); the session's
         // entry goes with its last group; the job's goes when it is done.
@@ -408,14 +395,14 @@ mod tests {
         assert_eq!(j.len(), 1);
         j.end("job-1");
         assert!(j.is_empty());
-        assert!(Journal::open(&d).unwrap().previous().entries.is_empty());
+        assert!(Journal::open(&d).previous().entries.is_empty());
         fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn a_corrupt_entry_is_set_aside_not_fatal() {
         let d = tmp("bad");
-        let j = Journal::open(&d).unwrap();
+        let j = Journal::open(&d);
         j.begin(Entry::job(
             "good",
             "model_run",
@@ -423,7 +410,7 @@ mod tests {
             &json!({}),
         ));
         fs::write(d.join("torn.json"), b"{\"key\": \"torn\", \"job_ty").unwrap();
-        let prev = Journal::open(&d).unwrap().previous();
+        let prev = Journal::open(&d).previous();
         assert_eq!(prev.entries.len(), 1);
         assert_eq!(prev.entries[0].key, "good");
         assert_eq!(prev.problems.len(), 1);

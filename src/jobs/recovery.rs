@@ -5,6 +5,7 @@
 //! `finalize-gateway-subagent-run` with a `run_failed` event that says why. Every other
 //! `running` row is left alone: it is not ours to judge.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,7 +15,7 @@ use crate::backend::session::Session;
 use crate::backend::subagents as sub;
 use crate::backend::Error;
 use crate::exec::groups::{self, GroupFate};
-use crate::jobs::journal::Entry;
+use crate::jobs::journal::{Entry, Journal};
 
 /// The error of jobs a previous process left `running`.
 pub const RESTART_JOB_ERROR: &str = "gateway restarted during the job";
@@ -54,6 +55,79 @@ pub fn end_leftover_groups(entries: &[Entry], grace: Duration) -> usize {
         }
     }
     ended
+}
+
+/// The entries of an earlier process still to settle with the backend.
+#[derive(Debug, Default)]
+pub struct Pending {
+    entries: Mutex<Vec<Entry>>,
+}
+
+/// Start-up, before any job is taken: reads what an earlier process left in `journal`, reports
+/// unreadable entries (returned, to be shown as an event too), and ends the process groups that
+/// survived it. The entries are then settled with the backend by [`Pending::settle`].
+pub fn begin(journal: &Journal, grace: Duration) -> (Pending, Vec<String>) {
+    let prev = journal.previous();
+    for p in &prev.problems {
+        log::error!(target: "recovery", "{p}");
+    }
+    if !prev.entries.is_empty() {
+        log::warn!(target: "recovery", "the previous gateway process left {} in-flight entr{} (it did not stop cleanly); cleaning up", prev.entries.len(), if prev.entries.len() == 1 { "y" } else { "ies" });
+    }
+    end_leftover_groups(&prev.entries, grace);
+    (
+        Pending {
+            entries: Mutex::new(prev.entries),
+        },
+        prev.problems,
+    )
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Settles every entry left; each one settled is removed from the journal. Returns the ids
+    /// of the jobs marked failed, or the first error when the backend could not be asked (the
+    /// rest are kept: call again later).
+    pub fn settle(&self, s: &Session, journal: &Journal) -> Result<Vec<String>, Error> {
+        let mut failed = Vec::new();
+        loop {
+            let next = self
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first()
+                .cloned();
+            let Some(e) = next else { return Ok(failed) };
+            let job = e.job_id.clone().unwrap_or_else(|| e.key.clone());
+            match settle(s, &e) {
+                Ok(Settled::Failed) => {
+                    log::warn!(target: "recovery", "job {job} ({}) was interrupted by the restart; marked failed ({RESTART_JOB_ERROR})", e.job_type);
+                    failed.push(job);
+                }
+                Ok(Settled::LeftAlone(why)) => {
+                    log::info!(target: "recovery", "job {job} ({}) from before the restart left as it is: {why}", e.job_type)
+                }
+                Ok(Settled::NoJob) => {}
+                Err(err) if err.is_retryable() || matches!(err, Error::Reauth(_)) => {
+                    return Err(err)
+                }
+                Err(err) => {
+                    log::error!(target: "recovery", "cannot settle job {job} ({}) from before the restart: {err}; giving it up (the backend's own recovery ends it)", e.job_type)
+                }
+            }
+            journal.forget(&e.key);
+            self.entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|x| x.key != e.key);
+        }
+    }
 }
 
 /// What became of one journal entry at the backend.

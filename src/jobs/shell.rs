@@ -634,7 +634,12 @@ fn set_nonblocking(fd: i32) {
 
 /// Reads both pipes into the buffer until the shell has exited and its group is gone; kills
 /// the group on a stop request (close, idle expiry, daemon shutdown); reaps the shell.
-fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Shutdown) {
+fn pump(
+    sess: Arc<Sess>,
+    mut child: Child,
+    shutdown: crate::daemon::shutdown::Shutdown,
+    children: Arc<exec::Children>,
+) {
     let mut pipes: Vec<Option<Box<dyn ReadFd>>> = vec![
         child.stdout.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
         child.stderr.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
@@ -732,6 +737,8 @@ fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Sh
     // Reap under the lock: `request_stop` signals the group only while `exited` is false, so
     // nobody signals a process group id the system may hand out again after the reap.
     let mut st = sess.lock();
+    // Forgotten while the leader is still an unreaped zombie (its pgid not yet reusable).
+    children.group_ended(&super::journal::session_key(&sess.id), sess.pgid);
     let status = child.wait();
     st.exited = true;
     if let Ok(s) = status {
@@ -1284,16 +1291,23 @@ fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
         changed: Condvar::new(),
         _tmp: tmp,
     });
+    // The shell outlives this job: its group is recorded under the session, so a crash of
+    // the gateway does not leave it running (the next start ends it).
+    ctx.children
+        .group_started(&super::journal::session_key(&sess.id), sess.pgid);
     registry().lock().insert(sess.id.clone(), sess.clone());
     let shutdown = ctx.shutdown.clone();
     let s2 = sess.clone();
+    let children = ctx.children.clone();
     let spawned = std::thread::Builder::new()
         .name("shell-session".into())
-        .spawn(move || pump(s2, child, shutdown));
+        .spawn(move || pump(s2, child, shutdown, children));
     if let Err(e) = spawned {
         // The child went with the closure; its group still exists: kill it.
         exec::signal_group(sess.pgid, libc::SIGKILL);
         registry().lock().remove(&sess.id);
+        ctx.children
+            .group_ended(&super::journal::session_key(&sess.id), sess.pgid);
         return failed(
             &format!("Could not start the shell session's reader thread: {e}"),
             &[("action", "open".into()), ("resource_id", rid_v)],
