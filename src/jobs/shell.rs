@@ -637,7 +637,7 @@ fn set_nonblocking(fd: i32) {
 fn pump(
     sess: Arc<Sess>,
     mut child: Child,
-    shutdown: crate::daemon::shutdown::Shutdown,
+    shutdown: crate::shutdown::Shutdown,
     children: Arc<exec::Children>,
 ) {
     let mut pipes: Vec<Option<Box<dyn ReadFd>>> = vec![
