@@ -49,8 +49,13 @@ fn script(body: &str) -> Vec<u8> {
     format!("#!/bin/sh\n{body}\n").into_bytes()
 }
 
+/// The daemon's log file (the foreground daemon also copies it to stderr).
+fn log_file(gw: &Gateway) -> String {
+    std::fs::read_to_string(gw.config_dir().join("gateway.log")).unwrap_or_default()
+}
+
 fn refusals(gw: &Gateway) -> usize {
-    gw.log().matches(REFUSED).count()
+    log_file(gw).matches(REFUSED).count()
 }
 
 #[test]
@@ -104,7 +109,9 @@ fn only_a_verified_upgrade_replaces_the_daemon_and_the_job_in_flight_completes_o
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
     wait_for("the watchdog", WAIT, || {
-        gw.log().contains("watching the gateway binary").then_some(())
+        gw.log()
+            .contains("watching the gateway binary")
+            .then_some(())
     });
     let serves = |what: &str| {
         let d = b.insert_job(&team, &gid, "diagnostic", json!({}));
@@ -123,7 +130,8 @@ fn only_a_verified_upgrade_replaces_the_daemon_and_the_job_in_flight_completes_o
             "a binary that fails to start",
             script("[ \"$1\" = --version ] && { echo 'panorama-gateway 99.0.0'; exit 0; }\nexit 1"),
         ),
-        ("a truncated copy", gateway[..gateway.len() / 3].to_vec()),
+        // A download cut short: the program headers point past the end of the file.
+        ("a truncated copy", gateway[..65536].to_vec()),
     ];
     for (i, (what, bytes)) in not_upgrades.iter().enumerate() {
         install(&exe, bytes);
@@ -135,13 +143,13 @@ fn only_a_verified_upgrade_replaces_the_daemon_and_the_job_in_flight_completes_o
         assert_eq!(gw.status_file()["version"], env!("CARGO_PKG_VERSION"));
     }
     // Each file was looked at once, not at every tick.
-    assert_eq!(refusals(&gw), not_upgrades.len(), "{}", gw.log());
-    let log = gw.log();
+    assert_eq!(refusals(&gw), not_upgrades.len(), "{}", log_file(&gw));
+    let log = log_file(&gw);
     for why in [
         "not \"panorama-gateway <version>\"",
         "is the running version",
         "fails a dry start",
-        "--version: cannot run it",
+        "--version exited with signal",
     ] {
         assert!(log.contains(why), "{why}: {log}");
     }
@@ -155,7 +163,9 @@ fn only_a_verified_upgrade_replaces_the_daemon_and_the_job_in_flight_completes_o
         json!({"provider": "claude_code", "model": "claude-sonnet-4-5", "output_format": "text",
                "prompt": prompt}),
     );
-    wait_for("the slow run to start", WAIT, || started.exists().then_some(()));
+    wait_for("the slow run to start", WAIT, || {
+        started.exists().then_some(())
+    });
     let (bytes, new_version) = other_version();
     install(&exe, &bytes);
     wait_for("the drain before the restart", WAIT, || {
@@ -172,7 +182,7 @@ fn only_a_verified_upgrade_replaces_the_daemon_and_the_job_in_flight_completes_o
     assert_eq!(gw.pid(), pid, "re-executed in place");
     assert_eq!(fake_cli_records(&rec, "slow").len(), 1, "the job ran once");
     assert_eq!(b.job(&job)["status"], "completed");
-    let log = gw.log();
+    let log = log_file(&gw);
     assert_eq!(
         log.matches("discovered provider=claude_code").count(),
         2,
