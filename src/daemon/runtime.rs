@@ -31,6 +31,7 @@ use crate::config::{BackendConfig, Settings};
 use crate::exec::Children;
 use crate::jobs::journal::Journal;
 use crate::jobs::recovery;
+use crate::jobs::shell::ShellSessions;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::state_store::{health_sink, FileTokenStore};
@@ -175,6 +176,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             tuning: tuning.clone(),
             providers: open_providers(&settings, &paired.state, wake_heartbeat.clone()),
             children,
+            shell_sessions: Arc::new(ShellSessions::new()),
             outbox: Outbox::new(spool),
             device_name: device_name.clone(),
             settings,
@@ -329,7 +331,7 @@ fn drain(shared: &Shared, threads: Threads) {
     outbox::last_retry(shared);
     // Remote shell sessions outlive single jobs: end them (process groups killed) before the
     // process exits or re-executes itself for an upgrade.
-    crate::jobs::shell::close_all_sessions(Duration::from_secs(5));
+    shared.shell_sessions.close_all(Duration::from_secs(5));
     shared.event(
         Level::Info,
         "gateway_stopped",

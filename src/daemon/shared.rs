@@ -23,6 +23,7 @@ use crate::exec::Children;
 use crate::jobs;
 use crate::jobs::journal::Journal;
 use crate::jobs::recovery;
+use crate::jobs::shell::ShellSessions;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::util::{instant_to_rfc3339, lock};
@@ -57,6 +58,7 @@ pub(super) struct Parts {
     pub tuning: Tuning,
     pub providers: Arc<Registry>,
     pub children: Arc<Children>,
+    pub shell_sessions: Arc<ShellSessions>,
     pub outbox: Outbox,
     pub device_name: String,
     pub settings: Settings,
@@ -70,6 +72,8 @@ pub(super) struct Shared {
     pub tuning: Tuning,
     pub providers: Arc<Registry>,
     pub children: Arc<Children>,
+    /// The open remote shell sessions (they outlive single jobs).
+    pub shell_sessions: Arc<ShellSessions>,
     pub device_name: String,
     pub settings: Settings,
     /// The in-flight journal of this process (the next start's crash recovery reads it).
@@ -96,6 +100,7 @@ impl Shared {
             tuning: p.tuning,
             providers: p.providers,
             children: p.children,
+            shell_sessions: p.shell_sessions,
             device_name: p.device_name,
             settings: p.settings,
             journal: p.journal,

@@ -12,6 +12,8 @@
 
 mod env;
 pub mod groups;
+pub mod pty;
+pub mod session;
 mod tmp;
 
 #[allow(unused_imports)] // the public surface of exec; not every item has a caller yet

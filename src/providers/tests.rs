@@ -106,6 +106,8 @@ fn ctx(reg: &Arc<Registry>, job: &str) -> JobContext {
         cancel: CancelToken::new(),
         shutdown: Shutdown::new(),
         session: None,
+        resources: None,
+        shell_sessions: Arc::new(crate::jobs::shell::ShellSessions::new()),
         control: Arc::new(Default::default),
         cancel_running: Arc::new(|_: &str| false),
     }
