@@ -190,7 +190,7 @@ fn chaos_soak() {
     std::fs::write(
         &chaos,
         format!(
-            "#!/bin/sh\nexport {mark}\ncase \"$*\" in *SLOW1*) sleep 1;; *SLOW2*) sleep 2;; esac\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\nexport {mark}\ntmp=$(mktemp)\ncat > \"$tmp\"\nall=\"$* $(cat \"$tmp\")\"\nexec 0<\"$tmp\"\nrm -f \"$tmp\"\ncase \"$all\" in *SLOW1*) sleep 1;; *SLOW2*) sleep 2;; esac\nexec '{}' \"$@\"\n",
             fake.display()
         ),
     )
@@ -333,7 +333,7 @@ fn chaos_soak() {
         println!("  {k}: {v}");
     }
     println!(
-        "  injected by the backend: {}",
+        "  faults the backend injected since its last restart: {}",
         s.b.stats()["faults_injected"]
     );
 }

@@ -69,13 +69,14 @@ fn only_a_verified_upgrade_replaces_the_daemon_and_the_job_in_flight_completes_o
     gw.pair(&code);
     let gid = gw.gateway_id();
     let fake = fake_cli_wrapper(&bin, "claude", None);
-    // A run whose prompt says SLOW first marks that it started, then takes 4 s.
+    // A run whose prompt (argument or stdin) says SLOW first marks that it started, then
+    // takes 4 s.
     let started = gw.dir.path().join("slow.started");
     let slow = bin.join("claude-slow");
     std::fs::write(
         &slow,
         format!(
-            "#!/bin/sh\ncase \"$*\" in *SLOW*) : > '{}'; sleep 4;; esac\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\ntmp=$(mktemp)\ncat > \"$tmp\"\nall=\"$* $(cat \"$tmp\")\"\nexec 0<\"$tmp\"\nrm -f \"$tmp\"\ncase \"$all\" in *SLOW*) : > '{}'; sleep 4;; esac\nexec '{}' \"$@\"\n",
             started.display(),
             fake.display()
         ),
@@ -163,9 +164,16 @@ fn only_a_verified_upgrade_replaces_the_daemon_and_the_job_in_flight_completes_o
         json!({"provider": "claude_code", "model": "claude-sonnet-4-5", "output_format": "text",
                "prompt": prompt}),
     );
-    wait_for("the slow run to start", WAIT, || {
-        started.exists().then_some(())
-    });
+    let t = std::time::Instant::now();
+    while !started.exists() {
+        assert!(
+            t.elapsed() < WAIT,
+            "the slow run did not start: {} {}",
+            b.job(&job),
+            log_file(&gw)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (bytes, new_version) = other_version();
     install(&exe, &bytes);
     wait_for("the drain before the restart", WAIT, || {

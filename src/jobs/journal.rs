@@ -2,12 +2,21 @@
 //! it started for them, on disk, so the next start can end what a crash left behind and fail
 //! exactly its own interrupted jobs (lifecycle, issue 12).
 //!
-//! One owner-only JSON file per entry under `<config-dir>/inflight/`, replaced atomically with
-//! fsync (the project's owner-only writer, `config::secure::write_atomic`) whenever it changes
-//! and removed when the job's result was delivered or spooled. An entry is a job (id, type, the
-//! `started_at` of our claim, the subagent and run ids of a `subagent_run`) or a long-lived
-//! process owner that outlives its job (a shell session); each lists its process groups with
-//! the leader's start time from `/proc`, so a reused pid is never taken for ours.
+//! One owner-only JSON file per entry under `<config-dir>/inflight/`, replaced atomically (the
+//! project's owner-only writer, `config::secure::write_atomic`: temp file, rename) whenever it
+//! changes and removed when the job's result was delivered or spooled. An entry is a job (id,
+//! type, the `started_at` of our claim, the subagent and run ids of a `subagent_run`) or a
+//! long-lived process owner that outlives its job (a shell session); each lists its process
+//! groups with the leader's start time from `/proc` and the boot id, so a reused pid (or a pid
+//! of another boot) is never taken for ours.
+//!
+//! What is fsync'ed: the entry each time a process group is recorded (the spawn of a CLI or a
+//! shell costs far more than the fsync). The first write of a job, just before its claim, is
+//! atomic but not fsync'ed, so claiming stays a matter of milliseconds (an fsync here takes
+//! 20-100 ms): it survives any crash of the gateway process, since the kernel keeps the data;
+//! only a crash of the whole machine can lose it, and then no process of the job is left to
+//! end and the backend's own recovery ends the row. Removals are not fsync'ed either: an
+//! entry that comes back is settled as "not ours any more" (the row was completed).
 //!
 //! A file that cannot be read or parsed is renamed `*.bad`, reported, and otherwise ignored:
 //! it never stops the gateway from starting.
@@ -46,6 +55,10 @@ pub struct Entry {
     pub run_id: Option<String>,
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// `/proc/sys/kernel/random/boot_id` when the entry was made: process groups of another
+    /// boot are long gone (and their start times mean nothing now).
+    #[serde(default)]
+    pub boot_id: Option<String>,
     /// When the entry was written first (for the logs).
     pub recorded_at: String,
 }
@@ -66,9 +79,18 @@ impl Entry {
             subagent_id,
             run_id,
             groups: Vec::new(),
+            boot_id: boot_id(),
             recorded_at: crate::util::now_rfc3339(),
         }
     }
+}
+
+/// This boot's id, from the kernel.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// `subagent_id` and the run id (`run_id`, else `input.run_id`) of a `subagent_run` payload,
@@ -179,7 +201,9 @@ impl Journal {
         out
     }
 
-    fn write(&self, e: &Entry) {
+    /// Replaces the entry's file; `durable`: fsync'ed (see the module docs for when). Writes of
+    /// one key come from one thread at a time (its job's worker, or its session's).
+    fn write(&self, e: &Entry, durable: bool) {
         let path = self.dir.join(file_name(&e.key));
         let data = match serde_json::to_vec(e) {
             Ok(d) => d,
@@ -188,14 +212,14 @@ impl Journal {
                 return;
             }
         };
-        if let Err(err) = secure::write_atomic(&path, &data, true) {
+        if let Err(err) = secure::write_atomic(&path, &data, durable) {
             log::error!(target: "journal", "cannot record in-flight work {} ({err}); if the gateway crashes now, the next start cannot clean it up. Free disk space or fix the permissions of {}", e.key, self.dir.display());
         }
     }
 
     /// Records a job as in flight (before its claim or its first child).
     pub fn begin(&self, entry: Entry) {
-        self.write(&entry);
+        self.write(&entry, false);
         self.lock().insert(entry.key.clone(), entry);
     }
 
@@ -243,6 +267,7 @@ impl Journal {
                     subagent_id: None,
                     run_id: None,
                     groups: Vec::new(),
+                    boot_id: boot_id(),
                     recorded_at: crate::util::now_rfc3339(),
                 });
                 e.groups.retain(|g| g.pgid != *pgid);
@@ -250,7 +275,7 @@ impl Journal {
                     pgid: *pgid,
                     start_time: *start_time,
                 });
-                Some(e.clone())
+                Some((e.clone(), true))
             }
             GroupNote::Ended { owner, pgid } => match live.get_mut(owner) {
                 Some(e) => {
@@ -261,14 +286,14 @@ impl Journal {
                         self.remove_file(owner);
                         return;
                     }
-                    Some(e.clone())
+                    Some((e.clone(), false))
                 }
                 None => None,
             },
         };
         drop(live);
-        if let Some(e) = changed {
-            self.write(&e);
+        if let Some((e, durable)) = changed {
+            self.write(&e, durable);
         }
     }
 

@@ -24,7 +24,12 @@ pub const RESTART_JOB_ERROR: &str = "gateway restarted during the job";
 /// each. Returns how many groups had processes left.
 pub fn end_leftover_groups(entries: &[Entry], grace: Duration) -> usize {
     let mut ended = 0;
+    let boot = crate::jobs::journal::boot_id();
     for e in entries {
+        if e.boot_id.is_some() && boot.is_some() && e.boot_id != boot {
+            log::info!(target: "recovery", "{} {} is from before a reboot: none of its processes is left", e.job_type, e.job_id.as_deref().unwrap_or(&e.key));
+            continue;
+        }
         for g in &e.groups {
             let what = format!(
                 "{} {} pgid={}",

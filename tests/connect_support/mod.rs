@@ -548,6 +548,17 @@ pub fn ready_gateway_with_fake_claude(
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    // The start-up provider check is over (its heartbeat carries the health): it no longer
+    // runs the fake once the test arms it, nor sends requests a test's fault could hit.
+    wait_for(
+        "the start-up provider check",
+        Duration::from_secs(30),
+        || {
+            b.gateway_row(&gid)["capabilities"]["providers"]["claude_code"]["health"]["status"]
+                .is_string()
+                .then_some(())
+        },
+    );
     (b, gw, team, gid)
 }
 
