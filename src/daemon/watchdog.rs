@@ -38,26 +38,11 @@ fn env_bool(name: &str) -> Option<bool> {
     }
 }
 
-fn env_ms(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()?
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .map(|v| v.max(0) as u64)
-}
-
 impl WatchConfig {
     pub fn from_env() -> WatchConfig {
         let enabled = env_bool("PANORAMA_GATEWAY_AUTO_RESTART").unwrap_or(!cfg!(debug_assertions));
-        let interval = Duration::from_millis(
-            env_ms("PANORAMA_GATEWAY_RESTART_CHECK_MS")
-                .unwrap_or(30_000)
-                .max(1000),
-        );
-        let max_wait = env_ms("PANORAMA_GATEWAY_RESTART_MAX_WAIT_MS")
-            .filter(|v| *v > 0)
-            .map(Duration::from_millis);
+        let interval = crate::tuning::restart_check();
+        let max_wait = crate::tuning::restart_max_wait();
         WatchConfig {
             enabled,
             interval,
@@ -136,7 +121,7 @@ fn probe(exe: &Path, args: &[OsString]) -> Result<Probe, String> {
 }
 
 fn first_line(s: &str) -> String {
-    crate::backend::truncate_chars(s.lines().next().unwrap_or("").trim(), 200)
+    crate::util::truncate_chars(s.lines().next().unwrap_or("").trim(), 200, "…")
 }
 
 /// Whether `exe` is an upgrade this process may restart into: it answers `--version` with

@@ -41,10 +41,6 @@ impl RunningJobs {
         lock(&self.running).is_empty()
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        lock(&self.running).contains_key(id)
-    }
-
     fn insert(&self, id: &str, cancel: CancelToken, job_type: &str) {
         lock(&self.running).insert(
             id.to_string(),

@@ -149,10 +149,6 @@ impl Journal {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -304,10 +300,12 @@ impl Journal {
     }
 
     /// How many entries this process has open.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::util::truncate_chars;
+
 /// The sentinel model: no `--model` argument is passed.
 pub const DEFAULT_MODEL: &str = "__default__";
 
@@ -260,13 +262,6 @@ pub fn error_summary(text: &str) -> Option<Value> {
 pub fn collapse(s: &str, max: usize) -> String {
     let c = s.split_whitespace().collect::<Vec<_>>().join(" ");
     truncate_chars(&c, max, "...")
-}
-
-pub fn truncate_chars(s: &str, max: usize, marker: &str) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_string(),
-        Some((i, _)) => format!("{}{marker}", &s[..i]),
-    }
 }
 
 #[cfg(test)]

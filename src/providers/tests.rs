@@ -1170,7 +1170,7 @@ fn parsers_and_redactors_never_panic_on_random_text() {
         let _ = plan::extract_object(&s, true);
         let _ = plan::error_summary(&s);
         let _ = plan::collapse(&s, (next() % 20) as usize);
-        let _ = plan::truncate_chars(&s, (next() % 20) as usize, "…");
+        let _ = crate::util::truncate_chars(&s, (next() % 20) as usize, "…");
         let _ = discovery::extract_version(&s);
         let _ = discovery::compare_versions(&s, "1.2.3");
         let _ = gemini::parse_extensions(&s);
