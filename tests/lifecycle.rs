@@ -208,7 +208,7 @@ fn sigkill_leaves_no_orphan_and_the_next_start_fails_only_our_jobs() {
     let session = r["session_id"].as_str().unwrap().to_string();
     let (sh_pid, bg_pid) = (dir.join("shell.pid"), dir.join("bg.pid"));
     w.shell_job(json!({"action": "write", "resource_id": res, "session_id": session,
-        "input": format!("echo $$ > {}; sleep 3600 & echo $! > {}\n", sh_pid.display(), bg_pid.display())}));
+        "input": format!("echo $$ > {}; (trap '' HUP; exec sleep 3600) & echo $! > {}\n", sh_pid.display(), bg_pid.display())}));
 
     let mut pids = vec![
         pid_in(&mr_pid),
@@ -226,7 +226,7 @@ fn sigkill_leaves_no_orphan_and_the_next_start_fails_only_our_jobs() {
     );
 
     // Crash. Without recovery these would live on as orphans (the session's shell itself
-    // ends at the EOF on its stdin; the child it started in the background does not).
+    // ends when its terminal hangs up; a background job that ignores SIGHUP does not).
     w.gw.kill9();
     let left: Vec<i32> = pids.iter().copied().filter(|p| !dead(*p)).collect();
     assert!(

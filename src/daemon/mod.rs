@@ -219,6 +219,12 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     if let Err(e) = prepare_dirs(paths) {
         return fail!(e);
     }
+    // Handlers first: once the pid lock is held, `status` says "running" and a SIGTERM may
+    // come at once; it must drain, not kill the process with the default action.
+    let sigpipe = match signals::install() {
+        Ok(p) => p,
+        Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
+    };
     let lock = match pidfile::acquire(&paths.pid_path) {
         Ok(l) => l,
         Err(pidfile::AcquireError::AlreadyRunning(pid)) => {
@@ -227,10 +233,6 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
             return 0;
         }
         Err(pidfile::AcquireError::Failed(e)) => return fail!(e),
-    };
-    let sigpipe = match signals::install() {
-        Ok(p) => p,
-        Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
     };
     if let Err(e) =
         crate::logging::init_with(&paths.log_path, settings.verbose, !detached, detached)

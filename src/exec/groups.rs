@@ -7,17 +7,18 @@ use std::time::{Duration, Instant};
 
 use super::signal_group;
 
-/// The fields of `/proc/<pid>/stat` after the command name: (state, pgrp, start time in clock
-/// ticks since boot). The name is in parentheses and may itself hold spaces and `)`.
-fn stat_fields(pid: i32) -> Option<(char, i32, u64)> {
+/// The fields of `/proc/<pid>/stat` after the command name: (state, pgrp, session, start time
+/// in clock ticks since boot). The name is in parentheses and may itself hold spaces and `)`.
+fn stat_fields(pid: i32) -> Option<(char, i32, i32, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = text.rsplit_once(')')?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); pgrp is field 5, starttime field 22.
+    // rest starts at field 3 (state); pgrp is field 5, session 6, starttime 22.
     let state = f.first()?.chars().next()?;
     let pgrp = f.get(2)?.parse().ok()?;
+    let session = f.get(3)?.parse().ok()?;
     let start = f.get(19)?.parse().ok()?;
-    Some((state, pgrp, start))
+    Some((state, pgrp, session, start))
 }
 
 /// When `pid` started (clock ticks since boot, field 22 of `/proc/<pid>/stat`); None when it
@@ -27,17 +28,20 @@ pub fn start_time(pid: i32) -> Option<u64> {
     if pid <= 0 {
         return None;
     }
-    stat_fields(pid).map(|(_, _, t)| t)
+    stat_fields(pid).map(|(_, _, _, t)| t)
 }
 
-/// The live (not zombie) processes whose process group is `pgid`.
+/// The live (not zombie) processes whose process group, or session, is `pgid` (a terminal
+/// session's shell leads both; its jobs get process groups of their own in its session).
 pub fn members(pgid: i32) -> Vec<i32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     rd.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| matches!(stat_fields(*pid), Some((st, g, _)) if g == pgid && st != 'Z'))
+        .filter(|pid| {
+            matches!(stat_fields(*pid), Some((st, g, sid, _)) if (g == pgid || sid == pgid) && st != 'Z')
+        })
         .collect()
 }
 
@@ -54,6 +58,17 @@ pub enum GroupFate {
     Ended { members: usize, forced: bool },
     /// Processes are still there after SIGKILL (another user's, or stuck in the kernel).
     Survived { members: usize },
+}
+
+/// `sig` to the group and to each member found (members of the session in other groups).
+fn signal_all(pgid: i32, sig: libc::c_int) {
+    signal_group(pgid, sig);
+    for pid in members(pgid) {
+        // SAFETY: kill(2) on a pid just listed as a member; no memory involved.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
 }
 
 fn wait_empty(pgid: i32, d: Duration) -> bool {
@@ -84,14 +99,14 @@ pub fn end_stale_group(pgid: i32, leader_start: u64, grace: Duration) -> GroupFa
     if n == 0 {
         return GroupFate::Gone;
     }
-    signal_group(pgid, libc::SIGTERM);
+    signal_all(pgid, libc::SIGTERM);
     if wait_empty(pgid, grace) {
         return GroupFate::Ended {
             members: n,
             forced: false,
         };
     }
-    signal_group(pgid, libc::SIGKILL);
+    signal_all(pgid, libc::SIGKILL);
     if wait_empty(pgid, Duration::from_secs(2)) {
         GroupFate::Ended {
             members: n,
