@@ -313,6 +313,7 @@ where
             Short('h') | Long("help") => help = true,
             Short('V') | Long("version") => version = true,
             Short('v') | Long("verbose") => g.overrides.verbose = true,
+            Long("allow-insecure-http") => g.overrides.allow_insecure_http = true,
             Long(
                 f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "check-config"
                 | "force" | "json" | "no-follow"),
@@ -395,6 +396,8 @@ Global options (any command):
   --supabase-url <url>       Backend URL (overrides SUPABASE_URL and the saved one)
   --anon-key <key>           Backend anon key (overrides SUPABASE_ANON_KEY and the saved one)
   --device-name <name>       Name shown in Panorama (pair, start)
+  --allow-insecure-http      Accept a plain http:// backend that is not on this machine
+                             (tokens travel in clear text; also PANORAMA_GATEWAY_ALLOW_INSECURE_HTTP=1)
   --claude-cli <path>        Claude CLI command
   --codex-cli <path>         Codex CLI command
   --gemini-cli <path>        Gemini CLI command

@@ -92,17 +92,56 @@ pub fn decode_job(v: &Value) -> Result<JobRow, String> {
 /// Rows that did not decode: (id if readable, what is wrong).
 pub type Malformed = Vec<(Option<String>, String)>;
 
-/// Decodes a list of rows; malformed rows are returned separately (never fail the batch).
-pub fn decode_jobs(rows: Vec<Value>) -> (Vec<JobRow>, Malformed) {
+/// Rows given as JSON text, decoded one by one: a row that is not JSON this decoder accepts
+/// (nested past its recursion limit, say) is malformed on its own, with its id when the id can
+/// be read (a shallow read that skips the rest of the row without recursion).
+pub fn decode_raw_rows(rows: Vec<Box<serde_json::value::RawValue>>) -> (Vec<JobRow>, Malformed) {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    for r in rows {
-        match decode_job(&r) {
-            Ok(j) => ok.push(j),
-            Err(e) => bad.push((r.get("id").and_then(Value::as_str).map(str::to_string), e)),
+    for raw in rows {
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(v) => match decode_job(&v) {
+                Ok(j) => ok.push(j),
+                Err(e) => bad.push((v.get("id").and_then(Value::as_str).map(str::to_string), e)),
+            },
+            Err(e) => {
+                let id = serde_json::from_str::<IdOnly>(raw.get())
+                    .ok()
+                    .and_then(|r| r.id)
+                    .and_then(|v| v.as_str().map(str::to_string));
+                bad.push((id, format!("the row could not be decoded ({e})")));
+            }
         }
     }
     (ok, bad)
+}
+
+/// Fails a queued job of this gateway whose row could not be read (conditional: only while it
+/// is still queued and ours), so it does not stay queued forever. `Ok(false)`: nothing matched.
+pub fn fail_malformed(s: &Session, job_id: &str, why: &str) -> Result<bool, Error> {
+    let message = format!(
+        "The gateway could not read this job: {why}. The payload must be a JSON object of the job's fields; fix the job and submit it again."
+    );
+    let body = completion_body(
+        "failed",
+        &Some(json!({"message": message, "error_code": "GATEWAY_JOB_MALFORMED"})),
+        &Some(message.clone()),
+        &crate::util::now_rfc3339(),
+    );
+    let id = format!("eq.{job_id}");
+    let gw = format!("eq.{}", s.gateway_id);
+    let rows = rest::update(
+        s,
+        "gateway_jobs",
+        &[("id", &id), ("status", "eq.queued"), ("gateway_id", &gw)],
+        &body,
+        true,
+    )?;
+    Ok(!rows.is_empty())
 }
 
 /// At most this many queued jobs per reconcile (fewer while big rows do not fit the body limit).
@@ -114,7 +153,7 @@ pub fn reconcile(s: &Session, limit: usize) -> Result<(Vec<JobRow>, Malformed), 
     let limit = limit.to_string();
     let team = format!("eq.{}", s.team_id);
     let gw = format!("eq.{}", s.gateway_id);
-    let rows = rest::select(
+    let rows = rest::select_raw(
         s,
         "gateway_jobs",
         &[
@@ -128,7 +167,7 @@ pub fn reconcile(s: &Session, limit: usize) -> Result<(Vec<JobRow>, Malformed), 
             ("limit", &limit),
         ],
     )?;
-    Ok(decode_jobs(rows))
+    Ok(decode_raw_rows(rows))
 }
 
 /// The conditional claim. `Ok(Some(row))`: ours. `Ok(None)`: someone else has it or it is no
@@ -450,17 +489,37 @@ mod tests {
         bad_status["status"] = json!("weird");
         let mut bad_attempt = row();
         bad_attempt["attempt"] = json!(-1);
-        let (ok, bad) = decode_jobs(vec![
+        // A payload nested deeper than serde_json's recursion limit (Postgres accepts it).
+        let deep = format!(
+            "{{\"id\":\"j6\",\"payload\":{}1{}}}",
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let mut string_payload = row();
+        string_payload["payload"] = json!("just text");
+        let body = format!(
+            "[{},{},\"x\",{},{},{},{},{}]",
             row(),
             bad_payload,
-            json!("x"),
             bad_status,
             bad_attempt,
-        ]);
-        assert_eq!(ok.len(), 1);
-        assert_eq!(bad.len(), 4);
+            deep,
+            string_payload,
+            row()
+        );
+        let raws: Vec<Box<serde_json::value::RawValue>> = serde_json::from_str(&body).unwrap();
+        let (ok, bad) = decode_raw_rows(raws);
+        assert_eq!(ok.len(), 2, "the good rows around the bad ones: {bad:?}");
+        assert_eq!(bad.len(), 6);
         assert_eq!(bad[0].0.as_deref(), Some("j2"));
         assert!(bad[0].1.contains("payload"));
+        assert_eq!(bad[4].0.as_deref(), Some("j6"), "the deep row's id is read");
+        assert!(bad[4].1.contains("could not be decoded"), "{}", bad[4].1);
+        assert!(
+            bad[5].1.contains("`payload` is not a JSON object"),
+            "{}",
+            bad[5].1
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! tells a waiting parent that it is up, runs [`runtime::run`], and on return removes the pid
 //! file (or re-executes itself after an upgrade).
 
+mod cancels;
 pub mod detach;
 mod heartbeat;
 mod ingress;

@@ -166,6 +166,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     }
 
     let (to_workers, workers_from_ingress) = bounded::<Box<JobRow>>(tuning.queue_capacity);
+    let (to_cancels, cancels_from_ingress) = bounded::<Box<JobRow>>(super::cancels::QUEUE);
     let (wake_reconcile, reconcile_woken) = bounded::<()>(4);
     let (wake_heartbeat, heartbeat_woken) = bounded::<()>(16);
     let shared = Arc::new(Shared::new(
@@ -177,6 +178,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             providers: open_providers(&settings, &paired.state, wake_heartbeat.clone()),
             children,
             shell_sessions: Arc::new(ShellSessions::new()),
+            subagent_runs: Arc::default(),
             outbox: Outbox::new(spool),
             device_name: device_name.clone(),
             settings,
@@ -185,6 +187,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         },
         Channels {
             to_workers,
+            to_cancels,
             wake_reconcile,
             wake_heartbeat,
         },
@@ -228,6 +231,14 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         })?);
     }
     drop(workers_from_ingress);
+    // A small fixed pool for cancel jobs, stopped with the workers.
+    for i in 0..super::cancels::THREADS {
+        let s = shared.clone();
+        let (rx, stop) = (cancels_from_ingress.clone(), workers_stopped.clone());
+        workers.push(spawn(&format!("cancel-{i}"), move || {
+            super::cancels::cancel_loop(s, rx, stop)
+        })?);
+    }
     let s = shared.clone();
     let reconcile = spawn("reconcile", move || reconcile_loop(s, reconcile_woken))?;
     let s = shared.clone();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::Value;
 
+use super::cancels::CancelState;
 use super::heartbeat::{EventQueue, HeartbeatState};
 use super::ingress::{Ingress, IngressState};
 use super::outbox::Outbox;
@@ -23,6 +24,7 @@ use crate::jobs;
 use crate::jobs::journal::Journal;
 use crate::jobs::recovery;
 use crate::jobs::shell::ShellSessions;
+use crate::jobs::subagent_runs::SubagentRuns;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::tuning::Tuning;
@@ -44,6 +46,8 @@ pub(super) struct Channels {
     /// Ingress → workers. Boxed rows: the bounded channel preallocates its slots, keep them
     /// pointer-sized.
     pub to_workers: Sender<Box<JobRow>>,
+    /// Ingress → the cancel threads (subagent_cancel jobs, bounded; see `cancels`).
+    pub to_cancels: Sender<Box<JobRow>>,
     /// → the reconcile thread: reconcile now (after a subscribe, at the drain).
     pub wake_reconcile: Sender<()>,
     /// → the heartbeat thread: the status changed, an event is queued, the drain began.
@@ -59,6 +63,7 @@ pub(super) struct Parts {
     pub providers: Arc<Registry>,
     pub children: Arc<Children>,
     pub shell_sessions: Arc<ShellSessions>,
+    pub subagent_runs: Arc<SubagentRuns>,
     pub outbox: Outbox,
     pub device_name: String,
     pub settings: Settings,
@@ -74,6 +79,10 @@ pub(super) struct Shared {
     pub children: Arc<Children>,
     /// The open remote shell sessions (they outlive single jobs).
     pub shell_sessions: Arc<ShellSessions>,
+    /// The subagent runs active here and the cancels waiting for theirs.
+    pub subagent_runs: Arc<SubagentRuns>,
+    /// The runs with a cancel job on its way (coalescing).
+    pub cancels: CancelState,
     pub device_name: String,
     pub settings: Settings,
     /// The in-flight journal of this process (the next start's crash recovery reads it).
@@ -101,6 +110,8 @@ impl Shared {
             providers: p.providers,
             children: p.children,
             shell_sessions: p.shell_sessions,
+            subagent_runs: p.subagent_runs,
+            cancels: CancelState::default(),
             device_name: p.device_name,
             settings: p.settings,
             journal: p.journal,

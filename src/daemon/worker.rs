@@ -51,7 +51,7 @@ impl RunningJobs {
         );
     }
 
-    fn remove(&self, id: &str) {
+    pub(super) fn remove(&self, id: &str) {
         lock(&self.running).remove(id);
     }
 
@@ -290,6 +290,7 @@ fn run_handler(s: &Shared, job: &JobRow, cancel: &CancelToken) -> Outcome {
         shell_sessions: s.shell_sessions.clone(),
         control: s.control_source(),
         cancel_running: s.jobs.canceller(),
+        subagent_runs: s.subagent_runs.clone(),
     };
     match std::panic::catch_unwind(AssertUnwindSafe(|| {
         jobs::dispatch(&job.job_type, &job.payload, &ctx)

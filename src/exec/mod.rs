@@ -17,7 +17,7 @@ mod tmp;
 
 #[cfg(test)]
 use env::child_env_from;
-pub use env::{child_env, get_var, set_var};
+pub use env::{child_env, get_var, set_var, ENV_FILE_NAMES_VAR};
 pub use tmp::{ensure_private_dir, write_private_file, PrivateDir};
 
 use std::ffi::OsString;
