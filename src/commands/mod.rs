@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod full_control;
 pub mod logs;
 pub mod pair;
+pub mod service;
 pub mod start;
 pub mod status;
 pub mod stop;
@@ -93,6 +94,20 @@ pub fn main_entry() -> i32 {
         Command::Doctor { json } => doctor::run(&settings, json),
         Command::FullControl { action } => full_control::run(&settings, action),
         Command::Unpair => unpair::run(&settings),
+        Command::Service {
+            action,
+            system,
+            user,
+            unit_dir,
+        } => service::run(
+            &settings,
+            action,
+            &service::ServiceArgs {
+                system,
+                user,
+                unit_dir,
+            },
+        ),
     }
 }
 
