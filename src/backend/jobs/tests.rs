@@ -338,12 +338,14 @@ fn rest_requests_are_exactly_the_contract() {
     assert_eq!(c.target, "/rest/v1/gateway_jobs?id=eq.j1");
     assert_eq!(c.json(), json!({"debug": {"exit_code": 0}}));
 
-    running_jobs(&s).unwrap();
+    // Crash recovery fails a job only while it is still the run our claim started.
+    let _ = complete_if_ours(&s, "j1", "2026-01-05T10:00:00.000Z", &body);
     let c = last();
-    read(&c);
+    write(&c, Some("return=representation"));
+    assert_eq!(c.method, "PATCH");
     assert_eq!(
         c.target,
-        "/rest/v1/gateway_jobs?select=id%2Cstarted_at%2Cjob_type&team_id=eq.t&gateway_id=eq.g&status=eq.running"
+        "/rest/v1/gateway_jobs?id=eq.j1&status=eq.running&gateway_id=eq.g&started_at=eq.2026-01-05T10%3A00%3A00.000Z&select=id"
     );
 }
 
