@@ -36,6 +36,9 @@ pub enum Command {
         daemon: bool,
         /// Internal: this is the detached child started by `start`.
         daemon_child: bool,
+        /// Check that the daemon could start with these arguments (paired, backend known,
+        /// state directories usable), then exit: the upgrade check runs the new binary so.
+        check_config: bool,
     },
     Stop {
         force: bool,
@@ -112,6 +115,7 @@ fn allowed(cmd: &str, flag: &str) -> bool {
             | ("start", "foreground")
             | ("start", "daemon")
             | ("start", "daemon-child")
+            | ("start", "check-config")
             | ("stop", "force")
             | ("stop", "timeout")
             | ("status", "json")
@@ -266,6 +270,7 @@ fn build_command(
                 foreground: has("foreground"),
                 daemon: has("daemon"),
                 daemon_child: has("daemon-child"),
+                check_config: has("check-config"),
             }
         }
         "stop" => Command::Stop {
@@ -353,8 +358,8 @@ where
             Short('v') | Long("verbose") => g.overrides.verbose = true,
             Long("allow-insecure-http") => g.overrides.allow_insecure_http = true,
             Long(
-                f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "force" | "json"
-                | "no-follow" | "system"),
+                f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "check-config"
+                | "force" | "json" | "no-follow" | "system"),
             ) => cmd_flags.push((f.to_string(), None)),
             Long(f @ ("timeout" | "lines" | "user" | "unit-dir")) => {
                 let f = f.to_string();
@@ -416,7 +421,7 @@ where
 }
 
 pub fn version_text() -> String {
-    format!("panorama-gateway {}", env!("CARGO_PKG_VERSION"))
+    format!("panorama-gateway {}", crate::util::version())
 }
 
 const GLOBAL_HELP: &str = "\
@@ -491,6 +496,7 @@ running and exits 0.
 Options:
   --foreground   Stay attached; Ctrl-C drains and stops
   --daemon       Run in the background (detached)
+  --check-config Only check that it could start (paired, backend known), then exit
 
 Signals: SIGTERM/SIGINT drain (finish in-flight jobs, at most 90 s); a second one or SIGQUIT
 stops now; SIGHUP reopens the log and re-reads full control.

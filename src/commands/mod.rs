@@ -77,7 +77,14 @@ pub fn main_entry() -> i32 {
             foreground,
             daemon,
             daemon_child,
-        } => start::run(&settings, foreground, daemon, daemon_child),
+            check_config,
+        } => {
+            if check_config {
+                start::check_config(&settings)
+            } else {
+                start::run(&settings, foreground, daemon, daemon_child)
+            }
+        }
         Command::Stop {
             force,
             timeout_secs,

@@ -6,7 +6,9 @@
 
 pub mod control;
 pub mod diagnostic;
+pub mod journal;
 pub mod model_run;
+pub mod recovery;
 pub mod shell;
 pub mod subagent;
 pub mod subagent_runs;
