@@ -7,6 +7,7 @@
 //! file (or re-executes itself after an upgrade).
 
 pub mod detach;
+pub mod memory;
 pub mod pidfile;
 pub mod runtime;
 pub mod shutdown;
@@ -146,6 +147,7 @@ pub fn preflight(settings: &Settings) -> Result<state::GatewayState, String> {
 /// child (stdio on the log file, a parent may wait on the readiness pipe). Returns the exit
 /// code.
 pub fn run(settings: &Settings, detached: bool) -> i32 {
+    memory::tune();
     let mut ready = ReadyPipe::from_env();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let exe = std::env::current_exe().ok();

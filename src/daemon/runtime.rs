@@ -1237,6 +1237,8 @@ fn worker_loop(s: Arc<Shared>, rx: Receiver<Box<JobRow>>, stop: Receiver<()>) {
                         }
                     }
                     lock(&s.seen).remove(&id);
+                    // The job's output and result are freed by now: hand the pages back.
+                    crate::daemon::memory::give_back();
                 }
                 Err(_) => return,
             },
