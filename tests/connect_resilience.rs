@@ -474,7 +474,7 @@ fn a_result_neither_delivered_nor_spooled_is_held_and_delivered_once() {
     arm_fake_claude(&gw);
 
     let run_until_held = |gw: &Gateway| {
-        let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+        let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
         let dir = gw.dir.path().to_path_buf();
         wait_for("the fake CLI to start", Duration::from_secs(20), || {
             read_pid(&dir, 1).filter(|_| b.job(&id)["status"] == "running")

@@ -14,6 +14,7 @@ pub mod health;
 pub mod plan;
 pub mod redact;
 pub mod run;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -173,6 +174,8 @@ pub struct Caps {
     pub extensions_ok: bool,
     /// `(output_schema, stream_json, tool_disable)`.
     pub supports: (bool, bool, bool),
+    /// The `--version` run itself, for diagnostics to reuse while it is fresh.
+    pub probed: Option<versions::Answer>,
 }
 
 impl Caps {
@@ -186,6 +189,7 @@ impl Caps {
             extensions: (id == ProviderId::Gemini).then(Vec::new),
             extensions_ok: false,
             flags,
+            probed: None,
         }
     }
 }
@@ -203,7 +207,21 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         }
         spec
     };
+    let file = versions::FileId::of(command);
     let v = discovery::probe_spec(mk_spec(&["--version"]), command, &["--version"]);
+    let probed = versions::Answer {
+        command: command.to_path_buf(),
+        stdout: v.stdout.clone(),
+        stderr: v.stderr.clone(),
+        exit_code: v.exit_code,
+        duration: v.duration,
+        error: v.error.clone(),
+        cancelled: false,
+        by: "discovery",
+        at: std::time::Instant::now(),
+        at_wall: std::time::SystemTime::now(),
+        file,
+    };
     let help_args: &[&str] = if id == ProviderId::Codex {
         &["exec", "--help"]
     } else {
@@ -255,6 +273,7 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         extensions,
         extensions_ok,
         supports,
+        probed: Some(probed),
     }
 }
 
@@ -282,6 +301,8 @@ pub struct Registry {
     events: Mutex<Vec<Value>>,
     /// Bumped on every health change, so the heartbeat can tell it should send now.
     generation: std::sync::atomic::AtomicU64,
+    /// The last `--version` answer per CLI (discovery's, then diagnostics').
+    versions: versions::VersionCache,
 }
 
 impl std::fmt::Debug for Registry {
@@ -373,7 +394,14 @@ fn probe_crashed(id: ProviderId, msg: &str) -> Caps {
 
 impl Registry {
     fn from_entries(entries: Vec<Entry>) -> Registry {
+        let versions = versions::VersionCache::default();
+        for e in &entries {
+            if let Some(a) = &e.caps.probed {
+                versions.store(e.id, a.clone());
+            }
+        }
         Registry {
+            versions,
             entries: Mutex::new(entries),
             work_root: Mutex::new(None),
             sink: Mutex::new(None),
@@ -479,6 +507,9 @@ impl Registry {
         );
         let mut g = self.lock();
         for (e, c) in g.iter_mut().zip(caps) {
+            if let Some(a) = &c.probed {
+                self.versions.store(e.id, a.clone());
+            }
             e.caps = c;
         }
     }
@@ -525,6 +556,11 @@ impl Registry {
 
     pub fn flags(&self, id: ProviderId) -> Flags {
         self.lock()[id.index()].caps.flags.clone()
+    }
+
+    /// The last `--version` answers, for diagnostics.
+    pub fn versions(&self) -> &versions::VersionCache {
+        &self.versions
     }
 
     pub fn caps(&self, id: ProviderId) -> Caps {
