@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+pub use super::interrupt::Interrupt;
 use super::session::{env_ms, Session};
 use super::{encode_component, Backoff};
 
@@ -346,12 +347,13 @@ pub trait ReaderHooks {
     fn disconnected(&self, reason: &str, retry_in: Duration);
 }
 
-/// Timers of the reader (env knobs for tests).
+/// Timers of the reader (env knobs for tests) and its wake-up.
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
     pub heartbeat: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    pub interrupt: Interrupt,
 }
 
 impl ReaderConfig {
@@ -360,6 +362,7 @@ impl ReaderConfig {
             heartbeat: env_ms("PANORAMA_GATEWAY_REALTIME_HEARTBEAT_MS", 25_000),
             backoff_min: env_ms("PANORAMA_GATEWAY_RECONNECT_MIN_MS", 1_000),
             backoff_max: env_ms("PANORAMA_GATEWAY_RECONNECT_MAX_MS", 30_000),
+            interrupt: Interrupt::default(),
         }
     }
 }
@@ -433,6 +436,21 @@ fn one_connection(
     backoff: &mut Backoff,
 ) -> Result<(), String> {
     let mut conn = Conn::connect(url)?;
+    cfg.interrupt
+        .watch(conn.ws.get_ref().tcp().try_clone().ok());
+    let result = connected(session, cfg, hooks, backoff, &mut conn);
+    cfg.interrupt.watch(None);
+    conn.close();
+    result
+}
+
+fn connected(
+    session: &Session,
+    cfg: &ReaderConfig,
+    hooks: &dyn ReaderHooks,
+    backoff: &mut Backoff,
+    conn: &mut Conn,
+) -> Result<(), String> {
     let topic = format!("realtime:gateway_jobs_{}", session.gateway_id);
     let token = session
         .access_token()
@@ -453,7 +471,7 @@ fn one_connection(
     let mut hb_pending: Option<String> = None;
     let mut next_hb = Instant::now() + cfg.heartbeat;
     let result = loop {
-        if hooks.stop() {
+        if hooks.stop() || cfg.interrupt.fired() {
             if joined {
                 let r = conn.make_ref();
                 let _ = conn.send(&Frame {
@@ -498,6 +516,8 @@ fn one_connection(
             log::debug!(target: "realtime", "pushed the refreshed access token to the channel");
         }
         let f = match conn.read() {
+            // Woken for the shutdown (the read side was shut): leave as on any stop.
+            Err(_) if cfg.interrupt.fired() => continue,
             Err(e) => break Err(e),
             Ok(Incoming::Idle) => continue,
             Ok(Incoming::Malformed(m)) => {
@@ -578,7 +598,6 @@ fn one_connection(
             _ => {}
         }
     };
-    conn.close();
     // A connection that stayed up a while earns a fast reconnect; one that flaps right after
     // each join keeps backing off.
     if joined_at.is_some_and(|t| t.elapsed() >= STABLE_AFTER) {
@@ -865,6 +884,7 @@ mod tests {
             heartbeat: Duration::from_millis(300),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(100),
+            interrupt: Interrupt::default(),
         };
         run_reader(&s, &rc, &hooks);
         server.join().unwrap();

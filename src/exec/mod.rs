@@ -428,6 +428,30 @@ fn leader_exited(pid: i32) -> bool {
 
 /// A descriptor that becomes readable when `pid` exits (Linux 5.3+), so the loop wakes at
 /// once instead of at the next tick. None where unsupported.
+/// Waits for a process (not necessarily our child) to exit, through a pidfd: wakes the moment
+/// it is gone instead of polling.
+pub struct ExitWatch(std::os::fd::OwnedFd);
+
+impl ExitWatch {
+    /// None when the kernel has no pidfd (before Linux 5.3) or the process is already gone.
+    pub fn new(pid: i32) -> Option<ExitWatch> {
+        pidfd_open(pid).map(ExitWatch)
+    }
+
+    /// True once the process has exited; false when `d` passed first.
+    pub fn wait(&self, d: Duration) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = d.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut fd, 1, ms) };
+        r > 0
+    }
+}
+
 fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     #[cfg(target_os = "linux")]
     {
