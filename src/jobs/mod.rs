@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::daemon::shutdown::Shutdown;
 use crate::exec::{CancelToken, Children};
 use crate::providers::Registry;
+use crate::shutdown::Shutdown;
 
 /// The final status a handler asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -634,7 +634,7 @@ fn set_nonblocking(fd: i32) {
 
 /// Reads both pipes into the buffer until the shell has exited and its group is gone; kills
 /// the group on a stop request (close, idle expiry, daemon shutdown); reaps the shell.
-fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::daemon::shutdown::Shutdown) {
+fn pump(sess: Arc<Sess>, mut child: Child, shutdown: crate::shutdown::Shutdown) {
     let mut pipes: Vec<Option<Box<dyn ReadFd>>> = vec![
         child.stdout.take().map(|p| Box::new(p) as Box<dyn ReadFd>),
         child.stderr.take().map(|p| Box::new(p) as Box<dyn ReadFd>),

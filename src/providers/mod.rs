@@ -28,6 +28,7 @@ use discovery::{Discovered, EnvLookup, ProcessEnv, Source};
 use health::{Health, Mode, Status};
 use plan::{OutputFormat, RunRequest};
 pub use probe::probe_caps;
+use probe::{probe_crashed, run_parallel};
 
 /// Per-command timeout of capability probes.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(10_000);
@@ -222,6 +223,8 @@ pub struct Registry {
     generation: std::sync::atomic::AtomicU64,
     /// The last `--version` answer per CLI (discovery's, then diagnostics').
     versions: versions::VersionCache,
+    /// True until the discovery of an [`Registry::undiscovered`] registry has run.
+    pending: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl std::fmt::Debug for Registry {
@@ -268,49 +271,6 @@ pub struct ProviderCheck {
     pub detail: Option<String>,
 }
 
-/// Runs `f` for every provider in parallel. A thread that panics (a bug met on odd CLI output)
-/// yields `on_panic(id, message)` instead of taking the caller (the daemon, `doctor`) down.
-fn run_parallel<T: Send>(
-    f: impl Fn(ProviderId) -> T + Sync,
-    on_panic: impl Fn(ProviderId, String) -> T,
-) -> Vec<T> {
-    std::thread::scope(|s| {
-        let hs: Vec<_> = ProviderId::ALL
-            .into_iter()
-            .map(|id| {
-                let f = &f;
-                (id, s.spawn(move || f(id)))
-            })
-            .collect();
-        hs.into_iter()
-            .map(|(id, h)| match h.join() {
-                Ok(v) => v,
-                Err(p) => {
-                    let msg = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    log::error!(target: "providers", "checking provider={} failed with an internal error: {msg}", id.as_str());
-                    on_panic(id, msg)
-                }
-            })
-            .collect()
-    })
-}
-
-/// What a provider's probe says when the probe itself crashed.
-fn probe_crashed(id: ProviderId, msg: &str) -> Caps {
-    Caps {
-        error: Some(format!(
-            "checking the {} CLI failed with an internal error ({}); it is treated as unavailable. Run panorama-gateway doctor -v and report the message",
-            id.short(),
-            crate::redact::redact(msg)
-        )),
-        ..Caps::not_probed(id)
-    }
-}
-
 impl Registry {
     fn from_entries(entries: Vec<Entry>) -> Registry {
         let versions = versions::VersionCache::default();
@@ -326,6 +286,60 @@ impl Registry {
             sink: Mutex::new(None),
             events: Mutex::new(Vec::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            pending: (Mutex::new(false), std::sync::Condvar::new()),
+        }
+    }
+
+    /// A registry whose discovery runs later ([`Registry::finish_discovery`], off the start-up
+    /// path): the heartbeat reports the CLIs as not checked yet meanwhile, and a job handler
+    /// asking for a command or its flags waits for the discovery.
+    pub fn undiscovered() -> Registry {
+        let r = Registry::default();
+        *r.pending.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        r
+    }
+
+    /// Discovers and probes the CLIs of an [`Registry::undiscovered`] registry (keeping the
+    /// health loaded meanwhile) and lets the waiting handlers go on.
+    pub fn finish_discovery(&self, overrides: &CliOverrides) {
+        struct Done<'a>(&'a Registry);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let (m, cv) = &self.0.pending;
+                *m.lock().unwrap_or_else(|e| e.into_inner()) = false;
+                cv.notify_all();
+            }
+        }
+        let _done = Done(self);
+        let found = std::mem::take(&mut *Registry::discover(overrides).lock());
+        let mut g = self.lock();
+        for (slot, mut e) in g.iter_mut().zip(found) {
+            if let Some(a) = &e.caps.probed {
+                self.versions.store(e.id, a.clone());
+            }
+            e.health = slot.health.take();
+            *slot = e;
+        }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the CLIs have been discovered (always, except while an undiscovered registry
+    /// waits for [`Registry::finish_discovery`]).
+    pub fn is_discovered(&self) -> bool {
+        !*self.pending.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks until the discovery has run (bounded by its probes' timeouts).
+    fn wait_discovered(&self) {
+        let (m, cv) = &self.pending;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        while *g {
+            log::info!(target: "providers", "waiting for the provider CLIs to be discovered before running the job");
+            g = cv
+                .wait_timeout(g, Duration::from_secs(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -470,10 +484,12 @@ impl Registry {
     }
 
     pub fn command(&self, id: ProviderId) -> PathBuf {
+        self.wait_discovered();
         self.lock()[id.index()].found.command.clone()
     }
 
     pub fn flags(&self, id: ProviderId) -> Flags {
+        self.wait_discovered();
         self.lock()[id.index()].caps.flags.clone()
     }
 
@@ -483,6 +499,7 @@ impl Registry {
     }
 
     pub fn caps(&self, id: ProviderId) -> Caps {
+        self.wait_discovered();
         self.lock()[id.index()].caps.clone()
     }
 
@@ -568,6 +585,10 @@ impl Registry {
     /// `context` (`startup`, `pairing`, `doctor`) and a full check, each provider that is not
     /// healthy gets a `provider_validation` event (see [`Registry::take_events`]).
     pub fn check_health(&self, mode: Mode, context: Option<&str>) -> Vec<(ProviderId, Health)> {
+        if !self.is_discovered() {
+            // Nothing probed yet: judging health now would call every CLI unavailable.
+            return Vec::new();
+        }
         let snapshot: Vec<Entry> = self.lock().clone();
         let work_root = self.work_root();
         let results = run_parallel(

@@ -91,3 +91,46 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         probed: Some(probed),
     }
 }
+
+/// Runs `f` for every provider in parallel. A thread that panics (a bug met on odd CLI output)
+/// yields `on_panic(id, message)` instead of taking the caller (the daemon, `doctor`) down.
+pub(super) fn run_parallel<T: Send>(
+    f: impl Fn(ProviderId) -> T + Sync,
+    on_panic: impl Fn(ProviderId, String) -> T,
+) -> Vec<T> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = ProviderId::ALL
+            .into_iter()
+            .map(|id| {
+                let f = &f;
+                (id, s.spawn(move || f(id)))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|(id, h)| match h.join() {
+                Ok(v) => v,
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    log::error!(target: "providers", "checking provider={} failed with an internal error: {msg}", id.as_str());
+                    on_panic(id, msg)
+                }
+            })
+            .collect()
+    })
+}
+
+/// What a provider's probe says when the probe itself crashed.
+pub(super) fn probe_crashed(id: ProviderId, msg: &str) -> Caps {
+    Caps {
+        error: Some(format!(
+            "checking the {} CLI failed with an internal error ({}); it is treated as unavailable. Run panorama-gateway doctor -v and report the message",
+            id.short(),
+            crate::redact::redact(msg)
+        )),
+        ..Caps::not_probed(id)
+    }
+}

@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use super::health::{Mode, Status};
 use super::*;
-use crate::daemon::shutdown::Shutdown;
 use crate::exec::{CancelToken, Children};
 use crate::jobs::{self, FinalStatus, JobContext};
+use crate::shutdown::Shutdown;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bin")
