@@ -277,7 +277,7 @@ exec '{fixtures}/{name}' "$@"
         for k in order:
             g = gws[k]
             g.start()
-            time.sleep(0.3)
+            time.sleep(1.5)  # idle: start-up work (discovery, validation) done
             res[k]["stop"].append(g.stop_cmd())
 
     # The burst and the memory curve, once per gateway, one gateway at a time.

@@ -198,6 +198,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         s.wake_heartbeat();
         s.providers
             .check_health(crate::providers::health::Mode::Auto, Some("startup"));
+        log::info!(target: "providers", "provider checks at start done");
         s.wake_heartbeat();
     })?;
     let (stop_workers, workers_stopped) = bounded::<()>(0);
@@ -353,10 +354,13 @@ fn wait_for_jobs(shared: &Shared, drain_start: Instant) {
             log::info!(target: "runtime", "waiting for {n} job(s) to finish; they are stopped in {} s", left.as_secs());
             next_log = Instant::now() + Duration::from_secs(5);
         }
-        shared.shutdown.wait_for(
-            crate::shutdown::Level::Immediate,
-            Duration::from_millis(100),
-        );
+        // Woken by an immediate stop and by every job that finishes (Shutdown::poke).
+        let wait = timeout
+            .saturating_sub(drain_start.elapsed())
+            .min(next_log.saturating_duration_since(Instant::now()));
+        shared
+            .shutdown
+            .wait_for(crate::shutdown::Level::Immediate, wait);
     }
 }
 

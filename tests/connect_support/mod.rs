@@ -522,6 +522,19 @@ pub fn ready_gateway_with_fake_claude(
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    // Discovery and the start-up health check run after ready and run the fake too: arming
+    // it before they are over would make them the run a test waits for.
+    let log = gw.config_dir().join("gateway.log");
+    wait_for(
+        "the provider checks at start",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("provider checks at start done")
+                .then_some(())
+        },
+    );
     (b, gw, team, gid)
 }
 
