@@ -312,11 +312,14 @@ impl Registry {
         }
         let _done = Done(self);
         let found = std::mem::take(&mut *Registry::discover(overrides).lock());
-        let mut g = self.lock();
-        for (slot, mut e) in g.iter_mut().zip(found) {
+        // Not under the entries lock: a diagnostic may hold a version slot for a whole run.
+        for e in &found {
             if let Some(a) = &e.caps.probed {
                 self.versions.store(e.id, a.clone());
             }
+        }
+        let mut g = self.lock();
+        for (slot, mut e) in g.iter_mut().zip(found) {
             e.health = slot.health.take();
             *slot = e;
         }
@@ -438,11 +441,13 @@ impl Registry {
             |id| probe_caps(id, &cmds[id.index()]),
             |id, msg| probe_crashed(id, &msg),
         );
+        for (id, c) in ProviderId::ALL.into_iter().zip(&caps) {
+            if let Some(a) = &c.probed {
+                self.versions.store(id, a.clone());
+            }
+        }
         let mut g = self.lock();
         for (e, c) in g.iter_mut().zip(caps) {
-            if let Some(a) = &c.probed {
-                self.versions.store(e.id, a.clone());
-            }
             e.caps = c;
         }
     }
