@@ -13,7 +13,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 pub use super::interrupt::Interrupt;
-use super::session::{env_ms, Session};
+use super::session::Session;
 use super::{encode_component, Backoff};
 
 /// Largest websocket message accepted (a job row with a big prompt fits easily).
@@ -359,9 +359,9 @@ pub struct ReaderConfig {
 impl ReaderConfig {
     pub fn from_env() -> Self {
         ReaderConfig {
-            heartbeat: env_ms("PANORAMA_GATEWAY_REALTIME_HEARTBEAT_MS", 25_000),
-            backoff_min: env_ms("PANORAMA_GATEWAY_RECONNECT_MIN_MS", 1_000),
-            backoff_max: env_ms("PANORAMA_GATEWAY_RECONNECT_MAX_MS", 30_000),
+            heartbeat: crate::tuning::realtime_heartbeat(),
+            backoff_min: crate::tuning::reconnect_min(),
+            backoff_max: crate::tuning::reconnect_max(),
             interrupt: Interrupt::default(),
         }
     }
@@ -554,7 +554,7 @@ fn connected(
                     refresh_if_token_problem(session, &token, &reason);
                     break Err(format!(
                         "channel join refused: {}",
-                        super::truncate_chars(&reason, 300)
+                        crate::util::truncate_chars(&reason, 300, "...")
                     ));
                 }
                 binding_ids = f
@@ -591,7 +591,7 @@ fn connected(
             "phx_close" => break Err("the server closed the channel".into()),
             "system" if f.payload.get("status").and_then(Value::as_str) == Some("error") => {
                 let text = f.payload.to_string();
-                log::warn!(target: "realtime", "realtime system error: {}", super::truncate_chars(&text, 300));
+                log::warn!(target: "realtime", "realtime system error: {}", crate::util::truncate_chars(&text, 300, "..."));
                 // "Token has expired": the server closes the channel next; rejoin with a fresh one.
                 refresh_if_token_problem(session, &session.current_access_token(), &text);
             }

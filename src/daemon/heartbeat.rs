@@ -95,7 +95,7 @@ pub(super) fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
                     .store(team_fc, Ordering::SeqCst);
                 s.edit_status(&|st: &mut RuntimeStatus| st.team_full_control = Some(team_fc));
                 // A toggle turned off ends the open shell sessions now, not at the next job.
-                crate::jobs::shell::enforce_control(true, s.control_source()());
+                s.shell_sessions.enforce_control(true, s.control_source()());
             }
         }
         send_events(&s);
@@ -187,7 +187,7 @@ fn send_heartbeat_within(s: &Shared, status: &'static str, timeout: Duration) ->
         *lock(&hb.error) = None;
     } else {
         *lock(&hb.error) = Some(match &r {
-            Err(e) => crate::backend::truncate_chars(&e.to_string(), 300),
+            Err(e) => crate::util::truncate_chars(&e.to_string(), 300, "..."),
             Ok(_) => "the backend's reply was not {\"success\": true}".into(),
         });
     }

@@ -17,7 +17,6 @@ mod shared;
 pub mod signals;
 pub mod status;
 pub mod statusfile;
-mod tuning;
 pub mod watchdog;
 mod worker;
 
@@ -35,9 +34,6 @@ use crate::shutdown::{Level, Shutdown};
 
 /// Environment variable carrying the write end of the readiness pipe to a detached child.
 pub const READY_FD_ENV: &str = "PANORAMA_GATEWAY_READY_FD";
-
-/// Default bound on a graceful drain before in-flight work is stopped.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 
 static RELOAD_GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -91,17 +87,9 @@ fn parent_of(p: &Path) -> PathBuf {
     }
 }
 
-fn drain_timeout() -> Duration {
-    std::env::var("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_DRAIN_TIMEOUT)
-}
-
 /// Once a drain starts, bounds it: after the drain timeout in-flight work is stopped.
 fn spawn_drain_guard(shutdown: Shutdown) {
-    let timeout = drain_timeout();
+    let timeout = crate::tuning::drain_timeout();
     let _ = std::thread::Builder::new()
         .name("drain-guard".into())
         .spawn(move || {

@@ -20,7 +20,6 @@ use super::ingress::{reconcile_loop, Hooks};
 use super::outbox::{self, Outbox};
 use super::shared::{Channels, Parts, Shared};
 use super::status::RuntimeStatus;
-use super::tuning::Tuning;
 use super::worker::worker_loop;
 use crate::backend::jobs::{JobRow, Level};
 use crate::backend::realtime::{self, ReaderConfig};
@@ -29,9 +28,11 @@ use crate::backend::spool::Spool;
 use crate::config::state::GatewayState;
 use crate::config::{BackendConfig, Settings};
 use crate::exec::Children;
+use crate::jobs::shell::ShellSessions;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::state_store::{health_sink, FileTokenStore};
+use crate::tuning::Tuning;
 use crate::util::{hostname, unix_ms};
 
 /// Edits the daemon's status; the closure changes the current status and the file is rewritten
@@ -164,6 +165,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             tuning: tuning.clone(),
             providers: open_providers(&settings, &paired.state),
             children: Arc::new(Children::default()),
+            shell_sessions: Arc::new(ShellSessions::new()),
             outbox: Outbox::new(spool),
             device_name: device_name.clone(),
             settings,
@@ -322,7 +324,7 @@ fn drain(shared: &Shared, threads: Threads) {
     outbox::last_retry(shared);
     // Remote shell sessions outlive single jobs: end them (process groups killed) before the
     // process exits or re-executes itself for an upgrade.
-    crate::jobs::shell::close_all_sessions(Duration::from_secs(5));
+    shared.shell_sessions.close_all(Duration::from_secs(5));
     shared.event(
         Level::Info,
         "gateway_stopped",

@@ -14,15 +14,16 @@ use super::ingress::{Ingress, IngressState};
 use super::outbox::Outbox;
 use super::runtime::StatusUpdater;
 use super::status::RuntimeStatus;
-use super::tuning::Tuning;
 use super::worker::RunningJobs;
 use crate::backend::jobs::{GatewayEvent, JobRow, Level};
 use crate::backend::session::Session;
 use crate::config::Settings;
 use crate::exec::Children;
 use crate::jobs;
+use crate::jobs::shell::ShellSessions;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
+use crate::tuning::Tuning;
 use crate::util::{instant_to_rfc3339, lock};
 
 /// `None`, or longer ago than `d`.
@@ -55,6 +56,7 @@ pub(super) struct Parts {
     pub tuning: Tuning,
     pub providers: Arc<Registry>,
     pub children: Arc<Children>,
+    pub shell_sessions: Arc<ShellSessions>,
     pub outbox: Outbox,
     pub device_name: String,
     pub settings: Settings,
@@ -67,6 +69,8 @@ pub(super) struct Shared {
     pub tuning: Tuning,
     pub providers: Arc<Registry>,
     pub children: Arc<Children>,
+    /// The open remote shell sessions (they outlive single jobs).
+    pub shell_sessions: Arc<ShellSessions>,
     pub device_name: String,
     pub settings: Settings,
     pub process_start_ms: u64,
@@ -90,6 +94,7 @@ impl Shared {
             tuning: p.tuning,
             providers: p.providers,
             children: p.children,
+            shell_sessions: p.shell_sessions,
             device_name: p.device_name,
             settings: p.settings,
             process_start_ms: p.process_start_ms,

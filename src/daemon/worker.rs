@@ -282,6 +282,8 @@ fn run_handler(s: &Shared, job: &JobRow, cancel: &CancelToken) -> Outcome {
         cancel: cancel.clone(),
         shutdown: s.shutdown.clone(),
         session: Some(s.session.clone()),
+        resources: Some(crate::backend::resources::reader(&s.session)),
+        shell_sessions: s.shell_sessions.clone(),
         control: s.control_source(),
         cancel_running: s.jobs.canceller(),
     };

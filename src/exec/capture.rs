@@ -30,6 +30,7 @@ pub struct SpillFile {
 }
 
 impl SpillFile {
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }

@@ -187,7 +187,7 @@ fn run(id: ProviderId, command: &std::path::Path, ctx: &JobContext) -> Answer {
                     let err = err.trim();
                     if !err.is_empty() {
                         m.push('\n');
-                        m.push_str(&crate::providers::plan::truncate_chars(err, 2000, "..."));
+                        m.push_str(&crate::util::truncate_chars(err, 2000, "..."));
                     }
                     Some(m)
                 }

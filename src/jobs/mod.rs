@@ -59,6 +59,7 @@ pub struct ControlState {
 
 impl ControlState {
     /// Machine control is effective only when every gateway-side layer allows it.
+    #[cfg(test)]
     pub fn allowed(&self) -> bool {
         self.install_enabled && self.team_enabled && self.heartbeat_fresh
     }
@@ -96,6 +97,10 @@ pub struct JobContext {
     /// The backend session, for handlers that read or write backend rows (subagents, remote
     /// shell resources) through `crate::backend`. None where no backend exists (unit tests).
     pub session: Option<Arc<crate::backend::session::Session>>,
+    /// The remote shell's reads (resource and gateway rows). None where no backend exists.
+    pub resources: Option<Arc<dyn crate::backend::resources::ResourceReader>>,
+    /// The open shell sessions (owned by the runtime).
+    pub shell_sessions: Arc<shell::ShellSessions>,
     /// Machine-control layers, read on demand through [`JobContext::control`].
     pub control: ControlSource,
     /// Reaches other running jobs (subagent_cancel).

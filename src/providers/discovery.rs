@@ -446,6 +446,7 @@ pub struct ProbeOutput {
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
+    /// For the `--version` answer diagnostics reuse.
     pub exit_code: Option<i32>,
     pub duration: Duration,
     pub error: Option<String>,

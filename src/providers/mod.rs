@@ -6,6 +6,7 @@
 //! are cached; [`Registry::refresh`] re-probes on demand (doctor, or a slow periodic refresh)
 //! instead of spawning seven processes on every heartbeat as the reference does.
 
+pub mod argv;
 pub mod claude;
 pub mod codex;
 pub mod discovery;
@@ -14,7 +15,9 @@ pub mod health;
 pub mod plan;
 mod probe;
 pub mod redact;
+pub mod restrict;
 pub mod run;
+pub mod subplan;
 pub mod versions;
 
 use std::path::{Path, PathBuf};
@@ -81,7 +84,7 @@ impl ProviderId {
             ProviderId::Gemini => "gemini",
         }
     }
-    fn flag_table(self) -> &'static [(&'static str, &'static [&'static str], bool)] {
+    pub(crate) fn flag_table(self) -> &'static [(&'static str, &'static [&'static str], bool)] {
         match self {
             ProviderId::Claude => claude::FLAGS,
             ProviderId::Codex => codex::FLAGS,
@@ -174,7 +177,6 @@ pub struct Caps {
     pub error: Option<String>,
     pub flags: Flags,
     pub extensions: Option<Vec<String>>,
-    pub extensions_ok: bool,
     /// `(output_schema, stream_json, tool_disable)`.
     pub supports: (bool, bool, bool),
     /// The `--version` run itself, for diagnostics to reuse while it is fresh.
@@ -190,7 +192,6 @@ impl Caps {
             error: Some(format!("{} CLI has not been checked yet", id.short())),
             supports: (false, false, false),
             extensions: (id == ProviderId::Gemini).then(Vec::new),
-            extensions_ok: false,
             flags,
             probed: None,
         }
@@ -347,7 +348,7 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.entries)
     }
 
     /// Finds each CLI (flag/env override > PATH > usual install locations) and probes it with
@@ -398,6 +399,7 @@ impl Registry {
 
     /// Uses these commands as they are (no search), then probes them. For tests and callers
     /// that already know the paths.
+    #[cfg(test)]
     pub fn with_commands(commands: [PathBuf; 3]) -> Registry {
         let entries = run_parallel(
             |id| {
@@ -431,6 +433,7 @@ impl Registry {
     }
 
     /// Re-runs the capability probes on the already chosen commands.
+    #[cfg(test)]
     pub fn refresh(&self) {
         let cmds: Vec<PathBuf> = self
             .lock()
@@ -501,11 +504,6 @@ impl Registry {
     /// The last `--version` answers, for diagnostics.
     pub fn versions(&self) -> &versions::VersionCache {
         &self.versions
-    }
-
-    pub fn caps(&self, id: ProviderId) -> Caps {
-        self.wait_discovered();
-        self.lock()[id.index()].caps.clone()
     }
 
     pub fn health(&self, id: ProviderId) -> Option<Health> {
@@ -795,7 +793,7 @@ pub fn validate(
     let ms = |s: std::time::Instant| s.elapsed().as_millis() as u64;
     let plan = match build_plan(id, &req, command, flags) {
         Ok(p) => p,
-        Err(e) => return (false, Some(e), ms(started)),
+        Err(e) => return (false, Some(e.0), ms(started)),
     };
     let root = work_root.join("validation");
     if let Err(e) = crate::exec::ensure_private_dir(work_root)
@@ -874,7 +872,7 @@ pub fn build_plan(
     req: &RunRequest,
     command: &Path,
     flags: &Flags,
-) -> Result<plan::Plan, String> {
+) -> Result<plan::Plan, argv::InputError> {
     match id {
         ProviderId::Claude => claude::plan(req, command, flags),
         ProviderId::Codex => codex::plan(req, command, flags),
@@ -882,5 +880,9 @@ pub fn build_plan(
     }
 }
 
+pub use subplan::subagent_plan;
+
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -86,7 +86,6 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         error,
         flags,
         extensions,
-        extensions_ok,
         supports,
         probed: Some(probed),
     }

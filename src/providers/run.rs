@@ -44,8 +44,6 @@ pub enum Failure {
 }
 
 pub struct Report {
-    pub plan: Plan,
-    pub work_dir: PathBuf,
     pub output: Option<exec::Output>,
     pub result: Result<Parsed, Failure>,
 }
@@ -94,30 +92,29 @@ pub fn env_with(
 
 /// Runs `plan` in the (already created, empty, 0700) `work_dir` and parses its output.
 pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -> Report {
-    let fail = |plan: Plan, f: Failure| Report {
-        plan,
-        work_dir: work_dir.to_path_buf(),
+    let fail = |f: Failure| Report {
         output: None,
         result: Err(f),
     };
     if let Some(op) = &plan.output_path {
         if !safe_relative(op) {
             let m = format!("output path {op:?} is not a plain relative path");
-            return fail(plan, Failure::Setup(m));
+            return fail(Failure::Setup(m));
         }
     }
     for (name, data) in &plan.files {
         if !safe_relative(name) {
             let m = format!("plan file {name:?} is not a plain relative path");
-            return fail(plan, Failure::Setup(m));
+            return fail(Failure::Setup(m));
         }
         if let Err(e) = crate::exec::write_private_file(&work_dir.join(name), data) {
             let m = format!("could not write {} in {}: {e}", name, work_dir.display());
-            return fail(plan, Failure::Setup(m));
+            return fail(Failure::Setup(m));
         }
     }
     let mut spec = exec::Spec::new(&plan.command);
     spec.args = plan.args.iter().map(OsString::from).collect();
+    spec.stdin = Some(plan.stdin.clone());
     spec.cwd = Some(work_dir.to_path_buf());
     spec.env = plan_env(&plan, work_dir);
     spec.timeout = Some(plan.timeout);
@@ -134,14 +131,11 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         Err(e) => {
             let not_found = e.not_found();
             let too_long = e.error.raw_os_error() == Some(libc::E2BIG);
-            return fail(
-                plan,
-                Failure::Spawn {
-                    message: e.to_string(),
-                    not_found,
-                    too_long,
-                },
-            );
+            return fail(Failure::Spawn {
+                message: e.to_string(),
+                not_found,
+                too_long,
+            });
         }
     };
     let result = if out.stdout_truncated {
@@ -155,8 +149,6 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
             Err(e) => {
                 let m = format!("could not read back the CLI's output: {e}");
                 return Report {
-                    plan,
-                    work_dir: work_dir.to_path_buf(),
                     output: Some(out),
                     result: Err(Failure::Setup(m)),
                 };
@@ -176,8 +168,6 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         })
     };
     Report {
-        plan,
-        work_dir: work_dir.to_path_buf(),
         output: Some(out),
         result,
     }

@@ -116,11 +116,6 @@ impl VersionCache {
                 .unwrap_or_else(|e| e.into_inner()),
         )
     }
-
-    /// The stored answer of `id`, if any (for status displays and tests).
-    pub fn get(&self, id: ProviderId) -> Option<Answer> {
-        self.lock(id).0.clone()
-    }
 }
 
 impl Slot<'_> {
