@@ -175,6 +175,7 @@ exec '{fixtures}/{name}' "$@"
             self.cmd = ([gw_bin] if kind == "ours" else (["node"] + os.environ.get("NODE_FLAGS", "").split() + [ref_js])) + ["--config-dir", self.cfg]
             self.p = None
             self.runs = 0
+            self.rows = {}
 
         def start(self):
             admin.call("PATCH", f"/rest/v1/team_gateways?id=eq.{self.gid}", {"status": "offline"})
@@ -218,11 +219,15 @@ exec '{fixtures}/{name}' "$@"
             jid = r[0]["id"]
             deadline = time.time() + 60
             while time.time() < deadline:
-                row = a.call("GET", f"/rest/v1/gateway_jobs?select=status,error&id=eq.{jid}")[0]
+                row = a.call("GET", "/rest/v1/gateway_jobs?select=id,status,error,created_at,"
+                                    f"started_at,completed_at&id=eq.{jid}")[0]
                 if row["status"] in ("completed", "failed", "cancelled"):
                     if row["status"] != "completed":
                         sys.exit(f"{self.kind} {job_type} job {row['status']}: {row['error']}")
-                    return (time.perf_counter() - t0) * 1000
+                    ms = (time.perf_counter() - t0) * 1000
+                    row["seen_ms"] = ms
+                    self.rows.setdefault(job_type, []).append(row)
+                    return ms
                 time.sleep(0.0005)
             sys.exit(f"{self.kind} {job_type} job did not finish")
 
@@ -330,6 +335,34 @@ exec '{fixtures}/{name}' "$@"
             ratio = f"{vals[0] / vals[1]:.2f}x"
         print(f"| {name} | " + " | ".join(cells) + (f" | {ratio} |" if len(kinds) == 2 else " |"))
 
+    # Where a shell_exec round trip goes (ours): row timestamps (ms) and the daemon's log lines.
+    def shell_phases():
+        from datetime import datetime
+        def ms(ts):
+            return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000
+        marks = {}
+        for line in open(os.path.join(gws["ours"].cfg, "gateway.log"), errors="replace"):
+            for key, tag in (("started", "job started id="), ("exec", "shell_exec start job_id="),
+                             ("done", "shell_exec done job_id=")):
+                if tag in line:
+                    jid = line.split(tag, 1)[1].split()[0]
+                    marks.setdefault(jid, {})[key] = ms(line.split()[0])
+        ph = {k: [] for k in ("INSERT -> worker (delivery)", "claim", "resource check",
+                              "login shell (bash -lc true)", "result -> completed_at",
+                              "completion PATCH -> seen by the client (approx.)")}
+        for r in gws["ours"].rows.get("shell_exec", []):
+            m = marks.get(r["id"], {})
+            if len(m) < 3:
+                continue
+            c, st, done = ms(r["created_at"]), ms(r["started_at"]), ms(r["completed_at"])
+            ph["INSERT -> worker (delivery)"].append(st - c)
+            ph["claim"].append(m["started"] - st)
+            ph["resource check"].append(m["exec"] - m["started"])
+            ph["login shell (bash -lc true)"].append(m["done"] - m["exec"])
+            ph["result -> completed_at"].append(done - m["done"])
+            ph["completion PATCH -> seen by the client (approx.)"].append(c + r["seen_ms"] - done)
+        return {k: med(v) for k, v in ph.items()}
+
     mib = lambda kib: kib / 1024 if kib is not None else None
     print()
     print(f"reps={REPS}, round trips={RT} per kind per rep, burst={BURST}, floods={FLOOD_JOBS} x {FLOOD_BYTES} B")
@@ -350,6 +383,9 @@ exec '{fixtures}/{name}' "$@"
         b = f"{r['back_s']:.1f} s" if r["back_s"] is not None else f"not within {AFTER:.0f} s"
         print(f"{k}: back within 2 MiB of idle ({r['idle_rss2']/1024:.1f} MiB) after {b}; "
               f"curve (s, MiB): " + ", ".join(f"{t}:{v/1024:.1f}" for t, v in r["curve"]))
+    print("ours, shell_exec round trip by phase (medians, ms; log and row timestamps have 1 ms "
+          "resolution, client clock for the last): " +
+          ", ".join(f"{k} {v:.1f}" for k, v in shell_phases().items()))
     print("raw medians: " + json.dumps({k: {m: round(med(v), 1) for m, v in res[k].items()
                                             if isinstance(v, list) and v and not isinstance(v[0], tuple)}
                                         for k in kinds}))

@@ -29,6 +29,9 @@ fn started_gateway_with(b: &Backend, env: &[(&str, &str)]) -> (Gateway, String, 
     wait_for("gateway ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    // Ready comes from the first reconcile, which can beat the realtime join now that start-up
+    // does not wait for provider discovery; the tests that cut realtime need it joined first.
+    gw.wait_connection("the realtime channel", "connected", Duration::from_secs(20));
     (gw, gid, team)
 }
 

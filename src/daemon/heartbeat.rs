@@ -136,7 +136,7 @@ fn heartbeat_body(s: &Shared, status: &str) -> Value {
     })
 }
 
-fn send_heartbeat(s: &Shared, status: &'static str) -> bool {
+pub(super) fn send_heartbeat(s: &Shared, status: &'static str) -> bool {
     send_heartbeat_within(s, status, functions::HEARTBEAT_TIMEOUT)
 }
 

@@ -29,7 +29,7 @@ use crate::config::state::GatewayState;
 use crate::config::{BackendConfig, Settings};
 use crate::exec::Children;
 use crate::jobs::shell::ShellSessions;
-use crate::providers::Registry;
+use crate::providers::{Registry, Stage};
 use crate::shutdown::Shutdown;
 use crate::state_store::{health_sink, FileTokenStore};
 use crate::tuning::Tuning;
@@ -196,12 +196,24 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     // CLI wait for the discovery.
     let s = shared.clone();
     spawn("provider-check", move || {
+        // Whatever happens below, handlers waiting for the checks are let go.
+        struct Release(Arc<Registry>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.reached(Stage::Checked);
+            }
+        }
+        let release = Release(s.providers.clone());
         s.providers.finish_discovery(&s.settings.cli_overrides);
-        s.wake_heartbeat();
+        // The backend sees what was found before a handler that needs a CLI goes on: a
+        // subagent run (queued before the start, say) checks the capabilities there.
+        heartbeat::send_heartbeat(&s, s.heartbeat_status());
+        s.providers.reached(Stage::Discovered);
         s.providers
             .check_health(crate::providers::health::Mode::Auto, Some("startup"));
+        heartbeat::send_heartbeat(&s, s.heartbeat_status());
+        drop(release);
         log::info!(target: "providers", "provider checks at start done");
-        s.wake_heartbeat();
     })?;
     let (stop_workers, workers_stopped) = bounded::<()>(0);
     let mut workers = Vec::new();

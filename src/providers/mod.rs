@@ -208,6 +208,17 @@ struct Entry {
     health: Option<Health>,
 }
 
+/// How far the start-up checks of the provider CLIs are (see [`Registry::undiscovered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Nothing probed yet.
+    Undiscovered,
+    /// Commands and flags known, and the backend told.
+    Discovered,
+    /// Health checked too (a validation call when one was due), and the backend told.
+    Checked,
+}
+
 /// Called with (provider id, health JSON) whenever health changes and should be persisted
 /// (the daemon wires it to `config::state::update` + `health::apply_to_state`).
 pub type HealthSink = Arc<dyn Fn(&str, &Health) + Send + Sync>;
@@ -224,8 +235,8 @@ pub struct Registry {
     generation: std::sync::atomic::AtomicU64,
     /// The last `--version` answer per CLI (discovery's, then diagnostics').
     versions: versions::VersionCache,
-    /// True until the discovery of an [`Registry::undiscovered`] registry has run.
-    pending: (Mutex<bool>, std::sync::Condvar),
+    /// How far the start-up checks of an [`Registry::undiscovered`] registry are.
+    stage: (Mutex<Stage>, std::sync::Condvar),
 }
 
 impl std::fmt::Debug for Registry {
@@ -287,31 +298,23 @@ impl Registry {
             sink: Mutex::new(None),
             events: Mutex::new(Vec::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
-            pending: (Mutex::new(false), std::sync::Condvar::new()),
+            stage: (Mutex::new(Stage::Checked), std::sync::Condvar::new()),
         }
     }
 
     /// A registry whose discovery runs later ([`Registry::finish_discovery`], off the start-up
-    /// path): the heartbeat reports the CLIs as not checked yet meanwhile, and a job handler
-    /// asking for a command or its flags waits for the discovery.
+    /// path): the heartbeat reports the CLIs as not checked yet meanwhile, and job handlers
+    /// that need a CLI wait ([`Registry::wait_for`]) until the daemon says how far it is
+    /// ([`Registry::reached`]).
     pub fn undiscovered() -> Registry {
         let r = Registry::default();
-        *r.pending.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *r.stage.0.lock().unwrap_or_else(|e| e.into_inner()) = Stage::Undiscovered;
         r
     }
 
-    /// Discovers and probes the CLIs of an [`Registry::undiscovered`] registry (keeping the
-    /// health loaded meanwhile) and lets the waiting handlers go on.
+    /// Discovers and probes the CLIs of an [`Registry::undiscovered`] registry, keeping the
+    /// health loaded meanwhile.
     pub fn finish_discovery(&self, overrides: &CliOverrides) {
-        struct Done<'a>(&'a Registry);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                let (m, cv) = &self.0.pending;
-                *m.lock().unwrap_or_else(|e| e.into_inner()) = false;
-                cv.notify_all();
-            }
-        }
-        let _done = Done(self);
         let found = std::mem::take(&mut *Registry::discover(overrides).lock());
         // Not under the entries lock: a diagnostic may hold a version slot for a whole run.
         for e in &found {
@@ -328,18 +331,26 @@ impl Registry {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Whether the CLIs have been discovered (always, except while an undiscovered registry
-    /// waits for [`Registry::finish_discovery`]).
-    pub fn is_discovered(&self) -> bool {
-        !*self.pending.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// The start-up checks reached `stage`: handlers waiting for it go on.
+    pub fn reached(&self, stage: Stage) {
+        let (m, cv) = &self.stage;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        *g = (*g).max(stage);
+        cv.notify_all();
     }
 
-    /// Blocks until the discovery has run (bounded by its probes' timeouts).
-    fn wait_discovered(&self) {
-        let (m, cv) = &self.pending;
+    /// Whether the CLIs have been discovered (always, except for an undiscovered registry
+    /// until the daemon says so).
+    pub fn is_discovered(&self) -> bool {
+        *self.stage.0.lock().unwrap_or_else(|e| e.into_inner()) >= Stage::Discovered
+    }
+
+    /// Blocks until the start-up checks reached `stage` (bounded by their probes' timeouts).
+    pub fn wait_for(&self, stage: Stage) {
+        let (m, cv) = &self.stage;
         let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-        while *g {
-            log::info!(target: "providers", "waiting for the provider CLIs to be discovered before running the job");
+        while *g < stage {
+            log::info!(target: "providers", "waiting for the provider CLIs to be checked ({stage:?}) before running the job");
             g = cv
                 .wait_timeout(g, Duration::from_secs(10))
                 .unwrap_or_else(|e| e.into_inner())
@@ -492,12 +503,12 @@ impl Registry {
     }
 
     pub fn command(&self, id: ProviderId) -> PathBuf {
-        self.wait_discovered();
+        self.wait_for(Stage::Discovered);
         self.lock()[id.index()].found.command.clone()
     }
 
     pub fn flags(&self, id: ProviderId) -> Flags {
-        self.wait_discovered();
+        self.wait_for(Stage::Discovered);
         self.lock()[id.index()].caps.flags.clone()
     }
 
