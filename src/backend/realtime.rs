@@ -540,53 +540,16 @@ fn connected(
         }
         match f.event.as_str() {
             "phx_reply" if f.r#ref.as_deref() == Some(join_ref.as_str()) && !joined => {
-                let status = f
-                    .payload
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                if status != "ok" {
-                    let reason = f
-                        .payload
-                        .get("response")
-                        .map(|r| r.to_string())
-                        .unwrap_or_default();
-                    refresh_if_token_problem(session, &token, &reason);
-                    break Err(format!(
-                        "channel join refused: {}",
-                        crate::util::truncate_chars(&reason, 300, "...")
-                    ));
-                }
-                binding_ids = f
-                    .payload
-                    .pointer("/response/postgres_changes")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|b| b.get("id").cloned()).collect())
-                    .unwrap_or_default();
+                binding_ids = match join_reply(session, &token, &f.payload) {
+                    Ok(ids) => ids,
+                    Err(e) => break Err(e),
+                };
                 joined = true;
                 joined_at = Some(Instant::now());
                 log::info!(target: "realtime", "subscribed to realtime:gateway_jobs_{}", session.gateway_id);
                 hooks.subscribed();
             }
-            "postgres_changes" => {
-                let ids_ok = binding_ids.is_empty()
-                    || f.payload
-                        .get("ids")
-                        .and_then(Value::as_array)
-                        .is_some_and(|ids| ids.iter().any(|i| binding_ids.contains(i)));
-                let data = f.payload.get("data");
-                let ty = data.and_then(|d| d.get("type")).and_then(Value::as_str);
-                match (ids_ok, ty, data.and_then(|d| d.get("record"))) {
-                    (true, Some(t), Some(rec)) if t.eq_ignore_ascii_case("INSERT") => {
-                        let mut rec = rec.clone();
-                        coerce_record(&mut rec, data.and_then(|d| d.get("columns")));
-                        hooks.record(rec);
-                    }
-                    (true, Some(t), _) if !t.eq_ignore_ascii_case("INSERT") => {}
-                    (false, _, _) => {}
-                    _ => hooks.malformed("postgres_changes event without a record"),
-                }
-            }
+            "postgres_changes" => on_change(&f.payload, &binding_ids, hooks),
             "phx_error" => break Err("the server reported a channel error".into()),
             "phx_close" => break Err("the server closed the channel".into()),
             "system" if f.payload.get("status").and_then(Value::as_str) == Some("error") => {
@@ -604,6 +567,49 @@ fn connected(
         backoff.reset();
     }
     result
+}
+
+/// The reply to our channel join: the ids of the postgres_changes bindings, or why the join
+/// was refused (a token problem refreshes the session first).
+fn join_reply(session: &Session, token: &str, payload: &Value) -> Result<Vec<Value>, String> {
+    let status = payload.get("status").and_then(Value::as_str).unwrap_or("");
+    if status != "ok" {
+        let reason = payload
+            .get("response")
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        refresh_if_token_problem(session, token, &reason);
+        return Err(format!(
+            "channel join refused: {}",
+            crate::util::truncate_chars(&reason, 300, "...")
+        ));
+    }
+    Ok(payload
+        .pointer("/response/postgres_changes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|b| b.get("id").cloned()).collect())
+        .unwrap_or_default())
+}
+
+/// A postgres_changes event for one of our bindings: an INSERT's record goes to the hooks.
+fn on_change(payload: &Value, binding_ids: &[Value], hooks: &dyn ReaderHooks) {
+    let ids_ok = binding_ids.is_empty()
+        || payload
+            .get("ids")
+            .and_then(Value::as_array)
+            .is_some_and(|ids| ids.iter().any(|i| binding_ids.contains(i)));
+    let data = payload.get("data");
+    let ty = data.and_then(|d| d.get("type")).and_then(Value::as_str);
+    match (ids_ok, ty, data.and_then(|d| d.get("record"))) {
+        (true, Some(t), Some(rec)) if t.eq_ignore_ascii_case("INSERT") => {
+            let mut rec = rec.clone();
+            coerce_record(&mut rec, data.and_then(|d| d.get("columns")));
+            hooks.record(rec);
+        }
+        (true, Some(t), _) if !t.eq_ignore_ascii_case("INSERT") => {}
+        (false, _, _) => {}
+        _ => hooks.malformed("postgres_changes event without a record"),
+    }
 }
 
 /// The server refused the channel's token (expired or revoked before its `exp` says): refresh
