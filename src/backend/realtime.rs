@@ -436,21 +436,8 @@ fn one_connection(
     backoff: &mut Backoff,
 ) -> Result<(), String> {
     let mut conn = Conn::connect(url)?;
-    cfg.interrupt
-        .watch(conn.ws.get_ref().tcp().try_clone().ok());
-    let result = connected(session, cfg, hooks, backoff, &mut conn);
-    cfg.interrupt.watch(None);
-    conn.close();
-    result
-}
-
-fn connected(
-    session: &Session,
-    cfg: &ReaderConfig,
-    hooks: &dyn ReaderHooks,
-    backoff: &mut Backoff,
-    conn: &mut Conn,
-) -> Result<(), String> {
+    let socket = conn.ws.get_ref().tcp().try_clone().ok();
+    cfg.interrupt.watch(socket);
     let topic = format!("realtime:gateway_jobs_{}", session.gateway_id);
     let token = session
         .access_token()
@@ -561,6 +548,8 @@ fn connected(
             _ => {}
         }
     };
+    cfg.interrupt.watch(None);
+    conn.close();
     // A connection that stayed up a while earns a fast reconnect; one that flaps right after
     // each join keeps backing off.
     if joined_at.is_some_and(|t| t.elapsed() >= STABLE_AFTER) {
