@@ -136,8 +136,10 @@ fn heartbeat_body(s: &Shared, status: &str) -> Value {
     })
 }
 
+/// A regular heartbeat; none once the drain started (the drain sends its own, and one sent
+/// from another thread after `offline` would put the gateway back on the backend's list).
 pub(super) fn send_heartbeat(s: &Shared, status: &'static str) -> bool {
-    send_heartbeat_within(s, status, functions::HEARTBEAT_TIMEOUT)
+    send_heartbeat_within(s, status, functions::HEARTBEAT_TIMEOUT, false)
 }
 
 /// The shutdown heartbeats have deadlines of their own, shorter than a normal heartbeat's:
@@ -149,15 +151,23 @@ pub(super) fn send_shutdown_heartbeat(s: &Shared, status: &'static str) -> bool 
     } else {
         SHUTDOWN_HEARTBEAT
     };
-    send_heartbeat_within(s, status, t)
+    send_heartbeat_within(s, status, t, true)
 }
 
 const SHUTDOWN_HEARTBEAT: Duration = Duration::from_secs(5);
 const SHUTDOWN_HEARTBEAT_AWAY: Duration = Duration::from_secs(2);
 
-fn send_heartbeat_within(s: &Shared, status: &'static str, timeout: Duration) -> bool {
+fn send_heartbeat_within(
+    s: &Shared,
+    status: &'static str,
+    timeout: Duration,
+    shutdown: bool,
+) -> bool {
     let hb = &s.heartbeat;
     let _in_flight = lock(&hb.in_flight);
+    if !shutdown && s.shutdown.is_draining() {
+        return false;
+    }
     *lock(&hb.sent) = Some(status);
     let body = heartbeat_body(s, status);
     let r = functions::invoke(&s.session, "gateway-heartbeat", &body, timeout);

@@ -221,6 +221,12 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     if let Err(e) = prepare_dirs(paths) {
         return fail!(e);
     }
+    // Handlers first: the pid file names this process as soon as it is locked, and a SIGTERM
+    // sent to that pid before the handlers are in place would kill it without a drain.
+    let sigpipe = match signals::install() {
+        Ok(p) => p,
+        Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
+    };
     let lock = match pidfile::acquire(&paths.pid_path) {
         Ok(l) => l,
         Err(pidfile::AcquireError::AlreadyRunning(pid)) => {
@@ -229,10 +235,6 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
             return 0;
         }
         Err(pidfile::AcquireError::Failed(e)) => return fail!(e),
-    };
-    let sigpipe = match signals::install() {
-        Ok(p) => p,
-        Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
     };
     if let Err(e) =
         crate::logging::init_with(&paths.log_path, settings.verbose, !detached, detached)
