@@ -10,8 +10,6 @@ mod config;
 mod daemon;
 mod exec;
 mod jobs;
-// `init` is unused until the logging rework (issue 9, simplelog over our writer) settles it.
-#[allow(dead_code)]
 mod logging;
 mod providers;
 mod redact;
