@@ -132,6 +132,9 @@ struct Threads {
     reconcile: Thread,
     heartbeat: Thread,
     workers: Vec<Thread>,
+    /// Discovery and the start-up health check (joined, bounded, so their probes' private
+    /// temporary directories are removed before the process exits).
+    provider_check: Thread,
     /// Dropped at the drain: the workers stop waiting for jobs.
     stop_workers: crossbeam_channel::Sender<()>,
 }
@@ -195,7 +198,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     // the runtime: neither delays the first heartbeat or job ingress. Handlers that need a
     // CLI wait for the discovery.
     let s = shared.clone();
-    spawn("provider-check", move || {
+    let provider_check = spawn("provider-check", move || {
         // Whatever happens below, handlers waiting for the checks are let go.
         struct Release(Arc<Registry>);
         impl Drop for Release {
@@ -209,6 +212,9 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         // subagent run (queued before the start, say) checks the capabilities there.
         heartbeat::send_heartbeat(&s, s.heartbeat_status());
         s.providers.reached(Stage::Discovered);
+        if s.shutdown.is_draining() {
+            return; // no validation call for a gateway that is stopping
+        }
         s.providers
             .check_health(crate::providers::health::Mode::Auto, Some("startup"));
         heartbeat::send_heartbeat(&s, s.heartbeat_status());
@@ -245,6 +251,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             reconcile,
             heartbeat,
             workers,
+            provider_check,
             stop_workers,
         },
     );
@@ -293,6 +300,7 @@ fn drain(shared: &Shared, threads: Threads) {
     shared.push_status(true);
     // Every thread that blocks is woken now, none waits out a timeout.
     threads.reader_interrupt.fire();
+    shared.providers.stop_checks();
     shared.wake_reconcile();
     shared.wake_heartbeat();
     join_within(
@@ -333,6 +341,16 @@ fn drain(shared: &Shared, threads: Threads) {
     for w in threads.workers {
         join_within(w, Duration::from_secs(2), "a worker thread");
     }
+    // A stop during start-up waits for discovery's probes (each bounded by its own timeout;
+    // a validation call was stopped above), so none outlives the process with its files.
+    if !threads.provider_check.handle.is_finished() {
+        log::info!(target: "runtime", "waiting for the provider checks at start to finish");
+    }
+    join_within(
+        threads.provider_check,
+        Duration::from_secs(30),
+        "the provider checks at start",
+    );
     outbox::last_retry(shared);
     // Remote shell sessions outlive single jobs: end them (process groups killed) before the
     // process exits or re-executes itself for an upgrade.

@@ -29,8 +29,8 @@ use serde_json::{json, Map, Value};
 use crate::config::CliOverrides;
 use discovery::{Discovered, EnvLookup, ProcessEnv, Source};
 use health::{Health, Mode, Status};
-use plan::{OutputFormat, RunRequest};
-pub use probe::probe_caps;
+use plan::RunRequest;
+pub use probe::{probe_caps, validate};
 use probe::{probe_crashed, run_parallel};
 
 /// Per-command timeout of capability probes.
@@ -237,6 +237,8 @@ pub struct Registry {
     versions: versions::VersionCache,
     /// How far the start-up checks of an [`Registry::undiscovered`] registry are.
     stage: (Mutex<Stage>, std::sync::Condvar),
+    /// Stops a validation call under way ([`Registry::stop_checks`]).
+    stop: crate::exec::CancelToken,
 }
 
 impl std::fmt::Debug for Registry {
@@ -299,6 +301,7 @@ impl Registry {
             events: Mutex::new(Vec::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             stage: (Mutex::new(Stage::Checked), std::sync::Condvar::new()),
+            stop: crate::exec::CancelToken::new(),
         }
     }
 
@@ -329,6 +332,11 @@ impl Registry {
         }
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops the validation call under way, if any, and every later one (the daemon stops).
+    pub fn stop_checks(&self) {
+        self.stop.cancel();
     }
 
     /// The start-up checks reached `stage`: handlers waiting for it go on.
@@ -614,7 +622,8 @@ impl Registry {
                     return health::unavailable(prev, mode, e.caps.error.as_deref(), &now);
                 }
                 if health::needs_full(mode, prev) {
-                    let (ok, err, ms) = validate(id, &e.found.command, &e.caps.flags, &work_root);
+                    let (ok, err, ms) =
+                        validate(id, &e.found.command, &e.caps.flags, &work_root, &self.stop);
                     log::info!(target: "providers", "validation provider={} ok={} duration_ms={}", id.as_str(), ok, ms);
                     return health::full(ok, err.as_deref(), ms, &crate::util::now_rfc3339());
                 }
@@ -780,101 +789,6 @@ pub fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Op
             .map(String::from),
         _ => None,
     }
-}
-
-/// The full check: a tiny JSON model call (providers.md §4.2). Returns (ok, error, ms).
-pub fn validate(
-    id: ProviderId,
-    command: &Path,
-    flags: &Flags,
-    work_root: &Path,
-) -> (bool, Option<String>, u64) {
-    let started = std::time::Instant::now();
-    let req = RunRequest {
-        prompt: VALIDATION_PROMPT.into(),
-        model: plan::DEFAULT_MODEL.into(),
-        format: OutputFormat::Json,
-        schema: Some(
-            json!({"type":"object","required":["message"],"properties":{"message":{"type":"string"}},"additionalProperties":false}),
-        ),
-        append_system_prompt: None,
-        reasoning_effort: None,
-        timeout: VALIDATION_TIMEOUT,
-    };
-    let ms = |s: std::time::Instant| s.elapsed().as_millis() as u64;
-    let plan = match build_plan(id, &req, command, flags) {
-        Ok(p) => p,
-        Err(e) => return (false, Some(e.0), ms(started)),
-    };
-    let root = work_root.join("validation");
-    if let Err(e) = crate::exec::ensure_private_dir(work_root)
-        .and_then(|_| crate::exec::ensure_private_dir(&root))
-    {
-        return (
-            false,
-            Some(format!(
-                "the validation work directory is not safe to use: {e}"
-            )),
-            ms(started),
-        );
-    }
-    let dir = match crate::exec::PrivateDir::create_in(&root.join(id.as_str()), "check-") {
-        Ok(d) => d,
-        Err(e) => {
-            return (
-                false,
-                Some(format!(
-                    "could not create a validation directory under {}: {e}",
-                    root.display()
-                )),
-                ms(started),
-            )
-        }
-    };
-    let report = run::run_plan(id, plan, dir.path(), &run::RunHooks::default());
-    let dir_path = dir.path().to_path_buf();
-    drop(dir);
-    run::prune_empty_parents(&dir_path, &root);
-    let stderr = report
-        .output
-        .as_ref()
-        .map(|o| o.stderr_lossy())
-        .unwrap_or_default();
-    let timed_out = report.output.as_ref().is_some_and(|o| o.timed_out());
-    let err = match report.result {
-        Ok(_) => None,
-        Err(run::Failure::StdoutLimit) => Some(format!(
-            "Provider validation stdout exceeded the {}-byte output limit",
-            crate::exec::CAPTURE_LIMIT
-        )),
-        Err(run::Failure::Spawn { message, .. }) | Err(run::Failure::Setup(message)) => {
-            Some(message)
-        }
-        Err(run::Failure::Process) if timed_out => Some(format!(
-            "{} did not answer within {} s; {}",
-            id.short(),
-            VALIDATION_TIMEOUT.as_secs(),
-            id.login_hint()
-        )),
-        // What the CLI said in a structured place (Claude reports a bad login in its stdout
-        // envelope, with an empty stderr), else stderr, else the reference's generic text.
-        Err(run::Failure::Process) => {
-            let stdout = report
-                .output
-                .as_ref()
-                .map(|o| o.stdout_lossy())
-                .unwrap_or_default();
-            let summary = plan::error_summary(&stderr);
-            Some(match cli_reported(id, &stdout, summary.as_ref()) {
-                Some(m) => m,
-                None if !stderr.trim().is_empty() => stderr,
-                None => "Provider validation failed".to_string(),
-            })
-        }
-        Err(run::Failure::Parse(m)) => Some(m),
-        Err(run::Failure::FileLimit) => Some("Codex output file exceeded the output limit".into()),
-    };
-    (err.is_none(), err, ms(started))
 }
 
 /// The argv and files for a model call on `id`.

@@ -5,8 +5,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
+
+use super::plan::{self, OutputFormat, RunRequest};
 use super::{
-    claude, codex, discovery, gemini, run, versions, Caps, Flags, ProviderId, PROBE_TIMEOUT,
+    build_plan, claude, cli_reported, codex, discovery, gemini, run, versions, Caps, Flags,
+    ProviderId, PROBE_TIMEOUT, VALIDATION_PROMPT, VALIDATION_TIMEOUT,
 };
 
 /// Probes one command (providers.md §3).
@@ -132,4 +136,104 @@ pub(super) fn probe_crashed(id: ProviderId, msg: &str) -> Caps {
         )),
         ..Caps::not_probed(id)
     }
+}
+
+/// The full check: a tiny JSON model call (providers.md §4.2). Returns (ok, error, ms).
+pub fn validate(
+    id: ProviderId,
+    command: &Path,
+    flags: &Flags,
+    work_root: &Path,
+    stop: &crate::exec::CancelToken,
+) -> (bool, Option<String>, u64) {
+    let started = std::time::Instant::now();
+    let req = RunRequest {
+        prompt: VALIDATION_PROMPT.into(),
+        model: plan::DEFAULT_MODEL.into(),
+        format: OutputFormat::Json,
+        schema: Some(
+            json!({"type":"object","required":["message"],"properties":{"message":{"type":"string"}},"additionalProperties":false}),
+        ),
+        append_system_prompt: None,
+        reasoning_effort: None,
+        timeout: VALIDATION_TIMEOUT,
+    };
+    let ms = |s: std::time::Instant| s.elapsed().as_millis() as u64;
+    let plan = match build_plan(id, &req, command, flags) {
+        Ok(p) => p,
+        Err(e) => return (false, Some(e.0), ms(started)),
+    };
+    let root = work_root.join("validation");
+    if let Err(e) = crate::exec::ensure_private_dir(work_root)
+        .and_then(|_| crate::exec::ensure_private_dir(&root))
+    {
+        return (
+            false,
+            Some(format!(
+                "the validation work directory is not safe to use: {e}"
+            )),
+            ms(started),
+        );
+    }
+    let dir = match crate::exec::PrivateDir::create_in(&root.join(id.as_str()), "check-") {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                false,
+                Some(format!(
+                    "could not create a validation directory under {}: {e}",
+                    root.display()
+                )),
+                ms(started),
+            )
+        }
+    };
+    let hooks = run::RunHooks {
+        cancel: Some(stop.clone()),
+        register: None,
+    };
+    let report = run::run_plan(id, plan, dir.path(), &hooks);
+    let dir_path = dir.path().to_path_buf();
+    drop(dir);
+    run::prune_empty_parents(&dir_path, &root);
+    let stderr = report
+        .output
+        .as_ref()
+        .map(|o| o.stderr_lossy())
+        .unwrap_or_default();
+    let timed_out = report.output.as_ref().is_some_and(|o| o.timed_out());
+    let err = match report.result {
+        Ok(_) => None,
+        Err(run::Failure::StdoutLimit) => Some(format!(
+            "Provider validation stdout exceeded the {}-byte output limit",
+            crate::exec::CAPTURE_LIMIT
+        )),
+        Err(run::Failure::Spawn { message, .. }) | Err(run::Failure::Setup(message)) => {
+            Some(message)
+        }
+        Err(run::Failure::Process) if timed_out => Some(format!(
+            "{} did not answer within {} s; {}",
+            id.short(),
+            VALIDATION_TIMEOUT.as_secs(),
+            id.login_hint()
+        )),
+        // What the CLI said in a structured place (Claude reports a bad login in its stdout
+        // envelope, with an empty stderr), else stderr, else the reference's generic text.
+        Err(run::Failure::Process) => {
+            let stdout = report
+                .output
+                .as_ref()
+                .map(|o| o.stdout_lossy())
+                .unwrap_or_default();
+            let summary = plan::error_summary(&stderr);
+            Some(match cli_reported(id, &stdout, summary.as_ref()) {
+                Some(m) => m,
+                None if !stderr.trim().is_empty() => stderr,
+                None => "Provider validation failed".to_string(),
+            })
+        }
+        Err(run::Failure::Parse(m)) => Some(m),
+        Err(run::Failure::FileLimit) => Some("Codex output file exceeded the output limit".into()),
+    };
+    (err.is_none(), err, ms(started))
 }
