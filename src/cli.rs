@@ -148,143 +148,57 @@ fn lexopt_err(e: lexopt::Error) -> UsageError {
     })
 }
 
-/// Parses the arguments after the program name.
-pub fn parse<I>(args: I) -> Result<Parsed, UsageError>
-where
-    I: IntoIterator,
-    I::Item: Into<OsString>,
-{
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_args(args);
-    let mut g = Global::default();
-    let mut command: Option<String> = None;
-    let mut positionals: Vec<String> = Vec::new();
-    let mut help = false;
-    let mut version = false;
-    // command-specific flags seen: (name, value)
-    let mut cmd_flags: Vec<(String, Option<String>)> = Vec::new();
+/// A global option that takes a value (`--config-dir PATH`, `--env NAME`, …): stores it in
+/// `g`; false when `name` is not a global option.
+fn global_option(name: &str, p: &mut lexopt::Parser, g: &mut Global) -> Result<bool, UsageError> {
+    let o = &mut g.overrides;
+    match name {
+        "config-dir" | "config-path" | "log-path" | "pid-path" | "claude-cli" | "codex-cli"
+        | "gemini-cli" => {
+            let v = Some(nonempty_path(name, take_value(p, name)?)?);
+            match name {
+                "config-dir" => o.config_dir = v,
+                "config-path" => o.config_path = v,
+                "log-path" => o.log_path = v,
+                "pid-path" => o.pid_path = v,
+                "claude-cli" => o.claude_cli = v,
+                "codex-cli" => o.codex_cli = v,
+                _ => o.gemini_cli = v,
+            }
+        }
+        "env-file" => g.env_file = Some(nonempty_path("env-file", take_value(p, "env-file")?)?),
+        "env" => {
+            let v = os_to_string("env", take_value(p, "env")?)?;
+            let n = crate::config::envfile::normalize_env_name(&v).map_err(UsageError)?;
+            g.env_name = Some(n);
+        }
+        "supabase-url" => {
+            o.supabase_url = Some(os_to_string(
+                "supabase-url",
+                take_value(p, "supabase-url")?,
+            )?)
+        }
+        "anon-key" => o.anon_key = Some(os_to_string("anon-key", take_value(p, "anon-key")?)?),
+        "device-name" => {
+            let v = os_to_string("device-name", take_value(p, "device-name")?)?;
+            if v.trim().is_empty() {
+                return Err(UsageError("--device-name needs a non-empty name".into()));
+            }
+            o.device_name = Some(v)
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
 
-    while let Some(arg) = p.next().map_err(lexopt_err)? {
-        match arg {
-            Short('h') | Long("help") => help = true,
-            Short('V') | Long("version") => version = true,
-            Short('v') | Long("verbose") => g.overrides.verbose = true,
-            Long("config-dir") => {
-                g.overrides.config_dir = Some(nonempty_path(
-                    "config-dir",
-                    take_value(&mut p, "config-dir")?,
-                )?)
-            }
-            Long("config-path") => {
-                g.overrides.config_path = Some(nonempty_path(
-                    "config-path",
-                    take_value(&mut p, "config-path")?,
-                )?)
-            }
-            Long("log-path") => {
-                g.overrides.log_path =
-                    Some(nonempty_path("log-path", take_value(&mut p, "log-path")?)?)
-            }
-            Long("pid-path") => {
-                g.overrides.pid_path =
-                    Some(nonempty_path("pid-path", take_value(&mut p, "pid-path")?)?)
-            }
-            Long("claude-cli") => {
-                g.overrides.claude_cli = Some(nonempty_path(
-                    "claude-cli",
-                    take_value(&mut p, "claude-cli")?,
-                )?)
-            }
-            Long("codex-cli") => {
-                g.overrides.codex_cli = Some(nonempty_path(
-                    "codex-cli",
-                    take_value(&mut p, "codex-cli")?,
-                )?)
-            }
-            Long("gemini-cli") => {
-                g.overrides.gemini_cli = Some(nonempty_path(
-                    "gemini-cli",
-                    take_value(&mut p, "gemini-cli")?,
-                )?)
-            }
-            Long("env-file") => {
-                g.env_file = Some(nonempty_path("env-file", take_value(&mut p, "env-file")?)?)
-            }
-            Long("env") => {
-                let v = os_to_string("env", take_value(&mut p, "env")?)?;
-                let n = crate::config::envfile::normalize_env_name(&v).map_err(UsageError)?;
-                g.env_name = Some(n);
-            }
-            Long("supabase-url") => {
-                g.overrides.supabase_url = Some(os_to_string(
-                    "supabase-url",
-                    take_value(&mut p, "supabase-url")?,
-                )?)
-            }
-            Long("anon-key") => {
-                g.overrides.anon_key =
-                    Some(os_to_string("anon-key", take_value(&mut p, "anon-key")?)?)
-            }
-            Long("device-name") => {
-                let v = os_to_string("device-name", take_value(&mut p, "device-name")?)?;
-                if v.trim().is_empty() {
-                    return Err(UsageError("--device-name needs a non-empty name".into()));
-                }
-                g.overrides.device_name = Some(v)
-            }
-            Long(
-                f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "force" | "json"
-                | "no-follow"),
-            ) => cmd_flags.push((f.to_string(), None)),
-            Long(f @ ("timeout" | "lines")) => {
-                let f = f.to_string();
-                let v = os_to_string(&f, take_value(&mut p, &f)?)?;
-                cmd_flags.push((f, Some(v)))
-            }
-            Short('n') => {
-                let v = os_to_string("lines", take_value(&mut p, "lines")?)?;
-                cmd_flags.push(("lines".into(), Some(v)))
-            }
-            Short('f') => cmd_flags.push(("force".into(), None)),
-            Value(v) => {
-                let v = os_to_string("argument", v)?;
-                if command.is_none() {
-                    if !COMMANDS.contains(&v.as_str()) {
-                        return Err(UsageError(format!("unknown command {v:?}")));
-                    }
-                    command = Some(v);
-                } else {
-                    positionals.push(v);
-                }
-            }
-            Long(other) => return Err(UsageError(format!("unknown flag --{other}"))),
-            Short(c) => return Err(UsageError(format!("unknown flag -{c}"))),
-        }
-    }
-
-    if command.as_deref() == Some("help") {
-        let topic = positionals.first().cloned();
-        if let Some(t) = &topic {
-            if !COMMANDS.contains(&t.as_str()) {
-                return Err(UsageError(format!("unknown command {t:?}")));
-            }
-        }
-        return Ok(Parsed::Help(help_text(topic.as_deref())));
-    }
-    if help {
-        return Ok(Parsed::Help(help_text(command.as_deref())));
-    }
-    if version {
-        return Ok(Parsed::Version);
-    }
-    let Some(cmd) = command else {
-        if cmd_flags.is_empty() {
-            return Ok(Parsed::Help(help_text(None)));
-        }
-        return Err(UsageError("missing command".into()));
-    };
-    for (f, _) in &cmd_flags {
-        if !allowed(&cmd, f) {
+/// The command `cmd` with its positionals and flags, checked.
+fn build_command(
+    cmd: &str,
+    positionals: &[String],
+    cmd_flags: &[(String, Option<String>)],
+) -> Result<Command, UsageError> {
+    for (f, _) in cmd_flags {
+        if !allowed(cmd, f) {
             return Err(UsageError(format!("--{f} is not a flag of {cmd}")));
         }
     }
@@ -296,7 +210,7 @@ where
             .find(|(f, _)| f == name)
             .and_then(|(_, v)| v.clone())
     };
-    let max_positionals = match cmd.as_str() {
+    let max_positionals = match cmd {
         "pair" | "full-control" => 1,
         _ => 0,
     };
@@ -306,7 +220,7 @@ where
             positionals[max_positionals]
         )));
     }
-    let command = match cmd.as_str() {
+    Ok(match cmd {
         "pair" => {
             let code = positionals.first().cloned().unwrap_or_default();
             if code.trim().is_empty() {
@@ -370,7 +284,87 @@ where
             },
         },
         other => return Err(UsageError(format!("unknown command {other:?}"))),
+    })
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I>(args: I) -> Result<Parsed, UsageError>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut g = Global::default();
+    let mut command: Option<String> = None;
+    let mut positionals: Vec<String> = Vec::new();
+    let mut help = false;
+    let mut version = false;
+    // command-specific flags seen: (name, value)
+    let mut cmd_flags: Vec<(String, Option<String>)> = Vec::new();
+
+    while let Some(arg) = p.next().map_err(lexopt_err)? {
+        match arg {
+            Short('h') | Long("help") => help = true,
+            Short('V') | Long("version") => version = true,
+            Short('v') | Long("verbose") => g.overrides.verbose = true,
+            Long(
+                f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "force" | "json"
+                | "no-follow"),
+            ) => cmd_flags.push((f.to_string(), None)),
+            Long(f @ ("timeout" | "lines")) => {
+                let f = f.to_string();
+                let v = os_to_string(&f, take_value(&mut p, &f)?)?;
+                cmd_flags.push((f, Some(v)))
+            }
+            Short('n') => {
+                let v = os_to_string("lines", take_value(&mut p, "lines")?)?;
+                cmd_flags.push(("lines".into(), Some(v)))
+            }
+            Short('f') => cmd_flags.push(("force".into(), None)),
+            Value(v) => {
+                let v = os_to_string("argument", v)?;
+                if command.is_none() {
+                    if !COMMANDS.contains(&v.as_str()) {
+                        return Err(UsageError(format!("unknown command {v:?}")));
+                    }
+                    command = Some(v);
+                } else {
+                    positionals.push(v);
+                }
+            }
+            Long(other) => {
+                let name = other.to_string();
+                if !global_option(&name, &mut p, &mut g)? {
+                    return Err(UsageError(format!("unknown flag --{name}")));
+                }
+            }
+            Short(c) => return Err(UsageError(format!("unknown flag -{c}"))),
+        }
+    }
+
+    if command.as_deref() == Some("help") {
+        let topic = positionals.first().cloned();
+        if let Some(t) = &topic {
+            if !COMMANDS.contains(&t.as_str()) {
+                return Err(UsageError(format!("unknown command {t:?}")));
+            }
+        }
+        return Ok(Parsed::Help(help_text(topic.as_deref())));
+    }
+    if help {
+        return Ok(Parsed::Help(help_text(command.as_deref())));
+    }
+    if version {
+        return Ok(Parsed::Version);
+    }
+    let Some(cmd) = command else {
+        if cmd_flags.is_empty() {
+            return Ok(Parsed::Help(help_text(None)));
+        }
+        return Err(UsageError("missing command".into()));
     };
+    let command = build_command(&cmd, &positionals, &cmd_flags)?;
     Ok(Parsed::Run {
         global: Box::new(g),
         command,

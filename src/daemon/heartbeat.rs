@@ -95,7 +95,7 @@ pub(super) fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
                     .store(team_fc, Ordering::SeqCst);
                 s.edit_status(&|st: &mut RuntimeStatus| st.team_full_control = Some(team_fc));
                 // A toggle turned off ends the open shell sessions now, not at the next job.
-                s.shell_sessions.enforce_control(true, s.control_source()());
+                s.shell_sessions.enforce_control(s.control_from_row(&cs));
             }
         }
         send_events(&s);

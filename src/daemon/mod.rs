@@ -221,8 +221,8 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     if let Err(e) = prepare_dirs(paths) {
         return fail!(e);
     }
-    // Handlers first: the pid file names this process as soon as it is locked, and a SIGTERM
-    // sent to that pid before the handlers are in place would kill it without a drain.
+    // Handlers first: once the pid lock is held, `status` says "running" and a SIGTERM may
+    // come at once; it must drain, not kill the process with the default action.
     let sigpipe = match signals::install() {
         Ok(p) => p,
         Err(e) => return fail!(format!("cannot install signal handlers: {e}")),

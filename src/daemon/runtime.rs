@@ -269,6 +269,10 @@ fn watch_until_stop(shared: &Shared) {
         if reload != reload_seen {
             // SIGHUP: gateway.json was re-read (full-control toggle); tell the backend now.
             reload_seen = reload;
+            // Host machine control switched off ends the shell sessions now, without waiting
+            // for the backend.
+            let c = shared.control_source()(crate::jobs::TeamToggle::LastRead);
+            shared.shell_sessions.enforce_control(c);
             shared.heartbeat.force.store(true, Ordering::SeqCst);
             shared.wake_heartbeat();
         }

@@ -12,10 +12,7 @@
 
 mod capture;
 mod env;
-// Not wired into the shell sessions yet (the PTY work of the remote shell lands next).
-#[allow(dead_code)]
 pub mod pty;
-pub mod session;
 mod tmp;
 
 use capture::Capture;

@@ -19,9 +19,6 @@ mod pump;
 mod ring;
 mod sys;
 
-#[allow(unused_imports)] // the public surface of the terminal sessions; the shell jobs use it
-pub use ring::utf8_complete_prefix;
-#[allow(unused_imports)]
 pub use sys::{login_shell, WinSize};
 
 use std::ffi::OsString;
@@ -99,7 +96,6 @@ impl PtySpec {
 struct Shared {
     pid: i32,
     tty: PathBuf,
-    program: PathBuf,
     master: OwnedFd,
     /// One writer at a time, so two writes never interleave their bytes.
     writer: Mutex<()>,
@@ -328,7 +324,6 @@ pub fn spawn(spec: PtySpec) -> Result<Pty, SpawnError> {
     let shared = Arc::new(Shared {
         pid,
         tty,
-        program: spec.program.clone(),
         master,
         writer: Mutex::new(()),
         st: Mutex::new(State {
@@ -380,10 +375,6 @@ impl Pty {
     /// The terminal's path (`/dev/pts/N`).
     pub fn tty(&self) -> &std::path::Path {
         &self.shared.tty
-    }
-
-    pub fn program(&self) -> &std::path::Path {
-        &self.shared.program
     }
 
     /// Types `data` into the terminal, as a keyboard would: all of it within `timeout`, or the
