@@ -16,7 +16,8 @@
 # Usage: scripts/bench-lifecycle.sh [--no-build] [--no-reference]
 # Knobs (env): REPS (7), RT_JOBS (40 round trips per kind per rep), BURST (500),
 #   FLOOD_JOBS (10), FLOOD_BYTES (6000000), AFTER_SECS (10),
-#   REFERENCE=<path to the reference's dist/index.js> (default: npm install into a temp dir).
+#   REFERENCE=<path to the reference's dist/index.js> (default: npm install into a temp dir),
+#   BEFORE_BIN=<an older panorama-gateway binary> measured interleaved too (column "before").
 # Needs python3; node + npm for the reference. Touches nothing outside a temp directory.
 set -euo pipefail
 
@@ -65,10 +66,10 @@ if [ "$REF" = 1 ]; then
 fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -sr)" >&2
 
-python3 - "$GW" "$BE" "$WORK" "$ROOT/tests/fixtures/bin" "$REF_JS" <<'PY'
+python3 - "$GW" "$BE" "$WORK" "$ROOT/tests/fixtures/bin" "$REF_JS" "${BEFORE_BIN:-}" <<'PY'
 import http.client, json, os, signal, subprocess, sys, time, statistics, threading
 
-gw_bin, be_bin, work, fixtures, ref_js = sys.argv[1:6]
+gw_bin, be_bin, work, fixtures, ref_js, before_bin = sys.argv[1:7]
 REPS = int(os.environ.get("REPS", "7"))
 RT = int(os.environ.get("RT_JOBS", "40"))
 BURST = int(os.environ.get("BURST", "500"))
@@ -172,7 +173,8 @@ exec '{fixtures}/{name}' "$@"
                                   {"team_id": self.team, "resource_type": "remote_shell", "name": "box",
                                    "max_access_level": "editor",
                                    "metadata": {"gateway_id": self.gid, "full_control": True}})[0]["id"]
-            self.cmd = ([gw_bin] if kind == "ours" else (["node"] + os.environ.get("NODE_FLAGS", "").split() + [ref_js])) + ["--config-dir", self.cfg]
+            bins = {"ours": gw_bin, "before": before_bin}
+            self.cmd = ([bins[kind]] if kind in bins else (["node"] + os.environ.get("NODE_FLAGS", "").split() + [ref_js])) + ["--config-dir", self.cfg]
             self.p = None
             self.runs = 0
             self.rows = {}
@@ -261,12 +263,12 @@ exec '{fixtures}/{name}' "$@"
                 sys.exit(f"{self.kind}: {len(pending)} jobs did not finish")
             return time.perf_counter()
 
-    kinds = ["ours"] + (["reference"] if ref_js else [])
+    kinds = ["ours"] + (["before"] if before_bin else []) + (["reference"] if ref_js else [])
     gws = {k: Gateway(k) for k in kinds}
     res = {k: {"ready": [], "sigterm": [], "stop": [], "shell": [], "diag": []} for k in kinds}
 
     for rep in range(REPS):
-        order = kinds if rep % 2 == 0 else kinds[::-1]
+        order = kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]
         print(f"rep {rep + 1}/{REPS} ...", file=sys.stderr)
         for k in order:
             g, r = gws[k], res[k]
@@ -327,13 +329,14 @@ exec '{fixtures}/{name}' "$@"
         r["curve"] = [(round(t, 1), v) for t, v in curve[:: max(1, len(curve) // 10)]]
         g.sigterm()
 
+    has_ref = "reference" in kinds
     def row(name, f, unit, fmt="{:.1f}"):
-        vals = [f(res[k]) for k in kinds]
-        cells = [(fmt.format(v) + " " + unit) if v is not None else "-" for v in vals]
+        vals = {k: f(res[k]) for k in kinds}
+        cells = [(fmt.format(vals[k]) + " " + unit) if vals[k] is not None else "-" for k in kinds]
         ratio = ""
-        if len(vals) == 2 and vals[0] is not None and vals[1]:
-            ratio = f"{vals[0] / vals[1]:.2f}x"
-        print(f"| {name} | " + " | ".join(cells) + (f" | {ratio} |" if len(kinds) == 2 else " |"))
+        if has_ref and vals["ours"] is not None and vals["reference"]:
+            ratio = f"{vals['ours'] / vals['reference']:.2f}x"
+        print(f"| {name} | " + " | ".join(cells) + (f" | {ratio} |" if has_ref else " |"))
 
     # Where a shell_exec round trip goes (ours): row timestamps (ms) and the daemon's log lines.
     def shell_phases():
@@ -366,8 +369,8 @@ exec '{fixtures}/{name}' "$@"
     mib = lambda kib: kib / 1024 if kib is not None else None
     print()
     print(f"reps={REPS}, round trips={RT} per kind per rep, burst={BURST}, floods={FLOOD_JOBS} x {FLOOD_BYTES} B")
-    print("| metric | " + " | ".join(kinds) + (" | ratio |" if len(kinds) == 2 else " |"))
-    print("|---|" + "---:|" * len(kinds) + ("---:|" if len(kinds) == 2 else ""))
+    print("| metric | " + " | ".join(kinds) + (" | ours/reference |" if has_ref else " |"))
+    print("|---|" + "---:|" * len(kinds) + ("---:|" if has_ref else ""))
     row("start -> ready (median)", lambda r: med(r["ready"]), "ms", "{:.0f}")
     row("SIGTERM -> exit, idle (median)", lambda r: med(r["sigterm"]), "ms", "{:.0f}")
     row("`stop` command, idle (median)", lambda r: med(r["stop"]), "ms", "{:.0f}")
