@@ -66,6 +66,24 @@ impl EventQueue {
     }
 }
 
+/// Wraps a provider health sink so that a provider whose status changes (turns unhealthy,
+/// or healthy again) wakes the heartbeat thread at once: the backend hears of it within a
+/// heartbeat round trip, not at the next tick. Wake-ups coalesce (one thread, one heartbeat in
+/// flight; it sends only when the health generation moved).
+pub(super) fn waking_sink(
+    inner: crate::providers::HealthSink,
+    wake: crossbeam_channel::Sender<()>,
+) -> crate::providers::HealthSink {
+    let last: Mutex<std::collections::HashMap<String, String>> = Mutex::default();
+    Arc::new(move |id: &str, h: &crate::providers::health::Health| {
+        inner(id, h);
+        let status = h.status.as_str().to_string();
+        if lock(&last).insert(id.to_string(), status.clone()) != Some(status) {
+            let _ = wake.try_send(());
+        }
+    })
+}
+
 pub(super) fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
     let mut last_health = s.providers.health_generation();
     let mut next_tick = Instant::now();

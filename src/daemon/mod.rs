@@ -6,6 +6,7 @@
 //! tells a waiting parent that it is up, runs [`runtime::run`], and on return removes the pid
 //! file (or re-executes itself after an upgrade).
 
+mod cancels;
 pub mod detach;
 mod heartbeat;
 mod ingress;
@@ -245,7 +246,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     install_panic_logger();
 
     let pid = std::process::id();
-    let version = env!("CARGO_PKG_VERSION").to_string();
+    let version = crate::util::version().to_string();
     let status = statusfile::StatusFile::create(
         &paths.status_path,
         status::RuntimeStatus {
@@ -275,6 +276,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     let restart = match &exe {
         Some(exe) => watchdog::spawn(
             exe.clone(),
+            argv.iter().skip(1).cloned().collect(),
             watchdog::WatchConfig::from_env(),
             shutdown.clone(),
             updater.clone(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::Value;
 
+use super::cancels::CancelState;
 use super::heartbeat::{EventQueue, HeartbeatState};
 use super::ingress::{Ingress, IngressState};
 use super::outbox::Outbox;
@@ -20,7 +21,10 @@ use crate::backend::session::Session;
 use crate::config::Settings;
 use crate::exec::Children;
 use crate::jobs;
+use crate::jobs::journal::Journal;
+use crate::jobs::recovery;
 use crate::jobs::shell::ShellSessions;
+use crate::jobs::subagent_runs::SubagentRuns;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::tuning::Tuning;
@@ -42,6 +46,8 @@ pub(super) struct Channels {
     /// Ingress → workers. Boxed rows: the bounded channel preallocates its slots, keep them
     /// pointer-sized.
     pub to_workers: Sender<Box<JobRow>>,
+    /// Ingress → the cancel threads (subagent_cancel jobs, bounded; see `cancels`).
+    pub to_cancels: Sender<Box<JobRow>>,
     /// → the reconcile thread: reconcile now (after a subscribe, at the drain).
     pub wake_reconcile: Sender<()>,
     /// → the heartbeat thread: the status changed, an event is queued, the drain began.
@@ -57,10 +63,12 @@ pub(super) struct Parts {
     pub providers: Arc<Registry>,
     pub children: Arc<Children>,
     pub shell_sessions: Arc<ShellSessions>,
+    pub subagent_runs: Arc<SubagentRuns>,
     pub outbox: Outbox,
     pub device_name: String,
     pub settings: Settings,
-    pub process_start_ms: u64,
+    pub journal: Arc<Journal>,
+    pub recovery: recovery::Pending,
 }
 
 pub(super) struct Shared {
@@ -71,9 +79,16 @@ pub(super) struct Shared {
     pub children: Arc<Children>,
     /// The open remote shell sessions (they outlive single jobs).
     pub shell_sessions: Arc<ShellSessions>,
+    /// The subagent runs active here and the cancels waiting for theirs.
+    pub subagent_runs: Arc<SubagentRuns>,
+    /// The runs with a cancel job on its way (coalescing).
+    pub cancels: CancelState,
     pub device_name: String,
     pub settings: Settings,
-    pub process_start_ms: u64,
+    /// The in-flight journal of this process (the next start's crash recovery reads it).
+    pub journal: Arc<Journal>,
+    /// What an earlier process left in the journal, still to settle with the backend.
+    pub recovery: recovery::Pending,
     /// False once the drain began: new jobs are left queued for the next process.
     pub accepting: AtomicBool,
     pub channels: Channels,
@@ -95,9 +110,12 @@ impl Shared {
             providers: p.providers,
             children: p.children,
             shell_sessions: p.shell_sessions,
+            subagent_runs: p.subagent_runs,
+            cancels: CancelState::default(),
             device_name: p.device_name,
             settings: p.settings,
-            process_start_ms: p.process_start_ms,
+            journal: p.journal,
+            recovery: p.recovery,
             accepting: AtomicBool::new(true),
             channels,
             ingress: IngressState::default(),

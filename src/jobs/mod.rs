@@ -6,9 +6,12 @@
 
 pub mod control;
 pub mod diagnostic;
+pub mod journal;
 pub mod model_run;
+pub mod recovery;
 pub mod shell;
 pub mod subagent;
+pub mod subagent_runs;
 
 use std::sync::Arc;
 
@@ -123,6 +126,8 @@ pub struct JobContext {
     pub control: ControlSource,
     /// Reaches other running jobs (subagent_cancel).
     pub cancel_running: CancelRunning,
+    /// The subagent runs active here and the cancels waiting for theirs (owned by the runtime).
+    pub subagent_runs: Arc<subagent_runs::SubagentRuns>,
 }
 
 impl JobContext {

@@ -113,6 +113,7 @@ fn ctx(reg: &Arc<Registry>, job: &str) -> JobContext {
         shell_sessions: Arc::new(crate::jobs::shell::ShellSessions::new()),
         control: Arc::new(|_| Default::default()),
         cancel_running: Arc::new(|_: &str| false),
+        subagent_runs: Arc::default(),
     }
 }
 
