@@ -259,206 +259,214 @@ pub fn normalize(provider: ProviderId, format: Format, stdout: &str) -> Normaliz
     };
     let mut base_md = Map::new();
     base_md.insert("adapter_id".into(), json!(adapter));
-    let text_out = || Normalized {
+    if format == Format::Text {
+        return text_out(stdout, &base_md);
+    }
+    match provider {
+        ProviderId::Claude => claude(format, stdout, base_md),
+        ProviderId::Codex => codex(format, stdout, base_md),
+        ProviderId::Gemini => gemini(format, stdout, base_md),
+    }
+}
+
+/// The run's stdout as a text envelope.
+fn text_out(stdout: &str, base_md: &Map<String, Value>) -> Normalized {
+    Normalized {
         output: envelope(json!(stdout.trim()), "text"),
         metadata: base_md.clone(),
         parse_error: None,
         events: Vec::new(),
-    };
-    if format == Format::Text {
-        return text_out();
     }
-    match provider {
-        ProviderId::Claude => {
-            if format == Format::StreamJson {
-                let evs = stream_lines(stdout);
-                let events = claude_events(&evs);
-                if let Some(Value::Object(r)) =
-                    evs.iter().rev().find(|e| s(e, "type") == Some("result"))
-                {
-                    let mut n = claude_object(r);
-                    n.events = events;
-                    return n;
+}
+
+/// Claude's output in `format` (not text).
+fn claude(format: Format, stdout: &str, base_md: Map<String, Value>) -> Normalized {
+    if format == Format::StreamJson {
+        let evs = stream_lines(stdout);
+        let events = claude_events(&evs);
+        if let Some(Value::Object(r)) = evs.iter().rev().find(|e| s(e, "type") == Some("result")) {
+            let mut n = claude_object(r);
+            n.events = events;
+            return n;
+        }
+        let mut md = base_md.clone();
+        for e in &evs {
+            for k in ["session_id", "total_cost_usd", "usage"] {
+                if let Some(v) = e.get(k) {
+                    md.insert(k.into(), v.clone());
                 }
-                let mut md = base_md.clone();
-                for e in &evs {
-                    for k in ["session_id", "total_cost_usd", "usage"] {
-                        if let Some(v) = e.get(k) {
-                            md.insert(k.into(), v.clone());
-                        }
-                    }
-                }
-                let last = evs
-                    .last()
-                    .map(|e| {
-                        ["content", "message", "result", "output"]
-                            .iter()
-                            .find_map(|k| e.get(*k).and_then(Value::as_str).map(String::from))
-                            .unwrap_or_else(|| {
-                                text_of_content(
-                                    e.get("message")
-                                        .and_then(|m| m.get("content"))
-                                        .unwrap_or(&Value::Null),
-                                )
-                            })
-                    })
-                    .filter(|t| !t.trim().is_empty())
-                    .unwrap_or_else(|| stdout.trim().to_string());
-                return Normalized {
-                    output: envelope(json!(last), "markdown"),
-                    metadata: md,
-                    parse_error: None,
-                    events,
-                };
-            }
-            match serde_json::from_str::<Value>(stdout.trim()) {
-                Ok(Value::Object(o)) => claude_object(&o),
-                Ok(_) => Normalized {
-                    parse_error: Some("Claude output is not a JSON object".into()),
-                    ..text_out()
-                },
-                Err(e) => Normalized {
-                    parse_error: Some(e.to_string()),
-                    ..text_out()
-                },
             }
         }
-        ProviderId::Codex => {
-            if format == Format::Json {
-                if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(stdout.trim()) {
-                    return Normalized {
-                        output: envelope(v, "json"),
-                        metadata: base_md,
-                        parse_error: None,
-                        events: Vec::new(),
-                    };
-                }
+        let last = evs
+            .last()
+            .map(|e| {
+                ["content", "message", "result", "output"]
+                    .iter()
+                    .find_map(|k| e.get(*k).and_then(Value::as_str).map(String::from))
+                    .unwrap_or_else(|| {
+                        text_of_content(
+                            e.get("message")
+                                .and_then(|m| m.get("content"))
+                                .unwrap_or(&Value::Null),
+                        )
+                    })
+            })
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| stdout.trim().to_string());
+        return Normalized {
+            output: envelope(json!(last), "markdown"),
+            metadata: md,
+            parse_error: None,
+            events,
+        };
+    }
+    match serde_json::from_str::<Value>(stdout.trim()) {
+        Ok(Value::Object(o)) => claude_object(&o),
+        Ok(_) => Normalized {
+            parse_error: Some("Claude output is not a JSON object".into()),
+            ..text_out(stdout, &base_md)
+        },
+        Err(e) => Normalized {
+            parse_error: Some(e.to_string()),
+            ..text_out(stdout, &base_md)
+        },
+    }
+}
+
+/// Codex's output in `format` (not text).
+fn codex(format: Format, stdout: &str, base_md: Map<String, Value>) -> Normalized {
+    if format == Format::Json {
+        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(stdout.trim()) {
+            return Normalized {
+                output: envelope(v, "json"),
+                metadata: base_md,
+                parse_error: None,
+                events: Vec::new(),
+            };
+        }
+    }
+    let evs = stream_lines(stdout);
+    if evs.is_empty() {
+        let err = serde_json::from_str::<Value>(stdout.trim())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "Codex output is not JSON".into());
+        return Normalized {
+            parse_error: Some(err),
+            ..text_out(stdout, &base_md)
+        };
+    }
+    let text = evs
+        .iter()
+        .rev()
+        .find(|e| {
+            s(e, "type") == Some("item.completed")
+                && e.get("item").and_then(|i| s(i, "type")) == Some("agent_message")
+        })
+        .and_then(|e| e.get("item").and_then(|i| s(i, "text")).map(String::from))
+        .unwrap_or_else(|| stdout.to_string());
+    let (output, perr) = extract_json(&text, false);
+    let mut md = base_md;
+    if let Some(u) = evs
+        .iter()
+        .rev()
+        .find(|e| s(e, "type") == Some("turn.completed"))
+        .and_then(|e| e.get("usage"))
+    {
+        md.insert("usage".into(), u.clone());
+    }
+    let events = evs
+        .iter()
+        .filter(|e| s(e, "type") == Some("item.completed"))
+        .filter_map(|e| {
+            let item = e.get("item")?;
+            let content = s(item, "text")?;
+            match s(item, "type") {
+                Some("agent_message") => Some((
+                    "message".to_string(),
+                    json!({"role": "assistant", "content": content}),
+                )),
+                Some("reasoning") => Some((
+                    "message".to_string(),
+                    json!({"role": "assistant", "content": content, "kind": "reasoning"}),
+                )),
+                _ => None,
             }
-            let evs = stream_lines(stdout);
-            if evs.is_empty() {
-                let err = serde_json::from_str::<Value>(stdout.trim())
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "Codex output is not JSON".into());
-                return Normalized {
-                    parse_error: Some(err),
-                    ..text_out()
-                };
-            }
-            let text = evs
-                .iter()
-                .rev()
-                .find(|e| {
-                    s(e, "type") == Some("item.completed")
-                        && e.get("item").and_then(|i| s(i, "type")) == Some("agent_message")
-                })
-                .and_then(|e| e.get("item").and_then(|i| s(i, "text")).map(String::from))
-                .unwrap_or_else(|| stdout.to_string());
-            let (output, perr) = extract_json(&text, false);
-            let mut md = base_md;
-            if let Some(u) = evs
-                .iter()
-                .rev()
-                .find(|e| s(e, "type") == Some("turn.completed"))
-                .and_then(|e| e.get("usage"))
-            {
-                md.insert("usage".into(), u.clone());
-            }
-            let events = evs
-                .iter()
-                .filter(|e| s(e, "type") == Some("item.completed"))
-                .filter_map(|e| {
-                    let item = e.get("item")?;
-                    let content = s(item, "text")?;
-                    match s(item, "type") {
-                        Some("agent_message") => Some((
-                            "message".to_string(),
-                            json!({"role": "assistant", "content": content}),
-                        )),
-                        Some("reasoning") => Some((
-                            "message".to_string(),
-                            json!({"role": "assistant", "content": content, "kind": "reasoning"}),
-                        )),
-                        _ => None,
-                    }
-                })
-                .collect();
+        })
+        .collect();
+    Normalized {
+        output,
+        metadata: md,
+        parse_error: perr,
+        events: if format == Format::StreamJson {
+            events
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Gemini's output in `format` (not text).
+fn gemini(format: Format, stdout: &str, base_md: Map<String, Value>) -> Normalized {
+    if format == Format::StreamJson {
+        let evs = stream_lines(stdout);
+        let msgs: Vec<(String, Value)> = evs
+            .iter()
+            .filter(|e| s(e, "type") == Some("message"))
+            .filter_map(|e| {
+                Some((
+                    "message".to_string(),
+                    json!({"role": s(e, "role")?, "content": s(e, "content")?}),
+                ))
+            })
+            .collect();
+        let text: String = evs
+            .iter()
+            .filter(|e| s(e, "type") == Some("message") && s(e, "role") == Some("assistant"))
+            .filter_map(|e| s(e, "content"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("");
+        let text = if text.is_empty() {
+            stdout.to_string()
+        } else {
+            text
+        };
+        let (output, perr) = extract_json(&text, false);
+        let mut md = base_md;
+        if let Some(st) = evs
+            .iter()
+            .rev()
+            .find(|e| s(e, "type") == Some("result"))
+            .and_then(|e| e.get("stats"))
+        {
+            md.insert("usage".into(), st.clone());
+        }
+        return Normalized {
+            output,
+            metadata: md,
+            parse_error: perr,
+            events: msgs,
+        };
+    }
+    match serde_json::from_str::<Value>(stdout.trim()) {
+        Ok(o) if o.get("response").is_some_and(Value::is_string) => {
+            let (output, perr) = extract_json(o["response"].as_str().unwrap_or_default(), false);
             Normalized {
                 output,
-                metadata: md,
+                metadata: base_md,
                 parse_error: perr,
-                events: if format == Format::StreamJson {
-                    events
-                } else {
-                    Vec::new()
-                },
+                events: Vec::new(),
             }
         }
-        ProviderId::Gemini => {
-            if format == Format::StreamJson {
-                let evs = stream_lines(stdout);
-                let msgs: Vec<(String, Value)> = evs
-                    .iter()
-                    .filter(|e| s(e, "type") == Some("message"))
-                    .filter_map(|e| {
-                        Some((
-                            "message".to_string(),
-                            json!({"role": s(e, "role")?, "content": s(e, "content")?}),
-                        ))
-                    })
-                    .collect();
-                let text: String = evs
-                    .iter()
-                    .filter(|e| {
-                        s(e, "type") == Some("message") && s(e, "role") == Some("assistant")
-                    })
-                    .filter_map(|e| s(e, "content"))
-                    .map(str::trim)
-                    .collect::<Vec<_>>()
-                    .join("");
-                let text = if text.is_empty() {
-                    stdout.to_string()
-                } else {
-                    text
-                };
-                let (output, perr) = extract_json(&text, false);
-                let mut md = base_md;
-                if let Some(st) = evs
-                    .iter()
-                    .rev()
-                    .find(|e| s(e, "type") == Some("result"))
-                    .and_then(|e| e.get("stats"))
-                {
-                    md.insert("usage".into(), st.clone());
-                }
-                return Normalized {
-                    output,
-                    metadata: md,
-                    parse_error: perr,
-                    events: msgs,
-                };
-            }
-            match serde_json::from_str::<Value>(stdout.trim()) {
-                Ok(o) if o.get("response").is_some_and(Value::is_string) => {
-                    let (output, perr) =
-                        extract_json(o["response"].as_str().unwrap_or_default(), false);
-                    Normalized {
-                        output,
-                        metadata: base_md,
-                        parse_error: perr,
-                        events: Vec::new(),
-                    }
-                }
-                Ok(_) => Normalized {
-                    parse_error: Some("Gemini output has no string response field".into()),
-                    ..text_out()
-                },
-                Err(e) => Normalized {
-                    parse_error: Some(e.to_string()),
-                    ..text_out()
-                },
-            }
-        }
+        Ok(_) => Normalized {
+            parse_error: Some("Gemini output has no string response field".into()),
+            ..text_out(stdout, &base_md)
+        },
+        Err(e) => Normalized {
+            parse_error: Some(e.to_string()),
+            ..text_out(stdout, &base_md)
+        },
     }
 }
 

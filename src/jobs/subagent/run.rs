@@ -178,65 +178,17 @@ pub(super) fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> R
             "Subagent provider does not support continuation",
         ));
     }
-    // 9. (the install toggle is re-read from gateway.json by `ctx.control()` at step 13) 10.
-    let control = match wire::load_control(session, &me, &session.team_id) {
-        Ok(Some(r)) => r,
-        Ok(None) | Err(_) => return Ok(fail_msg("Gateway control state unavailable")),
+    let Machine {
+        config,
+        flags,
+        fc_requested,
+        fc_denied,
+        fc_effective,
+        layers_on,
+    } = match machine_control(session, &me, &sub, provider, ctx, &subagent_id) {
+        Ok(m) => m,
+        Err(end) => return Ok(end),
     };
-    // 11.
-    let fresh = s(&control, "last_seen_at")
-        .and_then(parse_rfc3339_ms)
-        .map(|t| t as i64)
-        .is_some_and(|t| now_ms() - t <= HEARTBEAT_STALE_MS);
-    if !fresh {
-        return Ok(fail_msg("Gateway is offline or heartbeat is stale"));
-    }
-    // 12.
-    let me_svc = control
-        .get("capabilities")
-        .and_then(|c| c.get("services"))
-        .and_then(|sv| sv.get("model_execution"));
-    if me_svc.and_then(|m| m.get("ready")).and_then(Value::as_bool) != Some(true) {
-        let reason = me_svc
-            .and_then(|m| trimmed(s(m, "reason")))
-            .unwrap_or_else(|| "Gateway AI model providers are unavailable".into());
-        return Ok(fail_msg(&reason));
-    }
-    // 13.
-    let config = sub.get("config").cloned().unwrap_or(json!({}));
-    let fc_requested = lenient_bool(
-        config
-            .get("full_control")
-            .or_else(|| config.get("fullControl")),
-    );
-    let flags = ctx.providers.flags(provider);
-    // Machine control at the moment of use: the team toggle from the row just read, the
-    // install toggle from gateway.json now (jobs::control, shared with the remote shell).
-    let team_fc = control.get("full_control_enabled") == Some(&Value::Bool(true));
-    let layers = ctx.control();
-    let fc_denied: Option<String> = if !fc_requested {
-        None
-    } else if let Some(d) = crate::jobs::control::elevated_denial(&control, layers) {
-        Some(d.into())
-    } else if let Some(d) = elevated_denial(provider, &flags) {
-        Some(d.into())
-    } else if !layers.heartbeat_fresh {
-        Some(
-            layers
-                .denial()
-                .unwrap_or("Gateway elevated provider mode is unavailable.")
-                .into(),
-        )
-    } else {
-        None
-    };
-    let fc_effective = fc_requested && fc_denied.is_none();
-    let layers_on = Layers {
-        resource: fc_requested,
-        team: team_fc,
-        install: layers.install_enabled,
-    };
-    log::info!(target: "subagent", "Resolved subagent elevated provider state subagent={subagent_id} requested={fc_requested} effective={fc_effective}");
     // 14.
     let run_id = payload_run_id
         .clone()
@@ -408,6 +360,96 @@ pub(super) fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> R
     };
     // 24.
     execute_and_finalize(session, ctx, &prep, &mut em, plan)
+}
+
+/// What steps 9–13 decide: the stored config, the CLI's flags, and machine control for this
+/// run (asked, denied with why, effective, the layers that are on).
+pub(super) struct Machine {
+    config: Value,
+    flags: Flags,
+    fc_requested: bool,
+    fc_denied: Option<String>,
+    fc_effective: bool,
+    layers_on: Layers,
+}
+
+/// Steps 9–13: the gateway's control row (a fresh heartbeat, model execution ready) and the
+/// machine-control layers for this subagent. Err = how the run ends.
+fn machine_control(
+    session: &Session,
+    me: &str,
+    sub: &Value,
+    provider: ProviderId,
+    ctx: &JobContext,
+    subagent_id: &str,
+) -> Result<Machine, End> {
+    // 9. (the install toggle is re-read from gateway.json by `ctx.control()` at step 13) 10.
+    let control = match wire::load_control(session, me, &session.team_id) {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => return Err(fail_msg("Gateway control state unavailable")),
+    };
+    // 11.
+    let fresh = s(&control, "last_seen_at")
+        .and_then(parse_rfc3339_ms)
+        .map(|t| t as i64)
+        .is_some_and(|t| now_ms() - t <= HEARTBEAT_STALE_MS);
+    if !fresh {
+        return Err(fail_msg("Gateway is offline or heartbeat is stale"));
+    }
+    // 12.
+    let me_svc = control
+        .get("capabilities")
+        .and_then(|c| c.get("services"))
+        .and_then(|sv| sv.get("model_execution"));
+    if me_svc.and_then(|m| m.get("ready")).and_then(Value::as_bool) != Some(true) {
+        let reason = me_svc
+            .and_then(|m| trimmed(s(m, "reason")))
+            .unwrap_or_else(|| "Gateway AI model providers are unavailable".into());
+        return Err(fail_msg(&reason));
+    }
+    // 13.
+    let config = sub.get("config").cloned().unwrap_or(json!({}));
+    let fc_requested = lenient_bool(
+        config
+            .get("full_control")
+            .or_else(|| config.get("fullControl")),
+    );
+    let flags = ctx.providers.flags(provider);
+    // Machine control at the moment of use: the team toggle from the row just read, the
+    // install toggle from gateway.json now (jobs::control, shared with the remote shell).
+    let team_fc = control.get("full_control_enabled") == Some(&Value::Bool(true));
+    let layers = ctx.control();
+    let fc_denied: Option<String> = if !fc_requested {
+        None
+    } else if let Some(d) = crate::jobs::control::elevated_denial(&control, layers) {
+        Some(d.into())
+    } else if let Some(d) = elevated_denial(provider, &flags) {
+        Some(d.into())
+    } else if !layers.heartbeat_fresh {
+        Some(
+            layers
+                .denial()
+                .unwrap_or("Gateway elevated provider mode is unavailable.")
+                .into(),
+        )
+    } else {
+        None
+    };
+    let fc_effective = fc_requested && fc_denied.is_none();
+    let layers_on = Layers {
+        resource: fc_requested,
+        team: team_fc,
+        install: layers.install_enabled,
+    };
+    log::info!(target: "subagent", "Resolved subagent elevated provider state subagent={subagent_id} requested={fc_requested} effective={fc_effective}");
+    Ok(Machine {
+        config,
+        flags,
+        fc_requested,
+        fc_denied,
+        fc_effective,
+        layers_on,
+    })
 }
 
 /// The run's plan, built by the provider's one argv builder (`providers::subagent_plan`): a
