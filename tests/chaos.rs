@@ -8,14 +8,14 @@
 //!
 //! `CHAOS_SEED` (default: the clock), `CHAOS_JOBS` (300), `CHAOS_SECS` (180).
 
-mod connect_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 /// xorshift64*: small, seeded, good enough to pick faults.
 struct Rng(u64);

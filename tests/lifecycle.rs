@@ -4,13 +4,13 @@
 //! leaves a `running` job that is not in the journal alone; a provider turning unhealthy
 //! reaches `team_gateways` at once.
 
-mod connect_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 const WAIT: Duration = Duration::from_secs(40);
 const RESTART_ERROR: &str = "gateway restarted during the job";

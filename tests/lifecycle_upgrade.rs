@@ -5,15 +5,15 @@
 //! flight lets the job finish once and comes back on the new version with the provider CLIs
 //! discovered again.
 
-mod connect_support;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::json;
+use support::connect::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 const REFUSED: &str = "is not an upgrade to restart into";

@@ -1,10 +1,10 @@
 //! GoTrue subset of the local backend: /user, refresh rotation with the reuse interval, error
 //! shapes, expiry, and persistence of rows and sessions across a restart.
 
-mod local_backend_support;
-use local_backend_support::*;
+mod support;
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::emulator::*;
 
 fn refresh(b: &Backend, rt: &str) -> Resp {
     b.refresh_with(rt, &[("X-Supabase-Api-Version", "2024-01-01")])

@@ -3,14 +3,14 @@
 //! Parameters (env): BENCH_SECS (3), BENCH_CLIENTS (8), BENCH_SUBSCRIBERS (50), BENCH_EVENTS (200),
 //! BENCH_EVENT_GAP_MS (5).
 
-mod local_backend_support;
-use local_backend_support::*;
+mod support;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
+use support::emulator::*;
 
 fn env_num(k: &str, d: u64) -> u64 {
     std::env::var(k)

@@ -2,11 +2,11 @@
 //! tests/conformance/package-lock.json), run through node. Needs `npm ci` in tests/conformance
 //! (CI's .ci/run does it). Set PANORAMA_SKIP_NODE_TESTS=1 to skip on a machine without node.
 
-mod local_backend_support;
-use local_backend_support::*;
+mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::emulator::*;
 
 #[test]
 fn supabase_js_accepts_the_local_backend() {

@@ -1,9 +1,9 @@
 //! Fault injection and stats of the local backend (`/admin/v1/faults`, `/admin/v1/stats`).
 
-mod local_backend_support;
-use local_backend_support::*;
+mod support;
 use serde_json::json;
 use std::time::{Duration, Instant};
+use support::emulator::*;
 
 const T: Duration = Duration::from_secs(5);
 

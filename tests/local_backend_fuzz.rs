@@ -1,12 +1,12 @@
 //! Malformed input never crashes the local backend: a deterministic stream of random and
 //! adversarial requests and websocket frames, then a check that it still serves correctly.
 
-mod local_backend_support;
-use local_backend_support::*;
+mod support;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use support::emulator::*;
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);

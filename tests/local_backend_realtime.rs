@@ -1,12 +1,12 @@
 //! Realtime (Phoenix channels) of the local backend: both serializers, join replies, delivery
 //! filtered by binding and RLS, heartbeats, token updates, leave, and bad input.
 
-mod local_backend_support;
-use local_backend_support::*;
+mod support;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use support::emulator::*;
 
 const T: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);

@@ -1,12 +1,12 @@
 //! PostgREST subset, pairing, edge functions and row-level security of the local backend,
 //! exercised against the real binary on loopback.
 
-mod local_backend_support;
-use local_backend_support::*;
+mod support;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use support::emulator::*;
 
 #[test]
 fn ready_line_and_health() {

@@ -2,13 +2,13 @@
 //! What is asserted is what a caller sees in the `gateway_jobs` row (status, result, error) and
 //! what happened on the host (files written, processes gone).
 
-mod connect_support;
+mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 const JOB_WAIT: Duration = Duration::from_secs(40);
 
@@ -25,7 +25,7 @@ impl World {
     fn new(install: bool, team_toggle: bool) -> World {
         let b = Backend::start();
         let mut gw = Gateway::new(&b);
-        // No login shell per missing CLI while pairing (see e2e_model_run).
+        // No login shell per missing CLI while pairing (see model_run.rs).
         gw.set_env("SHELL", "");
         let (code, team) = b.pairing_code(None);
         gw.pair(&code);

@@ -7,13 +7,13 @@
 //! The terminal echoes what is typed, so every awaited text is spelled differently in the
 //! command that prints it (`echo al""ive` prints `alive`).
 
-mod connect_support;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 const JOB_WAIT: Duration = Duration::from_secs(40);
 

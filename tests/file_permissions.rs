@@ -2,7 +2,7 @@
 //! shared directories (/tmp-like, sticky) are used for explicitly placed files but never
 //! chmod'ed; symlinks planted in the config dir are refused and their targets never written.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use support::cli::*;
 
 fn full_mode(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().mode() & 0o7777

@@ -1,13 +1,13 @@
 //! Failure paths say what happened and what to do next, and never panic.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use support::cli::*;
 
 #[test]
 fn doctor_into_a_closed_pipe_ends_quietly() {

@@ -1,12 +1,12 @@
 //! pair → start → jobs complete → stop, against the local backend (real processes).
 
-mod connect_support;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::json;
+use support::connect::*;
 
 #[test]
 fn pair_start_job_stop_and_backend_sees_ready_then_offline() {

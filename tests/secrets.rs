@@ -3,15 +3,14 @@
 //! in its files, its output, its children's environment or argv, its job results, or its own
 //! command line (readable by every local user in /proc/<pid>/cmdline).
 
-#[path = "connect_support/mod.rs"]
-mod connect_support;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::json;
+use support::connect::*;
 
 /// Every file under `dir` (recursively) except `skip` names, as (path, lossy text).
 fn files_under(dir: &Path, skip: &[&str], out: &mut Vec<(String, String)>) {

@@ -1,12 +1,12 @@
 //! Worker pool semantics against the local backend: idempotency keys, the concurrency limit,
 //! and `subagent_cancel` bypassing a full pool.
 
-mod connect_support;
+mod support;
 
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 /// Milliseconds since the epoch of a `YYYY-MM-DDTHH:MM:SS.mmm` UTC timestamp.
 fn ms(ts: &Value) -> i64 {

@@ -2,7 +2,7 @@
 //! behind, also when interrupted. It runs the binaries cargo built for this test run
 //! (PANORAMA_DEMO_BIN_DIR), so the test does not build again.
 
-mod connect_support;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use connect_support::*;
+use support::connect::*;
 
 fn demo(tmp: &Path) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

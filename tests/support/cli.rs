@@ -1,6 +1,5 @@
 //! Helpers for the integration tests: a temp world (HOME, config dir) per test, the real
 //! binary with a clean environment, guards that kill what a test started.
-#![allow(dead_code)]
 
 use std::fs;
 use std::net::TcpListener;
@@ -9,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+pub use super::wait_for;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_panorama-gateway");
 
@@ -167,18 +168,6 @@ pub fn cmdline_is_gateway(pid: u32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains("panorama-gateway"))
         .unwrap_or(false)
-}
-
-/// Polls `f` until it returns true or the deadline passes.
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 pub fn run_with_timeout(mut c: Command, timeout: Duration) -> Output {

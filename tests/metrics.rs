@@ -3,14 +3,14 @@
 //! PANORAMA_PROMETHEUS_PYTHON); `/healthz` and `/readyz` follow the daemon's state.
 //! PANORAMA_SKIP_PROMETHEUS_TESTS=1 skips the parse explicitly (like PANORAMA_SKIP_NODE_TESTS).
 
-mod connect_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 /// (status code, body) of `GET path` on the endpoint.
 fn get(addr: &str, path: &str) -> (u16, String) {

@@ -2,12 +2,12 @@
 //! gateway.json hardening (perms, symlinks, owners, corruption, atomic writes, unknown keys),
 //! full-control, doctor, status when not running.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::*;
+use support::cli::*;
 
 #[test]
 fn help_version_and_usage_errors() {

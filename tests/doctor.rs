@@ -3,15 +3,15 @@
 //! gateway.json when paired, a missing CLI is a warning, no usable provider fails; then
 //! `status -v` / `status --json` show the saved health without starting any process.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use support::cli::*;
 
 fn fake(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

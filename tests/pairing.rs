@@ -2,14 +2,14 @@
 //! daemon and removes only the gateway's credentials, and a build with nothing configured uses
 //! the built-in production backend (without ever reaching it from a test).
 
-mod connect_support;
+mod support;
 
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::json;
+use support::connect::*;
 
 /// Runs `pair - --no-start` with `stdin` piped in; (exit code, stdout, stderr).
 fn pair_stdin(gw: &Gateway, stdin: &str) -> (i32, String, String) {

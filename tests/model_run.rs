@@ -9,14 +9,14 @@
 //! tokens from the prompt (the last argument) into its environment before it execs the fake:
 //! one daemon runs many scenarios at once, each job with its own mode and its own record file.
 
-mod connect_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 const JOB_WAIT: Duration = Duration::from_secs(40);
 

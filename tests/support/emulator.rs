@@ -1,6 +1,5 @@
 //! Shared helpers for the local backend's integration tests: start the real binary on an
 //! ephemeral loopback port, talk HTTP with ureq and realtime with a tungstenite client.
-#![allow(dead_code)]
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -11,6 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
+
+pub use super::wait_until;
 
 pub struct Backend {
     child: Child,
@@ -510,13 +511,5 @@ impl Rt {
         self.wait_for(Duration::from_secs(5), move |m| {
             m["event"] == "phx_reply" && m["ref"] == json!(jr2)
         })
-    }
-}
-
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -2,13 +2,13 @@
 //! is failed and its child process group is gone. Uses a `diagnostic` job with a fake claude
 //! CLI that sleeps.
 
-mod connect_support;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use connect_support::*;
 use serde_json::json;
+use support::connect::*;
 
 #[test]
 fn a_running_job_finishes_within_the_drain_timeout() {

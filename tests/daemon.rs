@@ -4,14 +4,14 @@
 //!
 //! "Running" is status 0 or 1: the runtime may report degraded against the dead test backend.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::cli::*;
 
 const T: Duration = Duration::from_secs(20);
 

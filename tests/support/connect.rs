@@ -1,7 +1,6 @@
 //! Shared harness of the `connect_*` integration tests: a local backend process, gateway
 //! processes with a private config dir and HOME, admin helpers, and wait-for-condition polling.
 //! Every process is killed by a Drop guard, also when a test fails.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+pub use super::wait_for;
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_panorama-gateway");
 pub const BACKEND: &str = env!("CARGO_BIN_EXE_panorama-local-backend");
@@ -42,20 +43,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Polls `f` until it returns Some or the deadline passes (then panics with `what`).
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -7,14 +7,14 @@
 //! file. Asserted: no marker, each bad job fails with a message naming its field or the layer
 //! that is off, provider health is untouched, and the daemon serves the next job.
 
-mod connect_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 const JOB_WAIT: Duration = Duration::from_secs(60);
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bin");

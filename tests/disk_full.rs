@@ -6,14 +6,13 @@
 //! with EFBIG): it needs neither root nor a mount, and works when the tests run as root (where
 //! a read-only chmod would be ignored).
 
-#[path = "connect_support/mod.rs"]
-mod connect_support;
+mod support;
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use connect_support::*;
+use support::connect::*;
 
 /// Makes `cmd` run with files limited to `bytes` (writes beyond fail with EFBIG, no signal).
 fn limit_file_size(cmd: &mut Command, bytes: u64) {

@@ -4,13 +4,13 @@
 //! runs many scenarios at once. What is asserted is what a user sees: the `gateway_jobs`,
 //! `subagents`, `subagent_runs` and `subagent_run_events` rows, and what the CLI received.
 
-mod connect_support;
+mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 const JOB_WAIT: Duration = Duration::from_secs(40);
 

@@ -1,13 +1,13 @@
 //! The gateway against a misbehaving backend: realtime drops, 503 bursts and delays, expired
 //! access tokens, revoked refresh tokens, malformed rows, crash recovery and the result spool.
 
-mod connect_support;
+mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use connect_support::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 fn gateway_log(gw: &Gateway) -> String {
     std::fs::read_to_string(gw.config_dir().join("gateway.log")).unwrap_or_default()

@@ -3,14 +3,14 @@
 //! machine's systemd is never touched), and the user unit is run the way systemd would run it
 //! (its ExecStart with only its Environment) to show the CLIs are found on the baked-in PATH.
 
-mod connect_support;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use connect_support::*;
 use serde_json::json;
+use support::connect::*;
 
 /// The words of an ExecStart line, unquoted the way systemd does for what `install` writes.
 fn exec_words(line: &str) -> Vec<String> {
