@@ -36,6 +36,9 @@ pub enum Command {
         daemon: bool,
         /// Internal: this is the detached child started by `start`.
         daemon_child: bool,
+        /// Check that the daemon could start with these arguments (paired, backend known,
+        /// state directories usable), then exit: the upgrade check runs the new binary so.
+        check_config: bool,
     },
     Stop {
         force: bool,
@@ -55,6 +58,19 @@ pub enum Command {
         action: FullControlAction,
     },
     Unpair,
+    Service {
+        action: ServiceAction,
+        system: bool,
+        user: Option<String>,
+        unit_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAction {
+    Install,
+    Uninstall,
+    Status,
 }
 
 #[derive(Debug)]
@@ -87,6 +103,7 @@ const COMMANDS: &[&str] = &[
     "doctor",
     "full-control",
     "unpair",
+    "service",
     "help",
 ];
 
@@ -98,12 +115,16 @@ fn allowed(cmd: &str, flag: &str) -> bool {
             | ("start", "foreground")
             | ("start", "daemon")
             | ("start", "daemon-child")
+            | ("start", "check-config")
             | ("stop", "force")
             | ("stop", "timeout")
             | ("status", "json")
             | ("doctor", "json")
             | ("logs", "lines")
             | ("logs", "no-follow")
+            | ("service", "system")
+            | ("service", "user")
+            | ("service", "unit-dir")
     )
 }
 
@@ -211,7 +232,7 @@ fn build_command(
             .and_then(|(_, v)| v.clone())
     };
     let max_positionals = match cmd {
-        "pair" | "full-control" => 1,
+        "pair" | "full-control" | "service" => 1,
         _ => 0,
     };
     if positionals.len() > max_positionals {
@@ -243,6 +264,7 @@ fn build_command(
                 foreground: has("foreground"),
                 daemon: has("daemon"),
                 daemon_child: has("daemon-child"),
+                check_config: has("check-config"),
             }
         }
         "stop" => Command::Stop {
@@ -260,6 +282,26 @@ fn build_command(
         },
         "status" => Command::Status { json: has("json") },
         "unpair" => Command::Unpair,
+        "service" => Command::Service {
+            action: match positionals.first().map(|s| s.trim().to_ascii_lowercase()) {
+                Some(a) if a == "install" => ServiceAction::Install,
+                Some(a) if a == "uninstall" => ServiceAction::Uninstall,
+                Some(a) if a == "status" => ServiceAction::Status,
+                Some(a) => {
+                    return Err(UsageError(format!(
+                        "unknown service action {a:?}: use install, uninstall or status"
+                    )))
+                }
+                None => {
+                    return Err(UsageError(
+                        "service needs an action: install, uninstall or status".into(),
+                    ))
+                }
+            },
+            system: has("system"),
+            user: val("user").filter(|u| !u.trim().is_empty()),
+            unit_dir: val("unit-dir").filter(|d| !d.is_empty()).map(PathBuf::from),
+        },
         "doctor" => Command::Doctor { json: has("json") },
         "logs" => Command::Logs {
             lines: match val("lines") {
@@ -310,10 +352,10 @@ where
             Short('v') | Long("verbose") => g.overrides.verbose = true,
             Long("allow-insecure-http") => g.overrides.allow_insecure_http = true,
             Long(
-                f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "force" | "json"
-                | "no-follow"),
+                f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "check-config"
+                | "force" | "json" | "no-follow" | "system"),
             ) => cmd_flags.push((f.to_string(), None)),
-            Long(f @ ("timeout" | "lines")) => {
+            Long(f @ ("timeout" | "lines" | "user" | "unit-dir")) => {
                 let f = f.to_string();
                 let v = os_to_string(&f, take_value(&mut p, &f)?)?;
                 cmd_flags.push((f, Some(v)))
@@ -373,7 +415,7 @@ where
 }
 
 pub fn version_text() -> String {
-    format!("panorama-gateway {}", env!("CARGO_PKG_VERSION"))
+    format!("panorama-gateway {}", crate::util::version())
 }
 
 const GLOBAL_HELP: &str = "\
@@ -445,6 +487,7 @@ running and exits 0.
 Options:
   --foreground   Stay attached; Ctrl-C drains and stops
   --daemon       Run in the background (detached)
+  --check-config Only check that it could start (paired, backend known), then exit
 
 Signals: SIGTERM/SIGINT drain (finish in-flight jobs, at most 90 s); a second one or SIGQUIT
 stops now; SIGHUP reopens the log and re-reads full control.
@@ -521,6 +564,23 @@ name, full control and every other key stay. It says what it will do before doin
 gateway still shows in Panorama until you remove it there.
 "
         }
+        Some("service") => {
+            "\
+Usage: panorama-gateway service <install|uninstall|status> [--system [--user NAME]] [--unit-dir DIR]
+
+install writes a systemd unit that runs `panorama-gateway start --foreground` with the PATH and
+HOME of the shell you run it from (so claude, codex and gemini are found as they are here),
+restarts it on failure and gives the drain time to finish on stop. It prints the systemctl
+command to run next; it never calls systemctl itself. uninstall removes the unit (disable it
+first); status shows whether it is installed and enabled.
+
+Options:
+  --system          A system unit in /etc/systemd/system (run with sudo) instead of a user
+                    unit in ~/.config/systemd/user
+  --user <name>     The account a system unit runs as (default: SUDO_USER, else you); never root
+  --unit-dir <dir>  Write the unit to this directory instead
+"
+        }
         Some("full-control") => {
             "\
 Usage: panorama-gateway full-control <enable|disable|status>
@@ -543,6 +603,7 @@ Usage:
   panorama-gateway doctor [--json]
   panorama-gateway full-control <enable|disable|status>
   panorama-gateway unpair
+  panorama-gateway service <install|uninstall|status> [--system]
   panorama-gateway help [COMMAND]
 
 status exit codes: 0 running and connected, 1 running but degraded, 3 not running,

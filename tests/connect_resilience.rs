@@ -29,6 +29,9 @@ fn started_gateway_with(b: &Backend, env: &[(&str, &str)]) -> (Gateway, String, 
     wait_for("gateway ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    // Ready comes from the first reconcile, which can beat the realtime join now that start-up
+    // does not wait for provider discovery; the tests that cut realtime need it joined first.
+    gw.wait_connection("the realtime channel", "connected", Duration::from_secs(20));
     (gw, gid, team)
 }
 
@@ -312,7 +315,7 @@ fn a_malformed_row_arriving_by_realtime_fails_its_job() {
 }
 
 #[test]
-fn restart_fails_stale_running_jobs_and_flushes_spooled_results_first() {
+fn restart_fails_its_own_interrupted_jobs_only_and_flushes_spooled_results_first() {
     let b = Backend::start();
     let gw0 = Gateway::new(&b);
     let (code, team) = b.pairing_code(None);
@@ -321,18 +324,29 @@ fn restart_fails_stale_running_jobs_and_flushes_spooled_results_first() {
     let gid = gw.gateway_id();
     let stale = b.insert_job(&team, &gid, "noop", json!({}));
     let spooled = b.insert_job(&team, &gid, "noop", json!({}));
-    for id in [&stale, &spooled] {
+    let foreign = b.insert_job(&team, &gid, "noop", json!({}));
+    for id in [&stale, &spooled, &foreign] {
         b.admin(
             "PATCH",
             &format!("/rest/v1/gateway_jobs?id=eq.{id}"),
             Some(json!({"status": "running", "started_at": "2020-01-01T00:00:00.000Z"})),
         );
     }
-    // A result the previous process could not deliver.
-    let spool = gw.config_dir().join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let private_dir = |name: &str| {
+        let d = gw.config_dir().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    };
+    // The previous process's in-flight journal names `stale` (not `foreign`: someone else's).
+    let inflight = private_dir("inflight");
+    let entry = json!({"key": stale, "job_id": stale, "job_type": "noop",
+                       "started_at": "2020-01-01T00:00:00.000Z", "subagent_id": null,
+                       "run_id": null, "groups": [], "recorded_at": "2020-01-01T00:00:00.000Z"});
+    std::fs::write(inflight.join(format!("{stale}.json")), entry.to_string()).unwrap();
+    // A result the previous process could not deliver.
+    let spool = private_dir("spool");
     let entry = json!({"job_id": spooled, "body": {"status": "completed", "result": {"spooled": true},
                        "error": null, "completed_at": "2020-01-01T00:00:01.000Z"}});
     std::fs::write(spool.join(format!("{spooled}.json")), entry.to_string()).unwrap();
@@ -355,6 +369,9 @@ fn restart_fails_stale_running_jobs_and_flushes_spooled_results_first() {
         wait_job_done(&b, &fresh, Duration::from_secs(20))["error"],
         "Unsupported job type: noop"
     );
+    // Nor is a running job that no journal of ours names.
+    assert_eq!(b.job(&foreign)["status"], "running");
+    assert_eq!(std::fs::read_dir(&inflight).unwrap().count(), 0);
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
 
@@ -536,7 +553,7 @@ fn a_result_neither_delivered_nor_spooled_is_held_and_delivered_once() {
     arm_fake_claude(&gw);
 
     let run_until_held = |gw: &Gateway| {
-        let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+        let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
         let dir = gw.dir.path().to_path_buf();
         wait_for("the fake CLI to start", Duration::from_secs(20), || {
             read_pid(&dir, 1).filter(|_| b.job(&id)["status"] == "running")

@@ -516,8 +516,8 @@ fn timeout_fails_the_run_and_marks_the_provider_unhealthy() {
     w.start();
     let mut config = restricted_config();
     config["timeout_ms"] = json!(1500);
-    let s = w.subagent("slow", config, &[("FAKE_CLI_MODE", "hang")]);
-    let job = w.run_job(&s);
+    // The auth failure first (its run must end before the slow one times out, whatever the
+    // machine's load): it is the status change that emits the event.
     let auth = w.subagent(
         "auth",
         restricted_config(),
@@ -531,6 +531,8 @@ fn timeout_fails_the_run_and_marks_the_provider_unhealthy() {
         "Gateway provider Claude is unhealthy. Try another provider or run \"panorama-gateway doctor\". Details: Invalid API key · Please run /login"
     );
     assert_eq!(w.row("subagent_runs", &auth.rid)["status"], "failed");
+    let s = w.subagent("slow", config, &[("FAKE_CLI_MODE", "hang")]);
+    let job = w.run_job(&s);
     let j = wait_job_done(&w.b, &job, JOB_WAIT);
     assert_eq!(j["status"], "failed", "job: {j}");
     let err = j["error"].as_str().unwrap();
@@ -590,7 +592,7 @@ fn full_control_is_denied_until_every_layer_allows_it() {
         &format!("/rest/v1/team_gateways?id=eq.{}", w.gid),
         Some(json!({"full_control_enabled": true})),
     );
-    let allowed = w.subagent("allowed", config, &[]);
+    let allowed = w.subagent("allowed", config.clone(), &[]);
     let job = w.run_job(&allowed);
     let j = wait_job_done(&w.b, &job, JOB_WAIT);
     assert_eq!(j["status"], "completed", "job: {j}");
@@ -608,6 +610,20 @@ fn full_control_is_denied_until_every_layer_allows_it() {
     assert!(!argv.iter().any(|a| a.contains("You cannot write")));
     let run = w.row("subagent_runs", &allowed.rid);
     assert_eq!(run["metadata"]["full_control_effective"], true);
+
+    // Team toggle switched off right before the run, with no heartbeat in between: the run
+    // reads the toggle itself and is denied before any CLI starts.
+    w.b.admin(
+        "PATCH",
+        &format!("/rest/v1/team_gateways?id=eq.{}", w.gid),
+        Some(json!({"full_control_enabled": false})),
+    );
+    let late = w.subagent("late", config, &[]);
+    let job = w.run_job(&late);
+    let j = wait_job_done(&w.b, &job, JOB_WAIT);
+    assert_eq!(j["status"], "failed", "job: {j}");
+    assert_eq!(j["error"], reason);
+    assert!(w.records("late").is_empty(), "no CLI ran");
 }
 
 #[test]

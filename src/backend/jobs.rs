@@ -313,6 +313,35 @@ pub fn complete(s: &Session, job_id: &str, body: &Value) -> Result<(), Error> {
     .map(|_| ())
 }
 
+/// `PATCH gateway_jobs?id=eq.<id>&status=eq.running&gateway_id=eq.<us>&started_at=eq.<ours>`
+/// with `body`: completes the job only while it is still the run our claim started (crash
+/// recovery: another claim of the same job, or a row the backend already ended, is left
+/// alone). True when the row matched.
+pub fn complete_if_ours(
+    s: &Session,
+    job_id: &str,
+    started_at: &str,
+    body: &Value,
+) -> Result<bool, Error> {
+    let id = format!("eq.{job_id}");
+    let gw = format!("eq.{}", s.gateway_id);
+    let started = format!("eq.{started_at}");
+    let rows = rest::update(
+        s,
+        "gateway_jobs",
+        &[
+            ("id", &id),
+            ("status", "eq.running"),
+            ("gateway_id", &gw),
+            ("started_at", &started),
+            ("select", "id"),
+        ],
+        body,
+        true,
+    )?;
+    Ok(!rows.is_empty())
+}
+
 /// `PATCH gateway_jobs?id=eq.<id>` with `{"debug": ...}`.
 pub fn set_debug(s: &Session, job_id: &str, debug: &Value) -> Result<(), Error> {
     let id = format!("eq.{job_id}");
@@ -324,38 +353,6 @@ pub fn set_debug(s: &Session, job_id: &str, debug: &Value) -> Result<(), Error> 
         false,
     )
     .map(|_| ())
-}
-
-/// This gateway's jobs still `running` (for crash recovery at start): (id, started_at).
-pub fn running_jobs(s: &Session) -> Result<Vec<(String, Option<String>, String)>, Error> {
-    let team = format!("eq.{}", s.team_id);
-    let gw = format!("eq.{}", s.gateway_id);
-    let rows = rest::select(
-        s,
-        "gateway_jobs",
-        &[
-            ("select", "id,started_at,job_type"),
-            ("team_id", &team),
-            ("gateway_id", &gw),
-            ("status", "eq.running"),
-        ],
-    )?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let id = r.get("id")?.as_str()?.to_string();
-            let started = r
-                .get("started_at")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let jt = r
-                .get("job_type")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            Some((id, started, jt))
-        })
-        .collect())
 }
 
 /// Levels of `gateway_events`.
@@ -782,12 +779,14 @@ mod tests {
         assert_eq!(c.target, "/rest/v1/gateway_jobs?id=eq.j1");
         assert_eq!(c.json(), json!({"debug": {"exit_code": 0}}));
 
-        running_jobs(&s).unwrap();
+        // Crash recovery fails a job only while it is still the run our claim started.
+        let _ = complete_if_ours(&s, "j1", "2026-01-05T10:00:00.000Z", &body);
         let c = last();
-        read(&c);
+        write(&c, Some("return=representation"));
+        assert_eq!(c.method, "PATCH");
         assert_eq!(
             c.target,
-            "/rest/v1/gateway_jobs?select=id%2Cstarted_at%2Cjob_type&team_id=eq.t&gateway_id=eq.g&status=eq.running"
+            "/rest/v1/gateway_jobs?id=eq.j1&status=eq.running&gateway_id=eq.g&started_at=eq.2026-01-05T10%3A00%3A00.000Z&select=id"
         );
 
         let ev = GatewayEvent {

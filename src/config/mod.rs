@@ -20,6 +20,9 @@ pub struct Paths {
     pub status_path: PathBuf,
     /// Owner-only directory for results the backend has not yet accepted.
     pub spool_dir: PathBuf,
+    /// Owner-only in-flight journal: the jobs and process groups this daemon runs, so the next
+    /// start can clean up after a crash.
+    pub inflight_dir: PathBuf,
 }
 
 /// `--claude-cli` / `--codex-cli` / `--gemini-cli` (already merged with their env vars).
@@ -171,6 +174,7 @@ pub fn resolve(o: &Overrides) -> Result<Settings, String> {
         .unwrap_or_else(|| state_dir.join("gateway.pid"));
     let status_path = status_path_for(&pid_path);
     let spool_dir = config_dir.join("spool");
+    let inflight_dir = config_dir.join("inflight");
     let flag_str = |v: &Option<String>| {
         v.as_ref()
             .map(|s| s.trim().to_string())
@@ -184,6 +188,7 @@ pub fn resolve(o: &Overrides) -> Result<Settings, String> {
             pid_path,
             status_path,
             spool_dir,
+            inflight_dir,
         },
         verbose: o.verbose,
         device_name: flag_str(&o.device_name)

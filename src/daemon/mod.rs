@@ -10,6 +10,7 @@ mod cancels;
 pub mod detach;
 mod heartbeat;
 mod ingress;
+pub mod memory;
 mod outbox;
 pub mod pidfile;
 pub mod runtime;
@@ -192,6 +193,7 @@ fn hup_handler(status: &Arc<statusfile::StatusFile>, config_path: &Path) -> Box<
 /// child (stdio on the log file, a parent may wait on the readiness pipe). Returns the exit
 /// code.
 pub fn run(settings: &Settings, detached: bool) -> i32 {
+    memory::tune();
     let mut ready = ReadyPipe::from_env();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let exe = std::env::current_exe().ok();
@@ -244,7 +246,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     install_panic_logger();
 
     let pid = std::process::id();
-    let version = env!("CARGO_PKG_VERSION").to_string();
+    let version = crate::util::version().to_string();
     let status = statusfile::StatusFile::create(
         &paths.status_path,
         status::RuntimeStatus {
@@ -274,6 +276,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     let restart = match &exe {
         Some(exe) => watchdog::spawn(
             exe.clone(),
+            argv.iter().skip(1).cloned().collect(),
             watchdog::WatchConfig::from_env(),
             shutdown.clone(),
             updater.clone(),

@@ -21,6 +21,8 @@ use crate::backend::session::Session;
 use crate::config::Settings;
 use crate::exec::Children;
 use crate::jobs;
+use crate::jobs::journal::Journal;
+use crate::jobs::recovery;
 use crate::jobs::shell::ShellSessions;
 use crate::jobs::subagent_runs::SubagentRuns;
 use crate::providers::Registry;
@@ -65,7 +67,8 @@ pub(super) struct Parts {
     pub outbox: Outbox,
     pub device_name: String,
     pub settings: Settings,
-    pub process_start_ms: u64,
+    pub journal: Arc<Journal>,
+    pub recovery: recovery::Pending,
 }
 
 pub(super) struct Shared {
@@ -82,7 +85,10 @@ pub(super) struct Shared {
     pub cancels: CancelState,
     pub device_name: String,
     pub settings: Settings,
-    pub process_start_ms: u64,
+    /// The in-flight journal of this process (the next start's crash recovery reads it).
+    pub journal: Arc<Journal>,
+    /// What an earlier process left in the journal, still to settle with the backend.
+    pub recovery: recovery::Pending,
     /// False once the drain began: new jobs are left queued for the next process.
     pub accepting: AtomicBool,
     pub channels: Channels,
@@ -108,7 +114,8 @@ impl Shared {
             cancels: CancelState::default(),
             device_name: p.device_name,
             settings: p.settings,
-            process_start_ms: p.process_start_ms,
+            journal: p.journal,
+            recovery: p.recovery,
             accepting: AtomicBool::new(true),
             channels,
             ingress: IngressState::default(),

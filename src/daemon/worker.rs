@@ -16,7 +16,7 @@ use super::shared::Shared;
 use crate::backend::jobs::{self as wire, JobRow};
 use crate::backend::{Backoff, Error};
 use crate::exec::CancelToken;
-use crate::jobs::{self, FinalStatus, JobContext, Outcome};
+use crate::jobs::{self, journal, FinalStatus, JobContext, Outcome};
 use crate::util::{lock, now_rfc3339, unix_ms};
 
 pub(super) struct RunningJob {
@@ -39,10 +39,6 @@ impl RunningJobs {
 
     pub fn is_empty(&self) -> bool {
         lock(&self.running).is_empty()
-    }
-
-    pub fn contains(&self, id: &str) -> bool {
-        lock(&self.running).contains_key(id)
     }
 
     fn insert(&self, id: &str, cancel: CancelToken, job_type: &str) {
@@ -99,10 +95,12 @@ pub(super) fn worker_loop(s: Arc<Shared>, from_ingress: Receiver<Box<JobRow>>, s
                         let r = std::panic::catch_unwind(AssertUnwindSafe(|| process(&s, *job)));
                         if r.is_err() {
                             log::error!(target: "worker", "processing job {id} panicked; the worker continues");
-                            s.jobs.remove(&id);
+                            job_gone(&s, &id);
                         }
                     }
                     lock(&s.ingress.seen).remove(&id);
+                    // The job's output and result are freed by now: hand the pages back.
+                    crate::daemon::memory::give_back();
                 }
                 Err(_) => return,
             },
@@ -111,13 +109,28 @@ pub(super) fn worker_loop(s: Arc<Shared>, from_ingress: Receiver<Box<JobRow>>, s
     }
 }
 
+/// A job left the running set: a drain waiting for the last one looks again now.
+fn job_gone(s: &Shared, id: &str) {
+    s.jobs.remove(id);
+    s.shutdown.poke();
+}
+
 /// One job: claim → handler → complete.
 pub(super) fn process(s: &Shared, job: JobRow) {
     let started_at = now_rfc3339();
+    // Journaled before the claim: a claim that lands unseen is still ours to clean up after a
+    // crash. The entry goes once the result is delivered or spooled (the outbox).
+    s.journal.begin(journal::Entry::job(
+        &job.id,
+        &job.job_type,
+        &started_at,
+        &job.payload,
+    ));
     let claimed = match wire::claim(&s.session, &job.id, &started_at) {
         Ok(Some(row)) => row,
         Ok(None) => {
             log::debug!(target: "worker", "job {} was taken or cancelled before we claimed it", job.id);
+            s.journal.end(&job.id);
             return;
         }
         // No answer, or an answer we cannot read: the PATCH may have landed (a timed-out
@@ -125,11 +138,18 @@ pub(super) fn process(s: &Shared, job: JobRow) {
         Err(e) if e.is_retryable() || matches!(e, Error::Decode(_) | Error::TooLarge { .. }) => {
             match resolve_claim(s, &job, &started_at, &e) {
                 Some(row) => row,
-                None => return,
+                None => {
+                    // Unresolved at an immediate stop: the entry stays for the next start.
+                    if !s.shutdown.is_immediate() {
+                        s.journal.end(&job.id);
+                    }
+                    return;
+                }
             }
         }
         Err(e) => {
             log::warn!(target: "worker", "claim of job {} refused, it stays queued and is retried by the next reconcile: {e}", job.id);
+            s.journal.end(&job.id);
             return;
         }
     };
@@ -167,7 +187,7 @@ pub(super) fn process(s: &Shared, job: JobRow) {
         _ => s.jobs.failed.fetch_add(1, Ordering::SeqCst),
     };
     log::info!(target: "worker", "job finished id={} type={} status={} duration_ms={}", claimed.id, claimed.job_type, outcome.status.as_str(), t0.elapsed().as_millis());
-    s.jobs.remove(&claimed.id);
+    job_gone(s, &claimed.id);
     s.push_status(false);
 }
 
@@ -181,7 +201,7 @@ fn resolve_claim(s: &Shared, job: &JobRow, started_at: &str, first: &Error) -> O
     s.jobs.insert(&job.id, CancelToken::new(), &job.job_type);
     let r = resolve_claim_loop(s, job, started_at);
     if r.is_none() {
-        s.jobs.remove(&job.id);
+        job_gone(s, &job.id);
         s.push_status(false);
     }
     r

@@ -66,6 +66,9 @@ pub struct PtySpec {
     /// When set, the program gets a private `TMPDIR`/`TMP`/`TEMP` (0700) created under this
     /// directory and removed when the session is gone.
     pub tmp_base: Option<PathBuf>,
+    /// Tell these [`super::Children`] (their observer: the in-flight journal) of the session
+    /// under this owner key when it starts and right before its shell is reaped.
+    pub register: Option<(Arc<super::Children>, String)>,
 }
 
 impl PtySpec {
@@ -83,6 +86,7 @@ impl PtySpec {
             grace: KILL_GRACE,
             idle_timeout: None,
             tmp_base: None,
+            register: None,
         }
     }
 
@@ -103,6 +107,7 @@ struct Shared {
     changed: Condvar,
     grace: Duration,
     idle_timeout: Option<Duration>,
+    register: Option<(Arc<super::Children>, String)>,
     /// The private TMPDIR; removed when the last reference goes.
     _tmp: Option<PrivateDir>,
 }
@@ -320,6 +325,9 @@ pub fn spawn(spec: PtySpec) -> Result<Pty, SpawnError> {
     let child = spawned.map_err(err)?;
     sys::set_nonblocking(master.as_raw_fd());
     let pid = child.id() as i32;
+    if let Some((children, owner)) = &spec.register {
+        children.group_started(owner, pid);
+    }
     let now = Instant::now();
     let shared = Arc::new(Shared {
         pid,
@@ -340,6 +348,7 @@ pub fn spawn(spec: PtySpec) -> Result<Pty, SpawnError> {
         changed: Condvar::new(),
         grace: spec.grace,
         idle_timeout: spec.idle_timeout,
+        register: spec.register.clone(),
         _tmp: tmp,
     });
     let s2 = shared.clone();
@@ -353,6 +362,9 @@ pub fn spawn(spec: PtySpec) -> Result<Pty, SpawnError> {
         // SAFETY: waitpid on our own, unreaped child.
         unsafe {
             libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        if let Some((children, owner)) = &spec.register {
+            children.group_ended(owner, pid);
         }
         return Err(err(io::Error::new(
             e.kind(),

@@ -43,6 +43,9 @@ pub(super) struct NewSession {
     pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     pub tmp_base: Option<std::path::PathBuf>,
     pub size: WinSize,
+    /// Told of the shell's session (the in-flight journal records it: the shell outlives the
+    /// job that opened it, and a crash of the gateway must not leave it running).
+    pub children: std::sync::Arc<crate::exec::Children>,
 }
 
 /// Why a session was forgotten, for the next job that names it.
@@ -205,9 +208,11 @@ impl ShellSessions {
         spec.grace = KILL_GRACE;
         spec.idle_timeout = Some(idle_limit());
         spec.tmp_base = new.tmp_base;
+        let id = crate::util::new_uuid_v4();
+        spec.register = Some((new.children, crate::jobs::journal::session_key(&id)));
         let pty = pty::spawn(spec)?;
         let sess = Arc::new(Sess {
-            id: crate::util::new_uuid_v4(),
+            id,
             team_id: new.team_id,
             resource_id: new.resource_id,
             shell: new.shell.to_string_lossy().into_owned(),

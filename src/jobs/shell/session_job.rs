@@ -421,6 +421,7 @@ fn open(ctx: &JobContext, team: &str, rid: &str, size: WinSize) -> Outcome {
         env: crate::exec::child_env(&[]),
         tmp_base: Some(tmp_base(ctx)),
         size,
+        children: ctx.children.clone(),
     };
     let sess: Arc<Sess> = match ctx.shell_sessions.start(new) {
         Ok(s) => s,
