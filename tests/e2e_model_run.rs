@@ -836,7 +836,7 @@ fn failures_are_classified_with_actionable_messages() {
             vec![
                 unhealthy("Claude"),
                 "Claude exited with status 1: Invalid API key · Please run /login".into(),
-                "run `claude` once in a terminal to log in".into(),
+                "run `claude` once in a terminal and log in".into(),
             ],
         ),
         (
@@ -874,7 +874,7 @@ fn failures_are_classified_with_actionable_messages() {
             "auth",
             vec![
                 "Incorrect API key provided".into(),
-                "run `codex login` (or set OPENAI_API_KEY)".into(),
+                "run `codex login`".into(),
             ],
         ),
         (
@@ -903,7 +903,7 @@ fn failures_are_classified_with_actionable_messages() {
             vec![
                 unhealthy("Gemini"),
                 "Please set an Auth method".into(),
-                "run `gemini` once in a terminal to log in".into(),
+                "run `gemini` once in a terminal and log in".into(),
             ],
         ),
         (

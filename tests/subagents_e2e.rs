@@ -260,8 +260,12 @@ fn claude_run_completes_with_events_and_finalized_rows() {
     assert_eq!(argv[argv.len() - 2], "-p");
     let rec = &w.records("happy")[0];
     let cwd = PathBuf::from(rec["cwd"].as_str().unwrap());
-    assert_eq!(cwd, w.work_root().join(&s.sid).join(&s.rid));
-    assert!(!cwd.exists(), "work dir removed");
+    // One directory per subagent, kept for its continuations (Claude resumes a session only
+    // from the directory it started in); the run's private TMPDIR inside it is gone.
+    assert_eq!(cwd, w.work_root().join(&s.sid));
+    assert!(cwd.is_dir(), "work dir kept for continuations");
+    let tmp = PathBuf::from(rec["env"]["TMPDIR"].as_str().unwrap());
+    assert!(tmp.starts_with(&cwd) && !tmp.exists(), "{tmp:?}");
     let env = rec["env"].as_object().unwrap();
     for k in [
         "DATABASE_URL",

@@ -1,5 +1,6 @@
 //! `status`: local files only (pid lock, gateway.json, gateway.status.json), no network, fast.
-//! Exit codes: 0 running and connected, 1 running but degraded, 3 not running, 4 not paired.
+//! Exit codes: 0 running and connected, 1 running but degraded (also: no provider can run
+//! models), 3 not running, 4 not paired.
 
 use serde_json::{json, Value};
 
@@ -177,17 +178,30 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
         .filter(|s| s.started_at_unix > 0)
         .map(|s| now.saturating_sub(s.started_at_unix));
 
+    let health = saved_health(cfg.as_ref());
+    // Connected but useless: every provider's last check or run failed (or it is missing).
+    let no_provider = health.iter().all(|(_, h)| {
+        matches!(
+            h.as_ref().map(|h| h.status),
+            Some(crate::providers::health::Status::Unhealthy)
+                | Some(crate::providers::health::Status::Unavailable)
+        )
+    });
     let code = if paired == Some(false) {
         EXIT_NOT_PAIRED
     } else if !running {
         EXIT_NOT_RUNNING
-    } else if connected && paired == Some(true) && save_error.is_none() && results_pending == 0 {
+    } else if connected
+        && paired == Some(true)
+        && save_error.is_none()
+        && results_pending == 0
+        && !no_provider
+    {
         EXIT_CONNECTED
     } else {
         EXIT_DEGRADED
     };
 
-    let health = saved_health(cfg.as_ref());
     if as_json {
         let c = cfg.as_ref();
         let providers: serde_json::Map<String, Value> = health
@@ -320,6 +334,12 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
             line(
                 &mut out,
                 format!("WARNING gateway.json could not be saved: {e}"),
+            );
+        }
+        if no_provider {
+            line(
+                &mut out,
+                "WARNING no AI provider can run models: every provider's last check or run failed (`status -v` shows why). Fix them, then run `panorama-gateway doctor`".into(),
             );
         }
     }

@@ -65,7 +65,7 @@ pub fn handle(_payload: &Value, ctx: &JobContext) -> Outcome {
                     "Command timed out: {command_text} did not finish within {} s; run it in a terminal to see whether it waits for input",
                     DIAGNOSTIC_TIMEOUT.as_secs()
                 )),
-                exec::Stop::Cancelled | exec::Stop::Killed => {
+                exec::Stop::Cancelled | exec::Stop::Killed | exec::Stop::Aborted => {
                     cancelled = true;
                     Some(format!("Command cancelled: {command_text}"))
                 }

@@ -19,7 +19,9 @@ use super::{FinalStatus, JobContext, Outcome};
 use crate::backend::session::Session;
 use crate::backend::subagents::{self as wire, EventTarget};
 use crate::exec;
+use crate::providers::diagnose::{self, ErrorKind as Kind};
 use crate::providers::health::Status;
+use crate::providers::plan::collapse;
 use crate::providers::{self, Flags, ProviderId};
 use crate::util::{is_rfc4122_uuid, new_uuid_v4, parse_rfc3339_ms};
 
@@ -957,6 +959,7 @@ fn build_plan(prep: &Prepared, command: &Path, f: &Flags) -> Result<SubPlan, Str
                 ));
             }
             plan.path_prepend = providers::gemini::path_prepend(command);
+            plan.env.push(providers::gemini::trust_env());
         }
     }
     Ok(plan)
@@ -1171,9 +1174,10 @@ pub fn gemini_args(c: &Value, prompt: &str, full: bool, f: &Flags, format: Forma
     } else if full && f.get("yoloFlag") {
         a.push("--yolo".into());
     }
-    if !full && f.get("sandboxFlag") {
-        a.push("--sandbox".into());
-    }
+    // No `--sandbox` when restricted: it needs docker or podman and an image pull (exit 44
+    // without a container runtime). `--approval-mode plan` is Gemini's read-only mode; the
+    // trusted work directory (GEMINI_CLI_TRUST_WORKSPACE) keeps Gemini from turning it back
+    // into `default`.
     if let Some(m) = conf_str(c, "model") {
         a.extend(["--model".into(), m]);
     }
@@ -1662,20 +1666,86 @@ fn unhealthy_message(provider: ProviderId, detail: &str) -> String {
     }
 }
 
-/// The health summary of a failure: the first JSON object in stderr (`error.message`, else
-/// `message`), else the error message; whitespace collapsed, at most 500 chars.
-fn health_summary(stderr: &str, error: &str) -> String {
-    let from_stderr = stderr.find('{').and_then(|i| {
-        let mut de = serde_json::Deserializer::from_str(&stderr[i..]).into_iter::<Value>();
-        let v = de.next()?.ok()?;
-        v.get("error")
-            .and_then(|e| s(e, "message"))
-            .or_else(|| s(&v, "message"))
-            .map(String::from)
-    });
-    let t = from_stderr.unwrap_or_else(|| error.to_string());
-    let collapsed = t.split_whitespace().collect::<Vec<_>>().join(" ");
-    collapsed.chars().take(500).collect()
+/// How long a subagent's work directory is kept after its last run.
+const SUBAGENT_DIR_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Removes the work directories of other subagents not used for [`SUBAGENT_DIR_TTL`] (a few
+/// per call, so a run never waits on a large sweep).
+fn sweep_stale_dirs(root: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in entries.flatten().take(256) {
+        if e.file_name().to_str() == Some(keep) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > SUBAGENT_DIR_TTL);
+        if old && e.file_type().is_ok_and(|t| t.is_dir()) {
+            log::info!(target: "subagent", "removing the unused subagent work directory {}", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Why a subagent's CLI failed, classified, with what to do: not logged in (Codex's pre-check),
+/// no network (the watcher stopped it), timeout, or what the CLI itself reported — Claude's
+/// stream-json `result` with `is_error`, an error envelope on stdout, Gemini's `{"error"}` on
+/// stderr — before its last stderr line (often a warning), before the exit code.
+fn failure_reason(
+    provider: ProviderId,
+    result: &Result<exec::Output, String>,
+    (not_logged_in, not_found, network): (Option<String>, bool, Option<&str>),
+    timeout: Duration,
+    stdout: &str,
+    stderr: &str,
+) -> (Kind, String) {
+    let with_hint = |kind: Kind, m: &str| match diagnose::hint(provider, kind) {
+        Some(h) => (kind, format!("{m}. {h}")),
+        None => (kind, m.to_string()),
+    };
+    match result {
+        Err(_) if not_logged_in.is_some() => {
+            with_hint(Kind::Auth, not_logged_in.as_deref().unwrap_or_default())
+        }
+        Err(e) if not_found => (
+            Kind::NotInstalled,
+            format!(
+                "{} CLI is not installed or not on PATH ({e}); {}",
+                provider.short(),
+                provider.install_hint()
+            ),
+        ),
+        Err(e) => (Kind::ExitStatus, e.clone()),
+        Ok(o) if o.stop == exec::Stop::Aborted => with_hint(
+            Kind::Network,
+            network.unwrap_or("the CLI cannot reach its API"),
+        ),
+        Ok(o) if o.timed_out() => (
+            Kind::Timeout,
+            format!(
+                "Subagent timed out after {} ms; raise the subagent's timeout_ms, or check that the CLI runs without waiting for input",
+                timeout.as_millis()
+            ),
+        ),
+        Ok(o) => {
+            let stderr = diagnose::strip_ansi(stderr);
+            let summary = providers::plan::error_summary(&stderr);
+            diagnose::explain_exit(
+                provider,
+                o.exit_code,
+                o.signal,
+                stdout,
+                &stderr,
+                summary.as_ref(),
+            )
+        }
+    }
 }
 
 fn execute_and_finalize(
@@ -1686,44 +1756,64 @@ fn execute_and_finalize(
     plan: SubPlan,
 ) -> Result<End, String> {
     let sid = safe_segment(&prep.subagent_id, "subagent id")?;
-    let rid = safe_segment(&prep.run_id, "run id")?;
+    safe_segment(&prep.run_id, "run id")?;
     let root = ctx.providers.work_root().join("subagents");
-    let work = root.join(&sid).join(&rid);
+    // One work directory per subagent, kept between its runs: Claude finds a session to
+    // `--resume` only while the directory it was started in exists (Claude Code 2.1), and
+    // Gemini keys its sessions by directory. Left-overs are swept after SUBAGENT_DIR_TTL.
+    let work = root.join(&sid);
+    sweep_stale_dirs(&root, &sid);
     let started = Instant::now();
     em.emit(
         "run_progress",
         json!({"phase": "attempt_started", "attempt": 1, "max_attempts": 1}),
     );
-    let _ = std::fs::remove_dir_all(&work);
-    let result: Result<exec::Output, String> = match exec::PrivateDir::create_exact(&work) {
+    let mut watch = providers::diagnose::NetworkWatch::new(prep.provider);
+    let mut not_logged_in: Option<String> = None;
+    let mut spawn_not_found = false;
+    let ready = exec::ensure_private_dir(&root).and_then(|()| exec::ensure_private_dir(&work));
+    let result: Result<exec::Output, String> = match ready {
         Err(e) => Err(format!(
             "could not create the subagent work directory {}: {e}",
             work.display()
         )),
-        Ok(dir) => {
+        Ok(()) => {
+            let dir = work.as_path();
             let mut r = Ok(());
             for (name, data) in &plan.files {
-                if let Err(e) = exec::write_private_file(&dir.path().join(name), data) {
+                // A previous run's file (or whatever a tool left under that name) goes first.
+                let _ = std::fs::remove_file(dir.join(name));
+                if let Err(e) = exec::write_private_file(&dir.join(name), data) {
                     r = Err(format!("could not write {name} in the work directory: {e}"));
                 }
             }
             let out = r.and_then(|()| {
+                let env = providers::run::env_with(&plan.env, &plan.path_prepend, dir);
+                if prep.provider == ProviderId::Codex {
+                    if let Some(m) = providers::codex::login_missing(&plan.command, &env, dir) {
+                        not_logged_in = Some(m.clone());
+                        return Err(m);
+                    }
+                }
                 let mut spec = exec::Spec::new(&plan.command);
                 spec.args = plan.args.iter().map(Into::into).collect();
-                spec.cwd = Some(dir.path().to_path_buf());
-                spec.env =
-                    providers::run::env_with(&plan.env, &plan.path_prepend, dir.path());
+                spec.cwd = Some(dir.to_path_buf());
+                spec.env = env;
                 spec.timeout = Some(plan.timeout);
                 spec.grace = CANCEL_GRACE;
                 spec.cancel = Some(ctx.cancel.clone());
                 spec.register = Some((ctx.children.clone(), ctx.job_id.clone()));
-                spec.tmp_base = Some(dir.path().to_path_buf());
+                spec.tmp_base = Some(dir.to_path_buf());
                 log::info!(target: "subagent", "starting subagent CLI subagent={} run={} provider={} timeout_ms={}",
                     prep.subagent_id, prep.run_id, prep.provider.as_str(), plan.timeout.as_millis());
-                exec::run(spec, None).map_err(|e| e.to_string())
+                exec::run(spec, Some(&mut |_, line: &str| watch.observe(line))).map_err(|e| {
+                    spawn_not_found = e.not_found();
+                    e.to_string()
+                })
             });
-            drop(dir);
-            providers::run::prune_empty_parents(&work, &root);
+            for (name, _) in &plan.files {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
             out
         }
     };
@@ -1782,32 +1872,31 @@ fn execute_and_finalize(
     let parse_strict = plan.format == Format::Json;
     let should_fail = !out_ok || (parse_strict && norm.parse_error.is_some());
     let effective_fail = should_fail && !was_cancelled;
-    let mut error_message = if !out_ok {
-        match &result {
-            Err(e) => e.clone(),
-            Ok(_) if timed_out => {
-                format!("Subagent timed out after {} ms", plan.timeout.as_millis())
-            }
-            Ok(_) if !stderr.trim().is_empty() => stderr.trim().to_string(),
-            // Better than the reference: the CLI's own structured error on stdout (Claude's
-            // `is_error` envelope, Gemini's `{"error":{"message"}}`) instead of the exit code.
-            Ok(_) if providers::cli_reported(prep.provider, &stdout, None).is_some() => {
-                providers::cli_reported(prep.provider, &stdout, None).unwrap_or_default()
-            }
-            Ok(_) => match exit_code {
-                None => "Subagent process did not exit cleanly".into(),
-                Some(c) => format!("Subagent exited with code {c}"),
-            },
-        }
+    let (kind, mut error_message) = if !out_ok {
+        failure_reason(
+            prep.provider,
+            &result,
+            (not_logged_in, spawn_not_found, watch.reason()),
+            plan.timeout,
+            &stdout,
+            &stderr,
+        )
     } else {
-        norm.parse_error.clone().unwrap_or_default()
+        (
+            Kind::BadOutput,
+            norm.parse_error.clone().unwrap_or_default(),
+        )
     };
     if !was_cancelled {
         if effective_fail {
-            let summary = health_summary(&stderr, &error_message);
+            let summary = collapse(&error_message, 500);
             ctx.providers.record_run_in(
                 prep.provider,
-                Status::Unhealthy,
+                if kind == Kind::NotInstalled {
+                    Status::Unavailable
+                } else {
+                    Status::Unhealthy
+                },
                 Some(&summary),
                 Some(&ctx.job_id),
                 "subagent_run",
@@ -1903,7 +1992,7 @@ fn execute_and_finalize(
         }
         "failed" => em.emit(
             "run_failed",
-            json!({"reason": error_message, "duration_ms": duration_ms, "parse_error": norm.parse_error}),
+            json!({"reason": error_message, "duration_ms": duration_ms, "parse_error": norm.parse_error, "error_kind": kind.as_str()}),
         ),
         _ => em.emit(
             "run_completed",
@@ -1911,11 +2000,14 @@ fn execute_and_finalize(
         ),
     }
     log::info!(target: "subagent", "subagent run finished subagent={} run={} status={final_status} duration_ms={duration_ms}", prep.subagent_id, prep.run_id);
-    let result = json!({
+    let mut result = json!({
         "subagent_id": prep.subagent_id, "status": final_status,
         "output": if effective_fail { Value::Null } else { output },
         "error": final_error,
     });
+    if effective_fail {
+        result["error_kind"] = json!(kind.as_str());
+    }
     if effective_fail {
         // The edge function already wrote the terminal state: §5.4 has nothing to do.
         Ok(End {
@@ -2376,14 +2468,7 @@ mod tests {
         let g = flags(ProviderId::Gemini, true);
         assert_eq!(
             gemini_args(&default_config(), "hi", false, &g, Format::Json),
-            [
-                "--output-format",
-                "json",
-                "--approval-mode",
-                "plan",
-                "--sandbox",
-                "hi"
-            ]
+            ["--output-format", "json", "--approval-mode", "plan", "hi"]
         );
         assert_eq!(
             gemini_args(&default_config(), "hi", true, &g, Format::Json),

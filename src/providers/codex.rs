@@ -175,6 +175,71 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
     })
 }
 
+/// How long `codex login status` may take (it answers in well under a second).
+const LOGIN_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Environment variables that give Codex a key without `codex login`.
+const KEY_VARS: &[&str] = &["OPENAI_API_KEY", "CODEX_API_KEY", "CODEX_ACCESS_TOKEN"];
+
+/// Why Codex surely cannot run, checked before it is started: without a login Codex does not
+/// fail but retries "Reconnecting…" until the gateway's timeout. `codex login status` (exit 1,
+/// "Not logged in") answers in under a second. Not conclusive, so `None` (run it) when: a key
+/// variable is set, `config.toml` picks a `model_provider` other than OpenAI (a local model
+/// needs no login), or the command fails any other way (an old CLI without `login status`).
+pub fn login_missing(
+    command: &Path,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    work_dir: &Path,
+) -> Option<String> {
+    let var = |k: &str| crate::exec::get_var(env, k).filter(|v| !v.is_empty());
+    if KEY_VARS.iter().any(|k| var(k).is_some()) {
+        return None;
+    }
+    let home = var("CODEX_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| Path::new(h).join(".codex")))?;
+    if other_provider(&std::fs::read_to_string(home.join("config.toml")).unwrap_or_default()) {
+        return None;
+    }
+    let mut spec = crate::exec::Spec::new(command).args(["login", "status"]);
+    spec.env = env.to_vec();
+    spec.cwd = Some(work_dir.to_path_buf());
+    spec.timeout = Some(LOGIN_STATUS_TIMEOUT);
+    spec.capture_limit = 64 * 1024;
+    spec.tmp_base = Some(work_dir.to_path_buf());
+    let out = crate::exec::run(spec, None).ok()?;
+    let said = format!("{}\n{}", out.stdout_lossy(), out.stderr_lossy());
+    (out.exit_code != Some(0) && said.to_lowercase().contains("not logged in")).then(|| {
+        format!(
+            "Codex is not logged in (`codex login status` says: {})",
+            super::plan::collapse(&super::diagnose::strip_ansi(&said), 200)
+        )
+    })
+}
+
+/// Whether `config.toml` sets a top-level `model_provider` other than `openai`.
+fn other_provider(config: &str) -> bool {
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            return false;
+        }
+        if let Some(v) = line
+            .strip_prefix("model_provider")
+            .map(str::trim_start)
+            .and_then(|r| r.strip_prefix('='))
+        {
+            let v = v
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(['"', '\'']);
+            return !v.is_empty() && v != "openai";
+        }
+    }
+    false
+}
+
 /// `args_json` (or `argsJson`) string → `args` object.
 pub fn map_args_json(mut o: Map<String, Value>) -> Result<Value, ParseError> {
     let s = match (o.get("args_json"), o.get("argsJson")) {
@@ -394,6 +459,16 @@ mod tests {
             map_args_json(obj(json!({"a": 1}))).unwrap(),
             json!({"a": 1})
         );
+    }
+
+    #[test]
+    fn a_local_model_provider_needs_no_login() {
+        assert!(other_provider(
+            "model = \"m\"\nmodel_provider = \"ollama\" # local\n"
+        ));
+        assert!(!other_provider("model_provider = 'openai'"));
+        assert!(!other_provider("[profiles.x]\nmodel_provider = \"ollama\""));
+        assert!(!other_provider(""));
     }
 
     #[test]

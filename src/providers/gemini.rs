@@ -48,6 +48,32 @@ pub fn parse_extensions(stdout: &str) -> Vec<String> {
         .collect()
 }
 
+/// The extension listing that needs no login (Gemini CLI 0.3x and later).
+pub const EXTENSIONS_LIST: &[&str] = &["extensions", "list", "--output-format", "json"];
+
+/// Whether `gemini --help` lists the `extensions` command.
+pub fn has_extensions_command(help: &str) -> bool {
+    help.contains("gemini extensions")
+}
+
+/// `gemini extensions list --output-format json` → extension names. Gemini logs the JSON
+/// array (`[]` when there are none) on stderr or stdout depending on the version; `None` when
+/// neither holds one.
+pub fn parse_extensions_json(stdout: &str, stderr: &str) -> Option<Vec<String>> {
+    [stdout, stderr].into_iter().find_map(|t| {
+        let t = super::diagnose::strip_ansi(t);
+        let start = t.find('[')?;
+        let end = t.rfind(']')?;
+        let v: Vec<Value> = serde_json::from_str(t.get(start..=end)?).ok()?;
+        Some(
+            v.iter()
+                .filter_map(|e| e.get("name").and_then(Value::as_str))
+                .map(String::from)
+                .collect(),
+        )
+    })
+}
+
 pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String> {
     let json = req.format == OutputFormat::Json;
     let mut a: Vec<String> = vec![
@@ -75,14 +101,25 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String
     };
     Ok(Plan {
         files: vec![(SYSTEM_FILE.to_string(), system.into_bytes())],
-        env: vec![(
-            "GEMINI_SYSTEM_MD".to_string(),
-            format!("{{WORKDIR}}/{SYSTEM_FILE}"),
-        )],
+        env: vec![
+            (
+                "GEMINI_SYSTEM_MD".to_string(),
+                format!("{{WORKDIR}}/{SYSTEM_FILE}"),
+            ),
+            trust_env(),
+        ],
         path_prepend: path_prepend(command),
         json_schema_chars: schema_chars,
         ..Plan::stdout(req, command, a)
     })
+}
+
+/// Gemini refuses to run headless in a folder the user never trusted (exit 55), and in an
+/// untrusted folder it turns `--approval-mode plan` back into `default`. The gateway's work
+/// directories are its own, fresh and empty: it trusts them for that run only, with the
+/// variable Gemini's own message names (works on every version; `--skip-trust` is newer).
+pub fn trust_env() -> (String, String) {
+    ("GEMINI_CLI_TRUST_WORKSPACE".to_string(), "true".to_string())
 }
 
 /// Gemini is a node script: its own directory goes first on PATH (model runs and probes), so
@@ -178,6 +215,17 @@ fn first_model_key(envelope: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extension_listing_without_login() {
+        assert_eq!(parse_extensions_json("", "[]\n"), Some(vec![]));
+        let two = r#"[{"name":"a","version":"1"},{"name":"b"}]"#;
+        assert_eq!(
+            parse_extensions_json(two, ""),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(parse_extensions_json("No extensions installed.", ""), None);
+    }
 
     #[test]
     fn model_is_the_first_key_of_stats_models_in_document_order() {

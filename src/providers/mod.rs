@@ -8,6 +8,7 @@
 
 pub mod claude;
 pub mod codex;
+pub mod diagnose;
 pub mod discovery;
 pub mod gemini;
 pub mod health;
@@ -27,7 +28,8 @@ use health::{Health, Mode, Status};
 use plan::{OutputFormat, RunRequest};
 
 /// Per-command timeout of capability probes.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// Gemini CLI 0.61 (a large Node bundle) needs several seconds to start on a busy 2-core host.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(30_000);
 /// Timeout of the full-check model call.
 pub const VALIDATION_TIMEOUT: Duration = Duration::from_millis(30_000);
 pub const VALIDATION_PROMPT: &str = "Say hi.";
@@ -94,15 +96,7 @@ impl ProviderId {
     }
     /// How to log in, for messages.
     pub fn login_hint(self) -> &'static str {
-        match self {
-            ProviderId::Claude => {
-                "run `claude` once in a terminal to log in (or set ANTHROPIC_API_KEY)"
-            }
-            ProviderId::Codex => "run `codex login` (or set OPENAI_API_KEY)",
-            ProviderId::Gemini => {
-                "run `gemini` once in a terminal to log in (or set GEMINI_API_KEY)"
-            }
-        }
+        diagnose::login_hint(self)
     }
     fn override_of(self, o: &CliOverrides) -> Option<&Path> {
         match self {
@@ -223,7 +217,18 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
     };
     let flags = Flags::detect(id, help.as_deref());
     let (extensions, extensions_ok) = if id == ProviderId::Gemini {
-        if available {
+        if !available {
+            (Some(Vec::new()), false)
+        } else if help.as_deref().is_some_and(gemini::has_extensions_command) {
+            // `gemini --list-extensions` needs a login (exit 41 without one) and prints
+            // nothing when there are none; `gemini extensions list` needs neither.
+            let args = gemini::EXTENSIONS_LIST;
+            let e = discovery::probe_spec(mk_spec(args), command, args);
+            match gemini::parse_extensions_json(&e.stdout, &e.stderr) {
+                Some(names) if e.ok => (Some(names), true),
+                _ => (Some(Vec::new()), false),
+            }
+        } else {
             let e = discovery::probe_spec(
                 mk_spec(&["--list-extensions"]),
                 command,
@@ -234,8 +239,6 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
             } else {
                 (Some(Vec::new()), false)
             }
-        } else {
-            (Some(Vec::new()), false)
         }
     } else {
         (None, false)
@@ -708,11 +711,16 @@ impl Registry {
                         .as_ref()
                         .and_then(|h| h.error.clone())
                         .unwrap_or_else(|| "the last model call failed".into());
+                    // A classified failure (auth, network, rate limit) already says what to
+                    // run; only an unclassified one gets the login hint.
+                    let hint = match diagnose::classify(&err) {
+                        Some(_) => String::new(),
+                        None => format!("; {}", id.login_hint()),
+                    };
                     Some(format!(
-                        "{} CLI is installed but its last check failed: {}; {}, then run `panorama-gateway doctor` again",
+                        "{} CLI is installed but its last check failed: {}{hint}. Then run `panorama-gateway doctor` again",
                         id.short(),
-                        plan::collapse(&err, 200),
-                        id.login_hint()
+                        plan::collapse(err.trim_end_matches('.'), 600),
                     ))
                 } else {
                     None
@@ -777,6 +785,27 @@ pub fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Op
         .and_then(Value::as_str)
     {
         return Some(m.to_string());
+    }
+    if id == ProviderId::Claude {
+        // stream-json: the last `result` event (a continuation that finds no session has no
+        // `result` text, only `errors`).
+        let last = stdout
+            .lines()
+            .rev()
+            .filter_map(plan::parse_object)
+            .find(|e| e.get("type").and_then(Value::as_str) == Some("result"));
+        if let Some(r) = last.filter(|r| r.get("is_error") == Some(&Value::Bool(true))) {
+            let errors: Vec<&str> = r
+                .get("errors")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            return match r.get("result").and_then(Value::as_str) {
+                Some(t) if !t.trim().is_empty() => Some(t.to_string()),
+                _ if !errors.is_empty() => Some(errors.join("; ")),
+                _ => r.get("subtype").and_then(Value::as_str).map(String::from),
+            };
+        }
     }
     let env = plan::extract_object(stdout, false)?;
     match id {
@@ -864,22 +893,24 @@ pub fn validate(
             "{} did not answer within {} s; {}",
             id.short(),
             VALIDATION_TIMEOUT.as_secs(),
-            id.login_hint()
+            diagnose::login_hint(id)
+        )),
+        Err(run::Failure::NotLoggedIn(m)) => Some(format!(
+            "{m}. {}",
+            diagnose::hint(id, diagnose::ErrorKind::Auth).unwrap_or_default()
+        )),
+        Err(run::Failure::Network(m)) => Some(format!(
+            "{m}. {}",
+            diagnose::hint(id, diagnose::ErrorKind::Network).unwrap_or_default()
         )),
         // What the CLI said in a structured place (Claude reports a bad login in its stdout
-        // envelope, with an empty stderr), else stderr, else the reference's generic text.
+        // envelope, with an empty stderr), else its last stderr line, classified with a hint.
         Err(run::Failure::Process) => {
-            let stdout = report
-                .output
-                .as_ref()
-                .map(|o| o.stdout_lossy())
-                .unwrap_or_default();
+            let o = report.output.as_ref();
+            let stdout = o.map(|o| o.stdout_lossy()).unwrap_or_default();
             let summary = plan::error_summary(&stderr);
-            Some(match cli_reported(id, &stdout, summary.as_ref()) {
-                Some(m) => m,
-                None if !stderr.trim().is_empty() => stderr,
-                None => "Provider validation failed".to_string(),
-            })
+            let (exit, signal) = (o.and_then(|o| o.exit_code), o.and_then(|o| o.signal));
+            Some(diagnose::explain_exit(id, exit, signal, &stdout, &stderr, summary.as_ref()).1)
         }
         Err(run::Failure::Parse(m)) => Some(m),
         Err(run::Failure::FileLimit) => Some("Codex output file exceeded the output limit".into()),

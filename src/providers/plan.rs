@@ -257,6 +257,20 @@ pub fn collapse(s: &str, max: usize) -> String {
     truncate_chars(&c, max, "...")
 }
 
+/// Whitespace collapsed and, past `max` characters, cut at the last word boundary with `…`
+/// (a message shown to a person is never cut mid-word).
+pub fn shorten(s: &str, max: usize) -> String {
+    let c = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match c.char_indices().nth(max) {
+        None => c,
+        Some((i, _)) => {
+            let head = &c[..i];
+            let cut = head.rfind(' ').filter(|&j| j > i / 2).unwrap_or(i);
+            format!("{}…", head[..cut].trim_end_matches([',', ';', ':', ' ']))
+        }
+    }
+}
+
 pub fn truncate_chars(s: &str, max: usize, marker: &str) -> String {
     match s.char_indices().nth(max) {
         None => s.to_string(),
@@ -320,6 +334,16 @@ mod tests {
         );
         assert_eq!(error_summary("{not json} {\"k\":1}"), Some(json!({})));
         assert_eq!(error_summary("plain text"), None);
+    }
+
+    #[test]
+    fn shorten_cuts_between_words() {
+        assert_eq!(shorten("a  b", 10), "a b");
+        assert_eq!(
+            shorten("Please set an Auth method in your settings", 20),
+            "Please set an Auth…"
+        );
+        assert_eq!(shorten("abcdefghijklmnopqrstuvwxyz", 10), "abcdefghij…");
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum Failure {
     StdoutLimit,
     /// Codex's output file exceeded the limit.
     FileLimit,
+    /// The CLI is surely not logged in (Codex's `codex login status`); nothing was run.
+    NotLoggedIn(String),
+    /// The CLI kept failing to reach its API and was stopped (see `diagnose::NetworkWatch`).
+    Network(String),
     /// Non-zero exit, timeout, signal, or cancel.
     Process,
     /// Exited 0 but the output could not be used.
@@ -111,15 +115,23 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
             return fail(plan, Failure::Setup(m));
         }
     }
+    let env = plan_env(&plan, work_dir);
+    if id == ProviderId::Codex {
+        if let Some(m) = super::codex::login_missing(&plan.command, &env, work_dir) {
+            return fail(plan, Failure::NotLoggedIn(m));
+        }
+    }
     let mut spec = exec::Spec::new(&plan.command);
     spec.args = plan.args.iter().map(OsString::from).collect();
     spec.cwd = Some(work_dir.to_path_buf());
-    spec.env = plan_env(&plan, work_dir);
+    spec.env = env;
     spec.timeout = Some(plan.timeout);
     spec.cancel = hooks.cancel.clone();
     spec.register = hooks.register.clone();
     spec.tmp_base = Some(work_dir.to_path_buf());
-    let out = match exec::run(spec, None) {
+    let mut watch = super::diagnose::NetworkWatch::new(id);
+    let ran = exec::run(spec, Some(&mut |_, line: &str| watch.observe(line)));
+    let out = match ran {
         Ok(o) => o,
         Err(e) => {
             let not_found = e.not_found();
@@ -134,7 +146,14 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
             );
         }
     };
-    let result = if out.stdout_truncated {
+    let result = if out.stop == exec::Stop::Aborted {
+        Err(Failure::Network(
+            watch
+                .reason()
+                .unwrap_or("the CLI cannot reach its API")
+                .to_string(),
+        ))
+    } else if out.stdout_truncated {
         Err(Failure::StdoutLimit)
     } else if !out.success() {
         Err(Failure::Process)
