@@ -14,6 +14,8 @@ mod jobs;
 mod logging;
 mod providers;
 mod redact;
+mod shutdown;
+mod state_store;
 mod util;
 
 fn main() {

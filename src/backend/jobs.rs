@@ -347,6 +347,28 @@ pub struct GatewayEvent {
     pub details: Value,
 }
 
+impl GatewayEvent {
+    /// An event as the providers report it (`{level, code, provider, message, details}`):
+    /// level `error` and `info` kept, anything else a warning; details default to `{}`.
+    pub fn from_value(ev: &Value) -> GatewayEvent {
+        let text = |k: &str| ev.get(k).and_then(Value::as_str).map(str::to_string);
+        GatewayEvent {
+            level: match ev.get("level").and_then(Value::as_str) {
+                Some("error") => Level::Error,
+                Some("info") => Level::Info,
+                _ => Level::Warn,
+            },
+            code: text("code"),
+            provider: text("provider"),
+            message: text("message").unwrap_or_default(),
+            details: ev
+                .get("details")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
+        }
+    }
+}
+
 /// The insert body: message cut to 2000 characters (+ "..."), details an object.
 pub fn event_body(s: &Session, ev: &GatewayEvent) -> Value {
     // Redacted before cutting, so a secret is never left half-visible at the cut; a second

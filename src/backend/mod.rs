@@ -6,6 +6,7 @@ pub mod capabilities;
 pub mod functions;
 pub mod jobs;
 pub mod realtime;
+pub mod resources;
 pub mod rest;
 pub mod session;
 pub mod spool;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::backend::functions::exchange_pairing_code;
 use crate::config::state;
 use crate::config::Settings;
-use crate::daemon::runtime::hostname;
+use crate::util::hostname;
 
 /// Parsed `pair` arguments (parsing: Foundation's cli.rs).
 #[derive(Debug, Clone, Default)]
@@ -94,7 +94,9 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
     println!("Validating providers...");
     let registry = crate::providers::Registry::discover(&settings.cli_overrides);
     registry.set_work_root(settings.paths.config_dir.join("work"));
-    registry.set_health_sink(crate::daemon::runtime::health_sink(settings));
+    registry.set_health_sink(crate::state_store::health_sink(
+        settings.paths.config_path.clone(),
+    ));
     let results = registry.check_health(crate::providers::health::Mode::Full, Some("pairing"));
     for (id, h) in &results {
         match &h.error {
@@ -152,21 +154,6 @@ fn send_pairing_events(
     if events.is_empty() {
         return;
     }
-    struct Store(std::path::PathBuf);
-    impl crate::backend::session::TokenStore for Store {
-        fn save(&self, a: &str, r: &str) -> Result<(), String> {
-            let (a, r) = (a.to_string(), r.to_string());
-            state::update(&self.0, move |s| {
-                s.access_token = Some(a);
-                s.refresh_token = Some(r);
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        }
-        fn load(&self) -> Option<(String, String)> {
-            None
-        }
-    }
     let session = crate::backend::session::Session::new(
         crate::backend::new_agent(),
         cfg,
@@ -174,27 +161,13 @@ fn send_pairing_events(
         &pairing.team_id,
         &pairing.access_token,
         &pairing.refresh_token,
-        Box::new(Store(settings.paths.config_path.clone())),
+        Box::new(crate::state_store::FileTokenStore::new(
+            settings.paths.config_path.clone(),
+            &pairing.gateway_id,
+        )),
     );
     for ev in events {
-        let level = match ev.get("level").and_then(|v| v.as_str()) {
-            Some("error") => crate::backend::jobs::Level::Error,
-            _ => crate::backend::jobs::Level::Warn,
-        };
-        let e = crate::backend::jobs::GatewayEvent {
-            level,
-            code: ev.get("code").and_then(|v| v.as_str()).map(str::to_string),
-            provider: ev
-                .get("provider")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-            message: ev
-                .get("message")
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string(),
-            details: ev.get("details").cloned().unwrap_or_default(),
-        };
+        let e = crate::backend::jobs::GatewayEvent::from_value(&ev);
         if let Err(err) = crate::backend::jobs::insert_event(&session, &e) {
             log::warn!(target: "pair", "could not record a provider validation event: {err}");
             return;

@@ -7,13 +7,18 @@
 //! file (or re-executes itself after an upgrade).
 
 pub mod detach;
+mod heartbeat;
+mod ingress;
+mod outbox;
 pub mod pidfile;
 pub mod runtime;
-pub mod shutdown;
+mod shared;
 pub mod signals;
 pub mod status;
 pub mod statusfile;
+mod tuning;
 pub mod watchdog;
+mod worker;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, secure, state, Settings};
-use shutdown::{Level, Shutdown};
+use crate::shutdown::{Level, Shutdown};
 
 /// Environment variable carrying the write end of the readiness pipe to a detached child.
 pub const READY_FD_ENV: &str = "PANORAMA_GATEWAY_READY_FD";

@@ -10,7 +10,7 @@ use std::os::unix::io::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
-use crate::daemon::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
 
 static PIPE_WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 

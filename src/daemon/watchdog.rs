@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::daemon::runtime::StatusUpdater;
-use crate::daemon::shutdown::{Level, Shutdown};
+use crate::shutdown::{Level, Shutdown};
 
 #[derive(Debug, Clone)]
 pub struct WatchConfig {

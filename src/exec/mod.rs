@@ -11,6 +11,8 @@
 //! killed before the leader is reaped (the pgid cannot be reused while the leader is a zombie).
 
 mod env;
+pub mod pty;
+pub mod session;
 mod tmp;
 
 #[allow(unused_imports)] // the public surface of exec; not every item has a caller yet

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::daemon::shutdown::Shutdown;
 use crate::exec::{CancelToken, Children};
 use crate::providers::Registry;
+use crate::shutdown::Shutdown;
 
 /// The final status a handler asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,10 @@ pub struct JobContext {
     /// The backend session, for handlers that read or write backend rows (subagents, remote
     /// shell resources) through `crate::backend`. None where no backend exists (unit tests).
     pub session: Option<Arc<crate::backend::session::Session>>,
+    /// The remote shell's reads (resource and gateway rows). None where no backend exists.
+    pub resources: Option<Arc<dyn crate::backend::resources::ResourceReader>>,
+    /// The open shell sessions (owned by the runtime).
+    pub shell_sessions: Arc<shell::ShellSessions>,
     /// Machine-control layers, read on demand through [`JobContext::control`].
     pub control: ControlSource,
     /// Reaches other running jobs (subagent_cancel).

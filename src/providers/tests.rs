@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use super::health::{Mode, Status};
 use super::*;
-use crate::daemon::shutdown::Shutdown;
 use crate::exec::{CancelToken, Children};
 use crate::jobs::{self, FinalStatus, JobContext};
+use crate::shutdown::Shutdown;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bin")
@@ -106,6 +106,8 @@ fn ctx(reg: &Arc<Registry>, job: &str) -> JobContext {
         cancel: CancelToken::new(),
         shutdown: Shutdown::new(),
         session: None,
+        resources: None,
+        shell_sessions: Arc::new(crate::jobs::shell::ShellSessions::new()),
         control: Arc::new(Default::default),
         cancel_running: Arc::new(|_: &str| false),
     }

@@ -1,4 +1,5 @@
-//! The shutdown token every thread of the daemon watches.
+//! The shutdown token every thread of the daemon watches (a base type: handlers, providers and
+//! the runtime all wait on it).
 //!
 //! Two levels: *drain* (stop taking jobs, let in-flight jobs finish within the drain timeout)
 //! and *immediate* (cancel in-flight jobs now). Immediate implies drain.

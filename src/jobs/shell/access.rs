@@ -1,0 +1,164 @@
+//! Who may use the remote shell: the gateway-side machine-control layers (§7.2 step 2) and the
+//! remote shell resource checks in the reference's order (§7.3).
+
+use serde_json::Value;
+
+use crate::backend::resources::{RemoteShellRows, RowsError};
+use crate::jobs::{ControlState, JobContext};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    Read,
+    Write,
+}
+
+/// The gateway-side machine-control layers, first failing one wins (§7.2 step 2): heartbeat,
+/// team toggle, install toggle. Locally the `machine_control` service is ready exactly when the
+/// install toggle is on, so its check is the install check.
+/// On denial, also returns the state read, for [`super::ShellSessions::enforce_control`].
+pub(super) fn machine_control(ctx: &JobContext) -> Result<(), (&'static str, ControlState)> {
+    let c = ctx.control();
+    control_denial(ctx.resources.is_some(), c).map_err(|m| (m, c))
+}
+
+pub(super) fn control_denial(has_backend: bool, c: ControlState) -> Result<(), &'static str> {
+    if !has_backend {
+        return Err("Gateway control state unavailable");
+    }
+    if !c.heartbeat_fresh {
+        return Err("Gateway is offline or heartbeat is stale");
+    }
+    if !c.team_enabled {
+        return Err("Gateway machine control is disabled in Team Integrations.");
+    }
+    if !c.install_enabled {
+        return Err("Gateway host machine control is disabled. Run \"panorama-gateway full-control enable\" on the host.");
+    }
+    Ok(())
+}
+
+/// Remote shell resource checks in the reference's order (§7.3). Err = the message.
+pub(super) fn check_resource(
+    ctx: &JobContext,
+    resource_id: &str,
+    access: Access,
+) -> Result<(), String> {
+    let Some(reader) = ctx.resources.as_deref() else {
+        return Err("Failed to load remote shell resource".into());
+    };
+    let rows = match reader.remote_shell_rows(resource_id) {
+        Ok(rows) => rows,
+        Err(RowsError::Resource(e)) => {
+            log::warn!(target: "shell", "reading remote shell resource {resource_id} failed: {e}");
+            return Err("Failed to load remote shell resource".into());
+        }
+        Err(RowsError::Gateway(e)) => {
+            if let Some(e) = e {
+                log::warn!(target: "shell", "reading the gateway row failed: {e}");
+            }
+            return Err("Failed to load gateway identity for remote shell resource".into());
+        }
+    };
+    judge(&rows, reader.team_id(), reader.gateway_id(), access)
+}
+
+/// The checks on the rows read.
+fn judge(rows: &RemoteShellRows, team: &str, gw: &str, access: Access) -> Result<(), String> {
+    let Some(gate) = &rows.gateway else {
+        return Err("Gateway identity is missing".into());
+    };
+    let Some(row) = &rows.resource else {
+        return Err("Remote shell resource not found".into());
+    };
+    if row.get("team_id").and_then(Value::as_str) != Some(team) {
+        return Err("Remote shell resource belongs to another team".into());
+    }
+    let rtype = row
+        .get("resource_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if rtype != "remote_shell" {
+        return Err(format!(
+            "Resource is not a remote shell target (found {rtype})"
+        ));
+    }
+    if access == Access::Write
+        && row.get("max_access_level").and_then(Value::as_str) == Some("viewer")
+    {
+        return Err("Remote shell resource is configured for viewer access. Full access is required for this action.".into());
+    }
+    let meta = row.get("metadata").cloned().unwrap_or(Value::Null);
+    let trimmed = |k: &str| {
+        meta.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    if let Some(vm) = trimmed("vm_id") {
+        let mine = gate
+            .get("vm_id")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        if mine != Some(vm.as_str()) {
+            return Err("Remote shell resource targets a different VM-backed gateway".into());
+        }
+    } else {
+        match trimmed("gateway_id") {
+            None => {
+                return Err(
+                    "Remote shell resource is missing metadata.gateway_id or metadata.vm_id".into(),
+                )
+            }
+            Some(g) if g != gw => {
+                return Err("Remote shell resource targets a different gateway".into())
+            }
+            Some(_) => {}
+        }
+    }
+    if meta.get("full_control") != Some(&Value::Bool(true)) {
+        return Err("Remote shell resource machine control is disabled".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_closed_machine_control_layer_is_named() {
+        let all = ControlState {
+            install_enabled: true,
+            team_enabled: true,
+            heartbeat_fresh: true,
+        };
+        assert_eq!(control_denial(true, all), Ok(()));
+        assert_eq!(
+            control_denial(false, all),
+            Err("Gateway control state unavailable")
+        );
+        let nothing = ControlState::default();
+        assert_eq!(
+            control_denial(true, nothing),
+            Err("Gateway is offline or heartbeat is stale")
+        );
+        let no_team = ControlState {
+            team_enabled: false,
+            install_enabled: false,
+            ..all
+        };
+        assert_eq!(
+            control_denial(true, no_team),
+            Err("Gateway machine control is disabled in Team Integrations.")
+        );
+        let no_install = ControlState {
+            install_enabled: false,
+            ..all
+        };
+        assert!(control_denial(true, no_install)
+            .unwrap_err()
+            .contains("panorama-gateway full-control enable"));
+    }
+}

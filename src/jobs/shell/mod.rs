@@ -1,0 +1,140 @@
+//! Remote shell jobs (subagents-shell.md §7, backend.md §9.3, PROTOCOL.md §8 and §12):
+//!
+//! - `shell_exec` (2.32 contract, `exec.rs`): one command through `<shell> -lc <command>`, cwd
+//!   `/`, scrubbed environment, private TMPDIR under `<configDir>/tmp`, timeout (default 30 s,
+//!   clamped to 1 ms…10 min), 5 MB kept per stream, whole process group killed on timeout.
+//! - `shell_session` (2.29.14 seed contract, §7.7, `session_job.rs`): `open` starts a
+//!   long-lived `<shell> -l` with piped stdin; `write`, `read`, `status`, `close` act on it by
+//!   `session_id` in later jobs. Output (stdout and stderr merged) goes to a bounded buffer with
+//!   absolute offsets. Sessions live in a registry the runtime owns (`session.rs`), expire when
+//!   idle, and are killed (whole process group) when closed, when idle too long and when the
+//!   daemon stops.
+//!
+//! Both check every machine-control layer (install toggle, team toggle, fresh heartbeat) and
+//! the remote shell resource (§7.3, with its `metadata.full_control === true` opt-in) before
+//! anything runs (`access.rs`). Denials fail the job with `{message, resource_id?}`; a command
+//! that ran completes the job whatever its exit status (`success` tells the truth).
+
+mod access;
+mod exec;
+mod session;
+mod session_job;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::{FinalStatus, JobContext, Outcome};
+use crate::util::is_uuid;
+
+pub use exec::handle_exec;
+pub use session::ShellSessions;
+pub use session_job::handle_session;
+
+fn failed(message: &str, extra: &[(&str, Value)]) -> Outcome {
+    let mut m = Map::new();
+    m.insert("message".into(), message.into());
+    for (k, v) in extra {
+        m.insert((*k).into(), v.clone());
+    }
+    Outcome {
+        status: FinalStatus::Failed,
+        result: Some(Value::Object(m)),
+        error: Some(message.to_string()),
+        debug: None,
+    }
+}
+
+fn ok(result: Map<String, Value>) -> Outcome {
+    Outcome {
+        status: FinalStatus::Completed,
+        result: Some(Value::Object(result)),
+        error: None,
+        debug: None,
+    }
+}
+
+/// `/bin/bash` if it exists, else `/bin/sh`, else `$SHELL`, else `/bin/bash` (§7.2 step 9).
+fn pick_shell() -> PathBuf {
+    for p in ["/bin/bash", "/bin/sh"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    match std::env::var("SHELL") {
+        Ok(s) if !s.trim().is_empty() => PathBuf::from(s.trim()),
+        _ => PathBuf::from("/bin/bash"),
+    }
+}
+
+/// `<configDir>/tmp` (the work root is `<configDir>/work`), owner-only.
+fn tmp_base(ctx: &JobContext) -> PathBuf {
+    let work = ctx.providers.work_root();
+    let base = work
+        .parent()
+        .map(|p| p.join("tmp"))
+        .unwrap_or_else(|| work.join("tmp"));
+    if let Err(e) = crate::exec::ensure_private_dir(&base) {
+        log::warn!(target: "shell", "could not prepare {}: {e}", base.display());
+    }
+    base
+}
+
+/// `resource_id` trimmed; Err = the failed outcome.
+fn resource_id(payload: &Value) -> Result<String, Outcome> {
+    match payload
+        .get("resource_id")
+        .and_then(Value::as_str)
+        .map(str::trim)
+    {
+        Some(r) if !r.is_empty() => {
+            if is_uuid(r) {
+                Ok(r.to_string())
+            } else {
+                Err(failed(
+                    "Invalid resource_id in payload: expected the UUID of a team resource",
+                    &[("resource_id", r.into())],
+                ))
+            }
+        }
+        _ => Err(failed("Missing resource_id in payload", &[])),
+    }
+}
+
+/// True when `secret_env` asks for secrets (a non-empty object).
+fn wants_secrets(payload: &Value) -> bool {
+    payload
+        .get("secret_env")
+        .and_then(Value::as_object)
+        .is_some_and(|m| !m.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::new_uuid_v4;
+    use serde_json::json;
+
+    #[test]
+    fn resource_ids_must_be_uuids() {
+        assert!(is_uuid("b5e1c0de-0000-4000-8000-00000000abcd"));
+        assert!(!is_uuid("b5e1c0de-0000-4000-8000-00000000abc"));
+        assert!(!is_uuid("b5e1c0de-0000-4000-8000-00000000abcx"));
+        assert!(!is_uuid("b5e1c0de00000-4000-8000-00000000abcd"));
+        let o = resource_id(&json!({"resource_id": "x&team_id=eq.y"})).unwrap_err();
+        assert_eq!(
+            o.error.as_deref(),
+            Some("Invalid resource_id in payload: expected the UUID of a team resource")
+        );
+        assert!(resource_id(&json!({"resource_id": " "})).is_err());
+    }
+
+    #[test]
+    fn uuids_are_v4_shaped_and_distinct() {
+        let a = new_uuid_v4();
+        let b = new_uuid_v4();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+    }
+}
