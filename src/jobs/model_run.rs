@@ -75,6 +75,10 @@ pub fn parse_payload(p: &Value) -> Result<(ProviderId, RunRequest), Outcome> {
         .filter(|t| t.is_finite() && *t > 0.0)
         .unwrap_or(DEFAULT_TIMEOUT_MS)
         .min(MAX_TIMEOUT_MS);
+    if timeout_ms < 1.0 {
+        let m = format!("Invalid timeout_ms {timeout_ms}: a timeout is at least 1 millisecond. Fix timeout_ms and submit the job again.");
+        return Err(invalid(&m, &m));
+    }
     let provider = s("provider")
         .and_then(ProviderId::parse)
         .unwrap_or_else(|| infer_provider(model));
@@ -131,9 +135,14 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
     }
     let command = ctx.providers.command(id);
     let flags = ctx.providers.flags(id);
+    // A value the CLI cannot be given safely is the job's own input error: it fails this job,
+    // names the field, and leaves the provider's health alone.
     let plan = match providers::build_plan(id, &req, &command, &flags) {
         Ok(p) => p,
-        Err(e) => return unexpected(e),
+        Err(e) => {
+            log::warn!(target: "model_run", "refused job_id={} provider={}: {e}", ctx.job_id, id.as_str());
+            return invalid(&e.0, &e.0);
+        }
     };
     let Some(seg) = safe_job_dir(&ctx.job_id) else {
         return unexpected(format!(
@@ -175,7 +184,7 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
         "command".into(),
         redact::text(&command_text, redact::COMMAND_LIMIT).into(),
     );
-    debug.insert("args".into(), json!(redact::args(&plan.args, true)));
+    debug.insert("args".into(), json!(redact::args(&plan.args, false)));
     debug.insert("command_line".into(), safe_command_line.clone().into());
     debug.insert(
         "work_dir".into(),
@@ -353,10 +362,11 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
             )
         }
         Err(Failure::Spawn { too_long: true, .. }) => {
-            // The CLIs take the prompt as an argument; Linux caps one argument at 128 KiB.
-            // That is the payload's doing, not the provider's: health is left alone.
+            // The prompt goes on stdin, but a system prompt or schema is an argument; Linux
+            // caps one argument at 128 KiB. That is the payload's doing, not the provider's:
+            // health is left alone.
             let message = format!(
-                "The prompt ({prompt_chars} characters) is too large to pass to the {} CLI as a command-line argument (Linux limits one argument to 128 KiB); shorten the prompt",
+                "The system prompt or JSON schema of this job ({prompt_chars} prompt characters) is too large to pass to the {} CLI as a command-line argument (Linux limits one argument to 128 KiB); shorten it",
                 id.short()
             );
             log::warn!(target: "model_run", "prompt too large job_id={} provider={} prompt_chars={prompt_chars}", ctx.job_id, id.as_str());

@@ -9,7 +9,7 @@
 //! the running child's process group with a 5 s grace, or leaves a pending cancel that the run
 //! job honours before it starts anything.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,21 +22,17 @@ use crate::exec;
 use crate::providers::diagnose::{self, ErrorKind as Kind};
 use crate::providers::health::Status;
 use crate::providers::plan::collapse;
+use crate::providers::restrict::Layers;
+use crate::providers::subplan::{Format, SubPlan, SubagentRequest};
 use crate::providers::{self, Flags, ProviderId};
 use crate::util::{is_rfc4122_uuid, new_uuid_v4, parse_rfc3339_ms};
 
-/// Run timeout when `config.timeout_ms` is not a JSON number.
-pub const DEFAULT_TIMEOUT_MS: u64 = 1_800_000;
-/// Longest timeout honoured (a day).
-const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
 /// SIGTERM → SIGKILL grace for cancel (and, here, for the run timeout too).
 pub const CANCEL_GRACE: Duration = Duration::from_millis(5000);
 /// `last_seen_at` older than this means the gateway is offline for the backend.
 const HEARTBEAT_STALE_MS: i64 = 90_000;
 /// Parsed stream-json events kept (oldest dropped).
 const STREAM_EVENTS: usize = 2000;
-/// The sentence of the backend's default restricted-mode prompt.
-const SAFE_PROMPT: &str = "You cannot write or interact with files in this environment.";
 const CANCELLED: &str = "Cancelled";
 
 // ---------------------------------------------------------------------------------------------
@@ -495,6 +491,11 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
         None
     };
     let fc_effective = fc_requested && fc_denied.is_none();
+    let layers_on = Layers {
+        resource: fc_requested,
+        team: team_fc,
+        install: layers.install_enabled,
+    };
     log::info!(target: "subagent", "Resolved subagent elevated provider state subagent={subagent_id} requested={fc_requested} effective={fc_effective}");
     // 14.
     let run_id = payload_run_id
@@ -662,7 +663,7 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
         return Ok(fail_run(session, &prep, &mut em, &reason));
     }
     // 22.
-    let plan = match build_plan(&prep, &ctx.providers.command(provider), &flags) {
+    let plan = match build_plan(&prep, &layers_on, &ctx.providers.command(provider), &flags) {
         Ok(p) => p,
         Err(e) => {
             let m = if e.trim().is_empty() {
@@ -675,6 +676,24 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
     };
     // 24.
     execute_and_finalize(session, ctx, &prep, &mut em, plan)
+}
+
+/// The run's plan, built by the provider's one argv builder (`providers::subagent_plan`): a
+/// field that cannot be passed safely, or an elevated ask of a restricted run, fails the run
+/// with a message that names the field or the layers that are off.
+fn build_plan(
+    prep: &Prepared,
+    layers: &Layers,
+    command: &Path,
+    f: &Flags,
+) -> Result<SubPlan, String> {
+    let req = SubagentRequest::from_config(
+        &prep.config,
+        &prep.prompt,
+        prep.fc_effective,
+        prep.resume.as_deref(),
+    )?;
+    providers::subagent_plan(prep.provider, &req, layers, command, f)
 }
 
 /// §6.4 "pending cancel consumption": finalize as cancelled without spawning anything.
@@ -839,355 +858,6 @@ pub fn fail_subagent_run(session: &Session, subagent_id: &str, message: &str) {
 
 // ---------------------------------------------------------------------------------------------
 // Provider adapters (§3).
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Text,
-    StreamJson,
-}
-
-impl Format {
-    fn as_str(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-            Format::Text => "text",
-            Format::StreamJson => "stream-json",
-        }
-    }
-}
-
-/// The exact command of one run.
-#[derive(Debug, Clone)]
-pub struct SubPlan {
-    pub command: PathBuf,
-    pub args: Vec<String>,
-    pub files: Vec<(String, Vec<u8>)>,
-    pub env: Vec<(String, String)>,
-    pub path_prepend: Vec<PathBuf>,
-    pub format: Format,
-    pub timeout: Duration,
-}
-
-fn format_of(config: &Value) -> Format {
-    match s(config, "output_format")
-        .map(|x| x.trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("text") => Format::Text,
-        Some("stream-json") | Some("stream_json") | Some("stream") => Format::StreamJson,
-        _ => Format::Json,
-    }
-}
-
-fn timeout_of(config: &Value) -> Duration {
-    let ms = config
-        .get("timeout_ms")
-        .and_then(Value::as_f64)
-        .filter(|t| t.is_finite() && *t > 0.0)
-        .unwrap_or(DEFAULT_TIMEOUT_MS as f64)
-        .min(MAX_TIMEOUT_MS);
-    Duration::from_millis(ms as u64)
-}
-
-/// Array or comma string → trimmed non-empty items.
-fn list_of(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(String::from)
-            .collect(),
-        Some(Value::String(x)) => x
-            .split(',')
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(String::from)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn conf_str(config: &Value, k: &str) -> Option<String> {
-    trimmed(s(config, k))
-}
-
-/// `append_system_prompt`, dropped in full control when it is the default safe prompt.
-fn append_prompt(config: &Value, full: bool) -> Option<String> {
-    conf_str(config, "append_system_prompt").filter(|t| !(full && t.contains(SAFE_PROMPT)))
-}
-
-fn build_plan(prep: &Prepared, command: &Path, f: &Flags) -> Result<SubPlan, String> {
-    let c = &prep.config;
-    let full = prep.fc_effective;
-    let format = format_of(c);
-    let mut plan = SubPlan {
-        command: command.to_path_buf(),
-        args: Vec::new(),
-        files: Vec::new(),
-        env: Vec::new(),
-        path_prepend: Vec::new(),
-        format,
-        timeout: timeout_of(c),
-    };
-    match prep.provider {
-        ProviderId::Claude => {
-            plan.args = claude_args(c, &prep.prompt, full, prep.resume.as_deref(), f, format)?
-        }
-        ProviderId::Codex => plan.args = codex_args(c, &prep.prompt, full, f, format),
-        ProviderId::Gemini => {
-            plan.args = gemini_args(c, &prep.prompt, full, f, format);
-            let mut parts: Vec<String> = Vec::new();
-            if let Some(sp) = conf_str(c, "system_prompt") {
-                parts.push(sp);
-            }
-            if let Some(ap) = append_prompt(c, full) {
-                parts.push(ap);
-            }
-            if format != Format::Text {
-                parts.push("Return STRICT JSON only. Do not wrap in code fences.".into());
-            }
-            let content = parts.join("\n");
-            if !content.is_empty() {
-                plan.files
-                    .push((providers::gemini::SYSTEM_FILE.into(), content.into_bytes()));
-                plan.env.push((
-                    "GEMINI_SYSTEM_MD".into(),
-                    format!("{{WORKDIR}}/{}", providers::gemini::SYSTEM_FILE),
-                ));
-            }
-            plan.path_prepend = providers::gemini::path_prepend(command);
-            plan.env.push(providers::gemini::trust_env());
-        }
-    }
-    Ok(plan)
-}
-
-/// Claude Code argv (§3.3).
-pub fn claude_args(
-    c: &Value,
-    prompt: &str,
-    full: bool,
-    resume_meta: Option<&str>,
-    f: &Flags,
-    format: Format,
-) -> Result<Vec<String>, String> {
-    let mut a: Vec<String> = vec!["--print".into()];
-    let mut prompt = prompt.to_string();
-    if f.get("outputFormatFlag") {
-        let cli = match format {
-            Format::StreamJson if f.get("streamJsonFlag") => "stream-json",
-            Format::Text => "text",
-            _ => "json",
-        };
-        a.extend(["--output-format".into(), cli.into()]);
-        // The reference omits --verbose (subagents-shell.md §11.10), but `claude --print`
-        // refuses stream-json without it; same wire, working CLI.
-        if cli == "stream-json" && f.get("verboseFlag") {
-            a.push("--verbose".into());
-        }
-    }
-    if let Some(m) = conf_str(c, "model") {
-        if f.get("modelFlag") {
-            a.extend(["--model".into(), m]);
-        }
-    }
-    let mut tools: Vec<String> = list_of(c.get("allowed_tools"))
-        .into_iter()
-        .map(|t| {
-            if matches!(
-                t.to_ascii_lowercase().as_str(),
-                "web__search" | "web_search" | "websearch"
-            ) {
-                "WebSearch".into()
-            } else {
-                t
-            }
-        })
-        .collect();
-    if full && tools.len() == 1 && tools[0].eq_ignore_ascii_case("websearch") {
-        tools.clear();
-    } else if !full && tools.is_empty() {
-        tools.push("WebSearch".into());
-    }
-    if !tools.is_empty() {
-        if f.get("allowedToolsFlag") {
-            a.extend(["--allowedTools".into(), tools.join(",")]);
-        } else if f.get("toolsFlag") {
-            a.extend(["--tools".into(), tools.join(",")]);
-        }
-    }
-    let dis = list_of(c.get("disallowed_tools"));
-    if !dis.is_empty() && f.get("disallowedToolsFlag") {
-        a.extend(["--disallowedTools".into(), dis.join(",")]);
-    }
-    if let Some(ap) = append_prompt(c, full) {
-        if f.get("appendSystemPromptFlag") {
-            a.extend(["--append-system-prompt".into(), ap]);
-        } else {
-            prompt = format!("{prompt}\n\n{ap}");
-        }
-    }
-    if let Some(sp) = conf_str(c, "system_prompt") {
-        if f.get("systemPromptFlag") {
-            a.extend(["--system-prompt".into(), sp]);
-        }
-    }
-    let schema = match c.get("json_schema") {
-        Some(Value::String(x)) if !x.trim().is_empty() => Some(x.clone()),
-        Some(v @ Value::Object(_)) => Some(v.to_string()),
-        _ => None,
-    };
-    if let Some(sc) = schema {
-        if f.get("jsonSchemaFlag") {
-            a.extend(["--json-schema".into(), sc]);
-        } else {
-            prompt = format!("{prompt}\n\nReturn STRICT JSON matching this schema:\n{sc}");
-        }
-    }
-    let mut mode = conf_str(c, "permission_mode");
-    if full
-        && mode
-            .as_deref()
-            .map_or(true, |m| m.eq_ignore_ascii_case("dontAsk"))
-    {
-        mode = Some("bypassPermissions".into());
-    }
-    if let Some(m) = mode {
-        if f.get("permissionModeFlag") {
-            a.extend(["--permission-mode".into(), m]);
-        }
-    }
-    if full && f.get("dangerouslySkipPermissionsFlag") {
-        a.push("--dangerously-skip-permissions".into());
-    }
-    let budget = match c.get("max_budget_usd") {
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(x)) => x.trim().parse::<f64>().ok(),
-        _ => None,
-    }
-    .filter(|b| b.is_finite());
-    if let (Some(b), true) = (budget, f.get("maxBudgetFlag")) {
-        a.extend(["--max-budget-usd".into(), b.to_string()]);
-    }
-    if let (Some(i), true) = (conf_str(c, "input_format"), f.get("inputFormatFlag")) {
-        a.extend(["--input-format".into(), i]);
-    }
-    let betas = list_of(c.get("betas"));
-    if !betas.is_empty() && f.get("betasFlag") {
-        a.push("--betas".into());
-        a.extend(betas);
-    }
-    if c.get("no_session_persistence") == Some(&Value::Bool(true))
-        && f.get("noSessionPersistenceFlag")
-    {
-        a.push("--no-session-persistence".into());
-    }
-    if let (Some(sid), true) = (conf_str(c, "session_id"), f.get("sessionIdFlag")) {
-        a.extend(["--session-id".into(), sid]);
-    }
-    let resume = conf_str(c, "resume_session_id").or_else(|| resume_meta.map(String::from));
-    if let Some(r) = resume {
-        if !f.get("resumeFlag") {
-            return Err("Claude CLI does not support session continuation (--resume)".into());
-        }
-        a.extend(["--resume".into(), r]);
-    }
-    if !full {
-        if f.get("settingSourcesFlag") {
-            a.extend(["--setting-sources".into(), "local".into()]);
-        }
-        if f.get("disableSlashCommandsFlag") {
-            a.push("--disable-slash-commands".into());
-        }
-    }
-    a.extend(["-p".into(), prompt]);
-    Ok(a)
-}
-
-fn flag_not_false(f: &Flags, k: &str) -> bool {
-    // "a missing flag counts as supported": only an explicit false entry disables it.
-    !f.0.iter().any(|(key, v)| *key == k && !*v)
-}
-
-/// Codex argv (§3.4).
-pub fn codex_args(c: &Value, prompt: &str, full: bool, f: &Flags, format: Format) -> Vec<String> {
-    let mut a: Vec<String> = vec!["exec".into(), "--skip-git-repo-check".into()];
-    if !full {
-        if flag_not_false(f, "sandboxFlag") {
-            a.extend(["--sandbox".into(), "read-only".into()]);
-        }
-    } else if f.get("dangerouslyBypassApprovalsAndSandboxFlag") {
-        a.push("--dangerously-bypass-approvals-and-sandbox".into());
-    } else if flag_not_false(f, "sandboxFlag") {
-        a.extend(["--sandbox".into(), "danger-full-access".into()]);
-    }
-    if let Some(m) = conf_str(c, "model") {
-        a.extend(["--model".into(), m]);
-    }
-    if flag_not_false(f, "configFlag") {
-        let effort = conf_str(c, "reasoning_effort").unwrap_or_else(|| "high".into());
-        a.extend(["-c".into(), format!("model_reasoning_effort=\"{effort}\"")]);
-        if full {
-            a.extend(["-c".into(), "features.shell_tool=true".into()]);
-            a.extend(["-c".into(), "features.web_search_request=true".into()]);
-        } else {
-            let web = list_of(c.get("allowed_tools")).iter().any(|t| {
-                t.chars()
-                    .filter(char::is_ascii_alphabetic)
-                    .collect::<String>()
-                    .eq_ignore_ascii_case("websearch")
-            });
-            a.extend(["-c".into(), "features.shell_tool=false".into()]);
-            a.extend(["-c".into(), format!("features.web_search_request={web}")]);
-        }
-    }
-    if format != Format::Text {
-        a.push("--json".into());
-    }
-    let mut p = prompt.to_string();
-    if let Some(ap) = append_prompt(c, full) {
-        p = format!("{p}\n\n{ap}");
-    }
-    a.push(p);
-    a
-}
-
-/// Gemini argv (§3.5).
-pub fn gemini_args(c: &Value, prompt: &str, full: bool, f: &Flags, format: Format) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "--output-format".into(),
-        if format == Format::Text {
-            "text"
-        } else {
-            "json"
-        }
-        .into(),
-    ];
-    if f.get("approvalModeFlag") {
-        a.extend([
-            "--approval-mode".into(),
-            if full { "yolo" } else { "plan" }.into(),
-        ]);
-    } else if full && f.get("yoloFlag") {
-        a.push("--yolo".into());
-    }
-    // No `--sandbox` when restricted: it needs docker or podman and an image pull (exit 44
-    // without a container runtime). `--approval-mode plan` is Gemini's read-only mode; the
-    // trusted work directory (GEMINI_CLI_TRUST_WORKSPACE) keeps Gemini from turning it back
-    // into `default`.
-    if let Some(m) = conf_str(c, "model") {
-        a.extend(["--model".into(), m]);
-    }
-    let ext = list_of(c.get("extensions"));
-    if !ext.is_empty() {
-        a.extend(["--extensions".into(), ext.join(",")]);
-    }
-    a.push(prompt.to_string());
-    a
-}
 
 // ---------------------------------------------------------------------------------------------
 // Output normalization (§3.3–§3.7).
@@ -1797,6 +1467,7 @@ fn execute_and_finalize(
                 }
                 let mut spec = exec::Spec::new(&plan.command);
                 spec.args = plan.args.iter().map(Into::into).collect();
+                spec.stdin = Some(plan.stdin.clone());
                 spec.cwd = Some(dir.to_path_buf());
                 spec.env = env;
                 spec.timeout = Some(plan.timeout);
@@ -2369,112 +2040,6 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn flags(id: ProviderId, all: bool) -> Flags {
-        let table = match id {
-            ProviderId::Claude => providers::claude::FLAGS,
-            ProviderId::Codex => providers::codex::FLAGS,
-            ProviderId::Gemini => providers::gemini::FLAGS,
-        };
-        Flags(table.iter().map(|(k, _, _)| (*k, all)).collect())
-    }
-
-    fn default_config() -> Value {
-        json!({"output_format": "json", "full_control": false, "allowed_tools": ["WebSearch"],
-               "permission_mode": "dontAsk",
-               "append_system_prompt": "You cannot write or interact with files in this environment. Include a brief summary."})
-    }
-
-    #[test]
-    fn claude_argv_restricted_and_full() {
-        let f = flags(ProviderId::Claude, true);
-        let a = claude_args(&default_config(), "hi", false, None, &f, Format::Json).unwrap();
-        assert_eq!(
-            a,
-            [
-                "--print", "--output-format", "json", "--allowedTools", "WebSearch",
-                "--append-system-prompt",
-                "You cannot write or interact with files in this environment. Include a brief summary.",
-                "--permission-mode", "dontAsk", "--setting-sources", "local",
-                "--disable-slash-commands", "-p", "hi"
-            ]
-        );
-        let a = claude_args(&default_config(), "hi", true, None, &f, Format::Json).unwrap();
-        assert_eq!(
-            a,
-            [
-                "--print",
-                "--output-format",
-                "json",
-                "--permission-mode",
-                "bypassPermissions",
-                "--dangerously-skip-permissions",
-                "-p",
-                "hi"
-            ]
-        );
-        let a = claude_args(
-            &default_config(),
-            "hi",
-            false,
-            Some("abc"),
-            &f,
-            Format::Json,
-        )
-        .unwrap();
-        assert!(a.windows(2).any(|w| w == ["--resume", "abc"]));
-        let a = claude_args(&default_config(), "hi", false, None, &f, Format::StreamJson).unwrap();
-        assert_eq!(
-            &a[..4],
-            ["--print", "--output-format", "stream-json", "--verbose"]
-        );
-        let mut no_resume = f.clone();
-        no_resume.0.retain(|(k, _)| *k != "resumeFlag");
-        assert!(claude_args(
-            &default_config(),
-            "hi",
-            false,
-            Some("abc"),
-            &no_resume,
-            Format::Json
-        )
-        .unwrap_err()
-        .contains("--resume"));
-    }
-
-    #[test]
-    fn codex_and_gemini_argv() {
-        let f = flags(ProviderId::Codex, true);
-        let a = codex_args(&default_config(), "hi", true, &f, Format::Json);
-        assert_eq!(
-            a,
-            [
-                "exec",
-                "--skip-git-repo-check",
-                "--dangerously-bypass-approvals-and-sandbox",
-                "-c",
-                "model_reasoning_effort=\"high\"",
-                "-c",
-                "features.shell_tool=true",
-                "-c",
-                "features.web_search_request=true",
-                "--json",
-                "hi"
-            ]
-        );
-        let a = codex_args(&default_config(), "hi", false, &f, Format::Json);
-        assert_eq!(&a[2..4], ["--sandbox", "read-only"]);
-        assert!(a.last().unwrap().starts_with("hi\n\nYou cannot write"));
-        let g = flags(ProviderId::Gemini, true);
-        assert_eq!(
-            gemini_args(&default_config(), "hi", false, &g, Format::Json),
-            ["--output-format", "json", "--approval-mode", "plan", "hi"]
-        );
-        assert_eq!(
-            gemini_args(&default_config(), "hi", true, &g, Format::Json),
-            ["--output-format", "json", "--approval-mode", "yolo", "hi"]
-        );
-    }
 
     #[test]
     fn extract_json_rules() {

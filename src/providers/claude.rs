@@ -5,8 +5,15 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::argv::{self, Argv, InputError};
 use super::plan::{extract_object, OutputFormat, ParseError, Parsed, Plan, RunRequest};
+use super::subplan::{Format, SubPlan, SubagentRequest};
 use super::Flags;
+
+/// The system prompt file in the work directory, when the CLI takes one.
+pub const SYSTEM_FILE: &str = "system-prompt.md";
+/// The appended system prompt file of a subagent run, when the CLI takes one.
+pub const APPEND_FILE: &str = "append-system-prompt.md";
 
 /// (key, substrings any of which in the help text means supported, value when help fails).
 pub const FLAGS: &[(&str, &[&str], bool)] = &[
@@ -54,6 +61,20 @@ pub const FLAGS: &[(&str, &[&str], bool)] = &[
     ("strictMcpConfigFlag", &["--strict-mcp-config"], false),
     ("mcpConfigFlag", &["--mcp-config"], false),
     ("pluginDirFlag", &["--plugin-dir"], false),
+    // Written `--system-prompt[-file]` in Claude Code 2.x's help.
+    (
+        "systemPromptFileFlag",
+        &["--system-prompt-file", "--system-prompt[-file]"],
+        false,
+    ),
+    (
+        "appendSystemPromptFileFlag",
+        &[
+            "--append-system-prompt-file",
+            "--append-system-prompt[-file]",
+        ],
+        false,
+    ),
     (
         "dangerouslySkipPermissionsFlag",
         &["--dangerously-skip-permissions"],
@@ -75,58 +96,208 @@ pub fn supports(f: &Flags) -> (bool, bool, bool) {
     )
 }
 
-/// The argv for one model call (§5.6). The prompt is the last argument.
-pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String> {
-    let mut a: Vec<String> = vec!["--print".into()];
+/// The argv for one model call (§5.6). The prompt goes to standard input (`--print` reads it
+/// there when no prompt argument is given); every value is `--flag=value` (see [`argv`]).
+pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputError> {
+    let mut a = Argv::new(&["--print"]);
     if let Some(m) = req.model_arg() {
-        a.extend(["--model".into(), m.into()]);
+        a.model("--model", "model", m)?;
     }
     let json = req.format == OutputFormat::Json;
-    a.extend([
-        "--output-format".into(),
-        if json { "json" } else { "text" }.into(),
-    ]);
+    a.fixed("--output-format", if json { "json" } else { "text" });
     let mut schema_chars = 0;
     if json {
         let s = req.schema_text("Claude")?;
         schema_chars = s.chars().count();
-        a.extend(["--json-schema".into(), s]);
+        a.text("--json-schema", "json_schema", &s)?;
     }
     if f.get("toolsFlag") {
-        a.extend(["--tools".into(), String::new()]);
+        a.fixed("--tools", "");
     } else if f.get("allowedToolsFlag") {
-        a.extend(["--allowedTools".into(), String::new()]);
+        a.fixed("--allowedTools", "");
     }
     if f.get("inputFormatFlag") {
-        a.extend(["--input-format".into(), "text".into()]);
+        a.fixed("--input-format", "text");
     }
     if f.get("noSessionPersistenceFlag") {
-        a.push("--no-session-persistence".into());
+        a.flag("--no-session-persistence");
     }
     if f.get("permissionModeFlag") {
-        a.extend(["--permission-mode".into(), "dontAsk".into()]);
+        a.fixed("--permission-mode", "dontAsk");
     }
     if f.get("settingSourcesFlag") {
-        a.extend(["--setting-sources".into(), "local".into()]);
+        a.fixed("--setting-sources", "local");
     }
     if f.get("disableSlashCommandsFlag") {
-        a.push("--disable-slash-commands".into());
+        a.flag("--disable-slash-commands");
     }
+    let mut files = Vec::new();
     if let Some(sp) = req
         .append_system_prompt
         .as_deref()
         .filter(|s| !s.is_empty())
     {
-        if f.get("systemPromptFlag") {
-            a.extend(["--system-prompt".into(), sp.into()]);
+        argv::text("append_system_prompt", sp)?;
+        if f.get("systemPromptFileFlag") {
+            a.fixed("--system-prompt-file", SYSTEM_FILE);
+            files.push((SYSTEM_FILE.to_string(), sp.as_bytes().to_vec()));
+        } else if f.get("systemPromptFlag") {
+            a.text("--system-prompt", "append_system_prompt", sp)?;
+        } else if f.get("appendSystemPromptFileFlag") {
+            a.fixed("--append-system-prompt-file", SYSTEM_FILE);
+            files.push((SYSTEM_FILE.to_string(), sp.as_bytes().to_vec()));
         } else if f.get("appendSystemPromptFlag") {
-            a.extend(["--append-system-prompt".into(), sp.into()]);
+            a.text("--append-system-prompt", "append_system_prompt", sp)?;
         }
     }
-    a.push(req.prompt.clone());
     Ok(Plan {
         json_schema_chars: schema_chars,
-        ..Plan::stdout(req, command, a)
+        files,
+        stdin: argv::stdin_prompt("prompt", &req.prompt)?,
+        ..Plan::stdout(req, command, a.into_vec())
+    })
+}
+
+/// The argv of a subagent run (subagents-shell.md §3.3), every value `--flag=value`, the
+/// prompt on standard input (it was `-p <prompt>`, last). Restricted-mode limits are checked
+/// before (`restrict::check_request`) and after (`restrict::check_argv`) by the caller.
+pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<SubPlan, String> {
+    let full = r.full;
+    let format = r.format();
+    let mut a = Argv::new(&["--print"]);
+    let mut prompt = r.prompt.clone();
+    let mut files = Vec::new();
+    if f.get("outputFormatFlag") {
+        let cli = match format {
+            Format::StreamJson if f.get("streamJsonFlag") => "stream-json",
+            Format::Text => "text",
+            _ => "json",
+        };
+        a.fixed("--output-format", cli);
+        // The reference omits --verbose (subagents-shell.md §11.10), but `claude --print`
+        // refuses stream-json without it; same wire, working CLI.
+        if cli == "stream-json" && f.get("verboseFlag") {
+            a.flag("--verbose");
+        }
+    }
+    if let (Some(m), true) = (&r.model, f.get("modelFlag")) {
+        a.model("--model", "config.model", m)?;
+    }
+    let mut tools: Vec<String> = r
+        .allowed_tools
+        .iter()
+        .map(|t| {
+            if matches!(
+                t.to_ascii_lowercase().as_str(),
+                "web__search" | "web_search" | "websearch"
+            ) {
+                "WebSearch".into()
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    if full && tools.len() == 1 && tools[0].eq_ignore_ascii_case("websearch") {
+        tools.clear();
+    } else if !full && tools.is_empty() {
+        tools.push("WebSearch".into());
+    }
+    if !tools.is_empty() {
+        if f.get("allowedToolsFlag") {
+            a.names("--allowedTools", "config.allowed_tools", &tools)?;
+        } else if f.get("toolsFlag") {
+            a.names("--tools", "config.allowed_tools", &tools)?;
+        }
+    }
+    if !r.disallowed_tools.is_empty() && f.get("disallowedToolsFlag") {
+        a.names(
+            "--disallowedTools",
+            "config.disallowed_tools",
+            &r.disallowed_tools,
+        )?;
+    }
+    if let Some(ap) = &r.append_system_prompt {
+        if f.get("appendSystemPromptFileFlag") {
+            a.fixed("--append-system-prompt-file", APPEND_FILE);
+            files.push((APPEND_FILE.to_string(), ap.as_bytes().to_vec()));
+        } else if f.get("appendSystemPromptFlag") {
+            a.text("--append-system-prompt", "config.append_system_prompt", ap)?;
+        } else {
+            prompt = format!("{prompt}\n\n{ap}");
+        }
+    }
+    if let Some(sp) = &r.system_prompt {
+        if f.get("systemPromptFileFlag") {
+            a.fixed("--system-prompt-file", SYSTEM_FILE);
+            files.push((SYSTEM_FILE.to_string(), sp.as_bytes().to_vec()));
+        } else if f.get("systemPromptFlag") {
+            a.text("--system-prompt", "config.system_prompt", sp)?;
+        }
+    }
+    if let Some(sc) = &r.json_schema {
+        if f.get("jsonSchemaFlag") {
+            a.text("--json-schema", "config.json_schema", sc)?;
+        } else {
+            prompt = format!("{prompt}\n\nReturn STRICT JSON matching this schema:\n{sc}");
+        }
+    }
+    let mut mode = r.permission_mode.clone();
+    if full
+        && mode
+            .as_deref()
+            .map_or(true, |m| m.eq_ignore_ascii_case("dontAsk"))
+    {
+        mode = Some("bypassPermissions".into());
+    }
+    if let (Some(m), true) = (mode, f.get("permissionModeFlag")) {
+        a.choice(
+            "--permission-mode",
+            "config.permission_mode",
+            &m,
+            super::subplan::PERMISSION_MODES,
+        )?;
+    }
+    if full && f.get("dangerouslySkipPermissionsFlag") {
+        a.flag("--dangerously-skip-permissions");
+    }
+    if let (Some(b), true) = (r.max_budget_usd, f.get("maxBudgetFlag")) {
+        a.text("--max-budget-usd", "config.max_budget_usd", &b.to_string())?;
+    }
+    if let (Some(i), true) = (&r.input_format, f.get("inputFormatFlag")) {
+        a.choice("--input-format", "config.input_format", i, &["text"])?;
+    }
+    if !r.betas.is_empty() && f.get("betasFlag") {
+        a.names("--betas", "config.betas", &r.betas)?;
+    }
+    if r.no_session_persistence && f.get("noSessionPersistenceFlag") {
+        a.flag("--no-session-persistence");
+    }
+    if let (Some(sid), true) = (&r.session_id, f.get("sessionIdFlag")) {
+        a.uuid("--session-id", "config.session_id", sid)?;
+    }
+    if let Some(id) = &r.resume {
+        if !f.get("resumeFlag") {
+            return Err("Claude CLI does not support session continuation (--resume)".into());
+        }
+        a.uuid("--resume", "config.resume_session_id", id)?;
+    }
+    if !full {
+        if f.get("settingSourcesFlag") {
+            a.fixed("--setting-sources", "local");
+        }
+        if f.get("disableSlashCommandsFlag") {
+            a.flag("--disable-slash-commands");
+        }
+    }
+    Ok(SubPlan {
+        command: command.to_path_buf(),
+        args: a.into_vec(),
+        stdin: argv::stdin_prompt("input.prompt", &prompt)?,
+        files,
+        env: Vec::new(),
+        path_prepend: Vec::new(),
+        format,
+        timeout: r.timeout,
     })
 }
 
@@ -252,7 +423,7 @@ mod tests {
     #[test]
     fn help_failed_defaults_and_supports() {
         let f = Flags::detect(super::super::ProviderId::Claude, None);
-        assert_eq!(f.0.len(), 26);
+        assert_eq!(f.0.len(), 28);
         let on: Vec<&str> = f.0.iter().filter(|(_, v)| *v).map(|(k, _)| *k).collect();
         assert_eq!(
             on,
@@ -286,11 +457,8 @@ mod tests {
             a,
             [
                 "--print",
-                "--output-format",
-                "text",
-                "--append-system-prompt",
-                "Be terse.",
-                "p"
+                "--output-format=text",
+                "--append-system-prompt=Be terse.",
             ]
         );
         // With both flags in the help, the system prompt replaces Claude's (§5.6 step 11).
@@ -303,11 +471,8 @@ mod tests {
             a,
             [
                 "--print",
-                "--output-format",
-                "text",
-                "--system-prompt",
-                "Be terse.",
-                "p"
+                "--output-format=text",
+                "--system-prompt=Be terse.",
             ]
         );
     }

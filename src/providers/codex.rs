@@ -8,7 +8,9 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::argv::{self, Argv, InputError};
 use super::plan::{extract_object, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::subplan::{Format, SubPlan, SubagentRequest};
 use super::Flags;
 use crate::exec::CAPTURE_LIMIT;
 
@@ -108,23 +110,27 @@ pub fn prepare(req: &mut RunRequest) {
     }
 }
 
-pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String> {
-    let mut a: Vec<String> = ["exec", "--sandbox", "read-only", "--skip-git-repo-check"]
-        .map(String::from)
-        .to_vec();
+/// The argv for one model call (§5.7). The prompt goes to standard input (`exec -`); every
+/// value is `--flag=value` (see [`argv`]).
+pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputError> {
+    let mut a = Argv::new(&["exec"]);
+    a.fixed("--sandbox", "read-only");
+    a.flag("--skip-git-repo-check");
     if let Some(m) = req.model_arg() {
-        a.extend(["--model".into(), m.into()]);
+        a.model("--model", "model", m)?;
     }
     if f.get("configFlag") {
         if let Some(e) = &req.reasoning_effort {
-            a.extend(["-c".into(), format!("model_reasoning_effort=\"{e}\"")]);
+            a.choice_as(
+                "--config",
+                "reasoning_effort",
+                e,
+                super::subplan::REASONING_EFFORTS,
+                effort_setting,
+            )?;
         }
-        a.extend([
-            "-c".into(),
-            "features.shell_tool=false".into(),
-            "-c".into(),
-            "features.web_search_request=false".into(),
-        ]);
+        a.fixed("--config", "features.shell_tool=false");
+        a.fixed("--config", "features.web_search_request=false");
     }
     let mut prompt = req.prompt.clone();
     let mut files = Vec::new();
@@ -135,24 +141,22 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
         let schema = req
             .schema
             .as_ref()
-            .ok_or("Codex JSON model run requires a schema")?;
+            .ok_or_else(|| InputError("Codex JSON model run requires a schema".into()))?;
         let strict = strict_schema(schema);
-        let strict_text = serde_json::to_string(&strict).map_err(|e| e.to_string())?;
+        let strict_text = serde_json::to_string(&strict)
+            .map_err(|e| InputError(format!("Invalid json_schema: {e}")))?;
+        argv::text("json_schema", &strict_text)?;
         schema_chars = serde_json::to_string(schema)
             .map(|s| s.chars().count())
             .unwrap_or(0);
         if f.get("outputSchemaFlag") && f.get("outputLastMessageFlag") {
-            a.extend([
-                "--output-schema".into(),
-                SCHEMA_FILE.into(),
-                "-o".into(),
-                OUTPUT_FILE.into(),
-            ]);
+            a.fixed("--output-schema", SCHEMA_FILE);
+            a.fixed("--output-last-message", OUTPUT_FILE);
             files.push((SCHEMA_FILE.to_string(), strict_text.into_bytes()));
             mode = OutputMode::FileJson;
             output_path = Some(OUTPUT_FILE.to_string());
         } else if f.get("jsonFlag") {
-            a.push("--json".into());
+            a.flag("--json");
             mode = OutputMode::StreamJson;
         } else {
             prompt = format!("{prompt}\n\nReturn STRICT JSON matching this schema:\n{strict_text}");
@@ -163,15 +167,96 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, String>
         .as_deref()
         .filter(|s| !s.is_empty())
     {
+        argv::text("append_system_prompt", sp)?;
         prompt = format!("{prompt}\n\n{sp}");
     }
-    a.push(prompt);
+    // `-`: read the prompt from standard input.
+    a.flag("-");
     Ok(Plan {
         files,
         output_mode: mode,
         output_path,
         json_schema_chars: schema_chars,
-        ..Plan::stdout(req, command, a)
+        stdin: argv::stdin_prompt("prompt", &prompt)?,
+        ..Plan::stdout(req, command, a.into_vec())
+    })
+}
+
+/// `model_reasoning_effort="<e>"`, the TOML setting codex's `--config` takes.
+pub fn effort_setting(e: &str) -> String {
+    format!("model_reasoning_effort=\"{e}\"")
+}
+
+fn flag_not_false(f: &Flags, k: &str) -> bool {
+    // "a missing flag counts as supported": only an explicit false entry disables it.
+    !f.0.iter().any(|(key, v)| *key == k && !*v)
+}
+
+/// The argv of a subagent run (subagents-shell.md §3.4), every value `--flag=value`, the
+/// prompt (plus the append prompt) on standard input through `exec -`.
+pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<SubPlan, String> {
+    let full = r.full;
+    let format = r.format();
+    let mut a = Argv::new(&["exec", "--skip-git-repo-check"]);
+    if !full {
+        if flag_not_false(f, "sandboxFlag") {
+            a.fixed("--sandbox", "read-only");
+        }
+    } else if f.get("dangerouslyBypassApprovalsAndSandboxFlag") {
+        a.flag("--dangerously-bypass-approvals-and-sandbox");
+    } else if flag_not_false(f, "sandboxFlag") {
+        a.fixed("--sandbox", "danger-full-access");
+    }
+    if let Some(m) = &r.model {
+        a.model("--model", "config.model", m)?;
+    }
+    if flag_not_false(f, "configFlag") {
+        let effort = r.reasoning_effort.as_deref().unwrap_or("high");
+        a.choice_as(
+            "--config",
+            "config.reasoning_effort",
+            effort,
+            super::subplan::REASONING_EFFORTS,
+            effort_setting,
+        )?;
+        if full {
+            a.fixed("--config", "features.shell_tool=true");
+            a.fixed("--config", "features.web_search_request=true");
+        } else {
+            let web = r.allowed_tools.iter().any(|t| {
+                t.chars()
+                    .filter(char::is_ascii_alphabetic)
+                    .collect::<String>()
+                    .eq_ignore_ascii_case("websearch")
+            });
+            a.fixed("--config", "features.shell_tool=false");
+            a.fixed(
+                "--config",
+                if web {
+                    "features.web_search_request=true"
+                } else {
+                    "features.web_search_request=false"
+                },
+            );
+        }
+    }
+    if format != Format::Text {
+        a.flag("--json");
+    }
+    let mut p = r.prompt.clone();
+    if let Some(ap) = &r.append_system_prompt {
+        p = format!("{p}\n\n{ap}");
+    }
+    a.flag("-");
+    Ok(SubPlan {
+        command: command.to_path_buf(),
+        args: a.into_vec(),
+        stdin: argv::stdin_prompt("input.prompt", &p)?,
+        files: Vec::new(),
+        env: Vec::new(),
+        path_prepend: Vec::new(),
+        format,
+        timeout: r.timeout,
     })
 }
 

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::argv::{self, Argv, InputError};
 use super::plan::{strip_fence, OutputFormat, ParseError, Parsed, Plan, RunRequest};
+use super::subplan::{Format, SubPlan, SubagentRequest};
 use super::Flags;
 
 pub const FLAGS: &[(&str, &[&str], bool)] = &[
@@ -74,16 +76,15 @@ pub fn parse_extensions_json(stdout: &str, stderr: &str) -> Option<Vec<String>> 
     })
 }
 
-pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String> {
+/// The argv for one model call (§5.8). The prompt goes to standard input (gemini reads it
+/// there when no prompt argument is given); every value is `--flag=value` (see [`argv`]).
+pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, InputError> {
     let json = req.format == OutputFormat::Json;
-    let mut a: Vec<String> = vec![
-        "--output-format".into(),
-        if json { "json" } else { "text" }.into(),
-    ];
+    let mut a = Argv::default();
+    a.fixed("--output-format", if json { "json" } else { "text" });
     if let Some(m) = req.model_arg() {
-        a.extend(["--model".into(), m.into()]);
+        a.model("--model", "model", m)?;
     }
-    a.push(req.prompt.clone());
     let mut schema_chars = 0;
     let system = if json {
         let s = req.schema_text("Gemini")?;
@@ -99,6 +100,7 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String
     } else {
         req.append_system_prompt.clone().unwrap_or_default()
     };
+    argv::text("append_system_prompt", &system)?;
     Ok(Plan {
         files: vec![(SYSTEM_FILE.to_string(), system.into_bytes())],
         env: vec![
@@ -110,7 +112,8 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String
         ],
         path_prepend: path_prepend(command),
         json_schema_chars: schema_chars,
-        ..Plan::stdout(req, command, a)
+        stdin: argv::stdin_prompt("prompt", &req.prompt)?,
+        ..Plan::stdout(req, command, a.into_vec())
     })
 }
 
@@ -120,6 +123,66 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, String
 /// variable Gemini's own message names (works on every version; `--skip-trust` is newer).
 pub fn trust_env() -> (String, String) {
     ("GEMINI_CLI_TRUST_WORKSPACE".to_string(), "true".to_string())
+}
+
+/// The argv of a subagent run (subagents-shell.md §3.5), every value `--flag=value`, the
+/// prompt on standard input, the system prompts in `system.md` (`GEMINI_SYSTEM_MD`).
+pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<SubPlan, String> {
+    let full = r.full;
+    let format = r.format();
+    let mut a = Argv::default();
+    a.fixed(
+        "--output-format",
+        if format == Format::Text {
+            "text"
+        } else {
+            "json"
+        },
+    );
+    if f.get("approvalModeFlag") {
+        a.fixed("--approval-mode", if full { "yolo" } else { "plan" });
+    } else if full && f.get("yoloFlag") {
+        a.flag("--yolo");
+    }
+    // No `--sandbox` when restricted: it needs docker or podman and an image pull (exit 44
+    // without a container runtime). `--approval-mode plan` is Gemini's read-only mode; the
+    // trusted work directory (GEMINI_CLI_TRUST_WORKSPACE) keeps Gemini from turning it back
+    // into `default`.
+    if let Some(m) = &r.model {
+        a.model("--model", "config.model", m)?;
+    }
+    if !r.extensions.is_empty() {
+        a.names("--extensions", "config.extensions", &r.extensions)?;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(sp) = &r.system_prompt {
+        parts.push(sp.clone());
+    }
+    if let Some(ap) = &r.append_system_prompt {
+        parts.push(ap.clone());
+    }
+    if format != Format::Text {
+        parts.push("Return STRICT JSON only. Do not wrap in code fences.".into());
+    }
+    let content = parts.join("\n");
+    let mut plan = SubPlan {
+        command: command.to_path_buf(),
+        args: a.into_vec(),
+        stdin: argv::stdin_prompt("input.prompt", &r.prompt)?,
+        files: Vec::new(),
+        env: vec![trust_env()],
+        path_prepend: path_prepend(command),
+        format,
+        timeout: r.timeout,
+    };
+    if !content.is_empty() {
+        plan.files.push((SYSTEM_FILE.into(), content.into_bytes()));
+        plan.env.push((
+            "GEMINI_SYSTEM_MD".into(),
+            format!("{{WORKDIR}}/{SYSTEM_FILE}"),
+        ));
+    }
+    Ok(plan)
 }
 
 /// Gemini is a node script: its own directory goes first on PATH (model runs and probes), so

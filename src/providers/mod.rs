@@ -6,6 +6,7 @@
 //! are cached; [`Registry::refresh`] re-probes on demand (doctor, or a slow periodic refresh)
 //! instead of spawning seven processes on every heartbeat as the reference does.
 
+pub mod argv;
 pub mod claude;
 pub mod codex;
 pub mod diagnose;
@@ -14,7 +15,9 @@ pub mod gemini;
 pub mod health;
 pub mod plan;
 pub mod redact;
+pub mod restrict;
 pub mod run;
+pub mod subplan;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -79,7 +82,7 @@ impl ProviderId {
             ProviderId::Gemini => "gemini",
         }
     }
-    fn flag_table(self) -> &'static [(&'static str, &'static [&'static str], bool)] {
+    pub(crate) fn flag_table(self) -> &'static [(&'static str, &'static [&'static str], bool)] {
         match self {
             ProviderId::Claude => claude::FLAGS,
             ProviderId::Codex => codex::FLAGS,
@@ -843,7 +846,7 @@ pub fn validate(
     let ms = |s: std::time::Instant| s.elapsed().as_millis() as u64;
     let plan = match build_plan(id, &req, command, flags) {
         Ok(p) => p,
-        Err(e) => return (false, Some(e), ms(started)),
+        Err(e) => return (false, Some(e.0), ms(started)),
     };
     let root = work_root.join("validation");
     if let Err(e) = crate::exec::ensure_private_dir(work_root)
@@ -924,7 +927,7 @@ pub fn build_plan(
     req: &RunRequest,
     command: &Path,
     flags: &Flags,
-) -> Result<plan::Plan, String> {
+) -> Result<plan::Plan, argv::InputError> {
     match id {
         ProviderId::Claude => claude::plan(req, command, flags),
         ProviderId::Codex => codex::plan(req, command, flags),
@@ -932,5 +935,9 @@ pub fn build_plan(
     }
 }
 
+pub use subplan::subagent_plan;
+
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -56,12 +56,14 @@ impl RunRequest {
     }
 
     /// The JSON schema as compact JSON (what the CLIs are given); a JSON run needs one.
-    pub fn schema_text(&self, cli: &str) -> Result<String, String> {
-        let schema = self
-            .schema
-            .as_ref()
-            .ok_or_else(|| format!("{cli} JSON model run requires a schema"))?;
-        serde_json::to_string(schema).map_err(|e| e.to_string())
+    pub fn schema_text(&self, cli: &str) -> Result<String, super::argv::InputError> {
+        let schema = self.schema.as_ref().ok_or_else(|| {
+            super::argv::InputError(format!("{cli} JSON model run requires a schema"))
+        })?;
+        let s = serde_json::to_string(schema)
+            .map_err(|e| super::argv::InputError(format!("Invalid json_schema: {e}")))?;
+        super::argv::text("json_schema", &s)?;
+        Ok(s)
     }
 }
 
@@ -70,6 +72,8 @@ impl RunRequest {
 pub struct Plan {
     pub command: PathBuf,
     pub args: Vec<String>,
+    /// The prompt, written to the CLI's standard input (never an argument: see `argv`).
+    pub stdin: Vec<u8>,
     /// Files written into the work directory (relative name, contents), mode 0600.
     pub files: Vec<(String, Vec<u8>)>,
     /// Extra environment; `{WORKDIR}` in a value becomes the work directory.
@@ -92,6 +96,7 @@ impl Plan {
         Plan {
             command: command.to_path_buf(),
             args,
+            stdin: Vec::new(),
             files: Vec::new(),
             env: Vec::new(),
             path_prepend: Vec::new(),

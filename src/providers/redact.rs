@@ -132,6 +132,11 @@ pub fn args(list: &[String], redact_last: bool) -> Vec<String> {
     let mut redact_next = false;
     let n = list.len();
     for (i, a) in list.iter().enumerate().take(ARG_COUNT) {
+        // A bare flag followed by another option had no value to hide (the gateway writes
+        // values as `--flag=value`).
+        if redact_next && a.starts_with("--") {
+            redact_next = false;
+        }
         if redact_next || (redact_last && i + 1 == n) {
             redact_next = false;
             out.push(R.to_string());
@@ -163,10 +168,10 @@ pub fn args(list: &[String], redact_last: bool) -> Vec<String> {
     out
 }
 
-/// `<command> <args…>`, sanitised.
+/// `<command> <args…>`, sanitised. (The prompt is on standard input, never in `list`.)
 pub fn command_line(command: &str, list: &[String]) -> String {
     let mut line = text(command, COMMAND_LIMIT);
-    for a in args(list, true) {
+    for a in args(list, false) {
         line.push(' ');
         line.push_str(&a);
     }
@@ -258,29 +263,20 @@ mod tests {
     fn args_match_the_reference_command_line() {
         let a = v(&[
             "--print",
-            "--model",
-            "claude-sonnet-4-5",
-            "--output-format",
-            "json",
-            "--json-schema",
-            "{\"type\":\"object\"}",
-            "--tools",
-            "",
-            "--input-format",
-            "text",
+            "--model=claude-sonnet-4-5",
+            "--output-format=json",
+            "--json-schema={\"type\":\"object\"}",
+            "--tools=",
+            "--input-format=text",
             "--no-session-persistence",
-            "--permission-mode",
-            "dontAsk",
-            "--setting-sources",
-            "local",
+            "--permission-mode=dontAsk",
+            "--setting-sources=local",
             "--disable-slash-commands",
-            "--system-prompt",
-            "Be terse.",
-            "Classify this ticket ...",
+            "--system-prompt=Be terse.",
         ]);
         assert_eq!(
             command_line("claude", &a),
-            "claude --print --model claude-sonnet-4-5 --output-format json --json-schema [REDACTED] --tools  --input-format text --no-session-persistence [REDACTED] dontAsk --setting-sources local --disable-slash-commands --system-prompt [REDACTED] [REDACTED]"
+            "claude --print --model=claude-sonnet-4-5 --output-format=json --json-schema=[REDACTED] --tools= --input-format=text --no-session-persistence --permission-mode=dontAsk --setting-sources=local --disable-slash-commands --system-prompt=[REDACTED]"
         );
         let b = args(
             &v(&[

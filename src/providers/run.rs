@@ -123,6 +123,7 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
     }
     let mut spec = exec::Spec::new(&plan.command);
     spec.args = plan.args.iter().map(OsString::from).collect();
+    spec.stdin = Some(plan.stdin.clone());
     spec.cwd = Some(work_dir.to_path_buf());
     spec.env = env;
     spec.timeout = Some(plan.timeout);

@@ -155,7 +155,7 @@ fn capabilities_of_modern_clis() {
     let c = &caps["claude_code"];
     assert_eq!(c["available"], true);
     assert_eq!(c["version"], "2.0.14 (Claude Code)");
-    assert_eq!(c["supported_flags"].as_object().unwrap().len(), 26);
+    assert_eq!(c["supported_flags"].as_object().unwrap().len(), 28);
     assert!(c["supported_flags"]
         .as_object()
         .unwrap()
@@ -288,44 +288,35 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
         argv(claude),
         strs(&[
             "--print",
-            "--output-format",
-            "json",
-            "--json-schema",
-            r#"{"additionalProperties":false,"properties":{"message":{"type":"string"}},"required":["message"],"type":"object"}"#,
-            "--tools",
-            "",
-            "--input-format",
-            "text",
+            "--output-format=json",
+            r#"--json-schema={"additionalProperties":false,"properties":{"message":{"type":"string"}},"required":["message"],"type":"object"}"#,
+            "--tools=",
+            "--input-format=text",
             "--no-session-persistence",
-            "--permission-mode",
-            "dontAsk",
-            "--setting-sources",
-            "local",
+            "--permission-mode=dontAsk",
+            "--setting-sources=local",
             "--disable-slash-commands",
-            "Say hi."
         ])
     );
+    assert_eq!(claude["stdin"], "Say hi.");
     let codex = runs.iter().find(|r| r["name"] == "codex").unwrap();
     assert_eq!(
         argv(codex),
         strs(&[
             "exec",
-            "--sandbox",
-            "read-only",
+            "--sandbox=read-only",
             "--skip-git-repo-check",
-            "-c",
-            "features.shell_tool=false",
-            "-c",
-            "features.web_search_request=false",
-            "--output-schema",
-            "schema.json",
-            "-o",
-            "output.json",
-            "Say hi."
+            "--config=features.shell_tool=false",
+            "--config=features.web_search_request=false",
+            "--output-schema=schema.json",
+            "--output-last-message=output.json",
+            "-"
         ])
     );
+    assert_eq!(codex["stdin"], "Say hi.");
     let gemini = runs.iter().find(|r| r["name"] == "gemini").unwrap();
-    assert_eq!(argv(gemini), strs(&["--output-format", "json", "Say hi."]));
+    assert_eq!(argv(gemini), strs(&["--output-format=json"]));
+    assert_eq!(gemini["stdin"], "Say hi.");
     assert!(gemini["system_md"]
         .as_str()
         .unwrap()
@@ -382,9 +373,10 @@ fn claude_json_run_argv_and_result() {
     assert_eq!(r["model"], Value::Null);
     assert_eq!(r["exit_code"], 0);
     assert_eq!(r["stdout_truncated"], false);
-    assert!(r["command"].as_str().unwrap().ends_with(
-        "--json-schema [REDACTED] --tools  --input-format text --no-session-persistence [REDACTED] dontAsk --setting-sources local --disable-slash-commands --system-prompt [REDACTED] [REDACTED]"
-    ));
+    let cmd = r["command"].as_str().unwrap();
+    assert!(cmd.ends_with(
+        "--json-schema=[REDACTED] --tools= --input-format=text --no-session-persistence --permission-mode=dontAsk --setting-sources=local --disable-slash-commands --system-prompt-file=[REDACTED]"
+    ), "{cmd}");
     let run = &s.runs()[0];
     let schema_text =
         serde_json::to_string(&serde_json::from_str::<Value>(SCHEMA).unwrap()).unwrap();
@@ -392,27 +384,22 @@ fn claude_json_run_argv_and_result() {
         argv(run),
         strs(&[
             "--print",
-            "--model",
-            "claude-sonnet-4-5",
-            "--output-format",
-            "json",
-            "--json-schema",
-            &schema_text,
-            "--tools",
-            "",
-            "--input-format",
-            "text",
+            "--model=claude-sonnet-4-5",
+            "--output-format=json",
+            &format!("--json-schema={schema_text}"),
+            "--tools=",
+            "--input-format=text",
             "--no-session-persistence",
-            "--permission-mode",
-            "dontAsk",
-            "--setting-sources",
-            "local",
+            "--permission-mode=dontAsk",
+            "--setting-sources=local",
             "--disable-slash-commands",
-            "--system-prompt",
-            "Be terse.",
-            "Classify this ticket ..."
+            "--system-prompt-file=system-prompt.md",
         ])
     );
+    // The prompt reaches the CLI on standard input and the system prompt in an owner-only
+    // file, never on its command line (where every local user could read them).
+    assert_eq!(run["stdin"], "Classify this ticket ...");
+    assert_eq!(run["files"]["system-prompt.md"], "Be terse.");
     // Ran in its own work dir with a private TMPDIR inside it; both gone now.
     let cwd = run["cwd"].as_str().unwrap();
     assert!(cwd.ends_with("/work/model-runs/job-c1"), "{cwd}");
@@ -476,15 +463,9 @@ fn claude_text_run_on_an_old_cli() {
     assert_eq!(r["usage"], Value::Null);
     assert_eq!(
         argv(&s.runs()[0]),
-        strs(&[
-            "--print",
-            "--output-format",
-            "text",
-            "--allowedTools",
-            "",
-            "Write a haiku"
-        ])
+        strs(&["--print", "--output-format=text", "--allowedTools="])
     );
+    assert_eq!(s.runs()[0]["stdin"], "Write a haiku");
 }
 
 #[test]
@@ -509,24 +490,18 @@ fn codex_file_mode_argv_schema_file_and_result() {
         argv(run),
         strs(&[
             "exec",
-            "--sandbox",
-            "read-only",
+            "--sandbox=read-only",
             "--skip-git-repo-check",
-            "--model",
-            "gpt-5-codex",
-            "-c",
-            "model_reasoning_effort=\"high\"",
-            "-c",
-            "features.shell_tool=false",
-            "-c",
-            "features.web_search_request=false",
-            "--output-schema",
-            "schema.json",
-            "-o",
-            "output.json",
-            "Classify this ticket ...\n\nBe terse."
+            "--model=gpt-5-codex",
+            "--config=model_reasoning_effort=\"high\"",
+            "--config=features.shell_tool=false",
+            "--config=features.web_search_request=false",
+            "--output-schema=schema.json",
+            "--output-last-message=output.json",
+            "-"
         ])
     );
+    assert_eq!(run["stdin"], "Classify this ticket ...\n\nBe terse.");
     let written: Value =
         serde_json::from_str(run["files"]["schema.json"].as_str().unwrap()).unwrap();
     assert_eq!(written["additionalProperties"], false);
@@ -565,15 +540,14 @@ fn codex_jsonl_mode_when_schema_files_are_unsupported() {
         argv(&s.runs()[0]),
         strs(&[
             "exec",
-            "--sandbox",
-            "read-only",
+            "--sandbox=read-only",
             "--skip-git-repo-check",
-            "--model",
-            "openai/gpt-5",
+            "--model=openai/gpt-5",
             "--json",
-            "p"
+            "-"
         ])
     );
+    assert_eq!(s.runs()[0]["stdin"], "p");
 }
 
 #[test]
@@ -604,13 +578,19 @@ fn codex_prompt_embedded_schema_and_tool_schema_mapping() {
     );
     assert_eq!(r["raw"]["args_json"], "{\"q\":\"rust\"}");
     let a = argv(&s.runs()[0]);
-    let prompt = a.last().unwrap();
+    let prompt = s.runs()[0]["stdin"].as_str().unwrap().to_string();
     assert!(prompt.starts_with("Pick a tool\n\nSet args_json to a JSON-encoded string containing the arguments object.\n\nReturn STRICT JSON matching this schema:\n{"), "{prompt}");
     assert!(prompt.contains("\"args_json\":{\"type\":\"string\"}"));
     assert!(prompt.ends_with("\n\nSys"));
     assert_eq!(
-        a[..4],
-        strs(&["exec", "--sandbox", "read-only", "--skip-git-repo-check"])[..]
+        a,
+        strs(&[
+            "exec",
+            "--sandbox=read-only",
+            "--skip-git-repo-check",
+            "--model=gpt-5",
+            "-"
+        ])
     );
 }
 
@@ -642,8 +622,9 @@ fn gemini_json_run_system_md_path_and_model() {
     let run = &s.runs()[0];
     assert_eq!(
         argv(run),
-        strs(&["--output-format", "json", "--model", "gemini-2.5-pro", "Go"])
+        strs(&["--output-format=json", "--model=gemini-2.5-pro"])
     );
+    assert_eq!(run["stdin"], "Go");
     assert_eq!(
         run["system_md"],
         "Be terse.\nReturn STRICT JSON only. Do not wrap in code fences.\nSchema:\n{\"type\":\"object\"}"
@@ -1048,14 +1029,25 @@ fn diagnostic_failures_keep_the_keys_and_add_error() {
 }
 
 #[test]
-fn prompt_over_the_argument_limit_is_named_and_health_untouched() {
+fn big_prompts_go_on_stdin_and_an_oversized_argument_is_named_with_health_untouched() {
     let s = Scratch::new("e2big");
     let reg = s.registry(&[], &[], &[]);
+    // A prompt over Linux's 128 KiB argument limit runs: it is written to standard input.
     let prompt = "x".repeat(200 * 1024);
     let o = run_job(
         &reg,
         "big",
         json!({"prompt": prompt, "model": "claude-x", "output_format": "text"}),
+    );
+    assert_eq!(o.status, FinalStatus::Completed, "{o:?}");
+    assert_eq!(s.runs()[0]["stdin"].as_str().unwrap().len(), 200 * 1024);
+    // A JSON schema is still an argument: over the limit, the job fails and says so.
+    let reg = s.registry(&[], &[], &[]);
+    let o = run_job(
+        &reg,
+        "big2",
+        json!({"prompt": "p", "model": "claude-x",
+               "json_schema": {"type": "object", "description": "y".repeat(200 * 1024)}}),
     );
     let (k, m) = failure(&o);
     assert_eq!(k, "prompt_too_large");

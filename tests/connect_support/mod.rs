@@ -580,8 +580,9 @@ pub fn fake_cli_dirs(gw: &mut Gateway) -> (PathBuf, PathBuf, PathBuf) {
     (root, bin, rec)
 }
 
-/// A wrapper `dir/<name>` that applies the prompt's (last argument's) `@set:FAKE_CLI_*=value@`
-/// tokens, with `help`: fixes how `--help` answers (`full`, `old`, `fail`), and execs the fake.
+/// A wrapper `dir/<name>` that applies the prompt's `@set:FAKE_CLI_*=value@` tokens (the
+/// prompt is on standard input; the last argument is read too), with `help`: fixes how
+/// `--help` answers (`full`, `old`, `fail`), and execs the fake with the same standard input.
 pub fn fake_cli_wrapper(dir: &Path, name: &str, help: Option<&str>) -> PathBuf {
     let path = dir.join(name);
     let help = help
@@ -591,7 +592,11 @@ pub fn fake_cli_wrapper(dir: &Path, name: &str, help: Option<&str>) -> PathBuf {
         r#"#!/bin/sh
 {help}last=
 for a in "$@"; do last=$a; done
-rest=$last
+tmp=$(mktemp)
+cat > "$tmp"
+rest="$last $(cat "$tmp")"
+exec 0<"$tmp"
+rm -f "$tmp"
 while :; do
   case $rest in *@set:*) ;; *) break ;; esac
   rest=${{rest#*@set:}}
