@@ -360,7 +360,7 @@ fn without_a_login_every_run_fails_fast_as_auth() {
         &w,
         &["claude", "codex", "gemini"],
         "auth",
-        "Summarise the release notes.",
+        "- fix the login bug, then summarise the release notes",
     );
     let times = w.check_all(&cases);
     eprintln!(
@@ -385,7 +385,7 @@ fn with_a_dummy_key_and_no_network_codex_and_gemini_fail_fast_as_network() {
         &w,
         &["codex", "gemini"],
         "network",
-        "Summarise the release notes.",
+        "- fix the login bug, then summarise the release notes",
     );
     let times = w.check_all(&cases);
     eprintln!(
