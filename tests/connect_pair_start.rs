@@ -52,17 +52,15 @@ fn pair_start_job_stop_and_backend_sees_ready_then_offline() {
         .unwrap()
         .starts_with("rust-"));
 
-    // Connected, but no provider can run models (the fake claude only answers --version):
-    // status says so and exits 1 (degraded), not 0.
-    wait_for("status connected", Duration::from_secs(20), || {
-        let (rc, out, _) = gw.run(&["status", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        (v["connected"] == true && v["providers"]["claude_code"]["status"] == "unhealthy")
-            .then_some(rc)
+    wait_for("status exit 0 (connected)", Duration::from_secs(20), || {
+        (gw.run(&["status"]).0 == 0).then_some(())
     });
-    let (rc, out, _) = gw.run(&["status"]);
-    assert_eq!(rc, 1, "{out}");
-    assert!(out.contains("no AI provider can run models"), "{out}");
+    // Connected, but the only provider (a claude that answers --version alone) fails its
+    // check: status says that no provider can run models.
+    wait_for("status says no provider", Duration::from_secs(20), || {
+        let out = gw.run(&["status"]).1;
+        out.contains("no AI provider can run models").then_some(())
+    });
 
     assert_eq!(
         row["capabilities"]["providers"]["claude_code"]["available"],
@@ -231,11 +229,8 @@ fn pair_starts_the_daemon_in_the_background_and_stop_takes_it_offline() {
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
-    // Connected; no CLI is installed here, so status exits 1 (degraded: no provider).
-    wait_for("status connected", Duration::from_secs(20), || {
-        let (rc, out, _) = gw.run(&["status", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        (v["connected"] == true).then_some(rc)
+    wait_for("status 0", Duration::from_secs(20), || {
+        (gw.run(&["status"]).0 == 0).then_some(())
     });
     // Pairing again while it runs says how to pick up the new pairing.
     let (code2, _) = b.pairing_code(None);

@@ -351,6 +351,22 @@ fn all_cases(w: &World, providers: &[&str], kind: &'static str, prompt: &str) ->
     cases
 }
 
+/// Every file and directory under `dir`, as paths.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[test]
 fn without_a_login_every_run_fails_fast_as_auth() {
     let Some(bin) = real_bin() else { return };
@@ -368,14 +384,62 @@ fn without_a_login_every_run_fails_fast_as_auth() {
         cases.len(),
         started.elapsed().as_secs_f64()
     );
+    // No CLI state per job in the CLIs' homes: nothing there names a job's work directory
+    // (Gemini keys its state by directory, Claude its projects), and Codex keeps no session
+    // files (--ephemeral).
+    let home = tree(&w.gw.home());
+    for c in cases.iter().filter(|c| c.run.is_none()) {
+        let hit: Vec<_> = home
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(&c.job))
+            .collect();
+        assert!(hit.is_empty(), "{}: per-job CLI state: {hit:?}", c.tag);
+    }
+    let sessions: Vec<_> = home
+        .iter()
+        .filter(|p| p.starts_with(w.gw.home().join(".codex/sessions")) && p.is_file())
+        .collect();
+    assert!(sessions.is_empty(), "codex session files: {sessions:?}");
 }
 
 #[test]
-fn with_a_dummy_key_and_no_network_codex_and_gemini_fail_fast_as_network() {
+fn a_claude_continuation_finds_its_session() {
+    let Some(bin) = real_bin() else { return };
+    let w = World::start(&bin, &[]);
+    let session = uuid();
+    let prompt = "- go on with the login fix";
+    let mut config = restricted();
+    config["session_id"] = json!(session);
+    let (sid, rid) = w.subagent("claude_code_gateway", config, prompt, json!({}));
+    let mut first = w.run_job("claude-first-run", &sid, &rid);
+    first.kind = "auth";
+    first.provider = "claude";
+    w.check_all(&[first]);
+    // The backend reopens the subagent for a continuation of that session: without the
+    // session Claude would answer "No conversation found with session ID" (exit_status);
+    // finding it, it stops at the login like the first run.
+    let rid2 = uuid();
+    w.b.admin(
+        "PATCH",
+        &format!("/rest/v1/subagents?id=eq.{sid}"),
+        Some(json!({"status": "running", "config": restricted(),
+                    "input": {"prompt": prompt, "run_id": rid2, "run_sequence": 2},
+                    "metadata": {"current_run_id": rid2, "session_id": session}})),
+    );
+    w.accepted_run(&sid, &rid2, 2, prompt);
+    let mut second = w.run_job("claude-continuation", &sid, &rid2);
+    second.kind = "auth";
+    second.provider = "claude";
+    w.check_all(&[second]);
+}
+
+#[test]
+fn with_a_dummy_key_and_no_network_every_run_fails_fast_as_network() {
     let Some(bin) = real_bin() else { return };
     let w = World::start(
         &bin,
         &[
+            ("ANTHROPIC_API_KEY", "sk-ant-api03-realcli-dummy-key-0000"),
             ("OPENAI_API_KEY", "sk-proj-realcli-dummy-key-0000"),
             ("GEMINI_API_KEY", "AIza-realcli-dummy-key-0000"),
         ],
@@ -383,7 +447,7 @@ fn with_a_dummy_key_and_no_network_codex_and_gemini_fail_fast_as_network() {
     let started = Instant::now();
     let cases = all_cases(
         &w,
-        &["codex", "gemini"],
+        &["claude", "codex", "gemini"],
         "network",
         "- fix the login bug, then summarise the release notes",
     );

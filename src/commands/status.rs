@@ -1,6 +1,5 @@
 //! `status`: local files only (pid lock, gateway.json, gateway.status.json), no network, fast.
-//! Exit codes: 0 running and connected, 1 running but degraded (also: no provider can run
-//! models), 3 not running, 4 not paired.
+//! Exit codes: 0 running and connected, 1 running but degraded, 3 not running, 4 not paired.
 
 use serde_json::{json, Value};
 
@@ -191,12 +190,10 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
         EXIT_NOT_PAIRED
     } else if !running {
         EXIT_NOT_RUNNING
-    } else if connected
-        && paired == Some(true)
-        && save_error.is_none()
-        && results_pending == 0
-        && !no_provider
-    {
+    } else if connected && paired == Some(true) && save_error.is_none() && results_pending == 0 {
+        // A gateway without a usable provider still exits 0 (connected): it serves shell
+        // jobs, and scripts read exit 0 as "connected". The text and `--json`
+        // (`models_ready`) say that no provider can run models.
         EXIT_CONNECTED
     } else {
         EXIT_DEGRADED
@@ -242,6 +239,7 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
             "log_path": paths.log_path,
             "pid_path": paths.pid_path,
             "providers": providers,
+            "models_ready": !no_provider,
         });
         let errors: Vec<Value> = [cfg_error.clone(), pid_error.clone()]
             .into_iter()

@@ -214,6 +214,7 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
     let hooks = RunHooks {
         cancel: Some(ctx.cancel.clone()),
         register: Some((ctx.children.clone(), ctx.job_id.clone())),
+        shared_root: Some(work_root.clone()),
     };
     let timeout = plan.timeout;
     let report = run::run_plan(id, plan, dir.path(), &hooks);

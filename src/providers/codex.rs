@@ -21,6 +21,7 @@ pub const FLAGS: &[(&str, &[&str], bool)] = &[
     ("modelFlag", &["--model"], false),
     ("sandboxFlag", &["--sandbox"], false),
     ("skipGitRepoCheckFlag", &["--skip-git-repo-check"], false),
+    ("ephemeralFlag", &["--ephemeral"], false),
     (
         "configFlag",
         &["-c, --config", "--config <key=value>"],
@@ -110,6 +111,26 @@ pub fn prepare(req: &mut RunRequest) {
     }
 }
 
+/// The web-search setting. Codex 0.171 deprecates `features.web_search_request` (a warning on
+/// stderr, an `error` item in `--json`) for the top-level `web_search`; CLIs of that
+/// generation have `--ephemeral` in `codex exec --help`, older ones get the feature flag.
+fn web_search(f: &Flags, on: bool) -> &'static str {
+    match (f.get("ephemeralFlag"), on) {
+        (true, true) => "web_search=\"live\"",
+        (true, false) => "web_search=\"disabled\"",
+        (false, true) => "features.web_search_request=true",
+        (false, false) => "features.web_search_request=false",
+    }
+}
+
+/// `--ephemeral` where the CLI has it: no session files in `~/.codex/sessions` per run (the
+/// gateway never resumes a Codex session).
+fn ephemeral(a: &mut Argv, f: &Flags) {
+    if f.get("ephemeralFlag") {
+        a.flag("--ephemeral");
+    }
+}
+
 /// The argv for one model call (§5.7). The prompt goes to standard input (`exec -`); every
 /// value is `--flag=value` (see [`argv`]).
 pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputError> {
@@ -130,8 +151,9 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputEr
             )?;
         }
         a.fixed("--config", "features.shell_tool=false");
-        a.fixed("--config", "features.web_search_request=false");
+        a.fixed("--config", web_search(f, false));
     }
+    ephemeral(&mut a, f);
     let mut prompt = req.prompt.clone();
     let mut files = Vec::new();
     let mut mode = OutputMode::StdoutJson;
@@ -221,7 +243,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         )?;
         if full {
             a.fixed("--config", "features.shell_tool=true");
-            a.fixed("--config", "features.web_search_request=true");
+            a.fixed("--config", web_search(f, true));
         } else {
             let web = r.allowed_tools.iter().any(|t| {
                 t.chars()
@@ -230,16 +252,10 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
                     .eq_ignore_ascii_case("websearch")
             });
             a.fixed("--config", "features.shell_tool=false");
-            a.fixed(
-                "--config",
-                if web {
-                    "features.web_search_request=true"
-                } else {
-                    "features.web_search_request=false"
-                },
-            );
+            a.fixed("--config", web_search(f, web));
         }
     }
+    ephemeral(&mut a, f);
     if format != Format::Text {
         a.flag("--json");
     }

@@ -12,6 +12,7 @@ use super::Flags;
 
 pub const FLAGS: &[(&str, &[&str], bool)] = &[
     ("outputFormatFlag", &["--output-format"], true),
+    ("streamJsonFlag", &["\"stream-json\""], false),
     ("modelFlag", &["--model"], true),
     ("extensionsFlag", &[""], true),
     ("approvalModeFlag", &["--approval-mode"], false),
@@ -112,6 +113,7 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, InputE
         ],
         path_prepend: path_prepend(command),
         json_schema_chars: schema_chars,
+        shared_cwd: true,
         stdin: argv::stdin_prompt("prompt", &req.prompt)?,
         ..Plan::stdout(req, command, a.into_vec())
     })
@@ -131,12 +133,14 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     let full = r.full;
     let format = r.format();
     let mut a = Argv::default();
+    // Gemini CLI 0.61 streams natively (`init`/`message`/`tool_use`/`result` events, which the
+    // normaliser reads); older ones answer stream-json runs with one JSON envelope.
     a.fixed(
         "--output-format",
-        if format == Format::Text {
-            "text"
-        } else {
-            "json"
+        match format {
+            Format::Text => "text",
+            Format::StreamJson if f.get("streamJsonFlag") => "stream-json",
+            _ => "json",
         },
     );
     if f.get("approvalModeFlag") {

@@ -873,7 +873,11 @@ pub fn validate(
             )
         }
     };
-    let report = run::run_plan(id, plan, dir.path(), &run::RunHooks::default());
+    let hooks = run::RunHooks {
+        shared_root: Some(work_root.to_path_buf()),
+        ..Default::default()
+    };
+    let report = run::run_plan(id, plan, dir.path(), &hooks);
     let dir_path = dir.path().to_path_buf();
     drop(dir);
     run::prune_empty_parents(&dir_path, &root);

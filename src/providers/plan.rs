@@ -87,6 +87,11 @@ pub struct Plan {
     /// Length of the schema's JSON (after codex normalisation), or 0.
     pub json_schema_chars: usize,
     pub timeout: Duration,
+    /// Run in a directory shared by this CLI's runs (`<parent of the work dir>/.<cli>-cwd`)
+    /// instead of the per-run work directory: a CLI that keeps state per working directory
+    /// (Gemini: `~/.gemini/tmp/<dir>`, `history/<dir>`, `projects.json`) then keeps one set,
+    /// not one per job. Its files are still in the work directory, named by absolute paths.
+    pub shared_cwd: bool,
 }
 
 impl Plan {
@@ -105,6 +110,7 @@ impl Plan {
             format: req.format,
             json_schema_chars: 0,
             timeout: req.timeout,
+            shared_cwd: false,
         }
     }
 }

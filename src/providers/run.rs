@@ -14,6 +14,9 @@ use crate::exec::{self, CancelToken, Children};
 pub struct RunHooks {
     pub cancel: Option<CancelToken>,
     pub register: Option<(Arc<Children>, String)>,
+    /// Where the directories of plans with `shared_cwd` live (`<config dir>/work`); None: beside
+    /// the work directory.
+    pub shared_root: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -121,10 +124,18 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
             return fail(plan, Failure::NotLoggedIn(m));
         }
     }
+    let cwd = match shared_cwd(id, &plan, work_dir, hooks.shared_root.as_deref()) {
+        Ok(c) => c,
+        Err(m) => return fail(plan, Failure::Setup(m)),
+    };
     let mut spec = exec::Spec::new(&plan.command);
-    spec.args = plan.args.iter().map(OsString::from).collect();
+    spec.args = if cwd == work_dir {
+        plan.args.iter().map(OsString::from).collect()
+    } else {
+        absolute_file_args(&plan, work_dir)
+    };
     spec.stdin = Some(plan.stdin.clone());
-    spec.cwd = Some(work_dir.to_path_buf());
+    spec.cwd = Some(cwd);
     spec.env = env;
     spec.timeout = Some(plan.timeout);
     spec.cancel = hooks.cancel.clone();
@@ -161,7 +172,7 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
     } else {
         let stdout = out.stdout_lossy();
         let parsed = match id {
-            ProviderId::Claude => super::claude::parse(plan.format, &stdout),
+            ProviderId::Claude => super::claude::parse(plan.format, plan.output_mode, &stdout),
             ProviderId::Codex => {
                 super::codex::parse(plan.format, plan.output_mode, &stdout, work_dir)
             }
@@ -178,6 +189,45 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         output: Some(out),
         result,
     }
+}
+
+/// The directory the CLI runs in: the work directory, or for a plan with `shared_cwd` the
+/// owner-only `<shared root>/.<cli>-cwd` (created when missing).
+fn shared_cwd(
+    id: ProviderId,
+    plan: &Plan,
+    work_dir: &Path,
+    root: Option<&Path>,
+) -> Result<PathBuf, String> {
+    let Some(parent) = root.or(work_dir.parent()).filter(|_| plan.shared_cwd) else {
+        return Ok(work_dir.to_path_buf());
+    };
+    let dir = parent.join(format!(".{}-cwd", id.bare_name()));
+    exec::ensure_private_dir(&dir)
+        .map(|()| dir.clone())
+        .map_err(|e| format!("could not prepare {}: {e}", dir.display()))
+}
+
+/// The argv for a CLI that runs outside the work directory: a `--flag=<name>` whose value is
+/// one of the plan's files (or its output file) names that file by its absolute path.
+fn absolute_file_args(plan: &Plan, work_dir: &Path) -> Vec<OsString> {
+    let names: Vec<&str> = plan
+        .files
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .chain(plan.output_path.as_deref())
+        .collect();
+    plan.args
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((flag, v)) if flag.starts_with("--") && names.contains(&v) => {
+                let mut s = OsString::from(format!("{flag}="));
+                s.push(work_dir.join(v));
+                s
+            }
+            _ => OsString::from(a),
+        })
+        .collect()
 }
 
 /// Removes `dir`'s empty parents up to (not including) `root`.

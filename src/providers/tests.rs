@@ -167,7 +167,7 @@ fn capabilities_of_modern_clis() {
     );
     let x = &caps["codex"];
     assert_eq!(x["version"], "codex-cli 0.46.0");
-    assert_eq!(x["supported_flags"].as_object().unwrap().len(), 8);
+    assert_eq!(x["supported_flags"].as_object().unwrap().len(), 9);
     assert_eq!(
         x["supports"],
         json!({"output_schema": true, "stream_json": true, "tool_disable": true})
@@ -288,7 +288,8 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
         argv(claude),
         strs(&[
             "--print",
-            "--output-format=json",
+            "--output-format=stream-json",
+            "--verbose",
             r#"--json-schema={"additionalProperties":false,"properties":{"message":{"type":"string"}},"required":["message"],"type":"object"}"#,
             "--tools=",
             "--input-format=text",
@@ -378,6 +379,11 @@ fn claude_json_run_argv_and_result() {
         "--json-schema=[REDACTED] --tools= --input-format=text --no-session-persistence --permission-mode=dontAsk --setting-sources=local --disable-slash-commands --system-prompt-file=[REDACTED]"
     ), "{cmd}");
     let run = &s.runs()[0];
+    let work = s
+        .path()
+        .join("work/model-runs/job-c1")
+        .display()
+        .to_string();
     let schema_text =
         serde_json::to_string(&serde_json::from_str::<Value>(SCHEMA).unwrap()).unwrap();
     assert_eq!(
@@ -385,7 +391,8 @@ fn claude_json_run_argv_and_result() {
         strs(&[
             "--print",
             "--model=claude-sonnet-4-5",
-            "--output-format=json",
+            "--output-format=stream-json",
+            "--verbose",
             &format!("--json-schema={schema_text}"),
             "--tools=",
             "--input-format=text",
@@ -393,18 +400,19 @@ fn claude_json_run_argv_and_result() {
             "--permission-mode=dontAsk",
             "--setting-sources=local",
             "--disable-slash-commands",
-            "--system-prompt-file=system-prompt.md",
+            &format!("--system-prompt-file={work}/system-prompt.md"),
         ])
     );
     // The prompt reaches the CLI on standard input and the system prompt in an owner-only
     // file, never on its command line (where every local user could read them).
     assert_eq!(run["stdin"], "Classify this ticket ...");
     assert_eq!(run["files"]["system-prompt.md"], "Be terse.");
-    // Ran in its own work dir with a private TMPDIR inside it; both gone now.
+    // Ran in the shared Claude directory (Claude keeps a project per directory), its files
+    // and a private TMPDIR in the job's own work dir; that is gone now.
     let cwd = run["cwd"].as_str().unwrap();
-    assert!(cwd.ends_with("/work/model-runs/job-c1"), "{cwd}");
-    assert!(run["env"]["TMPDIR"].as_str().unwrap().starts_with(cwd));
-    assert!(!Path::new(cwd).exists());
+    assert!(cwd.ends_with("/work/.claude-cwd"), "{cwd}");
+    assert!(run["env"]["TMPDIR"].as_str().unwrap().starts_with(&work));
+    assert!(!Path::new(&work).exists());
     // Debug: allowlisted keys, prompt never included.
     let d = o.debug.unwrap();
     let allowed = [
@@ -435,7 +443,7 @@ fn claude_json_run_argv_and_result() {
     }
     assert_eq!(d["timeout_ms"], 110_000);
     assert_eq!(d["prompt_chars"], 24);
-    assert_eq!(d["output_mode"], "stdout-json");
+    assert_eq!(d["output_mode"], "stream-json");
     assert!(!d.to_string().contains("Classify this ticket"));
     assert!(!d.to_string().contains("Be terse"));
     assert_eq!(claude_status(&reg), Status::Healthy);
@@ -629,8 +637,13 @@ fn gemini_json_run_system_md_path_and_model() {
         run["system_md"],
         "Be terse.\nReturn STRICT JSON only. Do not wrap in code fences.\nSchema:\n{\"type\":\"object\"}"
     );
-    let cwd = run["cwd"].as_str().unwrap();
-    assert_eq!(run["env"]["GEMINI_SYSTEM_MD"], format!("{cwd}/system.md"));
+    // Gemini runs in the shared directory; system.md is in the job's work dir (TMPDIR's parent).
+    assert!(run["cwd"].as_str().unwrap().ends_with("/work/.gemini-cwd"));
+    let tmp = Path::new(run["env"]["TMPDIR"].as_str().unwrap());
+    assert_eq!(
+        run["env"]["GEMINI_SYSTEM_MD"],
+        format!("{}/system.md", tmp.parent().unwrap().display())
+    );
     // As the wrapper saw it (python launchers may prepend their own directories).
     let path = run["env"]["FAKE_CLI_WRAPPER_PATH"].as_str().unwrap();
     assert!(
@@ -769,7 +782,7 @@ fn exit_status_bad_output_and_missing_message_failures() {
     let (k, m) = failure(&o);
     assert_eq!(k, "bad_output");
     assert!(
-        m.ends_with("Details: Failed to parse Claude JSON output"),
+        m.ends_with("Details: Claude stream-json output has no result event"),
         "{m}"
     );
     assert!(o.result.unwrap()["stdout"]
@@ -1178,13 +1191,13 @@ fn parsers_and_redactors_never_panic_on_random_text() {
         let _ = discovery::compare_versions(&s, "1.2.3");
         let _ = gemini::parse_extensions(&s);
         for f in [plan::OutputFormat::Json, plan::OutputFormat::Text] {
-            let _ = claude::parse(f, &s);
             let _ = gemini::parse(f, &s);
             for m in [
                 plan::OutputMode::StdoutJson,
                 plan::OutputMode::StreamJson,
                 plan::OutputMode::FileJson,
             ] {
+                let _ = claude::parse(f, m, &s);
                 let _ = codex::parse(f, m, &s, &dir);
             }
         }
