@@ -310,12 +310,14 @@ pub fn login_missing(
     spec.tmp_base = Some(work_dir.to_path_buf());
     let out = crate::exec::run(spec, None).ok()?;
     let said = format!("{}\n{}", out.stdout_lossy(), out.stderr_lossy());
-    (out.exit_code != Some(0) && said.to_lowercase().contains("not logged in")).then(|| {
-        format!(
-            "Codex is not logged in (`codex login status` says: {})",
-            super::plan::collapse(&super::diagnose::strip_ansi(&said), 200)
-        )
-    })
+    // The answer is one line; Codex may print warnings around it.
+    let line = super::diagnose::strip_ansi(&said)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.to_lowercase().contains("not logged in"))
+        .map(|l| super::plan::collapse(l, 200))?;
+    (out.exit_code != Some(0))
+        .then(|| format!("Codex is not logged in (`codex login status` says: {line})"))
 }
 
 /// Whether `config.toml` sets a top-level `model_provider` other than `openai`.
