@@ -54,6 +54,7 @@ pub enum Command {
     FullControl {
         action: FullControlAction,
     },
+    Unpair,
 }
 
 #[derive(Debug)]
@@ -85,6 +86,7 @@ const COMMANDS: &[&str] = &[
     "logs",
     "doctor",
     "full-control",
+    "unpair",
     "help",
 ];
 
@@ -343,6 +345,7 @@ where
             },
         },
         "status" => Command::Status { json: has("json") },
+        "unpair" => Command::Unpair,
         "doctor" => Command::Doctor { json: has("json") },
         "logs" => Command::Logs {
             lines: match val("lines") {
@@ -420,9 +423,14 @@ pub fn help_text(topic: Option<&str>) -> String {
         Some("pair") => {
             "\
 Usage: panorama-gateway pair <CODE> [--device-name NAME] [--no-start]
+       panorama-gateway pair - [--device-name NAME] [--no-start]   (code on standard input)
 
 Exchanges a pairing code from Panorama for this gateway's identity and session, saves them
-in gateway.json (0600), then starts the gateway in the background.
+in gateway.json (0600), then starts the gateway in the background. With `-` the code is read
+from the first line of standard input, so it stays out of shell history and `ps`.
+
+The backend is Panorama's production backend unless --supabase-url/--anon-key, the
+environment or an env file say otherwise.
 
 Options:
   --device-name <name>   Name shown in Panorama (default: PANORAMA_GATEWAY_DEVICE_NAME, hostname)
@@ -506,6 +514,16 @@ no provider is usable. Point the gateway at a CLI with --claude-cli/--codex-cli/
 CODEX_CLI, GEMINI_CLI).
 "
         }
+        Some("unpair") => {
+            "\
+Usage: panorama-gateway unpair
+
+Stops the running gateway (draining in-flight jobs) and removes this gateway's credentials
+(accessToken, refreshToken, gatewayId, teamId) from gateway.json. The backend settings, device
+name, full control and every other key stay. It says what it will do before doing it. The
+gateway still shows in Panorama until you remove it there.
+"
+        }
         Some("full-control") => {
             "\
 Usage: panorama-gateway full-control <enable|disable|status>
@@ -520,13 +538,14 @@ panorama-gateway: connects the AI coding CLIs (claude, codex, gemini) and the sh
 host to a Panorama team.
 
 Usage:
-  panorama-gateway pair <CODE> [--device-name NAME] [--no-start]
+  panorama-gateway pair <CODE> [--device-name NAME] [--no-start]   (CODE `-`: from stdin)
   panorama-gateway start [--foreground|--daemon]
   panorama-gateway stop [--timeout SECS] [--force]
   panorama-gateway status [--json]
   panorama-gateway logs [--lines N] [--no-follow]
   panorama-gateway doctor [--json]
   panorama-gateway full-control <enable|disable|status>
+  panorama-gateway unpair
   panorama-gateway help [COMMAND]
 
 status exit codes: 0 running and connected, 1 running but degraded, 3 not running,

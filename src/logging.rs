@@ -2,8 +2,10 @@
 //! message key=value`, tokens redacted, size-based rotation. Owner: Foundation (issue 2).
 //! Everyone logs with `log::info!(target: "component", "message key=value")`.
 //!
-//! This is a small `log::Log` implementation rather than simplelog: simplelog has neither
-//! size-based rotation nor a way to redact the formatted line, and its time format differs.
+//! This is a small `log::Log` implementation rather than simplelog's `WriteLogger`: simplelog
+//! 0.12 always writes `[LEVEL] target: message` (bracketed level, target with a colon), not the
+//! `LEVEL  [component] message` lines of the log contract that `logs` filters on, so the
+//! dependency was dropped (docs/DESIGN.md, "Logging").
 //!
 //! Rotation: when a write would grow the file past the limit (10 MiB, or
 //! `PANORAMA_GATEWAY_LOG_MAX_BYTES`), `gateway.log.1` becomes `gateway.log.2`, the current file
@@ -175,13 +177,9 @@ impl Log for Logger {
 }
 
 /// Starts logging to `log_path` (created 0600; its directory must exist). `verbose` enables
-/// debug lines; `also_stderr` copies every line to stderr (foreground runs). Call once.
-pub fn init(log_path: &Path, verbose: bool, also_stderr: bool) -> Result<(), String> {
-    init_with(log_path, verbose, also_stderr, false)
-}
-
-/// Like [`init`]; `stdio_is_log` says stdout/stderr are the log file (detached daemon) and must
-/// follow it across rotation and reopen.
+/// debug lines; `also_stderr` copies every line to stderr (foreground runs); `stdio_is_log`
+/// says stdout/stderr are the log file (detached daemon) and must follow it across rotation
+/// and reopen. Call once.
 pub fn init_with(
     log_path: &Path,
     verbose: bool,

@@ -1,5 +1,4 @@
 //! panorama-gateway: connects the AI coding CLIs and the shell of a host to a Panorama team.
-#![allow(dead_code)] // interfaces land before their users during the first milestone
 //!
 //! Module map: see DESIGN.md. `main` parses the command line, runs one command and maps its
 //! error to an exit code.
@@ -16,6 +15,7 @@ mod providers;
 mod redact;
 mod shutdown;
 mod state_store;
+mod tuning;
 mod util;
 
 fn main() {

@@ -10,6 +10,14 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `s` cut to at most `max` characters, `marker` appended when it was cut.
+pub fn truncate_chars(s: &str, max: usize, marker: &str) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}{marker}", &s[..i]),
+    }
+}
+
 /// The host name (device name default); "gateway" when the system has none.
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];

@@ -115,7 +115,7 @@ fn path_precedence_flag_env_default() {
 }
 
 #[test]
-fn backend_precedence_and_missing_config_error() {
+fn backend_precedence_and_builtin_default() {
     let w = World::new("backend");
     w.write_paired_config();
     let saved: serde_json::Value =
@@ -156,15 +156,11 @@ fn backend_precedence_and_missing_config_error() {
         ),
         "https://flag.example"
     );
-    // Nothing saved, nothing set: the error lists what to set.
+    // Nothing saved, nothing set: the built-in production backend (doctor does not call it).
     let w2 = World::new("backend2");
-    let o = w2.run(&["doctor"]);
-    assert_eq!(o.status.code(), Some(1));
-    let out = stdout(&o);
-    assert!(out.contains("FAIL backend"), "{out}");
-    assert!(
-        out.contains("SUPABASE_URL") && out.contains("SUPABASE_ANON_KEY"),
-        "{out}"
+    assert_eq!(
+        backend(&mut w2.cmd(&["doctor", "--json"])),
+        "https://api.panorama.app"
     );
     // start on an unpaired config says so
     let o = w2.run(&["start", "--foreground"]);

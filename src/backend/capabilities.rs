@@ -77,7 +77,7 @@ fn not_ready_reason(providers: &Value) -> String {
                         .pointer("/health/error")
                         .or_else(|| p.get("error"))
                         .and_then(Value::as_str)
-                        .map(|e| format!(": {}", crate::backend::truncate_chars(e, 200)))
+                        .map(|e| format!(": {}", crate::util::truncate_chars(e, 200, "...")))
                         .unwrap_or_default();
                     format!("{id} {status}{why}")
                 })

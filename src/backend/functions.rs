@@ -25,7 +25,7 @@ pub fn invoke(s: &Session, name: &str, body: &Value, timeout: Duration) -> Resul
     if !resp.is_success() {
         return Err(Error::Status {
             status: resp.status,
-            body: super::truncate_chars(&resp.text(), 2000),
+            body: crate::util::truncate_chars(&resp.text(), 2000, "..."),
         });
     }
     match serde_json::from_slice::<Value>(&resp.body) {

@@ -16,6 +16,8 @@ use std::fmt;
 use std::io::Read;
 use std::time::Duration;
 
+use crate::util::truncate_chars;
+
 /// Largest response body read from any endpoint unless a call says otherwise.
 pub const MAX_BODY: u64 = 16 * 1024 * 1024;
 /// Replies of the pairing exchange and the auth endpoints are small.
@@ -45,13 +47,6 @@ impl Error {
                 *status >= 500 || *status == 408 || *status == 429 || *status == 0
             }
             Error::Decode(_) | Error::Reauth(_) | Error::TooLarge { .. } => false,
-        }
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Error::Status { status, .. } => Some(*status),
-            _ => None,
         }
     }
 }
@@ -91,17 +86,7 @@ pub fn error_message_from_body(body: &str) -> String {
             .unwrap_or_else(|| body.to_string()),
         _ => body.to_string(),
     };
-    truncate_chars(msg.trim(), 300)
-}
-
-/// Cuts `s` to at most `max` characters, adding "..." when it was cut.
-pub fn truncate_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max).collect();
-    out.push_str("...");
-    out
+    truncate_chars(msg.trim(), 300, "...")
 }
 
 /// `X-Client-Info` of every HTTP request: informational for the backend's logs (supabase-js
@@ -126,7 +111,6 @@ pub struct HttpRequest<'a> {
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
-    pub content_type: String,
     pub body: Vec<u8>,
 }
 
@@ -169,7 +153,6 @@ pub fn send(agent: &ureq::Agent, req: HttpRequest<'_>) -> Result<HttpResponse, E
         Err(ureq::Error::Transport(t)) => return Err(Error::Transport(transport_message(&t))),
     };
     let status = resp.status();
-    let content_type = resp.content_type().to_string();
     let mut body = Vec::new();
     resp.into_reader()
         .take(req.max_body + 1)
@@ -181,11 +164,7 @@ pub fn send(agent: &ureq::Agent, req: HttpRequest<'_>) -> Result<HttpResponse, E
             limit: req.max_body,
         });
     }
-    Ok(HttpResponse {
-        status,
-        content_type,
-        body,
-    })
+    Ok(HttpResponse { status, body })
 }
 
 fn transport_message(t: &ureq::Transport) -> String {
@@ -256,10 +235,6 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.attempt = 0;
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
     }
 
     /// The next delay; each call doubles the base up to `max`.

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
-use super::session::{env_ms, Session};
+use super::session::Session;
 use super::{encode_component, Backoff};
 
 /// Largest websocket message accepted (a job row with a big prompt fits easily).
@@ -357,9 +357,9 @@ pub struct ReaderConfig {
 impl ReaderConfig {
     pub fn from_env() -> Self {
         ReaderConfig {
-            heartbeat: env_ms("PANORAMA_GATEWAY_REALTIME_HEARTBEAT_MS", 25_000),
-            backoff_min: env_ms("PANORAMA_GATEWAY_RECONNECT_MIN_MS", 1_000),
-            backoff_max: env_ms("PANORAMA_GATEWAY_RECONNECT_MAX_MS", 30_000),
+            heartbeat: crate::tuning::realtime_heartbeat(),
+            backoff_min: crate::tuning::reconnect_min(),
+            backoff_max: crate::tuning::reconnect_max(),
         }
     }
 }
@@ -520,58 +520,21 @@ fn one_connection(
         }
         match f.event.as_str() {
             "phx_reply" if f.r#ref.as_deref() == Some(join_ref.as_str()) && !joined => {
-                let status = f
-                    .payload
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                if status != "ok" {
-                    let reason = f
-                        .payload
-                        .get("response")
-                        .map(|r| r.to_string())
-                        .unwrap_or_default();
-                    refresh_if_token_problem(session, &token, &reason);
-                    break Err(format!(
-                        "channel join refused: {}",
-                        super::truncate_chars(&reason, 300)
-                    ));
-                }
-                binding_ids = f
-                    .payload
-                    .pointer("/response/postgres_changes")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|b| b.get("id").cloned()).collect())
-                    .unwrap_or_default();
+                binding_ids = match join_reply(session, &token, &f.payload) {
+                    Ok(ids) => ids,
+                    Err(e) => break Err(e),
+                };
                 joined = true;
                 joined_at = Some(Instant::now());
                 log::info!(target: "realtime", "subscribed to realtime:gateway_jobs_{}", session.gateway_id);
                 hooks.subscribed();
             }
-            "postgres_changes" => {
-                let ids_ok = binding_ids.is_empty()
-                    || f.payload
-                        .get("ids")
-                        .and_then(Value::as_array)
-                        .is_some_and(|ids| ids.iter().any(|i| binding_ids.contains(i)));
-                let data = f.payload.get("data");
-                let ty = data.and_then(|d| d.get("type")).and_then(Value::as_str);
-                match (ids_ok, ty, data.and_then(|d| d.get("record"))) {
-                    (true, Some(t), Some(rec)) if t.eq_ignore_ascii_case("INSERT") => {
-                        let mut rec = rec.clone();
-                        coerce_record(&mut rec, data.and_then(|d| d.get("columns")));
-                        hooks.record(rec);
-                    }
-                    (true, Some(t), _) if !t.eq_ignore_ascii_case("INSERT") => {}
-                    (false, _, _) => {}
-                    _ => hooks.malformed("postgres_changes event without a record"),
-                }
-            }
+            "postgres_changes" => on_change(&f.payload, &binding_ids, hooks),
             "phx_error" => break Err("the server reported a channel error".into()),
             "phx_close" => break Err("the server closed the channel".into()),
             "system" if f.payload.get("status").and_then(Value::as_str) == Some("error") => {
                 let text = f.payload.to_string();
-                log::warn!(target: "realtime", "realtime system error: {}", super::truncate_chars(&text, 300));
+                log::warn!(target: "realtime", "realtime system error: {}", crate::util::truncate_chars(&text, 300, "..."));
                 // "Token has expired": the server closes the channel next; rejoin with a fresh one.
                 refresh_if_token_problem(session, &session.current_access_token(), &text);
             }
@@ -585,6 +548,49 @@ fn one_connection(
         backoff.reset();
     }
     result
+}
+
+/// The reply to our channel join: the ids of the postgres_changes bindings, or why the join
+/// was refused (a token problem refreshes the session first).
+fn join_reply(session: &Session, token: &str, payload: &Value) -> Result<Vec<Value>, String> {
+    let status = payload.get("status").and_then(Value::as_str).unwrap_or("");
+    if status != "ok" {
+        let reason = payload
+            .get("response")
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        refresh_if_token_problem(session, token, &reason);
+        return Err(format!(
+            "channel join refused: {}",
+            crate::util::truncate_chars(&reason, 300, "...")
+        ));
+    }
+    Ok(payload
+        .pointer("/response/postgres_changes")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|b| b.get("id").cloned()).collect())
+        .unwrap_or_default())
+}
+
+/// A postgres_changes event for one of our bindings: an INSERT's record goes to the hooks.
+fn on_change(payload: &Value, binding_ids: &[Value], hooks: &dyn ReaderHooks) {
+    let ids_ok = binding_ids.is_empty()
+        || payload
+            .get("ids")
+            .and_then(Value::as_array)
+            .is_some_and(|ids| ids.iter().any(|i| binding_ids.contains(i)));
+    let data = payload.get("data");
+    let ty = data.and_then(|d| d.get("type")).and_then(Value::as_str);
+    match (ids_ok, ty, data.and_then(|d| d.get("record"))) {
+        (true, Some(t), Some(rec)) if t.eq_ignore_ascii_case("INSERT") => {
+            let mut rec = rec.clone();
+            coerce_record(&mut rec, data.and_then(|d| d.get("columns")));
+            hooks.record(rec);
+        }
+        (true, Some(t), _) if !t.eq_ignore_ascii_case("INSERT") => {}
+        (false, _, _) => {}
+        _ => hooks.malformed("postgres_changes event without a record"),
+    }
 }
 
 /// The server refused the channel's token (expired or revoked before its `exp` says): refresh

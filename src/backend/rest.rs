@@ -15,12 +15,7 @@ pub const REST_TIMEOUT: Duration = Duration::from_secs(15);
 /// knob: lost replies are simulated by a backend slower than this).
 pub fn rest_timeout() -> Duration {
     static T: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *T.get_or_init(|| {
-        super::session::env_ms(
-            "PANORAMA_GATEWAY_REST_TIMEOUT_MS",
-            REST_TIMEOUT.as_millis() as u64,
-        )
-    })
+    *T.get_or_init(|| crate::tuning::rest_timeout(REST_TIMEOUT))
 }
 
 fn path(table: &str, params: &[(&str, &str)]) -> String {
@@ -37,7 +32,7 @@ fn check(resp: HttpResponse) -> Result<HttpResponse, Error> {
     } else {
         Err(Error::Status {
             status: resp.status,
-            body: super::truncate_chars(&resp.text(), 2000),
+            body: crate::util::truncate_chars(&resp.text(), 2000, "..."),
         })
     }
 }
@@ -113,25 +108,4 @@ pub fn insert(s: &Session, table: &str, body: &Value) -> Result<(), Error> {
         MAX_SMALL_BODY,
     )?;
     check(resp).map(|_| ())
-}
-
-/// `POST /rest/v1/rpc/<function>` with named arguments → the raw JSON result.
-pub fn rpc(s: &Session, function: &str, args: &Value) -> Result<Value, Error> {
-    let resp = s.request(
-        "POST",
-        &format!("/rest/v1/rpc/{function}"),
-        &[
-            ("Content-Profile", "public"),
-            ("Content-Type", "application/json"),
-        ],
-        Some(&args.to_string()),
-        rest_timeout(),
-        MAX_BODY,
-    )?;
-    let resp = check(resp)?;
-    if resp.body.is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(&resp.body)
-        .map_err(|e| Error::Decode(format!("RPC reply is not JSON: {e}")))
 }

@@ -18,7 +18,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::{send, Error, HttpRequest, HttpResponse, MAX_SMALL_BODY};
-use crate::util::unix_now;
+use crate::util::{lock, unix_now};
 
 /// Where the rotated tokens go (gateway.json in the daemon).
 pub trait TokenStore: Send + Sync {
@@ -163,7 +163,7 @@ impl Session {
             refresh: Mutex::new(RefreshState { last_failure: None }),
             generation: AtomicU64::new(0),
             reauth: Mutex::new(None),
-            reauth_retry: env_ms("PANORAMA_GATEWAY_REAUTH_RETRY_MS", 60_000),
+            reauth_retry: crate::tuning::reauth_retry(),
         }
     }
 
@@ -173,10 +173,6 @@ impl Session {
 
     pub fn anon_key(&self) -> &str {
         &self.anon_key
-    }
-
-    pub fn agent(&self) -> &ureq::Agent {
-        &self.agent
     }
 
     /// Bumped on every successful refresh; the realtime thread pushes the new token when it
@@ -407,20 +403,6 @@ fn parse_refresh_reply(r: &HttpResponse) -> Result<Refreshed, Error> {
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A duration from an env var in milliseconds (test knobs), else the default.
-pub fn env_ms(name: &str, default_ms: u64) -> Duration {
-    let ms = std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|v| *v > 0)
-        .unwrap_or(default_ms);
-    Duration::from_millis(ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,7 +454,6 @@ mod tests {
     fn refresh_reply_needs_both_tokens() {
         let ok = HttpResponse {
             status: 200,
-            content_type: "application/json".into(),
             body: br#"{"access_token":"a","refresh_token":"r","expires_in":3600}"#.to_vec(),
         };
         let r = parse_refresh_reply(&ok).unwrap();
@@ -494,7 +475,6 @@ mod tests {
         assert!(skewed.needs_refresh(now + 3500));
         let bad = HttpResponse {
             status: 200,
-            content_type: "application/json".into(),
             body: br#"{"access_token":"a"}"#.to_vec(),
         };
         assert!(matches!(parse_refresh_reply(&bad), Err(Error::Decode(_))));

@@ -257,7 +257,7 @@ fn catch_up(
             .map(|m| id_of(&m))
             .is_some_and(|id| path_id(p) == Some(id))
     };
-    let settled = found.map_or(true, |n| path_id(&rotated_path(path, n)) == Some(old_id))
+    let settled = found.is_none_or(|n| path_id(&rotated_path(path, n)) == Some(old_id))
         && newer
             .iter()
             .zip(&handles)

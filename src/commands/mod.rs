@@ -8,6 +8,7 @@ pub mod pair;
 pub mod start;
 pub mod status;
 pub mod stop;
+pub mod unpair;
 
 use crate::cli::{self, Command, Parsed};
 use crate::config;
@@ -84,6 +85,7 @@ pub fn main_entry() -> i32 {
         Command::Logs { lines, follow } => logs::run(&settings, lines, follow),
         Command::Doctor { json } => doctor::run(&settings, json),
         Command::FullControl { action } => full_control::run(&settings, action),
+        Command::Unpair => unpair::run(&settings),
     }
 }
 

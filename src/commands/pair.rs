@@ -17,7 +17,21 @@ pub struct PairArgs {
 
 /// Runs `pair`; returns the exit code. Prints its own output.
 pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
-    let code = args.code.trim();
+    let from_stdin;
+    let code = if args.code.trim() == "-" {
+        match read_code(&mut std::io::stdin().lock(), is_tty(0)) {
+            Ok(c) => {
+                from_stdin = c;
+                from_stdin.as_str()
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        }
+    } else {
+        args.code.trim()
+    };
     if code.is_empty() {
         eprintln!("Pairing code is required. Usage: panorama-gateway pair <CODE> [--device-name NAME] [--no-start]");
         eprintln!("Get a code in Panorama (team settings → gateways → pair a gateway).");
@@ -139,6 +153,38 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
     }
 }
 
+/// Longest line `pair -` reads: pairing codes are short; anything longer is not one.
+const MAX_CODE_LINE: u64 = 1024;
+
+fn is_tty(fd: libc::c_int) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// `pair -`: the code is the first line of standard input (kept out of shell history and
+/// `ps`). On a terminal, asks for it first.
+fn read_code(input: &mut dyn std::io::BufRead, tty: bool) -> Result<String, String> {
+    use std::io::{BufRead, Read};
+    if tty {
+        eprint!("Pairing code: ");
+    }
+    let mut line = String::new();
+    let n = input
+        .take(MAX_CODE_LINE)
+        .read_line(&mut line)
+        .map_err(|e| format!("Cannot read the pairing code from standard input: {e}. Pipe it in, for example: printf '%s\\n' \"$CODE\" | panorama-gateway pair -"))?;
+    let code = line.trim();
+    if n as u64 >= MAX_CODE_LINE && !line.ends_with('\n') {
+        return Err(format!(
+            "The first line of standard input is longer than {MAX_CODE_LINE} bytes: that is not a pairing code. Pipe in just the code from Panorama."
+        ));
+    }
+    if code.is_empty() {
+        return Err("No pairing code on standard input (`pair -` reads it from there). Pipe it in, for example: printf '%s\\n' \"$CODE\" | panorama-gateway pair -".into());
+    }
+    Ok(code.to_string())
+}
+
 fn start_daemon(settings: &Settings) -> Result<u32, String> {
     crate::commands::start::start_background(settings)
 }
@@ -172,5 +218,25 @@ fn send_pairing_events(
             log::warn!(target: "pair", "could not record a provider validation event: {err}");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_dash_reads_the_first_line_of_stdin() {
+        let mut r = std::io::Cursor::new(&b"  K7QM-2XWP \nignored\n"[..]);
+        assert_eq!(read_code(&mut r, false).unwrap(), "K7QM-2XWP");
+        let mut r = std::io::Cursor::new(&b"ABCD"[..]);
+        assert_eq!(read_code(&mut r, false).unwrap(), "ABCD");
+        for empty in [&b""[..], b"\n", b"   \n"] {
+            let e = read_code(&mut std::io::Cursor::new(empty), false).unwrap_err();
+            assert!(e.contains("No pairing code on standard input"), "{e}");
+        }
+        let long = vec![b'A'; 5000];
+        let e = read_code(&mut std::io::Cursor::new(&long[..]), false).unwrap_err();
+        assert!(e.contains("longer than 1024 bytes"), "{e}");
     }
 }

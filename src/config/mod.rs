@@ -60,10 +60,22 @@ use std::path::Path;
 
 use state::GatewayState;
 
-/// Build-time defaults for the backend (none unless set when compiling).
-pub const DEFAULT_SUPABASE_URL: Option<&str> = option_env!("PANORAMA_DEFAULT_SUPABASE_URL");
-pub const DEFAULT_SUPABASE_ANON_KEY: Option<&str> =
-    option_env!("PANORAMA_DEFAULT_SUPABASE_ANON_KEY");
+/// The production backend of the published package (PROTOCOL.md §2): public values that every
+/// client of it carries (the key is a publishable `role: anon` JWT, not a secret).
+pub const PRODUCTION_SUPABASE_URL: &str = "https://api.panorama.app";
+pub const PRODUCTION_SUPABASE_ANON_KEY: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZSIsInJlZiI6ImF0aHp3Y2ZkbHVzZGpraHl4amllIiwicm9sZSI6ImFub24iLCJpYXQiOjE3NTcyNzg4ODIsImV4cCI6MjA3Mjg1NDg4Mn0.PKDawoNKeeblcCuOEdlwO57YOodwDL2ey1UmqThiJdc";
+
+/// The built-in backend: the production one, unless the build set
+/// `PANORAMA_DEFAULT_SUPABASE_URL` / `PANORAMA_DEFAULT_SUPABASE_ANON_KEY` (a private deployment).
+pub const DEFAULT_SUPABASE_URL: &str = match option_env!("PANORAMA_DEFAULT_SUPABASE_URL") {
+    Some(v) if !v.is_empty() => v,
+    _ => PRODUCTION_SUPABASE_URL,
+};
+pub const DEFAULT_SUPABASE_ANON_KEY: &str = match option_env!("PANORAMA_DEFAULT_SUPABASE_ANON_KEY")
+{
+    Some(v) if !v.is_empty() => v,
+    _ => PRODUCTION_SUPABASE_ANON_KEY,
+};
 
 /// What the command line said (flags only; the environment is consulted by [`resolve`]).
 #[derive(Debug, Clone, Default)]
@@ -207,10 +219,10 @@ pub fn backend_config(
 ) -> Result<BackendConfig, String> {
     let url = nonblank(settings.supabase_url.as_deref())
         .or_else(|| nonblank(state.and_then(|s| s.supabase_url.as_deref())))
-        .or_else(|| nonblank(DEFAULT_SUPABASE_URL));
+        .or_else(|| nonblank(Some(DEFAULT_SUPABASE_URL)));
     let key = nonblank(settings.anon_key.as_deref())
         .or_else(|| nonblank(state.and_then(|s| s.supabase_anon_key.as_deref())))
-        .or_else(|| nonblank(DEFAULT_SUPABASE_ANON_KEY));
+        .or_else(|| nonblank(Some(DEFAULT_SUPABASE_ANON_KEY)));
     let mut missing = Vec::new();
     if url.is_none() {
         missing.push("the backend URL: --supabase-url or SUPABASE_URL (or PANORAMA_SUPABASE_URL)");
@@ -246,7 +258,7 @@ pub fn backend_config(
             Ok(BackendConfig { url, anon_key })
         }
         _ => Err(format!(
-            "missing backend configuration: set {} (flags, environment, or an env file via --env-file); this build has no built-in defaults",
+            "missing backend configuration: set {} (flags, environment, or an env file via --env-file); this build's built-in default is empty",
             missing.join(" and ")
         )),
     }
@@ -280,13 +292,15 @@ mod tests {
         let b = backend_config(&settings(Some("https://flag"), None), Some(&saved)).unwrap();
         assert_eq!(b.url, "https://flag");
         assert_eq!(b.anon_key, "savedkey");
-        if DEFAULT_SUPABASE_URL.is_none() {
-            let e = backend_config(&settings(None, Some("k")), None).unwrap_err();
-            assert!(
-                e.contains("SUPABASE_URL") && !e.contains("SUPABASE_ANON_KEY"),
-                "{e}"
-            );
-        }
+        // Nothing set, nothing saved: the built-in (production unless the build said otherwise).
+        let b = backend_config(&settings(None, None), None).unwrap();
+        assert_eq!(b.url, DEFAULT_SUPABASE_URL);
+        assert_eq!(b.anon_key, DEFAULT_SUPABASE_ANON_KEY);
+        let b = backend_config(&settings(None, Some("k")), None).unwrap();
+        assert_eq!(
+            (b.url.as_str(), b.anon_key.as_str()),
+            (DEFAULT_SUPABASE_URL, "k")
+        );
         let e = backend_config(&settings(Some("ftp://x"), Some("k")), None).unwrap_err();
         assert!(e.contains("https://"), "{e}");
         for bad in ["https:///rest", "https://exa mple.com", "http://?x"] {

@@ -183,7 +183,7 @@ fn send_heartbeat_within(s: &Shared, status: &'static str, timeout: Duration) ->
         *lock(&hb.error) = None;
     } else {
         *lock(&hb.error) = Some(match &r {
-            Err(e) => crate::backend::truncate_chars(&e.to_string(), 300),
+            Err(e) => crate::util::truncate_chars(&e.to_string(), 300, "..."),
             Ok(_) => "the backend's reply was not {\"success\": true}".into(),
         });
     }

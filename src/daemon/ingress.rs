@@ -206,8 +206,8 @@ pub(super) fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
             Err(e) => {
                 *lock(&s.ingress.state) = Ingress::Failing;
                 *lock(&s.ingress.reconcile_error) =
-                    Some(crate::backend::truncate_chars(&e.to_string(), 300));
-                if !last_error_log.is_some_and(|t| t.elapsed() <= Duration::from_secs(30)) {
+                    Some(crate::util::truncate_chars(&e.to_string(), 300, "..."));
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
                     log::warn!(target: "ingress", "reconcile of queued jobs failed: {e}");
                     last_error_log = Some(Instant::now());
                 }

@@ -16,7 +16,6 @@ mod shared;
 pub mod signals;
 pub mod status;
 pub mod statusfile;
-mod tuning;
 pub mod watchdog;
 mod worker;
 
@@ -34,9 +33,6 @@ use crate::shutdown::{Level, Shutdown};
 
 /// Environment variable carrying the write end of the readiness pipe to a detached child.
 pub const READY_FD_ENV: &str = "PANORAMA_GATEWAY_READY_FD";
-
-/// Default bound on a graceful drain before in-flight work is stopped.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 
 static RELOAD_GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -90,17 +86,9 @@ fn parent_of(p: &Path) -> PathBuf {
     }
 }
 
-fn drain_timeout() -> Duration {
-    std::env::var("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_DRAIN_TIMEOUT)
-}
-
 /// Once a drain starts, bounds it: after the drain timeout in-flight work is stopped.
 fn spawn_drain_guard(shutdown: Shutdown) {
-    let timeout = drain_timeout();
+    let timeout = crate::tuning::drain_timeout();
     let _ = std::thread::Builder::new()
         .name("drain-guard".into())
         .spawn(move || {
@@ -147,6 +135,58 @@ pub fn preflight(settings: &Settings) -> Result<state::GatewayState, String> {
     Ok(st)
 }
 
+/// Creates and tightens the gateway's own directories; the directory of an explicitly placed
+/// pid or log file is created when missing but never changed (it may be /run or /tmp).
+fn prepare_dirs(paths: &config::Paths) -> Result<(), String> {
+    for dir in [paths.config_dir.clone(), paths.spool_dir.clone()] {
+        secure::ensure_dir(&dir).map_err(|e| e.to_string())?;
+    }
+    for dir in [parent_of(&paths.pid_path), parent_of(&paths.log_path)] {
+        secure::ensure_parent_dir(&dir).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A failed write of gateway.json (rotated tokens, provider health) must not stay a log line
+/// nobody reads: `status` shows it and reports the gateway degraded until a write succeeds.
+fn report_config_save_errors(status: &Arc<statusfile::StatusFile>, config_path: &Path) {
+    let save_status = Arc::clone(status);
+    let save_config = config_path.to_path_buf();
+    state::set_save_observer(Box::new(move |err| {
+        let err = err.map(|e| {
+            format!("{e} (rotated tokens are kept in memory only: free disk space or fix the permissions of {}, or the next restart will need a re-pair)", save_config.display())
+        });
+        if let Some(e) = &err {
+            log::error!(target: "daemon", "cannot save gateway.json: {e}");
+        }
+        save_status.update(&|s| s.config_save_error = err.clone());
+    }));
+}
+
+/// SIGHUP: reopen the log, re-read gateway.json (the full-control toggle), bump the reload
+/// counter the runtime watches.
+fn hup_handler(status: &Arc<statusfile::StatusFile>, config_path: &Path) -> Box<dyn Fn() + Send> {
+    let hup_status = Arc::clone(status);
+    let config_path = config_path.to_path_buf();
+    Box::new(move || {
+        crate::logging::reopen();
+        RELOAD_GENERATION.fetch_add(1, Ordering::SeqCst);
+        match state::load(&config_path) {
+            Ok(Some(s)) => {
+                let fc = s.full_control_enabled;
+                hup_status.update(&|r| r.full_control_enabled = Some(fc));
+                log::info!(target: "daemon", "SIGHUP: log reopened, config re-read full_control_enabled={fc}");
+            }
+            Ok(None) => {
+                log::warn!(target: "daemon", "SIGHUP: log reopened; gateway.json is missing")
+            }
+            Err(e) => {
+                log::warn!(target: "daemon", "SIGHUP: log reopened; cannot re-read gateway.json: {e}")
+            }
+        }
+    })
+}
+
 /// Runs the daemon in this process until it is stopped. `detached`: this is the background
 /// child (stdio on the log file, a parent may wait on the readiness pipe). Returns the exit
 /// code.
@@ -176,17 +216,8 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         Ok(s) => s,
         Err(e) => return fail!(e),
     };
-    // The gateway's own directories are created and tightened; the directory of an explicitly
-    // placed pid or log file is created when missing but never changed (it may be /run or /tmp).
-    for dir in [paths.config_dir.clone(), paths.spool_dir.clone()] {
-        if let Err(e) = secure::ensure_dir(&dir) {
-            return fail!(e.to_string());
-        }
-    }
-    for dir in [parent_of(&paths.pid_path), parent_of(&paths.log_path)] {
-        if let Err(e) = secure::ensure_parent_dir(&dir) {
-            return fail!(e.to_string());
-        }
+    if let Err(e) = prepare_dirs(paths) {
+        return fail!(e);
     }
     let lock = match pidfile::acquire(&paths.pid_path) {
         Ok(l) => l,
@@ -225,39 +256,8 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     );
     let updater = status.updater();
     let shutdown = Shutdown::new();
-    // A failed write of gateway.json (rotated tokens, provider health) must not stay a log line
-    // nobody reads: `status` shows it and reports the gateway degraded until a write succeeds.
-    let save_status = Arc::clone(&status);
-    let save_config = paths.config_path.clone();
-    state::set_save_observer(Box::new(move |err| {
-        let err = err.map(|e| {
-            format!("{e} (rotated tokens are kept in memory only: free disk space or fix the permissions of {}, or the next restart will need a re-pair)", save_config.display())
-        });
-        if let Some(e) = &err {
-            log::error!(target: "daemon", "cannot save gateway.json: {e}");
-        }
-        save_status.update(&|s| s.config_save_error = err.clone());
-    }));
-
-    let hup_status = Arc::clone(&status);
-    let config_path = paths.config_path.clone();
-    let on_hup = Box::new(move || {
-        crate::logging::reopen();
-        RELOAD_GENERATION.fetch_add(1, Ordering::SeqCst);
-        match state::load(&config_path) {
-            Ok(Some(s)) => {
-                let fc = s.full_control_enabled;
-                hup_status.update(&|r| r.full_control_enabled = Some(fc));
-                log::info!(target: "daemon", "SIGHUP: log reopened, config re-read full_control_enabled={fc}");
-            }
-            Ok(None) => {
-                log::warn!(target: "daemon", "SIGHUP: log reopened; gateway.json is missing")
-            }
-            Err(e) => {
-                log::warn!(target: "daemon", "SIGHUP: log reopened; cannot re-read gateway.json: {e}")
-            }
-        }
-    });
+    report_config_save_errors(&status, &paths.config_path);
+    let on_hup = hup_handler(&status, &paths.config_path);
     let stop_requested = Arc::new(AtomicBool::new(false));
     if let Err(e) = signals::spawn_router(
         sigpipe,

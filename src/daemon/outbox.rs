@@ -189,9 +189,10 @@ pub(super) fn retry_pending(s: &Shared) -> usize {
 /// job must not stay `running`, so fail it with a small body that says why.
 fn reject_fallback(s: &Shared, job_id: &str, e: &Error) {
     log::error!(target: "worker", "the backend rejected the completion of job {job_id}: {e}; failing the job with a short error instead");
-    let msg = crate::backend::truncate_chars(
+    let msg = crate::util::truncate_chars(
         &format!("the backend rejected the gateway's job result: {e}"),
         1000,
+        "...",
     );
     let body = wire::completion_body(
         "failed",

@@ -143,10 +143,6 @@ pub fn acquire(path: &Path) -> Result<PidLock, AcquireError> {
 }
 
 impl PidLock {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Removes the pid file, then releases the lock.
     pub fn release(self) {
         let _ = fs::remove_file(&self.path);

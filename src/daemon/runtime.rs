@@ -20,7 +20,6 @@ use super::ingress::{reconcile_loop, Hooks};
 use super::outbox::{self, Outbox};
 use super::shared::{Channels, Parts, Shared};
 use super::status::RuntimeStatus;
-use super::tuning::Tuning;
 use super::worker::worker_loop;
 use crate::backend::jobs::{JobRow, Level};
 use crate::backend::realtime::{self, ReaderConfig};
@@ -33,6 +32,7 @@ use crate::jobs::shell::ShellSessions;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::state_store::{health_sink, FileTokenStore};
+use crate::tuning::Tuning;
 use crate::util::{hostname, unix_ms};
 
 /// Edits the daemon's status; the closure changes the current status and the file is rewritten

@@ -14,7 +14,6 @@ use super::ingress::{Ingress, IngressState};
 use super::outbox::Outbox;
 use super::runtime::StatusUpdater;
 use super::status::RuntimeStatus;
-use super::tuning::Tuning;
 use super::worker::RunningJobs;
 use crate::backend::jobs::{GatewayEvent, JobRow, Level};
 use crate::backend::session::Session;
@@ -24,6 +23,7 @@ use crate::jobs;
 use crate::jobs::shell::ShellSessions;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
+use crate::tuning::Tuning;
 use crate::util::{instant_to_rfc3339, lock};
 
 /// `None`, or longer ago than `d`.

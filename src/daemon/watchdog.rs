@@ -33,26 +33,11 @@ fn env_bool(name: &str) -> Option<bool> {
     }
 }
 
-fn env_ms(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()?
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .map(|v| v.max(0) as u64)
-}
-
 impl WatchConfig {
     pub fn from_env() -> WatchConfig {
         let enabled = env_bool("PANORAMA_GATEWAY_AUTO_RESTART").unwrap_or(!cfg!(debug_assertions));
-        let interval = Duration::from_millis(
-            env_ms("PANORAMA_GATEWAY_RESTART_CHECK_MS")
-                .unwrap_or(30_000)
-                .max(1000),
-        );
-        let max_wait = env_ms("PANORAMA_GATEWAY_RESTART_MAX_WAIT_MS")
-            .filter(|v| *v > 0)
-            .map(Duration::from_millis);
+        let interval = crate::tuning::restart_check();
+        let max_wait = crate::tuning::restart_max_wait();
         WatchConfig {
             enabled,
             interval,

@@ -202,7 +202,7 @@ fn resolve_claim_loop(s: &Shared, job: &JobRow, started_at: &str) -> Option<JobR
             Ok(r) => r,
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     log::warn!(target: "worker", "cannot check the claim of job {} yet (try {failures}, {} s): {e}; retrying", job.id, t0.elapsed().as_secs());
                 }
                 continue;

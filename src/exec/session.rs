@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{isolate, signal_group};
+use super::{isolate, peek_exit, set_nonblocking, signal_group};
 
 /// A started session child: its output pipes and the process itself. The stdin end is handed
 /// out separately ([`SessionInput`]) so writers never wait for the reader.
@@ -196,34 +196,5 @@ impl SessionInput {
             }
         }
         Ok(written)
-    }
-}
-
-fn set_nonblocking(fd: i32) {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-    }
-}
-
-/// True when `pid` has exited; leaves it a zombie (WNOWAIT) so its pgid stays reserved until
-/// `wait` reaps it.
-fn peek_exit(pid: i32) -> io::Result<bool> {
-    // SAFETY: siginfo_t is plain data that waitid fills in.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let r = libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        );
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(info.si_pid() == pid)
     }
 }

@@ -120,11 +120,6 @@ impl PrivateDir {
         let p = self.path.as_os_str().to_os_string();
         [("TMPDIR", p.clone()), ("TMP", p.clone()), ("TEMP", p)]
     }
-
-    /// Leave the directory in place when dropped (debugging aid).
-    pub fn keep(&mut self) {
-        self.keep = true;
-    }
 }
 
 impl Drop for PrivateDir {

@@ -80,7 +80,7 @@ pub fn handle(_payload: &Value, ctx: &JobContext) -> Outcome {
                     let err = stderr.trim();
                     if !err.is_empty() {
                         m.push('\n');
-                        m.push_str(&crate::providers::plan::truncate_chars(err, 2000, "..."));
+                        m.push_str(&crate::util::truncate_chars(err, 2000, "..."));
                     }
                     Some(m)
                 }

@@ -59,6 +59,7 @@ pub struct ControlState {
 
 impl ControlState {
     /// Machine control is effective only when every gateway-side layer allows it.
+    #[cfg(test)]
     pub fn allowed(&self) -> bool {
         self.install_enabled && self.team_enabled && self.heartbeat_fresh
     }

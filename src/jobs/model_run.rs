@@ -12,9 +12,10 @@ use serde_json::{json, Map, Value};
 use super::{FinalStatus, JobContext, Outcome};
 use crate::exec::{self, PrivateDir};
 use crate::providers::health::Status;
-use crate::providers::plan::{collapse, error_summary, truncate_chars, OutputFormat, RunRequest};
+use crate::providers::plan::{collapse, error_summary, OutputFormat, RunRequest};
 use crate::providers::run::{self, Failure, RunHooks};
 use crate::providers::{self, codex, diagnose, infer_provider, redact, ProviderId};
+use crate::util::truncate_chars;
 
 pub const DEFAULT_TIMEOUT_MS: f64 = 110_000.0;
 /// Longest timeout honoured (the reference has no cap; a day keeps Duration arithmetic sane).

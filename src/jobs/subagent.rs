@@ -985,7 +985,7 @@ fn text_of_content(c: &Value) -> String {
         Value::String(x) => x.clone(),
         Value::Array(parts) => parts
             .iter()
-            .filter(|p| s(p, "type").map_or(true, |t| t == "text"))
+            .filter(|p| s(p, "type").is_none_or(|t| t == "text"))
             .filter_map(|p| s(p, "text"))
             .collect::<Vec<_>>()
             .join(""),

@@ -344,7 +344,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     if full
         && mode
             .as_deref()
-            .map_or(true, |m| m.eq_ignore_ascii_case("dontAsk"))
+            .is_none_or(|m| m.eq_ignore_ascii_case("dontAsk"))
     {
         mode = Some("bypassPermissions".into());
     }

@@ -314,7 +314,7 @@ impl NetworkWatch {
                     && serde_json::from_str::<Value>(line).is_ok_and(|v| {
                         v.get("type").and_then(Value::as_str) == Some("system")
                             && v.get("subtype").and_then(Value::as_str) == Some("api_retry")
-                            && v.get("error_status").map_or(true, Value::is_null)
+                            && v.get("error_status").is_none_or(Value::is_null)
                     });
                 (retry, 3, false)
             }

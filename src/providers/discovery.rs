@@ -405,8 +405,6 @@ pub fn probe_spec(spec: exec::Spec, command: &Path, args: &[&str]) -> ProbeOutpu
             ok: false,
             stdout: String::new(),
             stderr: String::new(),
-            exit_code: None,
-            duration: Duration::ZERO,
             error: Some(e.to_string()),
         },
         Ok(o) => {
@@ -432,8 +430,6 @@ pub fn probe_spec(spec: exec::Spec, command: &Path, args: &[&str]) -> ProbeOutpu
                 ok: error.is_none(),
                 stdout: o.stdout_lossy(),
                 stderr: o.stderr_lossy(),
-                exit_code: o.exit_code,
-                duration: o.duration,
                 error,
             }
         }
@@ -446,8 +442,6 @@ pub struct ProbeOutput {
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
-    pub exit_code: Option<i32>,
-    pub duration: Duration,
     pub error: Option<String>,
 }
 

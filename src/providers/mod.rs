@@ -167,7 +167,6 @@ pub struct Caps {
     pub error: Option<String>,
     pub flags: Flags,
     pub extensions: Option<Vec<String>>,
-    pub extensions_ok: bool,
     /// `(output_schema, stream_json, tool_disable)`.
     pub supports: (bool, bool, bool),
 }
@@ -181,7 +180,6 @@ impl Caps {
             error: Some(format!("{} CLI has not been checked yet", id.short())),
             supports: (false, false, false),
             extensions: (id == ProviderId::Gemini).then(Vec::new),
-            extensions_ok: false,
             flags,
         }
     }
@@ -259,7 +257,6 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         error,
         flags,
         extensions,
-        extensions_ok,
         supports,
     }
 }
@@ -389,7 +386,7 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.entries)
     }
 
     /// Finds each CLI (flag/env override > PATH > usual install locations) and probes it with
@@ -440,6 +437,7 @@ impl Registry {
 
     /// Uses these commands as they are (no search), then probes them. For tests and callers
     /// that already know the paths.
+    #[cfg(test)]
     pub fn with_commands(commands: [PathBuf; 3]) -> Registry {
         let entries = run_parallel(
             |id| {
@@ -473,6 +471,7 @@ impl Registry {
     }
 
     /// Re-runs the capability probes on the already chosen commands.
+    #[cfg(test)]
     pub fn refresh(&self) {
         let cmds: Vec<PathBuf> = self
             .lock()
@@ -531,10 +530,6 @@ impl Registry {
 
     pub fn flags(&self, id: ProviderId) -> Flags {
         self.lock()[id.index()].caps.flags.clone()
-    }
-
-    pub fn caps(&self, id: ProviderId) -> Caps {
-        self.lock()[id.index()].caps.clone()
     }
 
     pub fn health(&self, id: ProviderId) -> Option<Health> {

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::util::truncate_chars;
+
 /// The sentinel model: no `--model` argument is passed.
 pub const DEFAULT_MODEL: &str = "__default__";
 
@@ -279,13 +281,6 @@ pub fn shorten(s: &str, max: usize) -> String {
             let cut = head.rfind(' ').filter(|&j| j > i / 2).unwrap_or(i);
             format!("{}…", head[..cut].trim_end_matches([',', ';', ':', ' ']))
         }
-    }
-}
-
-pub fn truncate_chars(s: &str, max: usize, marker: &str) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_string(),
-        Some((i, _)) => format!("{}{marker}", &s[..i]),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::plan::truncate_chars;
+use crate::util::truncate_chars;
 
 pub const TEXT_LIMIT: usize = 200_000;
 pub const SHORT_LIMIT: usize = 2000;

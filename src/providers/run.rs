@@ -46,8 +46,6 @@ pub enum Failure {
 }
 
 pub struct Report {
-    pub plan: Plan,
-    pub work_dir: PathBuf,
     pub output: Option<exec::Output>,
     pub result: Result<Parsed, Failure>,
 }
@@ -96,37 +94,35 @@ pub fn env_with(
 
 /// Runs `plan` in the (already created, empty, 0700) `work_dir` and parses its output.
 pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -> Report {
-    let fail = |plan: Plan, f: Failure| Report {
-        plan,
-        work_dir: work_dir.to_path_buf(),
+    let fail = |f: Failure| Report {
         output: None,
         result: Err(f),
     };
     if let Some(op) = &plan.output_path {
         if !safe_relative(op) {
             let m = format!("output path {op:?} is not a plain relative path");
-            return fail(plan, Failure::Setup(m));
+            return fail(Failure::Setup(m));
         }
     }
     for (name, data) in &plan.files {
         if !safe_relative(name) {
             let m = format!("plan file {name:?} is not a plain relative path");
-            return fail(plan, Failure::Setup(m));
+            return fail(Failure::Setup(m));
         }
         if let Err(e) = crate::exec::write_private_file(&work_dir.join(name), data) {
             let m = format!("could not write {} in {}: {e}", name, work_dir.display());
-            return fail(plan, Failure::Setup(m));
+            return fail(Failure::Setup(m));
         }
     }
     let env = plan_env(&plan, work_dir);
     if id == ProviderId::Codex {
         if let Some(m) = super::codex::login_missing(&plan.command, &env, work_dir) {
-            return fail(plan, Failure::NotLoggedIn(m));
+            return fail(Failure::NotLoggedIn(m));
         }
     }
     let cwd = match shared_cwd(id, &plan, work_dir, hooks.shared_root.as_deref()) {
         Ok(c) => c,
-        Err(m) => return fail(plan, Failure::Setup(m)),
+        Err(m) => return fail(Failure::Setup(m)),
     };
     let mut spec = exec::Spec::new(&plan.command);
     spec.args = if cwd == work_dir {
@@ -148,14 +144,11 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         Err(e) => {
             let not_found = e.not_found();
             let too_long = e.error.raw_os_error() == Some(libc::E2BIG);
-            return fail(
-                plan,
-                Failure::Spawn {
-                    message: e.to_string(),
-                    not_found,
-                    too_long,
-                },
-            );
+            return fail(Failure::Spawn {
+                message: e.to_string(),
+                not_found,
+                too_long,
+            });
         }
     };
     let result = if out.stop == exec::Stop::Aborted {
@@ -184,8 +177,6 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         })
     };
     Report {
-        plan,
-        work_dir: work_dir.to_path_buf(),
         output: Some(out),
         result,
     }

@@ -253,10 +253,9 @@ fn check_envelope(v: &Value) -> Result<(), String> {
     if let Some(k) = o.keys().find(|k| !ENVELOPE_KEYS.contains(&k.as_str())) {
         return Err(format!("unexpected field {k:?}"));
     }
-    if !o
-        .get("schema_version")
+    if o.get("schema_version")
         .and_then(Value::as_u64)
-        .is_some_and(|n| n > 0)
+        .is_none_or(|n| n == 0)
     {
         return Err("schema_version must be a positive integer".into());
     }

@@ -97,6 +97,14 @@ const RUN_EVENT_TYPES: &[&str] = &[
 ];
 
 fn build_tables() -> Vec<TableDef> {
+    let mut all = gateway_tables();
+    all.extend(subagent_tables());
+    all.extend(team_tables());
+    all
+}
+
+/// The gateway's own tables: its row, its jobs, its events.
+fn gateway_tables() -> Vec<TableDef> {
     use Dflt as D;
     use Ty::*;
     let id = || col("id", Uuid, D::NewUuid, true);
@@ -168,6 +176,17 @@ fn build_tables() -> Vec<TableDef> {
             checks: vec![("level", EVENT_LEVELS)],
             uniques: vec![],
         },
+    ]
+}
+
+/// Delegated subagents, their runs and run events.
+fn subagent_tables() -> Vec<TableDef> {
+    use Dflt as D;
+    use Ty::*;
+    let id = || col("id", Uuid, D::NewUuid, true);
+    let created = || col("created_at", Timestamptz, D::Now, true);
+    let updated = || col("updated_at", Timestamptz, D::Now, true);
+    vec![
         TableDef {
             name: "subagents",
             pk: "id",
@@ -253,6 +272,17 @@ fn build_tables() -> Vec<TableDef> {
                 &["run_id", "sequence"],
             )],
         },
+    ]
+}
+
+/// Team resources and pairing codes.
+fn team_tables() -> Vec<TableDef> {
+    use Dflt as D;
+    use Ty::*;
+    let id = || col("id", Uuid, D::NewUuid, true);
+    let created = || col("created_at", Timestamptz, D::Now, true);
+    let updated = || col("updated_at", Timestamptz, D::Now, true);
+    vec![
         TableDef {
             name: "team_resources",
             pk: "id",

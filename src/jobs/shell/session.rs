@@ -224,10 +224,7 @@ pub struct ShellSessions {
 }
 
 fn idle_limit() -> Duration {
-    crate::backend::session::env_ms(
-        "PANORAMA_GATEWAY_SHELL_SESSION_IDLE_MS",
-        DEFAULT_SESSION_IDLE_MS,
-    )
+    crate::tuning::shell_session_idle(DEFAULT_SESSION_IDLE_MS)
 }
 
 impl ShellSessions {
@@ -237,15 +234,6 @@ impl ShellSessions {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Sess>>> {
         lock(&self.map)
-    }
-
-    /// How many sessions are open.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 
     /// (all sessions, those of `team`'s `resource_id`).
@@ -449,17 +437,7 @@ mod tests {
 
     #[test]
     fn session_buffer_keeps_the_newest_bytes_with_absolute_offsets() {
-        let mut st = State {
-            buf: VecDeque::new(),
-            start: 0,
-            acked: 0,
-            exited: false,
-            exit_code: None,
-            signal: None,
-            last_activity: Instant::now(),
-            last_activity_at: String::new(),
-            stop: None,
-        };
+        let mut st = State::new("");
         st.push(&vec![b'a'; SESSION_BUFFER_BYTES]);
         st.push(b"xyz");
         assert_eq!(st.start, 3);
