@@ -36,6 +36,9 @@ pub enum Command {
         daemon: bool,
         /// Internal: this is the detached child started by `start`.
         daemon_child: bool,
+        /// Check that the daemon could start with these arguments (paired, backend known,
+        /// state directories usable), then exit: the upgrade check runs the new binary so.
+        check_config: bool,
     },
     Stop {
         force: bool,
@@ -55,6 +58,19 @@ pub enum Command {
         action: FullControlAction,
     },
     Unpair,
+    Service {
+        action: ServiceAction,
+        system: bool,
+        user: Option<String>,
+        unit_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAction {
+    Install,
+    Uninstall,
+    Status,
 }
 
 #[derive(Debug)]
@@ -87,6 +103,7 @@ const COMMANDS: &[&str] = &[
     "doctor",
     "full-control",
     "unpair",
+    "service",
     "help",
 ];
 
@@ -98,12 +115,16 @@ fn allowed(cmd: &str, flag: &str) -> bool {
             | ("start", "foreground")
             | ("start", "daemon")
             | ("start", "daemon-child")
+            | ("start", "check-config")
             | ("stop", "force")
             | ("stop", "timeout")
             | ("status", "json")
             | ("doctor", "json")
             | ("logs", "lines")
             | ("logs", "no-follow")
+            | ("service", "system")
+            | ("service", "user")
+            | ("service", "unit-dir")
     )
 }
 
@@ -148,6 +169,166 @@ fn lexopt_err(e: lexopt::Error) -> UsageError {
     })
 }
 
+/// A global option that takes a value (`--config-dir PATH`, `--env NAME`, …): stores it in
+/// `g`; false when `name` is not a global option.
+fn global_option(name: &str, p: &mut lexopt::Parser, g: &mut Global) -> Result<bool, UsageError> {
+    let o = &mut g.overrides;
+    match name {
+        "config-dir" | "config-path" | "log-path" | "pid-path" | "claude-cli" | "codex-cli"
+        | "gemini-cli" => {
+            let v = Some(nonempty_path(name, take_value(p, name)?)?);
+            match name {
+                "config-dir" => o.config_dir = v,
+                "config-path" => o.config_path = v,
+                "log-path" => o.log_path = v,
+                "pid-path" => o.pid_path = v,
+                "claude-cli" => o.claude_cli = v,
+                "codex-cli" => o.codex_cli = v,
+                _ => o.gemini_cli = v,
+            }
+        }
+        "env-file" => g.env_file = Some(nonempty_path("env-file", take_value(p, "env-file")?)?),
+        "env" => {
+            let v = os_to_string("env", take_value(p, "env")?)?;
+            let n = crate::config::envfile::normalize_env_name(&v).map_err(UsageError)?;
+            g.env_name = Some(n);
+        }
+        "supabase-url" => {
+            o.supabase_url = Some(os_to_string(
+                "supabase-url",
+                take_value(p, "supabase-url")?,
+            )?)
+        }
+        "anon-key" => o.anon_key = Some(os_to_string("anon-key", take_value(p, "anon-key")?)?),
+        "device-name" => {
+            let v = os_to_string("device-name", take_value(p, "device-name")?)?;
+            if v.trim().is_empty() {
+                return Err(UsageError("--device-name needs a non-empty name".into()));
+            }
+            o.device_name = Some(v)
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The command `cmd` with its positionals and flags, checked.
+fn build_command(
+    cmd: &str,
+    positionals: &[String],
+    cmd_flags: &[(String, Option<String>)],
+) -> Result<Command, UsageError> {
+    for (f, _) in cmd_flags {
+        if !allowed(cmd, f) {
+            return Err(UsageError(format!("--{f} is not a flag of {cmd}")));
+        }
+    }
+    let has = |name: &str| cmd_flags.iter().any(|(f, _)| f == name);
+    let val = |name: &str| {
+        cmd_flags
+            .iter()
+            .rev()
+            .find(|(f, _)| f == name)
+            .and_then(|(_, v)| v.clone())
+    };
+    let max_positionals = match cmd {
+        "pair" | "full-control" | "service" => 1,
+        _ => 0,
+    };
+    if positionals.len() > max_positionals {
+        return Err(UsageError(format!(
+            "unexpected argument {:?} for {cmd}",
+            positionals[max_positionals]
+        )));
+    }
+    Ok(match cmd {
+        "pair" => {
+            let code = positionals.first().cloned().unwrap_or_default();
+            if code.trim().is_empty() {
+                return Err(UsageError(
+                    "pair needs the pairing code: panorama-gateway pair <CODE>".into(),
+                ));
+            }
+            Command::Pair {
+                code: code.trim().to_string(),
+                no_start: has("no-start"),
+            }
+        }
+        "start" => {
+            if has("foreground") && has("daemon") {
+                return Err(UsageError(
+                    "--foreground and --daemon contradict each other".into(),
+                ));
+            }
+            Command::Start {
+                foreground: has("foreground"),
+                daemon: has("daemon"),
+                daemon_child: has("daemon-child"),
+                check_config: has("check-config"),
+            }
+        }
+        "stop" => Command::Stop {
+            force: has("force"),
+            timeout_secs: match val("timeout") {
+                Some(v) => {
+                    let n = parse_number("timeout", &v)?;
+                    if n == 0 {
+                        return Err(UsageError("--timeout must be at least 1 second".into()));
+                    }
+                    Some(n)
+                }
+                None => None,
+            },
+        },
+        "status" => Command::Status { json: has("json") },
+        "unpair" => Command::Unpair,
+        "service" => Command::Service {
+            action: match positionals.first().map(|s| s.trim().to_ascii_lowercase()) {
+                Some(a) if a == "install" => ServiceAction::Install,
+                Some(a) if a == "uninstall" => ServiceAction::Uninstall,
+                Some(a) if a == "status" => ServiceAction::Status,
+                Some(a) => {
+                    return Err(UsageError(format!(
+                        "unknown service action {a:?}: use install, uninstall or status"
+                    )))
+                }
+                None => {
+                    return Err(UsageError(
+                        "service needs an action: install, uninstall or status".into(),
+                    ))
+                }
+            },
+            system: has("system"),
+            user: val("user").filter(|u| !u.trim().is_empty()),
+            unit_dir: val("unit-dir").filter(|d| !d.is_empty()).map(PathBuf::from),
+        },
+        "doctor" => Command::Doctor { json: has("json") },
+        "logs" => Command::Logs {
+            lines: match val("lines") {
+                Some(v) => parse_number("lines", &v)? as usize,
+                None => 200,
+            },
+            follow: !has("no-follow"),
+        },
+        "full-control" => Command::FullControl {
+            action: match positionals.first().map(|s| s.trim().to_ascii_lowercase()) {
+                None => FullControlAction::Status,
+                Some(a) => match a.as_str() {
+                    "enable" | "on" => FullControlAction::Enable,
+                    "disable" | "off" => FullControlAction::Disable,
+                    "status" => FullControlAction::Status,
+                    _ => {
+                        return Err(UsageError(format!(
+                            "unknown full-control action {a:?}: use enable, disable or status"
+                        )))
+                    }
+                },
+            },
+        },
+        other => return Err(UsageError(format!("unknown command {other:?}"))),
+    })
+}
+
 /// Parses the arguments after the program name.
 pub fn parse<I>(args: I) -> Result<Parsed, UsageError>
 where
@@ -169,74 +350,12 @@ where
             Short('h') | Long("help") => help = true,
             Short('V') | Long("version") => version = true,
             Short('v') | Long("verbose") => g.overrides.verbose = true,
-            Long("config-dir") => {
-                g.overrides.config_dir = Some(nonempty_path(
-                    "config-dir",
-                    take_value(&mut p, "config-dir")?,
-                )?)
-            }
-            Long("config-path") => {
-                g.overrides.config_path = Some(nonempty_path(
-                    "config-path",
-                    take_value(&mut p, "config-path")?,
-                )?)
-            }
-            Long("log-path") => {
-                g.overrides.log_path =
-                    Some(nonempty_path("log-path", take_value(&mut p, "log-path")?)?)
-            }
-            Long("pid-path") => {
-                g.overrides.pid_path =
-                    Some(nonempty_path("pid-path", take_value(&mut p, "pid-path")?)?)
-            }
-            Long("claude-cli") => {
-                g.overrides.claude_cli = Some(nonempty_path(
-                    "claude-cli",
-                    take_value(&mut p, "claude-cli")?,
-                )?)
-            }
-            Long("codex-cli") => {
-                g.overrides.codex_cli = Some(nonempty_path(
-                    "codex-cli",
-                    take_value(&mut p, "codex-cli")?,
-                )?)
-            }
-            Long("gemini-cli") => {
-                g.overrides.gemini_cli = Some(nonempty_path(
-                    "gemini-cli",
-                    take_value(&mut p, "gemini-cli")?,
-                )?)
-            }
-            Long("env-file") => {
-                g.env_file = Some(nonempty_path("env-file", take_value(&mut p, "env-file")?)?)
-            }
-            Long("env") => {
-                let v = os_to_string("env", take_value(&mut p, "env")?)?;
-                let n = crate::config::envfile::normalize_env_name(&v).map_err(UsageError)?;
-                g.env_name = Some(n);
-            }
-            Long("supabase-url") => {
-                g.overrides.supabase_url = Some(os_to_string(
-                    "supabase-url",
-                    take_value(&mut p, "supabase-url")?,
-                )?)
-            }
-            Long("anon-key") => {
-                g.overrides.anon_key =
-                    Some(os_to_string("anon-key", take_value(&mut p, "anon-key")?)?)
-            }
-            Long("device-name") => {
-                let v = os_to_string("device-name", take_value(&mut p, "device-name")?)?;
-                if v.trim().is_empty() {
-                    return Err(UsageError("--device-name needs a non-empty name".into()));
-                }
-                g.overrides.device_name = Some(v)
-            }
+            Long("allow-insecure-http") => g.overrides.allow_insecure_http = true,
             Long(
-                f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "force" | "json"
-                | "no-follow"),
+                f @ ("no-start" | "foreground" | "daemon" | "daemon-child" | "check-config"
+                | "force" | "json" | "no-follow" | "system"),
             ) => cmd_flags.push((f.to_string(), None)),
-            Long(f @ ("timeout" | "lines")) => {
+            Long(f @ ("timeout" | "lines" | "user" | "unit-dir")) => {
                 let f = f.to_string();
                 let v = os_to_string(&f, take_value(&mut p, &f)?)?;
                 cmd_flags.push((f, Some(v)))
@@ -257,7 +376,12 @@ where
                     positionals.push(v);
                 }
             }
-            Long(other) => return Err(UsageError(format!("unknown flag --{other}"))),
+            Long(other) => {
+                let name = other.to_string();
+                if !global_option(&name, &mut p, &mut g)? {
+                    return Err(UsageError(format!("unknown flag --{name}")));
+                }
+            }
             Short(c) => return Err(UsageError(format!("unknown flag -{c}"))),
         }
     }
@@ -283,94 +407,7 @@ where
         }
         return Err(UsageError("missing command".into()));
     };
-    for (f, _) in &cmd_flags {
-        if !allowed(&cmd, f) {
-            return Err(UsageError(format!("--{f} is not a flag of {cmd}")));
-        }
-    }
-    let has = |name: &str| cmd_flags.iter().any(|(f, _)| f == name);
-    let val = |name: &str| {
-        cmd_flags
-            .iter()
-            .rev()
-            .find(|(f, _)| f == name)
-            .and_then(|(_, v)| v.clone())
-    };
-    let max_positionals = match cmd.as_str() {
-        "pair" | "full-control" => 1,
-        _ => 0,
-    };
-    if positionals.len() > max_positionals {
-        return Err(UsageError(format!(
-            "unexpected argument {:?} for {cmd}",
-            positionals[max_positionals]
-        )));
-    }
-    let command = match cmd.as_str() {
-        "pair" => {
-            let code = positionals.first().cloned().unwrap_or_default();
-            if code.trim().is_empty() {
-                return Err(UsageError(
-                    "pair needs the pairing code: panorama-gateway pair <CODE>".into(),
-                ));
-            }
-            Command::Pair {
-                code: code.trim().to_string(),
-                no_start: has("no-start"),
-            }
-        }
-        "start" => {
-            if has("foreground") && has("daemon") {
-                return Err(UsageError(
-                    "--foreground and --daemon contradict each other".into(),
-                ));
-            }
-            Command::Start {
-                foreground: has("foreground"),
-                daemon: has("daemon"),
-                daemon_child: has("daemon-child"),
-            }
-        }
-        "stop" => Command::Stop {
-            force: has("force"),
-            timeout_secs: match val("timeout") {
-                Some(v) => {
-                    let n = parse_number("timeout", &v)?;
-                    if n == 0 {
-                        return Err(UsageError("--timeout must be at least 1 second".into()));
-                    }
-                    Some(n)
-                }
-                None => None,
-            },
-        },
-        "status" => Command::Status { json: has("json") },
-        "unpair" => Command::Unpair,
-        "doctor" => Command::Doctor { json: has("json") },
-        "logs" => Command::Logs {
-            lines: match val("lines") {
-                Some(v) => parse_number("lines", &v)? as usize,
-                None => 200,
-            },
-            follow: !has("no-follow"),
-        },
-        "full-control" => Command::FullControl {
-            action: match positionals.first().map(|s| s.trim().to_ascii_lowercase()) {
-                None => FullControlAction::Status,
-                Some(a) => match a.as_str() {
-                    "enable" | "on" => FullControlAction::Enable,
-                    "disable" | "off" => FullControlAction::Disable,
-                    "status" => FullControlAction::Status,
-                    _ => {
-                        return Err(UsageError(format!(
-                            "unknown full-control action {a:?}: use enable, disable or status"
-                        )))
-                    }
-                },
-            },
-        },
-        other => return Err(UsageError(format!("unknown command {other:?}"))),
-    };
+    let command = build_command(&cmd, &positionals, &cmd_flags)?;
     Ok(Parsed::Run {
         global: Box::new(g),
         command,
@@ -378,7 +415,7 @@ where
 }
 
 pub fn version_text() -> String {
-    format!("panorama-gateway {}", env!("CARGO_PKG_VERSION"))
+    format!("panorama-gateway {}", crate::util::version())
 }
 
 const GLOBAL_HELP: &str = "\
@@ -396,6 +433,8 @@ Global options (any command):
   --supabase-url <url>       Backend URL (overrides SUPABASE_URL and the saved one)
   --anon-key <key>           Backend anon key (overrides SUPABASE_ANON_KEY and the saved one)
   --device-name <name>       Name shown in Panorama (pair, start)
+  --allow-insecure-http      Accept a plain http:// backend that is not on this machine
+                             (tokens travel in clear text; also PANORAMA_GATEWAY_ALLOW_INSECURE_HTTP=1)
   --claude-cli <path>        Claude CLI command
   --codex-cli <path>         Codex CLI command
   --gemini-cli <path>        Gemini CLI command
@@ -448,6 +487,7 @@ running and exits 0.
 Options:
   --foreground   Stay attached; Ctrl-C drains and stops
   --daemon       Run in the background (detached)
+  --check-config Only check that it could start (paired, backend known), then exit
 
 Signals: SIGTERM/SIGINT drain (finish in-flight jobs, at most 90 s); a second one or SIGQUIT
 stops now; SIGHUP reopens the log and re-reads full control.
@@ -524,6 +564,23 @@ name, full control and every other key stay. It says what it will do before doin
 gateway still shows in Panorama until you remove it there.
 "
         }
+        Some("service") => {
+            "\
+Usage: panorama-gateway service <install|uninstall|status> [--system [--user NAME]] [--unit-dir DIR]
+
+install writes a systemd unit that runs `panorama-gateway start --foreground` with the PATH and
+HOME of the shell you run it from (so claude, codex and gemini are found as they are here),
+restarts it on failure and gives the drain time to finish on stop. It prints the systemctl
+command to run next; it never calls systemctl itself. uninstall removes the unit (disable it
+first); status shows whether it is installed and enabled.
+
+Options:
+  --system          A system unit in /etc/systemd/system (run with sudo) instead of a user
+                    unit in ~/.config/systemd/user
+  --user <name>     The account a system unit runs as (default: SUDO_USER, else you); never root
+  --unit-dir <dir>  Write the unit to this directory instead
+"
+        }
         Some("full-control") => {
             "\
 Usage: panorama-gateway full-control <enable|disable|status>
@@ -546,6 +603,7 @@ Usage:
   panorama-gateway doctor [--json]
   panorama-gateway full-control <enable|disable|status>
   panorama-gateway unpair
+  panorama-gateway service <install|uninstall|status> [--system]
   panorama-gateway help [COMMAND]
 
 status exit codes: 0 running and connected, 1 running but degraded, 3 not running,

@@ -12,6 +12,12 @@
 //! becomes `gateway.log.1` and a new `gateway.log` (0600) is started: 3 files at most. When the
 //! daemon's stdout/stderr point at the log (detached), they are moved to the new file too, so a
 //! panic message lands in the current log.
+//!
+//! Rotated files must be ours (issue 8): in a shared sticky directory another user may
+//! pre-create `gateway.log.1`/`.2` (or symlinks), and renaming over them fails. Such a file is
+//! never written, renamed or followed; rotation is refused loudly (a WARN line at the top of
+//! the log and on stderr, naming the file, its owner and the fix), and the current log is
+//! truncated instead, so it never grows past its limit.
 
 use std::fs::File;
 use std::io::Write;
@@ -78,17 +84,69 @@ impl Sink {
     }
 
     fn rotate(&mut self) {
-        self.file = None;
-        for n in (1..KEEP_FILES).rev() {
-            let from = if n == 1 {
-                self.path.clone()
-            } else {
-                rotated_path(&self.path, n - 1)
-            };
-            let _ = std::fs::rename(&from, rotated_path(&self.path, n));
+        let refused = (1..KEEP_FILES)
+            .map(|n| rotated_path(&self.path, n))
+            .find_map(|p| foreign(&p).map(|why| (p, why)));
+        let refused = match refused {
+            Some((p, why)) => Some(format!("{} {why}", p.display())),
+            None => {
+                self.file = None;
+                let mut err = None;
+                for n in (1..KEEP_FILES).rev() {
+                    let from = if n == 1 {
+                        self.path.clone()
+                    } else {
+                        rotated_path(&self.path, n - 1)
+                    };
+                    let to = rotated_path(&self.path, n);
+                    match std::fs::rename(&from, &to) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            err = Some(format!(
+                                "{} could not be renamed to {}: {e}",
+                                from.display(),
+                                to.display()
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+                if let Err(e) = self.open() {
+                    eprintln!("panorama-gateway: cannot reopen log after rotation: {e}");
+                }
+                err
+            }
+        };
+        if self.size == 0 {
+            return;
         }
-        if let Err(e) = self.open() {
-            eprintln!("panorama-gateway: cannot reopen log after rotation: {e}");
+        // The current file could not move away: start it over rather than grow past the limit.
+        let why = refused.unwrap_or_else(|| "the log file could not be moved away".into());
+        let dir = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .display()
+            .to_string();
+        let line = format_line(
+            SystemTime::now(),
+            Level::Warn,
+            "logging",
+            &format!(
+                "log rotation refused: {why}. The log was truncated to stay under {} bytes; earlier lines are lost. Fix: remove that file if it is not yours to keep, or use a --log-path in a directory of your own (not the shared {dir})",
+                self.max_bytes
+            ),
+        );
+        eprint!("panorama-gateway: {line}");
+        if self.file.is_none() && self.open().is_err() {
+            return;
+        }
+        if let Some(f) = self.file.as_mut() {
+            if f.set_len(0).is_ok() {
+                self.size = 0;
+                if f.write_all(line.as_bytes()).is_ok() {
+                    self.size = line.len() as u64;
+                }
+            }
         }
     }
 
@@ -109,6 +167,26 @@ impl Sink {
             }
         }
     }
+}
+
+/// Why a rotated log file may not be touched: it is a symlink, not a regular file, or not ours.
+/// None when it is ours or does not exist.
+fn foreign(p: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(p).ok()?;
+    if md.file_type().is_symlink() {
+        return Some("is a symbolic link".into());
+    }
+    if !md.is_file() {
+        return Some("is not a regular file".into());
+    }
+    if md.uid() != secure::euid() {
+        return Some(format!(
+            "belongs to {}, not to you",
+            secure::describe_uid(md.uid())
+        ));
+    }
+    None
 }
 
 /// Component shown in brackets: the log target, without the crate prefix of module paths.
@@ -228,6 +306,90 @@ pub fn reopen() {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    fn sink(path: &Path, max: u64) -> Sink {
+        let mut s = Sink {
+            path: path.to_path_buf(),
+            file: None,
+            size: 0,
+            max_bytes: max,
+            stdio_is_log: false,
+        };
+        s.open().unwrap();
+        s
+    }
+
+    fn size(p: &Path) -> u64 {
+        std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn rotation_keeps_three_files_under_the_limit() {
+        let dir = std::env::temp_dir().join(format!("pgw-logrot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("gateway.log");
+        let mut s = sink(&log, 1024);
+        let line = format!("{}\n", "x".repeat(99));
+        for _ in 0..100 {
+            s.write_line(&line);
+            assert!(size(&log) <= 1024);
+        }
+        assert!(size(&rotated_path(&log, 1)) > 0);
+        assert!(size(&rotated_path(&log, 2)) > 0);
+        assert!(!rotated_path(&log, 3).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 8: another user's (or a symlinked) `.1`/`.2` in a shared directory.
+    #[test]
+    fn rotated_files_that_are_not_ours_are_refused_loudly_and_the_log_stays_bounded() {
+        let dir = std::env::temp_dir().join(format!("pgw-logforeign-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("gateway.log");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "not yours\n").unwrap();
+        let one = rotated_path(&log, 1);
+        let two = rotated_path(&log, 2);
+        // A symlink as `.1`; as root (CI), also another user's regular file as `.2`.
+        std::os::unix::fs::symlink(&victim, &one).unwrap();
+        let root = secure::euid() == 0;
+        if root {
+            std::fs::write(&two, "planted\n").unwrap();
+            std::os::unix::fs::chown(&two, Some(65534), Some(65534)).unwrap();
+        }
+        let mut s = sink(&log, 1024);
+        let line = format!("{}\n", "y".repeat(99));
+        for _ in 0..100 {
+            s.write_line(&line);
+            assert!(size(&log) <= 1024, "the log grew past its limit");
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("WARN  [logging] log rotation refused: ")
+                && text.contains("is a symbolic link")
+                && text.contains("--log-path"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not yours\n");
+        assert!(std::fs::symlink_metadata(&one)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        if root {
+            assert_eq!(std::fs::read_to_string(&two).unwrap(), "planted\n");
+            // With only the other user's `.2` left, the refusal names its owner.
+            std::fs::remove_file(&one).unwrap();
+            for _ in 0..20 {
+                s.write_line(&line);
+            }
+            let text = std::fs::read_to_string(&log).unwrap();
+            assert!(text.contains("belongs to uid 65534"), "{text}");
+            assert!(size(&log) <= 1024);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn line_format() {

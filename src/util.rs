@@ -35,6 +35,19 @@ pub fn hostname() -> String {
     }
 }
 
+/// The build's version stamp: one NUL-terminated string in the binary, so the version of an
+/// installed file can be read (and, by the upgrade tests, changed) without running it.
+static VERSION_STAMP: &str = concat!("panorama-gateway-version:", env!("CARGO_PKG_VERSION"), "\0");
+
+/// This program's version, read from the stamp at run time (`panorama-gateway --version`,
+/// the status file, the heartbeat's capabilities, the upgrade check).
+pub fn version() -> &'static str {
+    let s: &'static str = std::hint::black_box(VERSION_STAMP);
+    s.strip_prefix("panorama-gateway-version:")
+        .unwrap_or(s)
+        .trim_end_matches('\0')
+}
+
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;

@@ -216,32 +216,73 @@ fn revoked_refresh_token_reports_re_pair_needed_without_spinning() {
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
 
+/// Issue 8: one bad row never blocks the others. Rows whose payload is not an object, or nested
+/// deeper than the gateway's JSON decoder goes (Postgres takes 200 levels), fail their own job
+/// with a clear error; the good jobs around them run and the gateway stays connected.
 #[test]
-fn malformed_rows_are_skipped_and_logged_once() {
+fn malformed_rows_fail_their_own_job_and_the_others_run() {
     let b = Backend::start();
-    let (mut gw, gid, team) = started_gateway(&b);
-    let (st, v) = b.insert_row(
-        "gateway_jobs",
-        json!({"team_id": team, "gateway_id": gid, "job_type": "noop", "payload": [1, 2]}),
-    );
-    assert!(
-        (200..300).contains(&st),
-        "backend refused the malformed row: {v}"
-    );
-    let bad: Value = if v.is_array() { v[0].clone() } else { v };
-    let bad_id = bad["id"].as_str().unwrap().to_string();
+    let mut gw = Gateway::new(&b);
+    let (code, team) = b.pairing_code(None);
+    gw.pair(&code);
+    let gid = gw.gateway_id();
+    let mut deep = json!(1);
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    // Queued before the gateway starts: they arrive by reconcile.
+    let mut bad = Vec::new();
+    for (payload, why) in [
+        (json!([1, 2]), "`payload` is not a JSON object"),
+        (json!("just text"), "`payload` is not a JSON object"),
+        (json!(42), "`payload` is not a JSON object"),
+        (json!({ "deep": deep }), "could not be decoded"),
+    ] {
+        // Our own id: the test client's JSON decoder cannot read the deep row back.
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .unwrap()
+            .trim()
+            .to_string();
+        let (st, v) = b.insert_row(
+            "gateway_jobs",
+            json!({"id": id, "team_id": team, "gateway_id": gid, "job_type": "noop", "payload": payload}),
+        );
+        assert!(
+            (200..300).contains(&st),
+            "backend refused the row: {st} {v}"
+        );
+        bad.push((id, why));
+    }
     let good = b.insert_job(&team, &gid, "noop", json!({}));
+    gw.start();
     let j = wait_job_done(&b, &good, Duration::from_secs(20));
     assert_eq!(j["error"], "Unsupported job type: noop");
-    // Several reconciles later the bad row is still skipped, logged once per source.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(b.job(&bad_id)["status"], "queued");
+    for (id, why) in &bad {
+        // Without the payload: the test client's decoder cannot read the deep one.
+        let j = wait_for("the malformed job to fail", Duration::from_secs(20), || {
+            let v = b.admin(
+                "GET",
+                &format!("/rest/v1/gateway_jobs?select=id,status,error,result&id=eq.{id}"),
+                None,
+            );
+            let j = v[0].clone();
+            (j["status"] != "queued" && j["status"] != "running").then_some(j)
+        });
+        assert_eq!(j["status"], "failed", "{j}");
+        let err = j["error"].as_str().unwrap();
+        assert!(
+            err.starts_with("The gateway could not read this job: ") && err.contains(why),
+            "{err}"
+        );
+        assert_eq!(j["result"]["error_code"], "GATEWAY_JOB_MALFORMED");
+    }
+    // Reconcile keeps working: a job queued now (realtime or reconcile) runs too, and the
+    // gateway is connected, not failing on the deep row.
+    let next = b.insert_job(&team, &gid, "noop", json!({}));
+    wait_job_done(&b, &next, Duration::from_secs(20));
+    gw.wait_connection("connected", "connected", Duration::from_secs(20));
     let log = gateway_log(&gw);
-    let mentions = log.lines().filter(|l| l.contains(&bad_id)).count();
-    assert!(
-        (1..=2).contains(&mentions),
-        "logged once per source, got {mentions}:\n{log}"
-    );
+    assert!(!log.contains("recursion limit exceeded\n"), "{log}");
     assert!(log.contains("malformed"));
     assert_alive(&mut gw);
     let codes: Vec<Value> = b.events(&gid).iter().map(|e| e["code"].clone()).collect();
@@ -249,8 +290,29 @@ fn malformed_rows_are_skipped_and_logged_once() {
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
 
+/// The same from realtime: a row inserted while the gateway runs.
 #[test]
-fn restart_fails_stale_running_jobs_and_flushes_spooled_results_first() {
+fn a_malformed_row_arriving_by_realtime_fails_its_job() {
+    let b = Backend::start();
+    let (mut gw, gid, team) =
+        started_gateway_with(&b, &[("PANORAMA_GATEWAY_RECONCILE_MS", "60000")]);
+    let (st, v) = b.insert_row(
+        "gateway_jobs",
+        json!({"team_id": team, "gateway_id": gid, "job_type": "noop", "payload": "text"}),
+    );
+    assert!((200..300).contains(&st), "{v}");
+    let row: Value = if v.is_array() { v[0].clone() } else { v };
+    let j = wait_job_done(&b, row["id"].as_str().unwrap(), Duration::from_secs(20));
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(j["error"]
+        .as_str()
+        .unwrap()
+        .contains("`payload` is not a JSON object"));
+    assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn restart_fails_its_own_interrupted_jobs_only_and_flushes_spooled_results_first() {
     let b = Backend::start();
     let gw0 = Gateway::new(&b);
     let (code, team) = b.pairing_code(None);
@@ -259,18 +321,29 @@ fn restart_fails_stale_running_jobs_and_flushes_spooled_results_first() {
     let gid = gw.gateway_id();
     let stale = b.insert_job(&team, &gid, "noop", json!({}));
     let spooled = b.insert_job(&team, &gid, "noop", json!({}));
-    for id in [&stale, &spooled] {
+    let foreign = b.insert_job(&team, &gid, "noop", json!({}));
+    for id in [&stale, &spooled, &foreign] {
         b.admin(
             "PATCH",
             &format!("/rest/v1/gateway_jobs?id=eq.{id}"),
             Some(json!({"status": "running", "started_at": "2020-01-01T00:00:00.000Z"})),
         );
     }
-    // A result the previous process could not deliver.
-    let spool = gw.config_dir().join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let private_dir = |name: &str| {
+        let d = gw.config_dir().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    };
+    // The previous process's in-flight journal names `stale` (not `foreign`: someone else's).
+    let inflight = private_dir("inflight");
+    let entry = json!({"key": stale, "job_id": stale, "job_type": "noop",
+                       "started_at": "2020-01-01T00:00:00.000Z", "subagent_id": null,
+                       "run_id": null, "groups": [], "recorded_at": "2020-01-01T00:00:00.000Z"});
+    std::fs::write(inflight.join(format!("{stale}.json")), entry.to_string()).unwrap();
+    // A result the previous process could not deliver.
+    let spool = private_dir("spool");
     let entry = json!({"job_id": spooled, "body": {"status": "completed", "result": {"spooled": true},
                        "error": null, "completed_at": "2020-01-01T00:00:01.000Z"}});
     std::fs::write(spool.join(format!("{spooled}.json")), entry.to_string()).unwrap();
@@ -293,6 +366,9 @@ fn restart_fails_stale_running_jobs_and_flushes_spooled_results_first() {
         wait_job_done(&b, &fresh, Duration::from_secs(20))["error"],
         "Unsupported job type: noop"
     );
+    // Nor is a running job that no journal of ours names.
+    assert_eq!(b.job(&foreign)["status"], "running");
+    assert_eq!(std::fs::read_dir(&inflight).unwrap().count(), 0);
     assert_eq!(gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
 

@@ -35,6 +35,15 @@ const DAEMON_SECRETS: &[(&str, &str)] = &[
     ("PANORAMA_EGRESS_PROXY_TOKEN", "e2e-egress-token-secret"),
     ("PANORAMA_EGRESS_PROXY_HOST", "127.0.0.1:9"),
     ("OPENROUTER_API_KEY", "e2e-openrouter-secret"),
+    // Issue 8: names a fixed list let through; the rule scrubs them by family.
+    ("SUPABASE_JWT_SECRET", "e2e-jwt-secret-value"),
+    ("SUPABASE_ACCESS_TOKEN", "e2e-supabase-access-token"),
+    ("SUPABASE_DB_PASSWORD", "e2e-supabase-db-password"),
+    ("SUPABASE_SERVICE_KEY", "e2e-supabase-service-key"),
+    ("PANORAMA_SERVICE_ROLE_KEY", "e2e-panorama-service-role"),
+    ("PANORAMA_ACCESS_TOKEN", "e2e-panorama-access-token"),
+    ("POSTGRES_URL", "postgres://e2e:pg-password@127.0.0.1:1/x"),
+    ("ALL_PROXY", "socks5://e2e-proxy-user:secret@127.0.0.1:9"),
     ("BRAVE_SEARCH_API_KEY", "e2e-brave-secret"),
     ("HTTP_PROXY", "http://127.0.0.1:9"),
     ("http_proxy", "http://127.0.0.1:9"),
@@ -44,6 +53,9 @@ const DAEMON_SECRETS: &[(&str, &str)] = &[
 ];
 
 /// Passed through to the CLIs (they need their own keys).
+/// Set only by the env file the daemon loads (`PANORAMA_ENV_FILE`).
+const ENV_FILE_ONLY: &str = "E2E_ENV_FILE_SETTING";
+
 const PASSED_THROUGH: &[(&str, &str)] = &[
     ("ANTHROPIC_API_KEY", "e2e-anthropic-key"),
     ("E2E_PASS_THROUGH", "kept"),
@@ -128,6 +140,14 @@ impl World {
         }
         gw.set_env("PANORAMA_SUPABASE_URL", &b.url);
         gw.set_env("PANORAMA_SUPABASE_ANON_KEY", &b.anon_key);
+        // A setting only the gateway's own env file loads: it must not reach a child either.
+        let env_file = root.join("gateway.env");
+        std::fs::write(
+            &env_file,
+            format!("{ENV_FILE_ONLY}=from-the-env-file-only\n"),
+        )
+        .unwrap();
+        gw.set_env("PANORAMA_ENV_FILE", &env_file.display().to_string());
         World {
             b,
             gw,
@@ -301,10 +321,12 @@ fn assert_scrubbed_env(w: &World, j: &Job, rec: &Value) {
     ] {
         assert!(!env.contains_key(k), "{k} reached the CLI of {}", j.tag);
     }
-    let leaked: Vec<&String> = env
-        .keys()
-        .filter(|k| k.starts_with("PANORAMA_GATEWAY_"))
-        .collect();
+    assert!(
+        !env.contains_key(ENV_FILE_ONLY),
+        "a value of the gateway's env file reached the CLI of {}",
+        j.tag
+    );
+    let leaked: Vec<&String> = env.keys().filter(|k| k.starts_with("PANORAMA_")).collect();
     assert!(leaked.is_empty(), "{leaked:?} reached the CLI of {}", j.tag);
     let all = serde_json::to_string(&env).unwrap();
     for t in &w.tokens {

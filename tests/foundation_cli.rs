@@ -137,22 +137,22 @@ fn backend_precedence_and_builtin_default() {
     assert_eq!(
         backend(
             w.cmd(&["doctor", "--json"])
-                .env("PANORAMA_SUPABASE_URL", "http://p.env")
+                .env("PANORAMA_SUPABASE_URL", "https://p.env")
         ),
-        "http://p.env"
+        "https://p.env"
     );
     assert_eq!(
         backend(
             w.cmd(&["doctor", "--json"])
-                .env("PANORAMA_SUPABASE_URL", "http://p.env")
-                .env("SUPABASE_URL", "http://s.env/")
+                .env("PANORAMA_SUPABASE_URL", "https://p.env")
+                .env("SUPABASE_URL", "https://s.env/")
         ),
-        "http://s.env"
+        "https://s.env"
     );
     assert_eq!(
         backend(
             w.cmd(&["doctor", "--json", "--supabase-url", "https://flag.example"])
-                .env("SUPABASE_URL", "http://s.env")
+                .env("SUPABASE_URL", "https://s.env")
         ),
         "https://flag.example"
     );
@@ -172,6 +172,76 @@ fn backend_precedence_and_builtin_default() {
     );
 }
 
+/// Issue 8 point 6: plain http:// only to this machine, unless explicitly allowed; doctor says
+/// which, and `pair` refuses before sending the pairing code anywhere.
+#[test]
+fn plain_http_to_another_host_needs_allow_insecure_http() {
+    let w = World::new("insecure");
+    let check = |o: &std::process::Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "backend")
+            .unwrap()
+            .clone()
+    };
+    let o = w
+        .cmd(&["doctor", "--json"])
+        .env("SUPABASE_URL", "http://gateway-backend.example:54321")
+        .env("SUPABASE_ANON_KEY", "k")
+        .output()
+        .unwrap();
+    let b = check(&o);
+    assert_eq!(b["ok"], false, "{b}");
+    let d = b["detail"].as_str().unwrap();
+    assert!(
+        d.starts_with("refusing plain http:// to gateway-backend.example:54321")
+            && d.contains("--allow-insecure-http"),
+        "{d}"
+    );
+    let mut by_env = w.cmd(&["doctor", "--json"]);
+    by_env.env("PANORAMA_GATEWAY_ALLOW_INSECURE_HTTP", "1");
+    for mut allow in [
+        w.cmd(&["doctor", "--json", "--allow-insecure-http"]),
+        by_env,
+    ] {
+        let o = allow
+            .env("SUPABASE_URL", "http://gateway-backend.example:54321")
+            .env("SUPABASE_ANON_KEY", "k")
+            .output()
+            .unwrap();
+        let b = check(&o);
+        assert_eq!(b["ok"], true, "{b}");
+        assert!(
+            b["detail"].as_str().unwrap().contains("clear text"),
+            "doctor warns: {b}"
+        );
+    }
+    // Loopback needs no flag.
+    let o = w
+        .cmd(&["doctor", "--json"])
+        .env("SUPABASE_URL", "http://127.0.0.1:54321")
+        .env("SUPABASE_ANON_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(check(&o)["ok"], true);
+    // pair refuses before contacting anything.
+    let o = w
+        .cmd(&["pair", "ABCD-1234", "--no-start"])
+        .env("SUPABASE_URL", "http://gateway-backend.example:54321")
+        .env("SUPABASE_ANON_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("refusing plain http://"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn env_files_load_with_existing_values_winning() {
     let w = World::new("envfile");
@@ -183,7 +253,7 @@ fn env_files_load_with_existing_values_winning() {
     fs::write(
         repo.join(".env.dev"),
         format!(
-            "# dev backend\nexport PANORAMA_GATEWAY_CONFIG_DIR=\"{}\"\nSUPABASE_URL='http://dev.local:1'\nSUPABASE_ANON_KEY=devkey # comment\n",
+            "# dev backend\nexport PANORAMA_GATEWAY_CONFIG_DIR=\"{}\"\nSUPABASE_URL='https://dev.local:1'\nSUPABASE_ANON_KEY=devkey # comment\n",
             dev_dir.display()
         ),
     )
@@ -229,7 +299,7 @@ fn env_files_load_with_existing_values_winning() {
         .iter()
         .find(|c| c["name"] == "backend")
         .unwrap();
-    assert_eq!(b["detail"], "http://dev.local:1", "{v}");
+    assert_eq!(b["detail"], "https://dev.local:1", "{v}");
 
     // missing env file: error naming it, exit 1
     let o = w

@@ -433,9 +433,27 @@ fn auto_restart_on_binary_upgrade() {
         w.read_log().contains("watching the gateway binary")
     });
 
-    // "upgrade": a new file atomically renamed over the installed one
+    // "upgrade": a new file with another version stamp atomically renamed over the installed
+    // one (an identical copy is not an upgrade and is not restarted into)
     let tmp = bindir.join(".panorama-gateway.new");
-    fs::copy(BIN, &tmp).unwrap();
+    let mut bytes = fs::read(BIN).unwrap();
+    let from = format!("panorama-gateway-version:{}\0", env!("CARGO_PKG_VERSION")).into_bytes();
+    let new_version: String = env!("CARGO_PKG_VERSION")
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_ne!(new_version, env!("CARGO_PKG_VERSION"));
+    let to = format!("panorama-gateway-version:{new_version}\0").into_bytes();
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_slice())
+        .expect("the version stamp is in the binary");
+    bytes[at..at + from.len()].copy_from_slice(&to);
+    fs::write(&tmp, &bytes).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     fs::rename(&tmp, &exe).unwrap();
 
     wait_for("restart logged", T, || {
@@ -452,6 +470,7 @@ fn auto_restart_on_binary_upgrade() {
     );
     assert_eq!(log.matches("[daemon] gateway started").count(), 2, "{log}");
     let (_, v) = status_json(&w);
+    assert_eq!(v["daemon_version"], new_version.as_str(), "{v}");
     let pid2 = v["pid"].as_u64().unwrap() as u32;
     let _g2 = PidGuard(pid2);
     let o = w.run(&["stop"]);

@@ -473,3 +473,71 @@ fn hostile_payloads_run_nothing_fail_their_job_and_the_daemon_goes_on() {
     assert!(m.exists(), "the elevated run acted");
     assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
 }
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 8 point 3: cancel jobs no longer get a thread each. Hundreds of them against a slow
+/// backend (duplicates of one target among them) run on the small fixed cancel pool: the
+/// daemon's thread count stays flat, and every one of them still completes.
+#[test]
+fn a_flood_of_cancel_jobs_runs_on_a_bounded_pool_and_all_complete() {
+    let mut w = World::new();
+    w.gw.set_env("PANORAMA_GATEWAY_RECONCILE_MS", "300");
+    w.start();
+    let pid = w.gw.pid();
+    let base = threads_of(pid);
+    assert!(base > 0);
+    // Every REST call waits 25 ms for a while: cancels pile up.
+    w.b.fault(json!({"delay_next": {"count": 1500, "ms": 25, "paths": "rest"}}));
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        // Every third one aims at the same run: those are coalesced.
+        let sid = if i % 3 == 0 {
+            "00000000-0000-4000-8000-000000000001".to_string()
+        } else {
+            uuid()
+        };
+        ids.push(w.b.insert_job(
+            &w.team,
+            &w.gid,
+            "subagent_cancel",
+            json!({"subagent_id": sid, "run_id": "00000000-0000-4000-8000-0000000000aa"}),
+        ));
+    }
+    let mut most = 0;
+    wait_for(
+        "every cancel job to complete",
+        Duration::from_secs(180),
+        || {
+            most = most.max(threads_of(pid));
+            let done =
+                w.b.jobs(&w.gid)
+                    .iter()
+                    .filter(|j| {
+                        j["job_type"] == "subagent_cancel"
+                            && j["status"] != "queued"
+                            && j["status"] != "running"
+                    })
+                    .count();
+            (done == ids.len()).then_some(())
+        },
+    );
+    // The pool's threads exist from the start: nothing grows with the number of cancels.
+    assert!(
+        most <= base + 2,
+        "threads grew from {base} to {most} under {} cancel jobs",
+        ids.len()
+    );
+    for id in &ids {
+        let j = w.b.job(id);
+        assert_eq!(j["status"], "completed", "{j}");
+    }
+    assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
+}

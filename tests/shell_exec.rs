@@ -362,5 +362,19 @@ fn shell_exec_is_denied_by_each_machine_control_layer() {
     let j = w.exec(json!({"resource_id": rid, "command": cmd}));
     assert_eq!(j["status"], "completed", "{j}");
     assert!(marker.exists());
+    std::fs::remove_file(&marker).unwrap();
+
+    // The team toggle switched off right before the job, with no heartbeat in between: the
+    // job reads the toggle itself and runs nothing.
+    w.b.set_team_full_control(&w.gid, false);
+    let j = w.exec(json!({"resource_id": rid, "command": cmd}));
+    assert_denied(
+        &j,
+        "Gateway machine control is disabled in Team Integrations.",
+    );
+    assert!(
+        !marker.exists(),
+        "a command ran after the team toggle went off"
+    );
     assert_eq!(w.gw.stop(Duration::from_secs(30)).code(), Some(0));
 }

@@ -525,8 +525,8 @@ fn timeout_fails_the_run_and_marks_the_provider_unhealthy() {
     w.start();
     let mut config = restricted_config();
     config["timeout_ms"] = json!(1500);
-    let s = w.subagent("slow", config, &[("FAKE_CLI_MODE", "hang")]);
-    let job = w.run_job(&s);
+    // The auth failure first (its run must end before the slow one times out, whatever the
+    // machine's load): it is the status change that emits the event.
     let auth = w.subagent(
         "auth",
         restricted_config(),
@@ -542,6 +542,8 @@ fn timeout_fails_the_run_and_marks_the_provider_unhealthy() {
     );
     assert_eq!(j["result"]["error_kind"], "auth", "job: {j}");
     assert_eq!(w.row("subagent_runs", &auth.rid)["status"], "failed");
+    let s = w.subagent("slow", config, &[("FAKE_CLI_MODE", "hang")]);
+    let job = w.run_job(&s);
     let j = wait_job_done(&w.b, &job, JOB_WAIT);
     assert_eq!(j["status"], "failed", "job: {j}");
     let err = j["error"].as_str().unwrap();

@@ -52,7 +52,7 @@ pub fn capabilities(
             "platform": platform(),
             "arch": arch(),
             "node_version": RUST_VERSION,
-            "gateway_version": env!("CARGO_PKG_VERSION"),
+            "gateway_version": crate::util::version(),
         }
     })
 }

@@ -92,17 +92,56 @@ pub fn decode_job(v: &Value) -> Result<JobRow, String> {
 /// Rows that did not decode: (id if readable, what is wrong).
 pub type Malformed = Vec<(Option<String>, String)>;
 
-/// Decodes a list of rows; malformed rows are returned separately (never fail the batch).
-pub fn decode_jobs(rows: Vec<Value>) -> (Vec<JobRow>, Malformed) {
+/// Rows given as JSON text, decoded one by one: a row that is not JSON this decoder accepts
+/// (nested past its recursion limit, say) is malformed on its own, with its id when the id can
+/// be read (a shallow read that skips the rest of the row without recursion).
+pub fn decode_raw_rows(rows: Vec<Box<serde_json::value::RawValue>>) -> (Vec<JobRow>, Malformed) {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    for r in rows {
-        match decode_job(&r) {
-            Ok(j) => ok.push(j),
-            Err(e) => bad.push((r.get("id").and_then(Value::as_str).map(str::to_string), e)),
+    for raw in rows {
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(v) => match decode_job(&v) {
+                Ok(j) => ok.push(j),
+                Err(e) => bad.push((v.get("id").and_then(Value::as_str).map(str::to_string), e)),
+            },
+            Err(e) => {
+                let id = serde_json::from_str::<IdOnly>(raw.get())
+                    .ok()
+                    .and_then(|r| r.id)
+                    .and_then(|v| v.as_str().map(str::to_string));
+                bad.push((id, format!("the row could not be decoded ({e})")));
+            }
         }
     }
     (ok, bad)
+}
+
+/// Fails a queued job of this gateway whose row could not be read (conditional: only while it
+/// is still queued and ours), so it does not stay queued forever. `Ok(false)`: nothing matched.
+pub fn fail_malformed(s: &Session, job_id: &str, why: &str) -> Result<bool, Error> {
+    let message = format!(
+        "The gateway could not read this job: {why}. The payload must be a JSON object of the job's fields; fix the job and submit it again."
+    );
+    let body = completion_body(
+        "failed",
+        &Some(json!({"message": message, "error_code": "GATEWAY_JOB_MALFORMED"})),
+        &Some(message.clone()),
+        &crate::util::now_rfc3339(),
+    );
+    let id = format!("eq.{job_id}");
+    let gw = format!("eq.{}", s.gateway_id);
+    let rows = rest::update(
+        s,
+        "gateway_jobs",
+        &[("id", &id), ("status", "eq.queued"), ("gateway_id", &gw)],
+        &body,
+        true,
+    )?;
+    Ok(!rows.is_empty())
 }
 
 /// At most this many queued jobs per reconcile (fewer while big rows do not fit the body limit).
@@ -114,7 +153,7 @@ pub fn reconcile(s: &Session, limit: usize) -> Result<(Vec<JobRow>, Malformed), 
     let limit = limit.to_string();
     let team = format!("eq.{}", s.team_id);
     let gw = format!("eq.{}", s.gateway_id);
-    let rows = rest::select(
+    let rows = rest::select_raw(
         s,
         "gateway_jobs",
         &[
@@ -128,7 +167,7 @@ pub fn reconcile(s: &Session, limit: usize) -> Result<(Vec<JobRow>, Malformed), 
             ("limit", &limit),
         ],
     )?;
-    Ok(decode_jobs(rows))
+    Ok(decode_raw_rows(rows))
 }
 
 /// The conditional claim. `Ok(Some(row))`: ours. `Ok(None)`: someone else has it or it is no
@@ -274,6 +313,35 @@ pub fn complete(s: &Session, job_id: &str, body: &Value) -> Result<(), Error> {
     .map(|_| ())
 }
 
+/// `PATCH gateway_jobs?id=eq.<id>&status=eq.running&gateway_id=eq.<us>&started_at=eq.<ours>`
+/// with `body`: completes the job only while it is still the run our claim started (crash
+/// recovery: another claim of the same job, or a row the backend already ended, is left
+/// alone). True when the row matched.
+pub fn complete_if_ours(
+    s: &Session,
+    job_id: &str,
+    started_at: &str,
+    body: &Value,
+) -> Result<bool, Error> {
+    let id = format!("eq.{job_id}");
+    let gw = format!("eq.{}", s.gateway_id);
+    let started = format!("eq.{started_at}");
+    let rows = rest::update(
+        s,
+        "gateway_jobs",
+        &[
+            ("id", &id),
+            ("status", "eq.running"),
+            ("gateway_id", &gw),
+            ("started_at", &started),
+            ("select", "id"),
+        ],
+        body,
+        true,
+    )?;
+    Ok(!rows.is_empty())
+}
+
 /// `PATCH gateway_jobs?id=eq.<id>` with `{"debug": ...}`.
 pub fn set_debug(s: &Session, job_id: &str, debug: &Value) -> Result<(), Error> {
     let id = format!("eq.{job_id}");
@@ -285,38 +353,6 @@ pub fn set_debug(s: &Session, job_id: &str, debug: &Value) -> Result<(), Error> 
         false,
     )
     .map(|_| ())
-}
-
-/// This gateway's jobs still `running` (for crash recovery at start): (id, started_at).
-pub fn running_jobs(s: &Session) -> Result<Vec<(String, Option<String>, String)>, Error> {
-    let team = format!("eq.{}", s.team_id);
-    let gw = format!("eq.{}", s.gateway_id);
-    let rows = rest::select(
-        s,
-        "gateway_jobs",
-        &[
-            ("select", "id,started_at,job_type"),
-            ("team_id", &team),
-            ("gateway_id", &gw),
-            ("status", "eq.running"),
-        ],
-    )?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let id = r.get("id")?.as_str()?.to_string();
-            let started = r
-                .get("started_at")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let jt = r
-                .get("job_type")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            Some((id, started, jt))
-        })
-        .collect())
 }
 
 /// Levels of `gateway_events`.
@@ -453,17 +489,37 @@ mod tests {
         bad_status["status"] = json!("weird");
         let mut bad_attempt = row();
         bad_attempt["attempt"] = json!(-1);
-        let (ok, bad) = decode_jobs(vec![
+        // A payload nested deeper than serde_json's recursion limit (Postgres accepts it).
+        let deep = format!(
+            "{{\"id\":\"j6\",\"payload\":{}1{}}}",
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let mut string_payload = row();
+        string_payload["payload"] = json!("just text");
+        let body = format!(
+            "[{},{},\"x\",{},{},{},{},{}]",
             row(),
             bad_payload,
-            json!("x"),
             bad_status,
             bad_attempt,
-        ]);
-        assert_eq!(ok.len(), 1);
-        assert_eq!(bad.len(), 4);
+            deep,
+            string_payload,
+            row()
+        );
+        let raws: Vec<Box<serde_json::value::RawValue>> = serde_json::from_str(&body).unwrap();
+        let (ok, bad) = decode_raw_rows(raws);
+        assert_eq!(ok.len(), 2, "the good rows around the bad ones: {bad:?}");
+        assert_eq!(bad.len(), 6);
         assert_eq!(bad[0].0.as_deref(), Some("j2"));
         assert!(bad[0].1.contains("payload"));
+        assert_eq!(bad[4].0.as_deref(), Some("j6"), "the deep row's id is read");
+        assert!(bad[4].1.contains("could not be decoded"), "{}", bad[4].1);
+        assert!(
+            bad[5].1.contains("`payload` is not a JSON object"),
+            "{}",
+            bad[5].1
+        );
     }
 
     #[test]
@@ -723,12 +779,14 @@ mod tests {
         assert_eq!(c.target, "/rest/v1/gateway_jobs?id=eq.j1");
         assert_eq!(c.json(), json!({"debug": {"exit_code": 0}}));
 
-        running_jobs(&s).unwrap();
+        // Crash recovery fails a job only while it is still the run our claim started.
+        let _ = complete_if_ours(&s, "j1", "2026-01-05T10:00:00.000Z", &body);
         let c = last();
-        read(&c);
+        write(&c, Some("return=representation"));
+        assert_eq!(c.method, "PATCH");
         assert_eq!(
             c.target,
-            "/rest/v1/gateway_jobs?select=id%2Cstarted_at%2Cjob_type&team_id=eq.t&gateway_id=eq.g&status=eq.running"
+            "/rest/v1/gateway_jobs?id=eq.j1&status=eq.running&gateway_id=eq.g&started_at=eq.2026-01-05T10%3A00%3A00.000Z&select=id"
         );
 
         let ev = GatewayEvent {

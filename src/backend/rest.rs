@@ -62,6 +62,29 @@ pub fn select(s: &Session, table: &str, params: &[(&str, &str)]) -> Result<Vec<V
     json_array(&check(resp)?)
 }
 
+/// `GET /rest/v1/<table>?<params>` → each row's JSON text, undecoded: one row nested deeper
+/// than the decoder's recursion limit, or otherwise odd, cannot fail the whole reply (serde's
+/// raw values are skipped over without recursion). Decode them one by one.
+pub fn select_raw(
+    s: &Session,
+    table: &str,
+    params: &[(&str, &str)],
+) -> Result<Vec<Box<serde_json::value::RawValue>>, Error> {
+    let resp = check(s.request(
+        "GET",
+        &path(table, params),
+        &[("Accept-Profile", "public")],
+        None,
+        rest_timeout(),
+        MAX_BODY,
+    )?)?;
+    if resp.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&resp.body)
+        .map_err(|e| Error::Decode(format!("reply is not a JSON array of rows: {e}")))
+}
+
 /// `PATCH /rest/v1/<table>?<params>` with `body`. With `returning`, sends
 /// `Prefer: return=representation` and gives back the updated rows (empty: nothing matched).
 pub fn update(

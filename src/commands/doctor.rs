@@ -208,7 +208,16 @@ pub fn run(settings: &Settings, as_json: bool) -> i32 {
     };
 
     checks.push(match config::backend_config(settings, st.as_ref()) {
-        Ok(b) => Check::new("backend", true, b.url),
+        Ok(b) => {
+            let host = b.url.strip_prefix("http://").map(|r| r.split('/').next().unwrap_or(""));
+            match host {
+                Some(h) if !config::is_loopback_host(h) => Check::warn(
+                    "backend",
+                    format!("{} uses plain http:// to a host that is not this machine, allowed by --allow-insecure-http: pairing codes and tokens travel in clear text; use https://", b.url),
+                ),
+                _ => Check::new("backend", true, b.url),
+            }
+        }
         Err(e) => Check::new("backend", false, e),
     });
 

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod full_control;
 pub mod logs;
 pub mod pair;
+pub mod service;
 pub mod start;
 pub mod status;
 pub mod stop;
@@ -76,7 +77,14 @@ pub fn main_entry() -> i32 {
             foreground,
             daemon,
             daemon_child,
-        } => start::run(&settings, foreground, daemon, daemon_child),
+            check_config,
+        } => {
+            if check_config {
+                start::check_config(&settings)
+            } else {
+                start::run(&settings, foreground, daemon, daemon_child)
+            }
+        }
         Command::Stop {
             force,
             timeout_secs,
@@ -86,6 +94,20 @@ pub fn main_entry() -> i32 {
         Command::Doctor { json } => doctor::run(&settings, json),
         Command::FullControl { action } => full_control::run(&settings, action),
         Command::Unpair => unpair::run(&settings),
+        Command::Service {
+            action,
+            system,
+            user,
+            unit_dir,
+        } => service::run(
+            &settings,
+            action,
+            &service::ServiceArgs {
+                system,
+                user,
+                unit_dir,
+            },
+        ),
     }
 }
 

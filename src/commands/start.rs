@@ -14,6 +14,26 @@ pub fn start_background(settings: &Settings) -> Result<u32, String> {
     }
 }
 
+/// `start --check-config`: whether the daemon could start with these arguments, without
+/// starting it (no lock, no network). The watchdog runs an upgraded binary so before it
+/// restarts into it. Exit 0 and `OK …`, or 1 and the reason.
+pub fn check_config(settings: &Settings) -> i32 {
+    match daemon::preflight(settings) {
+        Ok(_) => {
+            println!(
+                "OK configuration usable by panorama-gateway {} (config {})",
+                crate::util::version(),
+                settings.paths.config_path.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("ERROR {e}");
+            1
+        }
+    }
+}
+
 /// Runs `start`; returns the exit code.
 pub fn run(settings: &Settings, foreground: bool, daemon: bool, daemon_child: bool) -> i32 {
     if daemon_child {

@@ -223,7 +223,7 @@ fn to_json(s: &Snapshot, settings: &Settings) -> Value {
         "running": s.running,
         "connected": s.connected,
         "pid": s.pid,
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::util::version(),
         "full_control_enabled": s.full_control,
         "connection": s.connection,
         "detail": s.detail,
@@ -371,7 +371,7 @@ fn detail_lines(s: &Snapshot, settings: &Settings, out: &mut String) {
             }
         ),
     );
-    line(out, format!("Version: {}", env!("CARGO_PKG_VERSION")));
+    line(out, format!("Version: {}", crate::util::version()));
     if !settings.verbose {
         return;
     }

@@ -194,14 +194,26 @@ pub fn load_file(path: &Path) -> Result<usize, String> {
         )
     })?;
     let pairs = parse(path, &text)?;
-    let mut n = 0;
+    let mut set: Vec<String> = Vec::new();
     for (k, v) in pairs {
         if std::env::var_os(&k).is_none() {
             std::env::set_var(&k, v);
-            n += 1;
+            set.push(k);
         }
     }
-    Ok(n)
+    // Remember what came from the file: none of it reaches a child process (exec::env).
+    if !set.is_empty() {
+        let var = crate::exec::ENV_FILE_NAMES_VAR;
+        let mut names: Vec<String> = std::env::var(var)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect();
+        names.extend(set.iter().cloned());
+        std::env::set_var(var, names.join(","));
+    }
+    Ok(set.len())
 }
 
 /// An env file decides where the gateway sends its tokens (`SUPABASE_URL`): it must be yours

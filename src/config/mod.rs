@@ -20,6 +20,9 @@ pub struct Paths {
     pub status_path: PathBuf,
     /// Owner-only directory for results the backend has not yet accepted.
     pub spool_dir: PathBuf,
+    /// Owner-only in-flight journal: the jobs and process groups this daemon runs, so the next
+    /// start can clean up after a crash.
+    pub inflight_dir: PathBuf,
 }
 
 /// `--claude-cli` / `--codex-cli` / `--gemini-cli` (already merged with their env vars).
@@ -42,7 +45,13 @@ pub struct Settings {
     pub supabase_url: Option<String>,
     /// `--anon-key` > `SUPABASE_ANON_KEY` > `PANORAMA_SUPABASE_ANON_KEY` > `SUPABASE_PUBLISHABLE_KEY`.
     pub anon_key: Option<String>,
+    /// `--allow-insecure-http` or `PANORAMA_GATEWAY_ALLOW_INSECURE_HTTP=1`: plain `http://` to a
+    /// host that is not loopback is accepted (tokens then travel in clear text).
+    pub allow_insecure_http: bool,
 }
+
+/// The environment twin of `--allow-insecure-http` (also how `start` hands it to the daemon).
+pub const ALLOW_INSECURE_HTTP_ENV: &str = "PANORAMA_GATEWAY_ALLOW_INSECURE_HTTP";
 
 /// The backend to talk to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +100,7 @@ pub struct Overrides {
     pub supabase_url: Option<String>,
     pub anon_key: Option<String>,
     pub device_name: Option<String>,
+    pub allow_insecure_http: bool,
 }
 
 /// The first non-empty environment variable of `names`.
@@ -164,6 +174,7 @@ pub fn resolve(o: &Overrides) -> Result<Settings, String> {
         .unwrap_or_else(|| state_dir.join("gateway.pid"));
     let status_path = status_path_for(&pid_path);
     let spool_dir = config_dir.join("spool");
+    let inflight_dir = config_dir.join("inflight");
     let flag_str = |v: &Option<String>| {
         v.as_ref()
             .map(|s| s.trim().to_string())
@@ -177,6 +188,7 @@ pub fn resolve(o: &Overrides) -> Result<Settings, String> {
             pid_path,
             status_path,
             spool_dir,
+            inflight_dir,
         },
         verbose: o.verbose,
         device_name: flag_str(&o.device_name)
@@ -195,6 +207,10 @@ pub fn resolve(o: &Overrides) -> Result<Settings, String> {
                 "SUPABASE_PUBLISHABLE_KEY",
             ])
         }),
+        allow_insecure_http: o.allow_insecure_http
+            || env_string(&[ALLOW_INSECURE_HTTP_ENV]).is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+            }),
     })
 }
 
@@ -209,6 +225,22 @@ pub fn status_path_for(pid_path: &Path) -> PathBuf {
 
 fn nonblank(v: Option<&str>) -> Option<String> {
     v.map(str::trim).filter(|s| !s.is_empty()).map(String::from)
+}
+
+/// True for a host (with an optional port) that is this machine: `localhost` (and
+/// `*.localhost`), 127.0.0.0/8, `[::1]`.
+pub fn is_loopback_host(host_port: &str) -> bool {
+    let host = if let Some(rest) = host_port.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    let h = host.to_ascii_lowercase();
+    h == "localhost"
+        || h.ends_with(".localhost")
+        || h == "::1"
+        || h.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 /// The backend to use: flag/environment (already in `settings`) > saved at pairing >
@@ -254,6 +286,12 @@ pub fn backend_config(
                     crate::redact::redact(&url.replace(host.split('@').next().unwrap_or(""), "[REDACTED]"))
                 ));
             }
+            if url.starts_with("http://") && !is_loopback_host(host) && !settings.allow_insecure_http
+            {
+                return Err(format!(
+                    "refusing plain http:// to {host}: pairing codes and tokens would travel in clear text; use https://, or, only on a network you trust, pass --allow-insecure-http (or set {ALLOW_INSECURE_HTTP_ENV}=1). Plain http:// is accepted without it only for loopback hosts (localhost, 127.0.0.1, [::1])"
+                ));
+            }
             crate::redact::register_secret(&anon_key);
             Ok(BackendConfig { url, anon_key })
         }
@@ -282,12 +320,12 @@ mod tests {
     #[test]
     fn backend_precedence() {
         let saved = GatewayState {
-            supabase_url: Some("http://saved/".into()),
+            supabase_url: Some("https://saved/".into()),
             supabase_anon_key: Some("savedkey".into()),
             ..Default::default()
         };
         let b = backend_config(&settings(None, None), Some(&saved)).unwrap();
-        assert_eq!(b.url, "http://saved");
+        assert_eq!(b.url, "https://saved");
         assert_eq!(b.anon_key, "savedkey");
         let b = backend_config(&settings(Some("https://flag"), None), Some(&saved)).unwrap();
         assert_eq!(b.url, "https://flag");
@@ -314,6 +352,41 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
         assert!(backend_config(&settings(Some("http://127.0.0.1:5432/"), Some("k")), None).is_ok());
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        for ok in [
+            "http://127.0.0.1:54321",
+            "http://localhost:8000/",
+            "http://LOCALHOST",
+            "http://api.localhost:1",
+            "http://127.9.9.9",
+            "http://[::1]:54321",
+            "https://project.supabase.co",
+        ] {
+            assert!(
+                backend_config(&settings(Some(ok), Some("k")), None).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://example.com",
+            "http://10.0.0.5:54321",
+            "http://192.168.1.2",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.nip.io",
+            "http://[::2]",
+        ] {
+            let e = backend_config(&settings(Some(bad), Some("k")), None).unwrap_err();
+            assert!(
+                e.starts_with("refusing plain http:// to ") && e.contains("--allow-insecure-http"),
+                "{bad}: {e}"
+            );
+            let mut s = settings(Some(bad), Some("k"));
+            s.allow_insecure_http = true;
+            assert!(backend_config(&s, None).is_ok(), "{bad} with the flag");
+        }
     }
 
     #[test]

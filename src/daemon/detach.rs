@@ -146,6 +146,9 @@ pub fn launch(settings: &Settings) -> Result<Launch, String> {
     if let Some(k) = &settings.anon_key {
         cmd.env("SUPABASE_ANON_KEY", k);
     }
+    if settings.allow_insecure_http {
+        cmd.env(crate::config::ALLOW_INSECURE_HTTP_ENV, "1");
+    }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

@@ -66,6 +66,24 @@ impl EventQueue {
     }
 }
 
+/// Wraps a provider health sink so that a provider whose status changes (turns unhealthy,
+/// or healthy again) wakes the heartbeat thread at once: the backend hears of it within a
+/// heartbeat round trip, not at the next tick. Wake-ups coalesce (one thread, one heartbeat in
+/// flight; it sends only when the health generation moved).
+pub(super) fn waking_sink(
+    inner: crate::providers::HealthSink,
+    wake: crossbeam_channel::Sender<()>,
+) -> crate::providers::HealthSink {
+    let last: Mutex<std::collections::HashMap<String, String>> = Mutex::default();
+    Arc::new(move |id: &str, h: &crate::providers::health::Health| {
+        inner(id, h);
+        let status = h.status.as_str().to_string();
+        if lock(&last).insert(id.to_string(), status.clone()) != Some(status) {
+            let _ = wake.try_send(());
+        }
+    })
+}
+
 pub(super) fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
     let mut last_health = s.providers.health_generation();
     let mut next_tick = Instant::now();
@@ -95,7 +113,7 @@ pub(super) fn heartbeat_loop(s: Arc<Shared>, wake: Receiver<()>) {
                     .store(team_fc, Ordering::SeqCst);
                 s.edit_status(&|st: &mut RuntimeStatus| st.team_full_control = Some(team_fc));
                 // A toggle turned off ends the open shell sessions now, not at the next job.
-                s.shell_sessions.enforce_control(true, s.control_source()());
+                s.shell_sessions.enforce_control(s.control_from_row(&cs));
             }
         }
         send_events(&s);

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use serde_json::{json, Value};
 
 use super::shared::Shared;
-use super::{outbox, worker};
+use super::{cancels, outbox};
 use crate::backend::jobs::{self as wire, JobRow, Level};
 use crate::backend::realtime::ReaderHooks;
 use crate::backend::Error;
@@ -54,17 +54,10 @@ fn offer(s: &Arc<Shared>, job: JobRow) {
         return;
     }
     if job.job_type == "subagent_cancel" {
-        // Bypasses the queue and the concurrency limit.
-        let me = s.clone();
-        let spawned = std::thread::Builder::new()
-            .name("cancel-job".into())
-            .spawn(move || {
-                let id = job.id.clone();
-                worker::process(&me, job);
-                lock(&me.ingress.seen).remove(&id);
-            });
-        if let Err(e) = spawned {
-            log::error!(target: "worker", "cannot start a thread for a subagent_cancel job: {e}; it stays queued");
+        // Bypasses the queue and the concurrency limit, into the bounded cancel pool.
+        let id = job.id.clone();
+        if !cancels::offer(s, job) {
+            lock(&s.ingress.seen).remove(&id);
         }
         return;
     }
@@ -95,6 +88,23 @@ fn log_malformed(s: &Shared, id: Option<&str>, why: &str, source: &str) {
             format!("Skipped a malformed gateway job row: {why}"),
             json!({ "job_id": id, "source": source }),
         );
+    }
+}
+
+/// A queued row of ours that cannot be read: logged once, and its job failed with a clear
+/// error (conditional on it still being queued) so it does not stay queued forever; the other
+/// rows go on.
+fn reject_malformed(s: &Shared, id: Option<&str>, why: &str, source: &str) {
+    log_malformed(s, id, why, source);
+    let Some(id) = id else { return };
+    match wire::fail_malformed(&s.session, id, why) {
+        Ok(true) => {
+            log::warn!(target: "ingress", "failed malformed job {id} from {source}: {why}")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            log::warn!(target: "ingress", "could not fail malformed job {id}: {e}; retrying at the next reconcile")
+        }
     }
 }
 
@@ -145,12 +155,14 @@ impl ReaderHooks for Hooks {
             Ok(job) => offer(&self.shared, job),
             Err(why) => {
                 let id = record.get("id").and_then(Value::as_str);
-                log_malformed(&self.shared, id, &why, "realtime");
+                reject_malformed(&self.shared, id, &why, "realtime");
             }
         }
     }
     fn malformed(&self, what: &str) {
         log::warn!(target: "realtime", "{what}");
+        // A row too deep for the frame decoder: reconcile reads rows one by one.
+        self.shared.wake_reconcile();
     }
     fn disconnected(&self, reason: &str, retry_in: Duration) {
         let s = &self.shared;
@@ -190,7 +202,7 @@ pub(super) fn reconcile_loop(s: Arc<Shared>, wake: Receiver<()>) {
                 *lock(&s.ingress.state) = Ingress::Ok;
                 *lock(&s.ingress.reconcile_error) = None;
                 for (id, why) in bad {
-                    log_malformed(&s, id.as_deref(), &why, "reconcile");
+                    reject_malformed(&s, id.as_deref(), &why, "reconcile");
                 }
                 for j in jobs {
                     offer(&s, j);

@@ -6,6 +6,7 @@
 //! tells a waiting parent that it is up, runs [`runtime::run`], and on return removes the pid
 //! file (or re-executes itself after an upgrade).
 
+mod cancels;
 pub mod detach;
 mod heartbeat;
 mod ingress;
@@ -219,6 +220,12 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     if let Err(e) = prepare_dirs(paths) {
         return fail!(e);
     }
+    // Handlers first: once the pid lock is held, `status` says "running" and a SIGTERM may
+    // come at once; it must drain, not kill the process with the default action.
+    let sigpipe = match signals::install() {
+        Ok(p) => p,
+        Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
+    };
     let lock = match pidfile::acquire(&paths.pid_path) {
         Ok(l) => l,
         Err(pidfile::AcquireError::AlreadyRunning(pid)) => {
@@ -227,10 +234,6 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
             return 0;
         }
         Err(pidfile::AcquireError::Failed(e)) => return fail!(e),
-    };
-    let sigpipe = match signals::install() {
-        Ok(p) => p,
-        Err(e) => return fail!(format!("cannot install signal handlers: {e}")),
     };
     if let Err(e) =
         crate::logging::init_with(&paths.log_path, settings.verbose, !detached, detached)
@@ -241,7 +244,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     install_panic_logger();
 
     let pid = std::process::id();
-    let version = env!("CARGO_PKG_VERSION").to_string();
+    let version = crate::util::version().to_string();
     let status = statusfile::StatusFile::create(
         &paths.status_path,
         status::RuntimeStatus {
@@ -271,6 +274,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     let restart = match &exe {
         Some(exe) => watchdog::spawn(
             exe.clone(),
+            argv.iter().skip(1).cloned().collect(),
             watchdog::WatchConfig::from_env(),
             shutdown.clone(),
             updater.clone(),

@@ -14,7 +14,7 @@ use super::shared::Shared;
 use crate::backend::jobs::{self as wire, Level};
 use crate::backend::spool::Spool;
 use crate::backend::{Backoff, Error};
-use crate::util::{lock, now_rfc3339, parse_rfc3339_ms};
+use crate::util::{lock, now_rfc3339};
 
 /// At most this many undeliverable, unspoolable results are held in memory (bodies can be
 /// large). Beyond it the oldest is given up, loudly.
@@ -74,7 +74,10 @@ pub(super) fn deliver(s: &Shared, job_id: &str, body: &Value) {
     let deadline = Instant::now() + s.tuning.complete_retry;
     loop {
         match wire::complete(&s.session, job_id, body) {
-            Ok(()) => return,
+            Ok(()) => {
+                s.journal.end(job_id);
+                return;
+            }
             Err(e) if e.is_retryable() => {
                 if Instant::now() >= deadline || s.shutdown.is_immediate() {
                     log::warn!(target: "worker", "completion of job {job_id} not accepted yet ({e}); spooling it for later delivery");
@@ -97,6 +100,7 @@ pub(super) fn deliver(s: &Shared, job_id: &str, body: &Value) {
     }
     match s.outbox.spool.put(job_id, body) {
         Ok(()) => {
+            s.journal.end(job_id);
             s.push_status(true);
             s.event(
                 Level::Warn,
@@ -149,6 +153,7 @@ pub(super) fn retry_pending(s: &Shared) -> usize {
         if !backend_away {
             match wire::complete(&s.session, id, body) {
                 Ok(()) => {
+                    s.journal.end(id);
                     log::info!(target: "worker", "delivered the held result of job {id}");
                     done.push(id.clone());
                     continue;
@@ -165,6 +170,7 @@ pub(super) fn retry_pending(s: &Shared) -> usize {
             }
         }
         if s.outbox.spool.put(id, body).is_ok() {
+            s.journal.end(id);
             log::info!(target: "worker", "held result of job {id} written to the spool");
             done.push(id.clone());
         }
@@ -200,8 +206,11 @@ fn reject_fallback(s: &Shared, job_id: &str, e: &Error) {
         &Some(msg),
         &now_rfc3339(),
     );
-    if let Err(e2) = wire::complete(&s.session, job_id, &body) {
-        log::error!(target: "worker", "could not fail job {job_id} either ({e2}); it stays running until the next gateway restart fails it");
+    match wire::complete(&s.session, job_id, &body) {
+        Ok(()) => s.journal.end(job_id),
+        Err(e2) => {
+            log::error!(target: "worker", "could not fail job {job_id} either ({e2}); it stays running until the next gateway restart fails it")
+        }
     }
 }
 
@@ -237,34 +246,23 @@ fn flush_spool(s: &Shared) {
     s.push_status(true);
 }
 
-/// Jobs of this gateway left `running` by an earlier process → failed.
+/// Crash recovery, from the journal an earlier process left: its jobs the backend still
+/// shows running with that process's claim are failed (and their subagent runs ended).
+/// Every other `running` row is left alone: not ours to judge.
 fn recover_stale_jobs(s: &Shared) -> Result<(), Error> {
-    let rows = wire::running_jobs(&s.session)?;
-    let mut n = 0;
-    for (id, started_at, job_type) in rows {
-        if s.jobs.contains(&id) {
-            continue;
-        }
-        let started = started_at.as_deref().and_then(parse_rfc3339_ms);
-        if started.is_some_and(|t| t >= s.process_start_ms) {
-            continue;
-        }
-        let body = wire::completion_body(
-            "failed",
-            &Some(json!({ "message": RESTART_JOB_ERROR, "job_type": job_type })),
-            &Some(RESTART_JOB_ERROR.into()),
-            &now_rfc3339(),
-        );
-        wire::complete(&s.session, &id, &body)?;
-        log::warn!(target: "runtime", "job {id} was still running from before this process started; marked failed ({RESTART_JOB_ERROR})");
-        n += 1;
+    if s.recovery.is_empty() {
+        return Ok(());
     }
-    if n > 0 {
+    let failed = s.recovery.settle(&s.session, &s.journal)?;
+    if !failed.is_empty() {
         s.event(
             Level::Warn,
             "jobs_recovered",
-            format!("{n} job(s) interrupted by a gateway restart were marked failed"),
-            json!({ "count": n }),
+            format!(
+                "{} job(s) interrupted by a gateway restart were marked failed",
+                failed.len()
+            ),
+            json!({ "count": failed.len(), "job_ids": failed }),
         );
     }
     Ok(())
@@ -284,7 +282,10 @@ pub(super) fn fail_stuck_jobs(s: &Shared, stuck: Vec<(String, String)>) {
         );
         let sent = !backend_away
             && match wire::complete(&s.session, &id, &body) {
-                Ok(()) => true,
+                Ok(()) => {
+                    s.journal.end(&id);
+                    true
+                }
                 Err(e) => {
                     log::warn!(target: "runtime", "could not mark job {id} failed ({e}); spooling it for the next start");
                     backend_away = true;
@@ -292,8 +293,9 @@ pub(super) fn fail_stuck_jobs(s: &Shared, stuck: Vec<(String, String)>) {
                 }
             };
         if !sent {
-            if let Err(e) = s.outbox.spool.put(&id, &body) {
-                hold_pending(s, &id, &body, &e);
+            match s.outbox.spool.put(&id, &body) {
+                Ok(()) => s.journal.end(&id),
+                Err(e) => hold_pending(s, &id, &body, &e),
             }
         }
     }

@@ -28,12 +28,14 @@ use crate::backend::spool::Spool;
 use crate::config::state::GatewayState;
 use crate::config::{BackendConfig, Settings};
 use crate::exec::Children;
+use crate::jobs::journal::Journal;
+use crate::jobs::recovery;
 use crate::jobs::shell::ShellSessions;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::state_store::{health_sink, FileTokenStore};
 use crate::tuning::Tuning;
-use crate::util::{hostname, unix_ms};
+use crate::util::hostname;
 
 /// Edits the daemon's status; the closure changes the current status and the file is rewritten
 /// atomically. Provided by the daemon.
@@ -48,8 +50,8 @@ pub struct RuntimeContext {
 
 /// The error text of jobs stopped by the drain timeout.
 pub const SHUTDOWN_JOB_ERROR: &str = "gateway shut down before the job finished";
-/// The error text of jobs a previous process left `running`.
-pub const RESTART_JOB_ERROR: &str = "gateway restarted during the job";
+/// The error text of jobs a previous process left `running` (set by crash recovery).
+pub use crate::jobs::recovery::RESTART_JOB_ERROR;
 
 /// The paired session from gateway.json, and the device name in use.
 struct Paired {
@@ -113,13 +115,20 @@ fn open_session(settings: &Settings) -> Result<Paired, String> {
 }
 
 /// The providers found on this host, with the health gateway.json remembers.
-fn open_providers(settings: &Settings, state: &GatewayState) -> Arc<Registry> {
+fn open_providers(
+    settings: &Settings,
+    state: &GatewayState,
+    wake_heartbeat: crossbeam_channel::Sender<()>,
+) -> Arc<Registry> {
     let providers = Arc::new(Registry::discover(&settings.cli_overrides));
     providers.set_work_root(settings.paths.config_dir.join("work"));
     if let Some(h) = &state.provider_health {
         providers.load_health(h);
     }
-    providers.set_health_sink(health_sink(settings.paths.config_path.clone()));
+    providers.set_health_sink(heartbeat::waking_sink(
+        health_sink(settings.paths.config_path.clone()),
+        wake_heartbeat,
+    ));
     providers
 }
 
@@ -136,13 +145,18 @@ struct Threads {
 /// Runs until `ctx.shutdown` asks to stop and every thread has wound down. Returns Err with a
 /// human sentence when the runtime cannot start at all (for example not paired).
 pub fn run(ctx: RuntimeContext) -> Result<(), String> {
-    let process_start_ms = unix_ms();
     let settings = ctx.settings.clone();
     let paired = open_session(&settings)?;
     let session = paired.session.clone();
     let tuning = Tuning::from_env();
     let device_name = paired.device_name.clone();
     let spool = Spool::open(&settings.paths.spool_dir)?;
+    // Before anything runs: the process groups a crashed predecessor left are ended now; its
+    // jobs are settled with the backend by the reconcile loop before it takes any.
+    let journal = Arc::new(Journal::open(&settings.paths.inflight_dir));
+    let (recovery, journal_problems) = recovery::begin(&journal, crate::exec::KILL_GRACE);
+    let children = Arc::new(Children::default());
+    children.set_observer(journal.observer());
     log::info!(target: "runtime", "gateway starting gateway_id={} team_id={} device={device_name:?} concurrency={} backend={}", session.gateway_id, session.team_id, tuning.concurrency, paired.cfg.url);
     (ctx.status)(&|s: &mut RuntimeStatus| s.connection = "connecting".into());
 
@@ -152,6 +166,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     }
 
     let (to_workers, workers_from_ingress) = bounded::<Box<JobRow>>(tuning.queue_capacity);
+    let (to_cancels, cancels_from_ingress) = bounded::<Box<JobRow>>(super::cancels::QUEUE);
     let (wake_reconcile, reconcile_woken) = bounded::<()>(4);
     let (wake_heartbeat, heartbeat_woken) = bounded::<()>(16);
     let shared = Arc::new(Shared::new(
@@ -160,16 +175,19 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
             shutdown: ctx.shutdown.clone(),
             status: ctx.status.clone(),
             tuning: tuning.clone(),
-            providers: open_providers(&settings, &paired.state),
-            children: Arc::new(Children::default()),
+            providers: open_providers(&settings, &paired.state, wake_heartbeat.clone()),
+            children,
             shell_sessions: Arc::new(ShellSessions::new()),
+            subagent_runs: Arc::default(),
             outbox: Outbox::new(spool),
             device_name: device_name.clone(),
             settings,
-            process_start_ms,
+            journal,
+            recovery,
         },
         Channels {
             to_workers,
+            to_cancels,
             wake_reconcile,
             wake_heartbeat,
         },
@@ -184,6 +202,14 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         ),
         json!({ "version": env!("CARGO_PKG_VERSION"), "concurrency": tuning.concurrency, "pid": std::process::id() }),
     );
+    for p in journal_problems {
+        shared.event(
+            Level::Error,
+            "journal_unreadable",
+            "An in-flight journal entry of the previous gateway process could not be read; it was set aside and not recovered".into(),
+            json!({ "problem": p }),
+        );
+    }
 
     let s = shared.clone();
     let heartbeat = spawn("heartbeat", move || heartbeat_loop(s, heartbeat_woken))?;
@@ -205,6 +231,14 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         })?);
     }
     drop(workers_from_ingress);
+    // A small fixed pool for cancel jobs, stopped with the workers.
+    for i in 0..super::cancels::THREADS {
+        let s = shared.clone();
+        let (rx, stop) = (cancels_from_ingress.clone(), workers_stopped.clone());
+        workers.push(spawn(&format!("cancel-{i}"), move || {
+            super::cancels::cancel_loop(s, rx, stop)
+        })?);
+    }
     let s = shared.clone();
     let reconcile = spawn("reconcile", move || reconcile_loop(s, reconcile_woken))?;
     let s = shared.clone();
@@ -239,6 +273,10 @@ fn watch_until_stop(shared: &Shared) {
         if reload != reload_seen {
             // SIGHUP: gateway.json was re-read (full-control toggle); tell the backend now.
             reload_seen = reload;
+            // Host machine control switched off ends the shell sessions now, without waiting
+            // for the backend.
+            let c = shared.control_source()(crate::jobs::TeamToggle::LastRead);
+            shared.shell_sessions.enforce_control(c);
             shared.heartbeat.force.store(true, Ordering::SeqCst);
             shared.wake_heartbeat();
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::Value;
 
+use super::cancels::CancelState;
 use super::heartbeat::{EventQueue, HeartbeatState};
 use super::ingress::{Ingress, IngressState};
 use super::outbox::Outbox;
@@ -20,7 +21,10 @@ use crate::backend::session::Session;
 use crate::config::Settings;
 use crate::exec::Children;
 use crate::jobs;
+use crate::jobs::journal::Journal;
+use crate::jobs::recovery;
 use crate::jobs::shell::ShellSessions;
+use crate::jobs::subagent_runs::SubagentRuns;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::tuning::Tuning;
@@ -42,6 +46,8 @@ pub(super) struct Channels {
     /// Ingress → workers. Boxed rows: the bounded channel preallocates its slots, keep them
     /// pointer-sized.
     pub to_workers: Sender<Box<JobRow>>,
+    /// Ingress → the cancel threads (subagent_cancel jobs, bounded; see `cancels`).
+    pub to_cancels: Sender<Box<JobRow>>,
     /// → the reconcile thread: reconcile now (after a subscribe, at the drain).
     pub wake_reconcile: Sender<()>,
     /// → the heartbeat thread: the status changed, an event is queued, the drain began.
@@ -57,10 +63,12 @@ pub(super) struct Parts {
     pub providers: Arc<Registry>,
     pub children: Arc<Children>,
     pub shell_sessions: Arc<ShellSessions>,
+    pub subagent_runs: Arc<SubagentRuns>,
     pub outbox: Outbox,
     pub device_name: String,
     pub settings: Settings,
-    pub process_start_ms: u64,
+    pub journal: Arc<Journal>,
+    pub recovery: recovery::Pending,
 }
 
 pub(super) struct Shared {
@@ -71,9 +79,16 @@ pub(super) struct Shared {
     pub children: Arc<Children>,
     /// The open remote shell sessions (they outlive single jobs).
     pub shell_sessions: Arc<ShellSessions>,
+    /// The subagent runs active here and the cancels waiting for theirs.
+    pub subagent_runs: Arc<SubagentRuns>,
+    /// The runs with a cancel job on its way (coalescing).
+    pub cancels: CancelState,
     pub device_name: String,
     pub settings: Settings,
-    pub process_start_ms: u64,
+    /// The in-flight journal of this process (the next start's crash recovery reads it).
+    pub journal: Arc<Journal>,
+    /// What an earlier process left in the journal, still to settle with the backend.
+    pub recovery: recovery::Pending,
     /// False once the drain began: new jobs are left queued for the next process.
     pub accepting: AtomicBool,
     pub channels: Channels,
@@ -95,9 +110,12 @@ impl Shared {
             providers: p.providers,
             children: p.children,
             shell_sessions: p.shell_sessions,
+            subagent_runs: p.subagent_runs,
+            cancels: CancelState::default(),
             device_name: p.device_name,
             settings: p.settings,
-            process_start_ms: p.process_start_ms,
+            journal: p.journal,
+            recovery: p.recovery,
             accepting: AtomicBool::new(true),
             channels,
             ingress: IngressState::default(),
@@ -236,19 +254,58 @@ impl Shared {
         }
     }
 
-    /// The machine-control layers for a job (PROTOCOL.md §8): the team toggle (last
-    /// control-state read) and heartbeat freshness (90 s) as of now; the install toggle is read
-    /// from gateway.json only when the handler asks.
+    /// The machine-control layers for a job (PROTOCOL.md §8): heartbeat freshness (90 s) as
+    /// the job starts; the install toggle read from gateway.json and, when the handler asks for
+    /// it ([`jobs::TeamToggle::ReadNow`]), the team toggle read from the backend at the time of
+    /// the call. A team read that fails leaves the toggle unknown, which denies.
     pub fn control_source(&self) -> jobs::ControlSource {
-        let team_enabled = self.heartbeat.team_full_control.load(Ordering::SeqCst);
+        let last_team = self.heartbeat.team_full_control.load(Ordering::SeqCst);
         let heartbeat_fresh =
             lock(&self.heartbeat.ok_at).is_some_and(|t| t.elapsed() < Duration::from_secs(90));
         let config_path = self.settings.paths.config_path.clone();
-        Arc::new(move || jobs::ControlState {
-            install_enabled: install_full_control(&config_path),
-            team_enabled,
-            heartbeat_fresh,
+        let session = self.session.clone();
+        Arc::new(move |team: jobs::TeamToggle| {
+            let (team_known, team_enabled) = match team {
+                jobs::TeamToggle::LastRead => (true, last_team),
+                jobs::TeamToggle::ReadNow => team_toggle_now(&session),
+            };
+            jobs::ControlState {
+                install_enabled: install_full_control(&config_path),
+                team_enabled,
+                team_known,
+                heartbeat_fresh,
+            }
         })
+    }
+
+    /// The layers as the heartbeat thread just read them (`row`: this gateway's
+    /// `team_gateways` row), for closing the shell sessions when a layer is off.
+    pub fn control_from_row(&self, row: &Value) -> jobs::ControlState {
+        jobs::ControlState {
+            install_enabled: install_full_control(&self.settings.paths.config_path),
+            team_enabled: row.get("full_control_enabled") == Some(&Value::Bool(true)),
+            team_known: true,
+            heartbeat_fresh: lock(&self.heartbeat.ok_at)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(90)),
+        }
+    }
+}
+
+/// (read, enabled) of `team_gateways.full_control_enabled`, read from the backend now.
+fn team_toggle_now(session: &Session) -> (bool, bool) {
+    match crate::backend::jobs::control_state(session) {
+        Ok(Some(row)) => (
+            true,
+            row.get("full_control_enabled") == Some(&Value::Bool(true)),
+        ),
+        Ok(None) => {
+            log::warn!(target: "runtime", "machine control denied: this gateway's team_gateways row is missing");
+            (false, false)
+        }
+        Err(e) => {
+            log::warn!(target: "runtime", "machine control denied: reading the team toggle failed: {e}");
+            (false, false)
+        }
     }
 }
 

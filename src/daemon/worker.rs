@@ -16,7 +16,7 @@ use super::shared::Shared;
 use crate::backend::jobs::{self as wire, JobRow};
 use crate::backend::{Backoff, Error};
 use crate::exec::CancelToken;
-use crate::jobs::{self, FinalStatus, JobContext, Outcome};
+use crate::jobs::{self, journal, FinalStatus, JobContext, Outcome};
 use crate::util::{lock, now_rfc3339, unix_ms};
 
 pub(super) struct RunningJob {
@@ -41,10 +41,6 @@ impl RunningJobs {
         lock(&self.running).is_empty()
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        lock(&self.running).contains_key(id)
-    }
-
     fn insert(&self, id: &str, cancel: CancelToken, job_type: &str) {
         lock(&self.running).insert(
             id.to_string(),
@@ -55,7 +51,7 @@ impl RunningJobs {
         );
     }
 
-    fn remove(&self, id: &str) {
+    pub(super) fn remove(&self, id: &str) {
         lock(&self.running).remove(id);
     }
 
@@ -114,10 +110,19 @@ pub(super) fn worker_loop(s: Arc<Shared>, from_ingress: Receiver<Box<JobRow>>, s
 /// One job: claim → handler → complete.
 pub(super) fn process(s: &Shared, job: JobRow) {
     let started_at = now_rfc3339();
+    // Journaled before the claim: a claim that lands unseen is still ours to clean up after a
+    // crash. The entry goes once the result is delivered or spooled (the outbox).
+    s.journal.begin(journal::Entry::job(
+        &job.id,
+        &job.job_type,
+        &started_at,
+        &job.payload,
+    ));
     let claimed = match wire::claim(&s.session, &job.id, &started_at) {
         Ok(Some(row)) => row,
         Ok(None) => {
             log::debug!(target: "worker", "job {} was taken or cancelled before we claimed it", job.id);
+            s.journal.end(&job.id);
             return;
         }
         // No answer, or an answer we cannot read: the PATCH may have landed (a timed-out
@@ -125,11 +130,18 @@ pub(super) fn process(s: &Shared, job: JobRow) {
         Err(e) if e.is_retryable() || matches!(e, Error::Decode(_) | Error::TooLarge { .. }) => {
             match resolve_claim(s, &job, &started_at, &e) {
                 Some(row) => row,
-                None => return,
+                None => {
+                    // Unresolved at an immediate stop: the entry stays for the next start.
+                    if !s.shutdown.is_immediate() {
+                        s.journal.end(&job.id);
+                    }
+                    return;
+                }
             }
         }
         Err(e) => {
             log::warn!(target: "worker", "claim of job {} refused, it stays queued and is retried by the next reconcile: {e}", job.id);
+            s.journal.end(&job.id);
             return;
         }
     };
@@ -278,6 +290,7 @@ fn run_handler(s: &Shared, job: &JobRow, cancel: &CancelToken) -> Outcome {
         shell_sessions: s.shell_sessions.clone(),
         control: s.control_source(),
         cancel_running: s.jobs.canceller(),
+        subagent_runs: s.subagent_runs.clone(),
     };
     match std::panic::catch_unwind(AssertUnwindSafe(|| {
         jobs::dispatch(&job.job_type, &job.payload, &ctx)

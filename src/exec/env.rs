@@ -1,40 +1,63 @@
-//! The child environment (PROTOCOL.md §11): the user's environment minus the gateway's own
-//! secrets and settings.
+//! The child environment (PROTOCOL.md §11, issue 8): the user's environment minus, by rule,
+//! every backend, database and gateway name, and minus everything the gateway loaded from its
+//! own env files. Documented in docs/README-security.md "Child environment".
 
 use std::ffi::{OsStr, OsString};
 
-/// Removed from every child environment, exactly (case-sensitive).
+/// Removed from every child environment by exact name (case-insensitive), beyond the rule of
+/// [`is_scrubbed`]: other services' keys the gateway's own environment may hold, and proxies
+/// (they can carry the egress proxy's token).
 pub const SCRUBBED_NAMES: &[&str] = &[
-    "DATABASE_URL",
-    "DATABASE_CA_CERT",
-    "SUPABASE_URL",
-    "SUPABASE_ANON_KEY",
-    "SUPABASE_PUBLISHABLE_KEY",
-    "SUPABASE_SERVICE_ROLE_KEY",
-    "SUPABASE_SECRET_KEY",
-    "PANORAMA_SUPABASE_URL",
-    "PANORAMA_SUPABASE_ANON_KEY",
-    "PANORAMA_EGRESS_PROXY_TOKEN",
-    "PANORAMA_EGRESS_PROXY_HOST",
-    "PANORAMA_ENV",
-    "PANORAMA_ENV_FILE",
-    "PANORAMA_ENV_PATH",
     "OPENROUTER_API_KEY",
     "BRAVE_SEARCH_API_KEY",
     "HTTP_PROXY",
-    "http_proxy",
     "HTTPS_PROXY",
-    "https_proxy",
+    "ALL_PROXY",
+    // libpq's connection settings (a database password among them).
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSSLKEY",
+    "PGSSLCERT",
+    "PGSSLROOTCERT",
 ];
 
-/// Every name starting with this is removed too.
-pub const SCRUBBED_PREFIX: &str = "PANORAMA_GATEWAY_";
+/// Names starting with one of these (case-insensitive) are the backend's or the gateway's:
+/// Supabase, Panorama (the gateway's own settings included), Postgres, databases.
+pub const SCRUBBED_PREFIXES: &[&str] = &["SUPABASE_", "PANORAMA_", "POSTGRES", "DATABASE_"];
 
-/// True when `name` must not reach a child.
+/// Names containing one of these (case-insensitive) are backend or database secrets wherever
+/// they appear: `MY_SERVICE_ROLE_KEY`, `AUTH_JWT_SECRET`, `DIRECT_DATABASE_URL`, …
+pub const SCRUBBED_PARTS: &[&str] = &[
+    "SERVICE_ROLE",
+    "JWT_SECRET",
+    "DATABASE_URL",
+    "DB_PASSWORD",
+    "DATABASE_PASSWORD",
+    "DB_URL",
+];
+
+/// The names the gateway set from its env files (`--env`, `--env-file`), comma-separated, as
+/// recorded by `config::envfile::load_file`. None of them reaches a child (the variable
+/// itself is a `PANORAMA_*` name and is scrubbed too).
+pub const ENV_FILE_NAMES_VAR: &str = "PANORAMA_GATEWAY_ENV_FILE_NAMES";
+
+/// True when `name`, by the rule, must not reach a child: a backend, database or gateway
+/// name (see [`SCRUBBED_PREFIXES`], [`SCRUBBED_PARTS`], [`SCRUBBED_NAMES`]). The providers'
+/// own keys (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, `GEMINI_API_KEY`, cloud credentials such
+/// as `AWS_*` or `GOOGLE_APPLICATION_CREDENTIALS`) and the ordinary environment (`PATH`,
+/// `HOME`, `GEMINI_CLI_TRUST_WORKSPACE`, …) match none of these and are kept.
 pub fn is_scrubbed(name: &OsStr) -> bool {
-    let bytes = name.as_encoded_bytes();
-    bytes.starts_with(SCRUBBED_PREFIX.as_bytes())
-        || SCRUBBED_NAMES.iter().any(|n| n.as_bytes() == bytes)
+    let upper = name.to_string_lossy().to_ascii_uppercase();
+    SCRUBBED_PREFIXES.iter().any(|p| upper.starts_with(p))
+        || SCRUBBED_PARTS.iter().any(|p| upper.contains(p))
+        || SCRUBBED_NAMES.iter().any(|n| *n == upper)
 }
 
 /// The current process environment, scrubbed, with `overrides` applied last (a `None` value
@@ -43,13 +66,29 @@ pub fn child_env(overrides: &[(&str, Option<&OsStr>)]) -> Vec<(OsString, OsStrin
     child_env_from(std::env::vars_os(), overrides)
 }
 
-/// [`child_env`] over a given environment (testable without touching the process's own).
+/// [`child_env`] over a given environment (testable without touching the process's own):
+/// names matching the rule of [`is_scrubbed`] and names the gateway loaded from its env files
+/// ([`ENV_FILE_NAMES_VAR`]) are removed.
 pub fn child_env_from(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
     overrides: &[(&str, Option<&OsStr>)],
 ) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> =
-        vars.into_iter().filter(|(k, _)| !is_scrubbed(k)).collect();
+    let vars: Vec<(OsString, OsString)> = vars.into_iter().collect();
+    let from_files: Vec<String> = vars
+        .iter()
+        .find(|(k, _)| k.as_os_str() == OsStr::new(ENV_FILE_NAMES_VAR))
+        .map(|(_, v)| {
+            v.to_string_lossy()
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut env: Vec<(OsString, OsString)> = vars
+        .into_iter()
+        .filter(|(k, _)| !is_scrubbed(k) && !from_files.iter().any(|n| OsStr::new(n) == k))
+        .collect();
     for (k, v) in overrides {
         env.retain(|(name, _)| name.as_os_str() != OsStr::new(k));
         if let Some(v) = v {

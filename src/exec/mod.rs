@@ -11,15 +11,13 @@
 //! killed before the leader is reaped (the pgid cannot be reused while the leader is a zombie).
 
 mod env;
-// Not wired into the shell sessions yet (the PTY work of the remote shell lands next).
-#[allow(dead_code)]
+pub mod groups;
 pub mod pty;
-pub mod session;
 mod tmp;
 
 #[cfg(test)]
 use env::child_env_from;
-pub use env::{child_env, get_var, set_var};
+pub use env::{child_env, get_var, set_var, ENV_FILE_NAMES_VAR};
 pub use tmp::{ensure_private_dir, write_private_file, PrivateDir};
 
 use std::ffi::OsString;
@@ -70,6 +68,35 @@ struct Entry {
     kill: Arc<AtomicU64>,
 }
 
+/// A process group started or ended for an owner (a job id, or any key the caller chose).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupNote {
+    /// `start_time`: the leader's, from [`groups::start_time`] (None when /proc could not
+    /// tell, for example the leader already exited).
+    Started {
+        owner: String,
+        pgid: i32,
+        start_time: Option<u64>,
+    },
+    Ended {
+        owner: String,
+        pgid: i32,
+    },
+}
+
+/// Told of every process group started and ended through [`Children`]; set by whoever keeps a
+/// record of them (exec does not know what the record is for).
+pub type GroupObserver = Arc<dyn Fn(&GroupNote) + Send + Sync>;
+
+#[derive(Default)]
+struct Observer(Mutex<Option<GroupObserver>>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
 /// Registry of running children by job id (process group ids), so cancellation and shutdown
 /// can reach them. The thread running the child does the signalling and the reaping; the
 /// registry only asks it to (so a child is never reaped twice and never left a zombie).
@@ -78,6 +105,7 @@ pub struct Children {
     entries: Mutex<Vec<Entry>>,
     changed: Condvar,
     next: AtomicU64,
+    observer: Observer,
 }
 
 /// Removes the entry when the run ends, whatever the path out.
@@ -89,8 +117,17 @@ struct Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         let mut g = self.children.lock();
+        let gone: Vec<(String, i32)> = g
+            .iter()
+            .filter(|e| e.key == self.key)
+            .map(|e| (e.job_id.clone(), e.pgid))
+            .collect();
         g.retain(|e| e.key != self.key);
         self.children.changed.notify_all();
+        drop(g);
+        for (owner, pgid) in gone {
+            self.children.group_ended(&owner, pgid);
+        }
     }
 }
 
@@ -104,7 +141,44 @@ impl Children {
         crate::util::lock(&self.entries)
     }
 
+    /// Sets the one observer of started and ended process groups.
+    pub fn set_observer(&self, o: GroupObserver) {
+        *self.observer.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
+    }
+
+    fn notify(&self, note: GroupNote) {
+        let o = self
+            .observer
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(o) = o {
+            o(&note);
+        }
+    }
+
+    /// Tells the observer that `owner` started the process group `pgid` (its leader's pid).
+    /// [`run`] does it for registered children; long-lived children started elsewhere (shell
+    /// sessions) call it themselves, right after the spawn.
+    pub fn group_started(&self, owner: &str, pgid: i32) {
+        self.notify(GroupNote::Started {
+            owner: owner.to_string(),
+            pgid,
+            start_time: groups::start_time(pgid),
+        });
+    }
+
+    /// Tells the observer that the process group `pgid` of `owner` is gone.
+    pub fn group_ended(&self, owner: &str, pgid: i32) {
+        self.notify(GroupNote::Ended {
+            owner: owner.to_string(),
+            pgid,
+        });
+    }
+
     fn register(&self, job_id: &str, pgid: i32) -> (Registration<'_>, Arc<AtomicU64>) {
+        self.group_started(job_id, pgid);
         let key = self.next.fetch_add(1, Ordering::SeqCst);
         let kill = Arc::new(AtomicU64::new(0));
         self.lock().push(Entry {

@@ -252,7 +252,9 @@ fn environment_is_scrubbed_and_tmpdir_is_private() {
         ("PANORAMA_GATEWAY_ANYTHING", "/x".into()),
         ("PANORAMA_CLAUDE_CLI", "/opt/claude".into()),
         ("ANTHROPIC_API_KEY", "kept".into()),
-        ("supabase_url", "lowercase is a different name".into()),
+        ("supabase_url", "lowercase too".into()),
+        ("FROM_ENV_FILE", "loaded by --env-file".into()),
+        ("PANORAMA_GATEWAY_ENV_FILE_NAMES", "FROM_ENV_FILE".into()),
     ]
     .map(|(k, v)| (OsString::from(k), OsString::from(v)));
     let mut spec = Spec::new("/bin/sh")
@@ -270,16 +272,14 @@ fn environment_is_scrubbed_and_tmpdir_is_private() {
         "https_proxy",
         "PANORAMA_GATEWAY_CONFIG_DIR",
         "PANORAMA_GATEWAY_ANYTHING",
+        "PANORAMA_CLAUDE_CLI",
+        "supabase_url",
+        "FROM_ENV_FILE",
+        "PANORAMA_GATEWAY_ENV_FILE_NAMES",
     ] {
         assert!(!names.contains(&gone), "{gone} leaked:\n{text}");
     }
-    for kept in [
-        "PANORAMA_CLAUDE_CLI",
-        "ANTHROPIC_API_KEY",
-        "supabase_url",
-        "EXTRA",
-        "HOME",
-    ] {
+    for kept in ["ANTHROPIC_API_KEY", "EXTRA", "HOME"] {
         assert!(names.contains(&kept), "{kept} missing:\n{text}");
     }
     let tmpdir = text
@@ -492,5 +492,71 @@ fn bench_exec() {
             rss_now_kib()
         );
         drop(o);
+    }
+}
+
+/// The rule, family by family (issue 8: the fixed list let `SUPABASE_JWT_SECRET`,
+/// `PANORAMA_ACCESS_TOKEN`, `POSTGRES_URL`, `ALL_PROXY`, … through).
+#[test]
+fn child_env_scrubs_by_rule_and_keeps_provider_keys() {
+    let scrubbed = [
+        // Supabase
+        "SUPABASE_JWT_SECRET",
+        "SUPABASE_ACCESS_TOKEN",
+        "SUPABASE_DB_PASSWORD",
+        "SUPABASE_SERVICE_KEY",
+        "supabase_anon_key",
+        // Panorama (the gateway's own settings included)
+        "PANORAMA_SERVICE_ROLE_KEY",
+        "PANORAMA_ACCESS_TOKEN",
+        "PANORAMA_GATEWAY_CONFIG_DIR",
+        // Postgres and databases
+        "POSTGRES_URL",
+        "POSTGRES_PASSWORD",
+        "POSTGRESQL_URI",
+        "PGPASSWORD",
+        "DATABASE_URL",
+        "DATABASE_CA_CERT",
+        "DIRECT_DATABASE_URL",
+        "APP_DB_PASSWORD",
+        // secrets by what their name says
+        "MY_SERVICE_ROLE_KEY",
+        "AUTH_JWT_SECRET",
+        // proxies
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+    ];
+    let kept = [
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AZURE_OPENAI_API_KEY",
+        "CLAUDE_CODE_USE_BEDROCK",
+        "GEMINI_CLI_TRUST_WORKSPACE",
+        "PATH",
+        "HOME",
+        "NO_PROXY",
+    ];
+    let vars = scrubbed
+        .iter()
+        .chain(kept.iter())
+        .map(|k| (OsString::from(k), OsString::from("v")));
+    let env = child_env_from(vars, &[]);
+    let names: Vec<String> = env
+        .iter()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    for s in scrubbed {
+        assert!(!names.iter().any(|n| n == s), "{s} reached the child");
+    }
+    for k in kept {
+        assert!(names.iter().any(|n| n == k), "{k} was scrubbed");
     }
 }

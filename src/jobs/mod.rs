@@ -4,10 +4,14 @@
 //! A handler gets the job's payload and a context, and returns an [`Outcome`]; the worker turns
 //! that into the completion PATCH. Handlers never touch the websocket.
 
+pub mod control;
 pub mod diagnostic;
+pub mod journal;
 pub mod model_run;
+pub mod recovery;
 pub mod shell;
 pub mod subagent;
+pub mod subagent_runs;
 
 use std::sync::Arc;
 
@@ -45,23 +49,39 @@ pub struct Outcome {
     pub debug: Option<Value>,
 }
 
-/// The machine-control layers as the runtime sees them when a job starts (PROTOCOL.md §8).
-/// The resource-level opt-in is per job and checked by the handler.
+/// The machine-control layers as read for one check (PROTOCOL.md §8). The resource-level
+/// opt-in is per job and checked by the handler. See [`control`] for the check at the moment
+/// of use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ControlState {
     /// `full_control_enabled` in gateway.json (`panorama-gateway full-control enable`).
     pub install_enabled: bool,
-    /// `team_gateways.full_control_enabled`, as last read from the backend.
+    /// `team_gateways.full_control_enabled`: read from the backend for this check
+    /// ([`TeamToggle::ReadNow`]) or as last read after a heartbeat ([`TeamToggle::LastRead`]).
+    /// False when it could not be read.
     pub team_enabled: bool,
+    /// The team toggle could be read (with [`TeamToggle::ReadNow`]: just now). When false,
+    /// `team_enabled` is false because it is unknown, and machine control is denied.
+    pub team_known: bool,
     /// The last accepted heartbeat is younger than 90 s.
     pub heartbeat_fresh: bool,
+}
+
+/// Where a control read takes the team toggle from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeamToggle {
+    /// `team_gateways.full_control_enabled` read from the backend now (one request): for
+    /// anything that acts on the machine.
+    ReadNow,
+    /// The value the heartbeat thread last read (no request): for read-only actions.
+    LastRead,
 }
 
 impl ControlState {
     /// Machine control is effective only when every gateway-side layer allows it.
     #[cfg(test)]
     pub fn allowed(&self) -> bool {
-        self.install_enabled && self.team_enabled && self.heartbeat_fresh
+        self.install_enabled && self.team_known && self.team_enabled && self.heartbeat_fresh
     }
 
     /// Why machine control is not available, for error messages; None when allowed.
@@ -81,9 +101,10 @@ impl ControlState {
 /// Cancels a job that runs in this gateway, by job id; true when it was running here.
 pub type CancelRunning = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Reads the machine-control layers when a handler asks (the install toggle lives in
-/// gateway.json: only the jobs that need it pay for reading it).
-pub type ControlSource = Arc<dyn Fn() -> ControlState + Send + Sync>;
+/// Reads the machine-control layers when a handler asks: the install toggle from gateway.json
+/// and the heartbeat's freshness at the time of the call, the team toggle as asked (only the
+/// jobs that need them pay for the reads).
+pub type ControlSource = Arc<dyn Fn(TeamToggle) -> ControlState + Send + Sync>;
 
 /// What a handler may use.
 pub struct JobContext {
@@ -105,12 +126,20 @@ pub struct JobContext {
     pub control: ControlSource,
     /// Reaches other running jobs (subagent_cancel).
     pub cancel_running: CancelRunning,
+    /// The subagent runs active here and the cancels waiting for theirs (owned by the runtime).
+    pub subagent_runs: Arc<subagent_runs::SubagentRuns>,
 }
 
 impl JobContext {
-    /// The machine-control layers now (reads the install toggle from gateway.json).
+    /// The machine-control layers with the team toggle as last read after a heartbeat (reads
+    /// the install toggle from gateway.json).
     pub fn control(&self) -> ControlState {
-        (self.control)()
+        (self.control)(TeamToggle::LastRead)
+    }
+
+    /// Every machine-control layer read now, the team toggle from the backend included.
+    pub fn control_now(&self) -> ControlState {
+        (self.control)(TeamToggle::ReadNow)
     }
 }
 
@@ -163,6 +192,7 @@ mod tests {
         let all = ControlState {
             install_enabled: true,
             team_enabled: true,
+            team_known: true,
             heartbeat_fresh: true,
         };
         assert!(all.allowed());

@@ -10,7 +10,6 @@
 //! job honours before it starts anything.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -34,52 +33,6 @@ const HEARTBEAT_STALE_MS: i64 = 90_000;
 /// Parsed stream-json events kept (oldest dropped).
 const STREAM_EVENTS: usize = 2000;
 const CANCELLED: &str = "Cancelled";
-
-// ---------------------------------------------------------------------------------------------
-// In-memory registries (§9): active runs by subagent id, pending cancels by run/subagent id.
-
-#[derive(Debug, Clone)]
-struct Active {
-    subagent_id: String,
-    run_id: String,
-    job_id: String,
-    cancel_reason: Option<String>,
-}
-
-static ACTIVE: Mutex<Vec<Active>> = Mutex::new(Vec::new());
-/// (run id or subagent id, reason).
-static PENDING: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Removes the active entry when the run job ends, whatever the path out.
-struct ActiveGuard(String);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        lock(&ACTIVE).retain(|a| a.subagent_id != self.0);
-    }
-}
-
-fn active_cancel_reason(subagent_id: &str) -> Option<String> {
-    lock(&ACTIVE)
-        .iter()
-        .find(|a| a.subagent_id == subagent_id)
-        .and_then(|a| a.cancel_reason.clone())
-}
-
-/// Takes the pending cancels for `run_id` / `subagent_id`; the reason of the first one.
-fn take_pending(run_id: &str, subagent_id: &str) -> Option<String> {
-    let mut g = lock(&PENDING);
-    let reason = g
-        .iter()
-        .find(|(k, _)| k == run_id || k == subagent_id)
-        .map(|(_, r)| r.clone());
-    g.retain(|(k, _)| k != run_id && k != subagent_id);
-    reason
-}
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers.
@@ -344,17 +297,8 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
     let _guard = {
         let mut waited = false;
         loop {
-            {
-                let mut g = lock(&ACTIVE);
-                if !g.iter().any(|a| a.subagent_id == subagent_id) {
-                    g.push(Active {
-                        subagent_id: subagent_id.clone(),
-                        run_id: String::new(),
-                        job_id: ctx.job_id.clone(),
-                        cancel_reason: None,
-                    });
-                    break ActiveGuard(subagent_id.clone());
-                }
+            if let Some(g) = ctx.subagent_runs.reserve(&subagent_id, &ctx.job_id) {
+                break g;
             }
             if !waited {
                 log::info!(target: "subagent", "job {} waits for the active run of subagent {subagent_id} to finish (one run per subagent at a time)", ctx.job_id);
@@ -567,25 +511,17 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
     // 17.
     let stored = (s(&metadata, "cancel_run_id") == Some(run_id.as_str()))
         .then(|| trimmed(s(&metadata, "cancel_reason")).unwrap_or_else(|| CANCELLED.into()));
-    let in_memory = take_pending(&run_id, &subagent_id);
+    let in_memory = ctx.subagent_runs.take_pending(&run_id, &subagent_id);
     if let Some(reason) = stored.or(in_memory) {
         return Ok(cancel_before_start(session, &prep, &reason));
     }
     // 18.
+    if ctx
+        .subagent_runs
+        .attach_run(&subagent_id, &ctx.job_id, &run_id)
+        .is_some()
     {
-        // Under the ACTIVE lock, so a cancel job sees either the run id or leaves a pending
-        // cancel that is taken here.
-        let mut g = lock(&ACTIVE);
-        if let Some(a) = g
-            .iter_mut()
-            .find(|a| a.subagent_id == subagent_id && a.job_id == ctx.job_id)
-        {
-            a.run_id = run_id.clone();
-            if let Some(reason) = take_pending(&run_id, &subagent_id) {
-                a.cancel_reason = Some(reason);
-                ctx.cancel.cancel();
-            }
-        }
+        ctx.cancel.cancel();
     }
     // 19.
     let now = crate::util::now_rfc3339();
@@ -1515,7 +1451,7 @@ fn execute_and_finalize(
             false
         }
     };
-    let mem_reason = active_cancel_reason(&prep.subagent_id);
+    let mem_reason = ctx.subagent_runs.cancel_reason(&prep.subagent_id);
     let killed = matches!(&result, Ok(o) if o.stop != exec::Stop::None && !o.timed_out());
     if ctx.shutdown.is_immediate() && killed && mem_reason.is_none() && !db_cancelled {
         return Ok(cancel_on_shutdown(
@@ -2009,22 +1945,7 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
             return failed_cancel("Failed to persist run cancellation metadata");
         }
         // In-memory cancel request.
-        let target_job = {
-            let mut g = lock(&ACTIVE);
-            match g
-                .iter_mut()
-                .find(|a| a.subagent_id == sid && a.run_id == run_id)
-            {
-                Some(a) => {
-                    a.cancel_reason = Some(reason.clone());
-                    Some(a.job_id.clone())
-                }
-                None => {
-                    lock(&PENDING).push((run_id.clone(), reason.clone()));
-                    None
-                }
-            }
-        };
+        let target_job = ctx.subagent_runs.request_cancel(&sid, &run_id, &reason);
         let is_active = target_job.is_some();
         log::info!(target: "subagent", "subagent cancel requested subagent={sid} run={run_id} active_process={is_active}");
         let t = EventTarget {

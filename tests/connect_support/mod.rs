@@ -87,6 +87,8 @@ pub struct Backend {
     pub stderr_path: PathBuf,
     /// Injected 5xx the harness itself absorbed (so tests can tell what the gateway saw).
     pub harness_5xx: AtomicU64,
+    /// The arguments after `--listen` (kept for [`Backend::restart`]).
+    args: Vec<String>,
     _dir: TempDir,
 }
 
@@ -98,20 +100,8 @@ impl Backend {
     pub fn start_with(args: &[&str]) -> Backend {
         let dir = TempDir::new("backend");
         let stderr_path = dir.path().join("backend.log");
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(BACKEND)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("start panorama-local-backend");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let v: Value = serde_json::from_str(line.trim())
-            .unwrap_or_else(|e| panic!("backend printed {line:?}: {e}"));
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, v) = Self::spawn("127.0.0.1:0", &args, &stderr_path);
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(20))
             .build();
@@ -123,8 +113,44 @@ impl Backend {
             agent,
             stderr_path,
             harness_5xx: AtomicU64::new(0),
+            args,
             _dir: dir,
         }
+    }
+
+    /// Starts the binary on `listen`; returns it and the JSON line it printed when ready.
+    fn spawn(listen: &str, args: &[String], stderr_path: &Path) -> (Child, Value) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stderr_path)
+            .unwrap();
+        let mut child = Command::new(BACKEND)
+            .args(["--listen", listen])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("start panorama-local-backend");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("backend printed {line:?}: {e}"));
+        (child, v)
+    }
+
+    /// Stops the backend (SIGTERM: a `--data` file is written) and starts it again on the same
+    /// address with the same arguments; with `--data`, on the same rows, keys and tokens.
+    pub fn restart(&mut self) {
+        kill_and_wait(&mut self.child, libc::SIGTERM, Duration::from_secs(10));
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let (child, v) = Self::spawn(&addr, &self.args, &self.stderr_path);
+        self.child = child;
+        assert_eq!(v["url"].as_str(), Some(self.url.as_str()));
+        self.anon_key = v["anon_key"].as_str().unwrap().to_string();
+        self.service_key = v["service_role_key"].as_str().unwrap().to_string();
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -522,6 +548,17 @@ pub fn ready_gateway_with_fake_claude(
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    // The start-up provider check is over (its heartbeat carries the health): it no longer
+    // runs the fake once the test arms it, nor sends requests a test's fault could hit.
+    wait_for(
+        "the start-up provider check",
+        Duration::from_secs(30),
+        || {
+            b.gateway_row(&gid)["capabilities"]["providers"]["claude_code"]["health"]["status"]
+                .is_string()
+                .then_some(())
+        },
+    );
     (b, gw, team, gid)
 }
 

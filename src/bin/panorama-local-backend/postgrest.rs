@@ -177,10 +177,49 @@ fn select(app: &App, req: &Request, p: &Principal, def: &TableDef, q: &Query) ->
     render(req, 200, out, Some(range))
 }
 
+/// Deepest JSON nesting a request body may have. Postgres takes jsonb far deeper than
+/// serde_json's default limit of 128 (issue 8: a 200-level payload is a real row), so the
+/// emulator does too, up to a bound that keeps its own recursion safe.
+const MAX_JSON_DEPTH: usize = 1000;
+
+/// The nesting depth of a JSON text, without recursion.
+fn json_depth(b: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for &c in b {
+        if in_str {
+            match c {
+                _ if esc => esc = false,
+                b'\\' => esc = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 fn parse_body(req: &Request) -> Result<Vec<Row>, DbError> {
-    let v: Value = serde_json::from_slice(&req.body).map_err(|e| {
-        DbError::new(400, "PGRST102", "Empty or invalid json").details(e.to_string())
-    })?;
+    if json_depth(&req.body) > MAX_JSON_DEPTH {
+        return Err(DbError::new(400, "54001", "stack depth limit exceeded")
+            .details(format!("JSON nested deeper than {MAX_JSON_DEPTH} levels")));
+    }
+    let mut de = serde_json::Deserializer::from_slice(&req.body);
+    de.disable_recursion_limit();
+    let v: Value = serde::Deserialize::deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| {
+            DbError::new(400, "PGRST102", "Empty or invalid json").details(e.to_string())
+        })?;
     match v {
         Value::Object(m) => Ok(vec![m]),
         Value::Array(items) => items

@@ -19,9 +19,6 @@ mod pump;
 mod ring;
 mod sys;
 
-#[allow(unused_imports)] // the public surface of the terminal sessions; the shell jobs use it
-pub use ring::utf8_complete_prefix;
-#[allow(unused_imports)]
 pub use sys::{login_shell, WinSize};
 
 use std::ffi::OsString;
@@ -69,6 +66,9 @@ pub struct PtySpec {
     /// When set, the program gets a private `TMPDIR`/`TMP`/`TEMP` (0700) created under this
     /// directory and removed when the session is gone.
     pub tmp_base: Option<PathBuf>,
+    /// Tell these [`super::Children`] (their observer: the in-flight journal) of the session
+    /// under this owner key when it starts and right before its shell is reaped.
+    pub register: Option<(Arc<super::Children>, String)>,
 }
 
 impl PtySpec {
@@ -86,6 +86,7 @@ impl PtySpec {
             grace: KILL_GRACE,
             idle_timeout: None,
             tmp_base: None,
+            register: None,
         }
     }
 
@@ -99,7 +100,6 @@ impl PtySpec {
 struct Shared {
     pid: i32,
     tty: PathBuf,
-    program: PathBuf,
     master: OwnedFd,
     /// One writer at a time, so two writes never interleave their bytes.
     writer: Mutex<()>,
@@ -107,6 +107,7 @@ struct Shared {
     changed: Condvar,
     grace: Duration,
     idle_timeout: Option<Duration>,
+    register: Option<(Arc<super::Children>, String)>,
     /// The private TMPDIR; removed when the last reference goes.
     _tmp: Option<PrivateDir>,
 }
@@ -324,11 +325,13 @@ pub fn spawn(spec: PtySpec) -> Result<Pty, SpawnError> {
     let child = spawned.map_err(err)?;
     sys::set_nonblocking(master.as_raw_fd());
     let pid = child.id() as i32;
+    if let Some((children, owner)) = &spec.register {
+        children.group_started(owner, pid);
+    }
     let now = Instant::now();
     let shared = Arc::new(Shared {
         pid,
         tty,
-        program: spec.program.clone(),
         master,
         writer: Mutex::new(()),
         st: Mutex::new(State {
@@ -345,6 +348,7 @@ pub fn spawn(spec: PtySpec) -> Result<Pty, SpawnError> {
         changed: Condvar::new(),
         grace: spec.grace,
         idle_timeout: spec.idle_timeout,
+        register: spec.register.clone(),
         _tmp: tmp,
     });
     let s2 = shared.clone();
@@ -358,6 +362,9 @@ pub fn spawn(spec: PtySpec) -> Result<Pty, SpawnError> {
         // SAFETY: waitpid on our own, unreaped child.
         unsafe {
             libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        if let Some((children, owner)) = &spec.register {
+            children.group_ended(owner, pid);
         }
         return Err(err(io::Error::new(
             e.kind(),
@@ -380,10 +387,6 @@ impl Pty {
     /// The terminal's path (`/dev/pts/N`).
     pub fn tty(&self) -> &std::path::Path {
         &self.shared.tty
-    }
-
-    pub fn program(&self) -> &std::path::Path {
-        &self.shared.program
     }
 
     /// Types `data` into the terminal, as a keyboard would: all of it within `timeout`, or the

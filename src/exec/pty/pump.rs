@@ -87,6 +87,10 @@ pub(super) fn run(shared: Arc<Shared>, mut child: Child) {
     // Reap under the lock: request_stop signals the session only while `ended` is false, so
     // nobody signals a session id the system may hand out again after this.
     let mut st = shared.lock();
+    // Forgotten while the shell is still an unreaped zombie (its ids not yet reusable).
+    if let Some((children, owner)) = &shared.register {
+        children.group_ended(owner, pid);
+    }
     let status = child.wait();
     st.ended = true;
     match status {

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::backend::resources::{RemoteShellRows, RowsError};
-use crate::jobs::{ControlState, JobContext};
+use crate::jobs::{control, JobContext};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Access {
@@ -12,29 +12,26 @@ pub(super) enum Access {
     Write,
 }
 
-/// The gateway-side machine-control layers, first failing one wins (§7.2 step 2): heartbeat,
-/// team toggle, install toggle. Locally the `machine_control` service is ready exactly when the
-/// install toggle is on, so its check is the install check.
-/// On denial, also returns the state read, for [`super::ShellSessions::enforce_control`].
-pub(super) fn machine_control(ctx: &JobContext) -> Result<(), (&'static str, ControlState)> {
-    let c = ctx.control();
-    control_denial(ctx.resources.is_some(), c).map_err(|m| (m, c))
-}
-
-pub(super) fn control_denial(has_backend: bool, c: ControlState) -> Result<(), &'static str> {
-    if !has_backend {
-        return Err("Gateway control state unavailable");
+/// Machine control at the moment of use ([`control::machine_control_now`]: the team toggle read
+/// from the backend now, the install toggle from gateway.json now), or for actions that only
+/// look, with the team toggle as last read ([`control::machine_control_last_read`]). A layer
+/// that is off also closes the open sessions; a team toggle that could not be read denies but
+/// leaves them (a passing network error is not a switch-off).
+pub(super) fn machine_control(ctx: &JobContext, now: bool) -> Result<(), &'static str> {
+    let checked = if now {
+        control::machine_control_now(ctx)
+    } else {
+        control::machine_control_last_read(ctx)
+    };
+    match checked {
+        Ok(_) => Ok(()),
+        Err(d) => {
+            if ctx.session.is_some() && d.message != control::UNAVAILABLE {
+                ctx.shell_sessions.enforce_control(d.state);
+            }
+            Err(d.message)
+        }
     }
-    if !c.heartbeat_fresh {
-        return Err("Gateway is offline or heartbeat is stale");
-    }
-    if !c.team_enabled {
-        return Err("Gateway machine control is disabled in Team Integrations.");
-    }
-    if !c.install_enabled {
-        return Err("Gateway host machine control is disabled. Run \"panorama-gateway full-control enable\" on the host.");
-    }
-    Ok(())
 }
 
 /// Remote shell resource checks in the reference's order (§7.3). Err = the message.
@@ -121,44 +118,4 @@ fn judge(rows: &RemoteShellRows, team: &str, gw: &str, access: Access) -> Result
         return Err("Remote shell resource machine control is disabled".into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_closed_machine_control_layer_is_named() {
-        let all = ControlState {
-            install_enabled: true,
-            team_enabled: true,
-            heartbeat_fresh: true,
-        };
-        assert_eq!(control_denial(true, all), Ok(()));
-        assert_eq!(
-            control_denial(false, all),
-            Err("Gateway control state unavailable")
-        );
-        let nothing = ControlState::default();
-        assert_eq!(
-            control_denial(true, nothing),
-            Err("Gateway is offline or heartbeat is stale")
-        );
-        let no_team = ControlState {
-            team_enabled: false,
-            install_enabled: false,
-            ..all
-        };
-        assert_eq!(
-            control_denial(true, no_team),
-            Err("Gateway machine control is disabled in Team Integrations.")
-        );
-        let no_install = ControlState {
-            install_enabled: false,
-            ..all
-        };
-        assert!(control_denial(true, no_install)
-            .unwrap_err()
-            .contains("panorama-gateway full-control enable"));
-    }
 }

@@ -99,10 +99,8 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
             &[],
         );
     }
-    if let Err((m, c)) = machine_control(ctx) {
+    if let Err(m) = machine_control(ctx, true) {
         log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);
-        ctx.shell_sessions
-            .enforce_control(ctx.resources.is_some(), c);
         return failed(m, &[]);
     }
     let rid = match resource_id(payload) {

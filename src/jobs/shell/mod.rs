@@ -3,17 +3,18 @@
 //! - `shell_exec` (2.32 contract, `exec.rs`): one command through `<shell> -lc <command>`, cwd
 //!   `/`, scrubbed environment, private TMPDIR under `<configDir>/tmp`, timeout (default 30 s,
 //!   clamped to 1 ms…10 min), 5 MB kept per stream, whole process group killed on timeout.
-//! - `shell_session` (2.29.14 seed contract, §7.7, `session_job.rs`): `open` starts a
-//!   long-lived `<shell> -l` with piped stdin; `write`, `read`, `status`, `close` act on it by
-//!   `session_id` in later jobs. Output (stdout and stderr merged) goes to a bounded buffer with
-//!   absolute offsets. Sessions live in a registry the runtime owns (`session.rs`), expire when
-//!   idle, and are killed (whole process group) when closed, when idle too long and when the
-//!   daemon stops.
+//! - `shell_session` (2.29.14 seed contract, §7.7, `session_job.rs`): `open` starts the user's
+//!   login shell on a pseudo-terminal (`exec::pty`); `write` (keystrokes), `read`, `status`,
+//!   `resize`, `close` act on it by `session_id` in later jobs. Output goes to a bounded ring
+//!   with absolute offsets. Sessions live in a registry the runtime owns (`session.rs`), expire
+//!   when idle, and are killed (every process group of the terminal's session) when closed,
+//!   when idle too long, when machine control is switched off and when the daemon stops.
 //!
-//! Both check every machine-control layer (install toggle, team toggle, fresh heartbeat) and
-//! the remote shell resource (§7.3, with its `metadata.full_control === true` opt-in) before
-//! anything runs (`access.rs`). Denials fail the job with `{message, resource_id?}`; a command
-//! that ran completes the job whatever its exit status (`success` tells the truth).
+//! Both check machine control at the moment of use (`jobs::control`: the team toggle read from
+//! the backend, the install toggle from gateway.json, the heartbeat's freshness) and the remote
+//! shell resource (§7.3, with its `metadata.full_control === true` opt-in) before anything
+//! runs (`access.rs`). Denials fail the job with `{message, resource_id?}`; a command that ran
+//! completes the job whatever its exit status (`success` tells the truth).
 
 mod access;
 mod exec;

@@ -1,16 +1,15 @@
-//! `shell_session` jobs (2.29.14 seed contract, §7.7): `open`, `write`, `read`, `status`,
-//! `close` on a session of [`super::ShellSessions`].
+//! `shell_session` jobs (2.29.14 seed contract, §7.7, on a real terminal): `open`, `write`,
+//! `read`, `status`, `resize`, `close` on a session of [`super::ShellSessions`].
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::access::{check_resource, machine_control, Access};
-use super::session::{NewSession, Sess};
-use super::{failed, ok, pick_shell, resource_id, tmp_base, wants_secrets};
-use crate::exec;
+use super::session::{NewSession, Sess, WRITE_TIMEOUT};
+use super::{failed, ok, resource_id, tmp_base, wants_secrets};
+use crate::exec::pty::{self, ReadOut, WinSize};
 use crate::jobs::{FinalStatus, JobContext, Outcome};
 
 /// Most bytes one `read` returns.
@@ -24,6 +23,10 @@ pub const SESSION_WAIT_MAX_MS: u64 = 30_000;
 /// Sessions per gateway and per resource.
 pub const MAX_SESSIONS: usize = 10;
 pub const MAX_SESSIONS_PER_RESOURCE: usize = 4;
+/// Largest terminal side accepted for `rows` and `cols`.
+pub const MAX_SIDE: u64 = 1000;
+
+const ACTIONS: &str = "open, write, read, status, resize, close";
 
 fn u64_field(payload: &Value, name: &str) -> Result<Option<u64>, String> {
     match payload.get(name) {
@@ -40,6 +43,24 @@ fn u64_field(payload: &Value, name: &str) -> Result<Option<u64>, String> {
     }
 }
 
+/// `rows` and `cols` of the payload: both or neither (then None), each 1…[`MAX_SIDE`].
+fn size_fields(payload: &Value) -> Result<Option<WinSize>, String> {
+    let side = |name: &str| -> Result<Option<u16>, String> {
+        match u64_field(payload, name) {
+            Ok(None) => Ok(None),
+            Ok(Some(v)) if (1..=MAX_SIDE).contains(&v) => Ok(Some(v as u16)),
+            _ => Err(format!(
+                "Invalid {name} in payload: expected an integer from 1 to {MAX_SIDE}"
+            )),
+        }
+    };
+    match (side("rows")?, side("cols")?) {
+        (Some(rows), Some(cols)) => Ok(Some(WinSize { rows, cols })),
+        (None, None) => Ok(None),
+        _ => Err("Give both rows and cols in payload, or neither".into()),
+    }
+}
+
 /// The parts of a request on an existing session.
 struct Request<'a> {
     payload: &'a Value,
@@ -49,6 +70,7 @@ struct Request<'a> {
     cursor: Option<u64>,
     max_bytes: usize,
     wait: Duration,
+    size: Option<WinSize>,
 }
 
 /// The action named by the payload and the access it needs; Err = the failed outcome.
@@ -59,17 +81,17 @@ fn action(payload: &Value) -> Result<(String, Access), Outcome> {
         .map(|a| a.trim().to_ascii_lowercase())
         .unwrap_or_default();
     let access = match action.as_str() {
-        "open" | "write" | "close" => Access::Write,
+        "open" | "write" | "resize" | "close" => Access::Write,
         "read" | "status" => Access::Read,
         "" => {
             return Err(failed(
-                "Missing action in payload (one of: open, write, read, status, close)",
+                &format!("Missing action in payload (one of: {ACTIONS})"),
                 &[],
             ))
         }
         other => {
             return Err(failed(
-                &format!("Unknown shell_session action {other:?}; use one of: open, write, read, status, close"),
+                &format!("Unknown shell_session action {other:?}; use one of: {ACTIONS}"),
                 &[],
             ))
         }
@@ -97,12 +119,11 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
     let act = Value::String(action.clone());
     // Closing only takes control away, so it needs no machine control and no resource opt-in:
     // a session can be closed after its resource or a toggle was switched off. It still only
-    // reaches a session of the same team and resource.
+    // reaches a session of the same team and resource. What acts on the machine (open, write,
+    // resize) reads every layer now; what only looks uses the team toggle as last read.
     let closing = action == "close";
-    if let Err((m, c)) = machine_control(ctx) {
-        ctx.shell_sessions
-            .enforce_control(ctx.resources.is_some(), c);
-        if !closing {
+    if !closing {
+        if let Err(m) = machine_control(ctx, access == Access::Write) {
             log::info!(target: "shell", "shell_session denied job_id={} action={action} reason={m:?}", ctx.job_id);
             return failed(m, &[("action", act)]);
         }
@@ -123,8 +144,10 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
             // The resource no longer allows a shell here (not a passing read error): its
             // sessions go too.
             if !m.starts_with("Failed to load") && ctx.resources.is_some() {
-                ctx.shell_sessions
-                    .close_where(|s| s.team_id == team && s.resource_id == rid, &m);
+                ctx.shell_sessions.close_where(
+                    |s| s.team_id == team && s.resource_id == rid,
+                    &format!("Shell session was closed because its resource no longer allows it ({m}); open a new session"),
+                );
             }
             return failed(&m, &[("action", act), ("resource_id", rid_v)]);
         }
@@ -134,9 +157,10 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
             u64_field(payload, "cursor")?,
             u64_field(payload, "max_bytes")?,
             u64_field(payload, "wait_ms")?,
+            size_fields(payload)?,
         ))
     })();
-    let (cursor, max_bytes, wait_ms) = match fields {
+    let (cursor, max_bytes, wait_ms, size) = match fields {
         Ok(f) => f,
         Err(m) => return failed(&m, &[("action", act), ("resource_id", rid_v)]),
     };
@@ -151,7 +175,7 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
                 &[("action", act), ("resource_id", rid_v)],
             );
         }
-        return open(ctx, &team, &rid);
+        return open(ctx, &team, &rid, size.unwrap_or(pty::DEFAULT_SIZE));
     }
     let sid = payload
         .get("session_id")
@@ -167,14 +191,15 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
     let sess = match ctx.shell_sessions.get(sid) {
         Some(s) if s.team_id == team && s.resource_id == rid => s,
         _ => {
+            let note = ctx.shell_sessions.ended_note(sid, &team, &rid);
             return failed(
-                "Shell session not found",
+                note.as_deref().unwrap_or("Shell session not found"),
                 &[
                     ("action", act),
                     ("resource_id", rid_v),
                     ("session_id", sid.into()),
                 ],
-            )
+            );
         }
     };
     let req = Request {
@@ -185,6 +210,7 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
         cursor,
         max_bytes,
         wait,
+        size,
     };
     let mut r = Map::new();
     r.insert("action".into(), req.act.clone());
@@ -193,35 +219,62 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
     match action.as_str() {
         "read" => read(&sess, &req, r),
         "write" => write(&sess, &req, r),
+        "resize" => resize(&sess, &req, r),
         "status" => status(&sess, r),
         _ => close(&sess, &req, r),
     }
 }
 
+/// Puts a read's fields into `r`.
+fn put_read(r: &mut Map<String, Value>, out: ReadOut) {
+    r.insert(
+        "output".into(),
+        String::from_utf8_lossy(&out.data).into_owned().into(),
+    );
+    r.insert("cursor".into(), json!(out.cursor));
+    r.insert("next_cursor".into(), json!(out.next_cursor));
+    r.insert("truncated".into(), Value::Bool(out.dropped > 0));
+    r.insert("dropped_bytes".into(), json!(out.dropped));
+    r.insert("more".into(), Value::Bool(out.more));
+    r.insert("exited".into(), Value::Bool(out.ended));
+    r.insert("exit_code".into(), json!(out.exit_code));
+}
+
+fn read_from(sess: &Sess, req: &Request, cursor: Option<u64>) -> ReadOut {
+    let (cancel, shutdown) = (&req.ctx.cancel, &req.ctx.shutdown);
+    sess.pty.read(cursor, req.max_bytes, req.wait, &|| {
+        cancel.is_cancelled() || shutdown.is_draining()
+    })
+}
+
 fn read(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
-    sess.lock().touch();
-    sess.read_into(&mut r, req.cursor, req.max_bytes, req.wait, req.ctx);
+    put_read(&mut r, read_from(sess, req, req.cursor));
     r.insert("message".into(), "Shell session output read".into());
     r.insert("success".into(), Value::Bool(true));
     ok(r)
 }
 
+fn here(
+    sess: &Sess,
+    req: &Request,
+    extra: Option<(&'static str, Value)>,
+) -> Vec<(&'static str, Value)> {
+    let mut v = vec![
+        ("action", req.act.clone()),
+        ("resource_id", req.rid_v.clone()),
+        ("session_id", Value::from(sess.id.clone())),
+    ];
+    v.extend(extra);
+    v
+}
+
 fn write(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
-    let here = |extra: Option<(&'static str, Value)>| {
-        let mut v = vec![
-            ("action", req.act.clone()),
-            ("resource_id", req.rid_v.clone()),
-            ("session_id", Value::from(sess.id.clone())),
-        ];
-        v.extend(extra);
-        v
-    };
     let input = match req.payload.get("input") {
         Some(Value::String(s)) => s.as_bytes().to_vec(),
         _ => {
             return failed(
-                "Missing input in payload (a string; include the newline to run a line)",
-                &here(None),
+                "Missing input in payload (a string typed into the terminal: end a line with \"\\n\", send \"\\u0003\" for Ctrl-C)",
+                &here(sess, req, None),
             )
         }
     };
@@ -231,31 +284,25 @@ fn write(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
                 "Input too large: {} bytes; send at most {SESSION_INPUT_MAX} bytes per write",
                 input.len()
             ),
-            &here(None),
+            &here(sess, req, None),
         );
     }
-    {
-        let mut st = sess.lock();
-        if st.exited || st.stop.is_some() {
-            return failed(
-                "Shell session has exited; open a new session",
-                &here(Some(("exit_code", json!(st.exit_code)))),
-            );
-        }
-        st.touch();
+    let st = sess.pty.status();
+    if !st.alive || st.stop.is_some() {
+        return failed(
+            "Shell session has exited; open a new session",
+            &here(sess, req, Some(("exit_code", json!(st.exit_code)))),
+        );
     }
-    let before = sess.lock().end();
-    let written = sess.write_input(&input);
+    let before = st.buffer_end;
+    let written = sess.pty.write(&input, WRITE_TIMEOUT);
     r.insert(
         "bytes_written".into(),
-        json!(written.as_ref().map(|n| *n).unwrap_or_else(|(n, _)| *n)),
+        json!(written.as_ref().map(|n| *n).unwrap_or_else(|e| e.written())),
     );
-    sess.read_into(
+    put_read(
         &mut r,
-        Some(req.cursor.unwrap_or(before)),
-        req.max_bytes,
-        req.wait,
-        req.ctx,
+        read_from(sess, req, Some(req.cursor.unwrap_or(before))),
     );
     match written {
         Ok(_) => {
@@ -263,75 +310,95 @@ fn write(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
             r.insert("success".into(), Value::Bool(true));
             r.insert("error".into(), Value::Null);
         }
-        Err((_, e)) => {
+        Err(e) => {
             r.insert(
                 "message".into(),
                 "Shell session input was not fully written".into(),
             );
             r.insert("success".into(), Value::Bool(false));
-            r.insert("error".into(), e.into());
+            r.insert("error".into(), e.to_string().into());
         }
     }
     ok(r)
 }
 
+fn resize(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
+    let Some(size) = req.size else {
+        return failed(
+            "Missing rows and cols in payload (the terminal's new size)",
+            &here(sess, req, None),
+        );
+    };
+    if let Err(e) = sess.pty.resize(size) {
+        return failed(
+            &format!("Could not resize the terminal: {e}"),
+            &here(sess, req, None),
+        );
+    }
+    r.insert("message".into(), "Shell session terminal resized".into());
+    r.insert("rows".into(), json!(size.rows));
+    r.insert("cols".into(), json!(size.cols));
+    r.insert("success".into(), Value::Bool(true));
+    ok(r)
+}
+
 fn status(sess: &Sess, mut r: Map<String, Value>) -> Outcome {
-    let st = sess.lock();
-    let idle_ms = st.last_activity.elapsed().as_millis() as u64;
+    let st = sess.pty.status();
     r.insert("message".into(), "Shell session status".into());
-    r.insert("alive".into(), Value::Bool(!st.exited));
-    let state = match (st.exited, st.stop) {
-        (true, _) => "exited",
-        (false, Some(_)) => "closing",
-        (false, None) => "open",
+    r.insert("alive".into(), Value::Bool(st.alive));
+    let state = match (st.alive, st.stop) {
+        (false, _) => "exited",
+        (true, Some(_)) => "closing",
+        (true, None) => "open",
     };
     r.insert("status".into(), state.into());
     r.insert("exit_code".into(), json!(st.exit_code));
+    r.insert("signal".into(), json!(st.signal));
     r.insert("shell".into(), sess.shell.clone().into());
     r.insert("cwd".into(), "/".into());
+    r.insert(
+        "tty".into(),
+        sess.pty.tty().to_string_lossy().into_owned().into(),
+    );
+    r.insert("rows".into(), json!(st.size.rows));
+    r.insert("cols".into(), json!(st.size.cols));
     r.insert("created_at".into(), sess.created_at.clone().into());
     r.insert(
         "last_activity_at".into(),
-        st.last_activity_at.clone().into(),
+        crate::util::rfc3339_millis(st.last_activity_at).into(),
     );
-    r.insert("idle_ms".into(), json!(idle_ms));
-    r.insert("buffer_start".into(), json!(st.start));
-    r.insert("buffer_end".into(), json!(st.end()));
+    r.insert("idle_ms".into(), json!(st.idle.as_millis() as u64));
+    r.insert("buffer_start".into(), json!(st.buffer_start));
+    r.insert("buffer_end".into(), json!(st.buffer_end));
     r.insert("success".into(), Value::Bool(true));
-    drop(st);
     ok(r)
 }
 
 fn close(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
-    sess.request_stop("close");
-    let deadline = Instant::now() + exec::KILL_GRACE + Duration::from_secs(3);
-    let st = sess.wait_exited(deadline);
-    let end = st.end();
-    let from = end.saturating_sub(req.max_bytes as u64).max(st.start);
-    let tail: Vec<u8> = st
-        .buf
-        .range((from - st.start) as usize..)
-        .copied()
-        .collect();
+    let st = sess.pty.close("close");
+    // The tail of the output, at most max_bytes.
+    let from = st
+        .buffer_end
+        .saturating_sub(req.max_bytes as u64)
+        .max(st.buffer_start);
+    let out = sess
+        .pty
+        .read(Some(from), req.max_bytes, Duration::ZERO, &|| true);
     r.insert("message".into(), "Shell session closed".into());
     r.insert("status".into(), "closed".into());
-    r.insert(
-        "output".into(),
-        String::from_utf8_lossy(&tail).into_owned().into(),
-    );
-    r.insert("cursor".into(), json!(from));
-    r.insert("next_cursor".into(), json!(end));
-    r.insert("exited".into(), Value::Bool(st.exited));
+    put_read(&mut r, out);
+    r.insert("exited".into(), Value::Bool(!st.alive));
     r.insert("exit_code".into(), json!(st.exit_code));
     r.insert("signal".into(), json!(st.signal));
-    r.insert("success".into(), Value::Bool(st.exited));
-    drop(st);
-    req.ctx.shell_sessions.remove(&sess.id);
+    r.insert("success".into(), Value::Bool(!st.alive));
+    req.ctx
+        .shell_sessions
+        .forget(sess, "Shell session was closed; open a new session".into());
     log::info!(target: "shell", "shell session closed session_id={} job_id={}", sess.id, req.ctx.job_id);
     ok(r)
 }
 
-fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
+fn open(ctx: &JobContext, team: &str, rid: &str, size: WinSize) -> Outcome {
     let rid_v = Value::String(rid.to_string());
     let (all, here) = ctx.shell_sessions.counts(team, rid);
     if all >= MAX_SESSIONS {
@@ -346,24 +413,26 @@ fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
             &[("action", "open".into()), ("resource_id", rid_v)],
         );
     }
-    let shell = pick_shell();
-    let tmp = match exec::PrivateDir::create_in(&tmp_base(ctx), "pgw-shell-") {
-        Ok(t) => Some(t),
-        Err(e) => {
+    let shell = pty::login_shell();
+    let new = NewSession {
+        team_id: team.to_string(),
+        resource_id: rid.to_string(),
+        shell: shell.clone(),
+        env: crate::exec::child_env(&[]),
+        tmp_base: Some(tmp_base(ctx)),
+        size,
+        children: ctx.children.clone(),
+    };
+    let sess: Arc<Sess> = match ctx.shell_sessions.start(new) {
+        Ok(s) => s,
+        Err(e) if e.tmp_base.is_some() => {
             return failed(
-                &format!("Could not create a private temporary directory for the shell session: {e}; check that the gateway config directory is writable"),
+                &format!(
+                    "Could not create a private temporary directory for the shell session: {e}"
+                ),
                 &[("action", "open".into()), ("resource_id", rid_v)],
             )
         }
-    };
-    let mut env = exec::child_env(&[]);
-    if let Some(t) = &tmp {
-        for (k, v) in t.tmp_vars() {
-            exec::set_var(&mut env, k, v);
-        }
-    }
-    let (child, stdin) = match exec::session::spawn_session(&shell, &["-l"], &env, Path::new("/")) {
-        Ok(c) => c,
         Err(e) => {
             return Outcome {
                 status: FinalStatus::Completed,
@@ -373,27 +442,14 @@ fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
                     "resource_id": rid,
                     "shell": shell.to_string_lossy(),
                     "success": false,
-                    "error": format!("could not start {}: {e}", shell.display()),
+                    "error": e.to_string(),
                 })),
                 error: None,
                 debug: None,
             }
         }
     };
-    let new = NewSession {
-        team_id: team.to_string(),
-        resource_id: rid.to_string(),
-        shell: shell.to_string_lossy().into_owned(),
-        tmp,
-    };
-    let sess: Arc<Sess> = match ctx
-        .shell_sessions
-        .start(new, child, stdin, ctx.shutdown.clone())
-    {
-        Ok(s) => s,
-        Err(m) => return failed(&m, &[("action", "open".into()), ("resource_id", rid_v)]),
-    };
-    log::info!(target: "shell", "shell session opened session_id={} resource_id={rid} job_id={} pid={}", sess.id, ctx.job_id, sess.pgid);
+    log::info!(target: "shell", "shell session opened session_id={} resource_id={rid} job_id={} pid={} tty={}", sess.id, ctx.job_id, sess.pty.pid(), sess.pty.tty().display());
     ok(Map::from_iter([
         ("message".to_string(), Value::from("Shell session opened")),
         ("action".into(), "open".into()),
@@ -402,6 +458,13 @@ fn open(ctx: &JobContext, team: &str, rid: &str) -> Outcome {
         ("resource_id".into(), rid.into()),
         ("shell".into(), sess.shell.clone().into()),
         ("cwd".into(), "/".into()),
+        (
+            "tty".into(),
+            sess.pty.tty().to_string_lossy().into_owned().into(),
+        ),
+        ("term".into(), pty::DEFAULT_TERM.into()),
+        ("rows".into(), json!(size.rows)),
+        ("cols".into(), json!(size.cols)),
         ("created_at".into(), sess.created_at.clone().into()),
         ("success".into(), Value::Bool(true)),
     ]))

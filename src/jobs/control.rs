@@ -1,0 +1,109 @@
+//! Machine control at the moment of use (PROTOCOL.md §8; subagents-shell.md §7.2 step 2 and
+//! §8.4): the one check every job that acts on the machine makes right before it acts.
+//!
+//! The layers are read when the check runs, never taken from a cache that could say "yes"
+//! after a layer was switched off: the team toggle (`team_gateways.full_control_enabled`)
+//! from the backend, the install toggle from gateway.json, the heartbeat's freshness from the
+//! runtime. A read that fails denies. The first layer that says no names the denial, in the
+//! reference's order.
+
+use super::{ControlState, JobContext};
+
+/// Why machine control is denied, and the layers as read (so the caller can close what was
+/// opened under them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub message: &'static str,
+    pub state: ControlState,
+}
+
+/// The team row could not be read (or no backend): machine control is denied.
+pub const UNAVAILABLE: &str = "Gateway control state unavailable";
+pub const HEARTBEAT_STALE: &str = "Gateway is offline or heartbeat is stale";
+pub const TEAM_DISABLED: &str = "Gateway machine control is disabled in Team Integrations.";
+pub const INSTALL_DISABLED: &str = "Gateway host machine control is disabled. Run \"panorama-gateway full-control enable\" on the host.";
+
+/// Every layer read now (one backend request for the team toggle, gateway.json for the
+/// install toggle). For `shell_exec`, `shell_session` open/write/resize and elevated subagent
+/// runs, right before they start anything.
+pub fn machine_control_now(ctx: &JobContext) -> Result<ControlState, Denied> {
+    judge(ctx.session.is_some(), ctx.control_now())
+}
+
+/// The same check with the team toggle as last read after a heartbeat (no request): for
+/// actions that only look (`shell_session` read/status). Turning the team toggle off closes
+/// the sessions within one heartbeat period anyway.
+pub fn machine_control_last_read(ctx: &JobContext) -> Result<ControlState, Denied> {
+    judge(ctx.session.is_some(), ctx.control())
+}
+
+/// The first layer that says no, in the reference's order: no control state, stale
+/// heartbeat, team toggle, install toggle.
+pub fn denial(has_backend: bool, c: ControlState) -> Option<&'static str> {
+    if !has_backend || !c.team_known {
+        Some(UNAVAILABLE)
+    } else if !c.heartbeat_fresh {
+        Some(HEARTBEAT_STALE)
+    } else if !c.team_enabled {
+        Some(TEAM_DISABLED)
+    } else if !c.install_enabled {
+        Some(INSTALL_DISABLED)
+    } else {
+        None
+    }
+}
+
+fn judge(has_backend: bool, state: ControlState) -> Result<ControlState, Denied> {
+    match denial(has_backend, state) {
+        None => Ok(state),
+        Some(message) => Err(Denied { message, state }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_closed_layer_is_named_and_an_unread_team_toggle_denies() {
+        let all = ControlState {
+            install_enabled: true,
+            team_enabled: true,
+            team_known: true,
+            heartbeat_fresh: true,
+        };
+        assert_eq!(denial(true, all), None);
+        assert_eq!(judge(true, all), Ok(all));
+        assert_eq!(denial(false, all), Some(UNAVAILABLE));
+        // A failed read is never a "yes", whatever was read before.
+        let unread = ControlState {
+            team_known: false,
+            ..all
+        };
+        assert_eq!(denial(true, unread), Some(UNAVAILABLE));
+        assert_eq!(
+            judge(true, unread),
+            Err(Denied {
+                message: UNAVAILABLE,
+                state: unread
+            })
+        );
+        let stale = ControlState {
+            heartbeat_fresh: false,
+            ..all
+        };
+        assert_eq!(denial(true, stale), Some(HEARTBEAT_STALE));
+        let no_team = ControlState {
+            team_enabled: false,
+            install_enabled: false,
+            ..all
+        };
+        assert_eq!(denial(true, no_team), Some(TEAM_DISABLED));
+        let no_install = ControlState {
+            install_enabled: false,
+            ..all
+        };
+        assert_eq!(denial(true, no_install), Some(INSTALL_DISABLED));
+        assert!(INSTALL_DISABLED.contains("panorama-gateway full-control enable"));
+    }
+}
