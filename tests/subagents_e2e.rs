@@ -603,7 +603,7 @@ fn full_control_is_denied_until_every_layer_allows_it() {
         &format!("/rest/v1/team_gateways?id=eq.{}", w.gid),
         Some(json!({"full_control_enabled": true})),
     );
-    let allowed = w.subagent("allowed", config, &[]);
+    let allowed = w.subagent("allowed", config.clone(), &[]);
     let job = w.run_job(&allowed);
     let j = wait_job_done(&w.b, &job, JOB_WAIT);
     assert_eq!(j["status"], "completed", "job: {j}");
@@ -621,6 +621,20 @@ fn full_control_is_denied_until_every_layer_allows_it() {
     assert!(!argv.iter().any(|a| a.contains("You cannot write")));
     let run = w.row("subagent_runs", &allowed.rid);
     assert_eq!(run["metadata"]["full_control_effective"], true);
+
+    // Team toggle switched off right before the run, with no heartbeat in between: the run
+    // reads the toggle itself and is denied before any CLI starts.
+    w.b.admin(
+        "PATCH",
+        &format!("/rest/v1/team_gateways?id=eq.{}", w.gid),
+        Some(json!({"full_control_enabled": false})),
+    );
+    let late = w.subagent("late", config, &[]);
+    let job = w.run_job(&late);
+    let j = wait_job_done(&w.b, &job, JOB_WAIT);
+    assert_eq!(j["status"], "failed", "job: {j}");
+    assert_eq!(j["error"], reason);
+    assert!(w.records("late").is_empty(), "no CLI ran");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! runtime. A read that fails denies. The first layer that says no names the denial, in the
 //! reference's order.
 
+use serde_json::Value;
+
 use super::{ControlState, JobContext};
 
 /// Why machine control is denied, and the layers as read (so the caller can close what was
@@ -45,6 +47,20 @@ pub fn denial(has_backend: bool, c: ControlState) -> Option<&'static str> {
     } else if !c.heartbeat_fresh {
         Some(HEARTBEAT_STALE)
     } else if !c.team_enabled {
+        Some(TEAM_DISABLED)
+    } else if !c.install_enabled {
+        Some(INSTALL_DISABLED)
+    } else {
+        None
+    }
+}
+
+/// The machine-control layers of an elevated subagent run (§8.4), for a handler that has just
+/// read this gateway's `team_gateways` row itself (it needs the row's heartbeat and services
+/// too): the team toggle from that row, the install toggle from `c` (gateway.json, read now).
+/// The handler checks the heartbeat and the provider's elevated flags in the reference's order.
+pub fn elevated_denial(team_row: &Value, c: ControlState) -> Option<&'static str> {
+    if team_row.get("full_control_enabled") != Some(&Value::Bool(true)) {
         Some(TEAM_DISABLED)
     } else if !c.install_enabled {
         Some(INSTALL_DISABLED)
@@ -105,5 +121,24 @@ mod tests {
         };
         assert_eq!(denial(true, no_install), Some(INSTALL_DISABLED));
         assert!(INSTALL_DISABLED.contains("panorama-gateway full-control enable"));
+    }
+
+    #[test]
+    fn an_elevated_run_needs_the_team_row_and_the_install_toggle() {
+        let on = ControlState {
+            install_enabled: true,
+            ..ControlState::default()
+        };
+        let row = serde_json::json!({"full_control_enabled": true});
+        assert_eq!(elevated_denial(&row, on), None);
+        let off = serde_json::json!({"full_control_enabled": false});
+        assert_eq!(elevated_denial(&off, on), Some(TEAM_DISABLED));
+        // Only the JSON value true counts.
+        let text = serde_json::json!({"full_control_enabled": "true"});
+        assert_eq!(elevated_denial(&text, on), Some(TEAM_DISABLED));
+        assert_eq!(
+            elevated_denial(&row, ControlState::default()),
+            Some(INSTALL_DISABLED)
+        );
     }
 }

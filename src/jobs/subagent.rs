@@ -414,14 +414,14 @@ fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, 
             .or_else(|| config.get("fullControl")),
     );
     let flags = ctx.providers.flags(provider);
-    let team_fc = control.get("full_control_enabled").and_then(Value::as_bool) == Some(true);
+    // Machine control at the moment of use: the team toggle from the row just read, the
+    // install toggle from gateway.json now (jobs::control, shared with the remote shell).
+    let team_fc = control.get("full_control_enabled") == Some(&Value::Bool(true));
     let layers = ctx.control();
     let fc_denied: Option<String> = if !fc_requested {
         None
-    } else if !team_fc {
-        Some("Gateway machine control is disabled in Team Integrations.".into())
-    } else if !layers.install_enabled {
-        Some("Gateway host machine control is disabled. Run \"panorama-gateway full-control enable\" on the host.".into())
+    } else if let Some(d) = crate::jobs::control::elevated_denial(&control, layers) {
+        Some(d.into())
     } else if let Some(d) = elevated_denial(provider, &flags) {
         Some(d.into())
     } else if !layers.heartbeat_fresh {
