@@ -13,6 +13,7 @@ pub mod diagnose;
 pub mod discovery;
 pub mod gemini;
 pub mod health;
+pub mod normalize;
 pub mod plan;
 mod probe;
 pub mod redact;
