@@ -858,7 +858,10 @@ fn stale_heartbeat_and_unready_models_fail_the_run() {
         let settled = providers
             .values()
             .all(|p| p["available"] != true || p["health"]["check_type"] == "full");
-        (r["status"] == "ready" && settled).then_some(())
+        // The daemon's own start-up checks too: their end changes health and sends one more
+        // heartbeat (the capabilities above may already show pair's full checks).
+        let started_checks_done = w.gw.log().contains("provider checks at start done");
+        (r["status"] == "ready" && settled && started_checks_done).then_some(())
     });
     let path = format!("/rest/v1/team_gateways?id=eq.{}", w.gid);
     let fresh = w.b.gateway_row(&w.gid)["last_seen_at"].clone();
