@@ -33,6 +33,14 @@ impl Shutdown {
         cv.notify_all();
     }
 
+    /// Wakes every waiter without changing the level: each looks again at what it waits for
+    /// (the drain waits for the last running job this way).
+    pub fn poke(&self) {
+        let (lock, cv) = &*self.inner;
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        cv.notify_all();
+    }
+
     /// Ask for a graceful drain (SIGTERM, SIGINT, `stop`, upgrade restart).
     pub fn request_drain(&self) {
         self.raise(Level::Drain);

@@ -15,7 +15,7 @@ fn a_running_job_finishes_within_the_drain_timeout() {
     let (b, mut gw, team, gid) =
         ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "20000")], 2);
     arm_fake_claude(&gw);
-    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
     wait_fake_claude_pid(&gw, "the fake CLI to start", 2);
     let t0 = Instant::now();
     gw.signal(libc::SIGTERM);
@@ -44,7 +44,7 @@ fn past_the_drain_timeout_the_job_is_failed_and_its_child_is_gone() {
     let (b, mut gw, team, gid) =
         ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "1000")], 30);
     arm_fake_claude(&gw);
-    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
     let pid = wait_fake_claude_pid(&gw, "the fake CLI to start", 30);
     assert!(alive(pid));
     let t0 = Instant::now();
@@ -69,7 +69,7 @@ fn a_second_signal_skips_the_wait() {
     let (b, mut gw, team, gid) =
         ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS", "60000")], 30);
     arm_fake_claude(&gw);
-    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
     let pid = wait_fake_claude_pid(&gw, "the fake CLI to start", 30);
     let t0 = Instant::now();
     gw.signal(libc::SIGTERM);
@@ -100,7 +100,7 @@ fn a_result_the_backend_refuses_is_spooled_and_delivered_after_it_recovers() {
     let (b, mut gw, team, gid) =
         ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_COMPLETE_RETRY_MS", "1000")], 1);
     arm_fake_claude(&gw);
-    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
     wait_fake_claude_pid(&gw, "the fake CLI to start", 1);
     // The backend now refuses every REST call for a while (the harness sees it too).
     b.fault(json!({"fail_next": {"count": 100000, "status": 503, "paths": "rest"}}));
@@ -140,7 +140,7 @@ fn a_result_the_backend_rejects_for_good_fails_the_job_instead_of_leaving_it_run
         2,
     );
     arm_fake_claude(&gw);
-    let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
     wait_fake_claude_pid(&gw, "the fake CLI to start", 2);
     // The completion is refused for good (as a result too large would be).
     b.fault(json!({"fail_next": {"count": 1, "status": 413, "paths": "rest"}}));

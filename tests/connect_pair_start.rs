@@ -56,10 +56,17 @@ fn pair_start_job_stop_and_backend_sees_ready_then_offline() {
         (gw.run(&["status"]).0 == 0).then_some(())
     });
 
-    assert_eq!(
-        row["capabilities"]["providers"]["claude_code"]["available"],
-        true
+    // Provider discovery runs after ready (it never delays the first heartbeat); the next
+    // heartbeat shows what it found.
+    let row = wait_for(
+        "the discovered CLI in the heartbeat",
+        Duration::from_secs(20),
+        || {
+            let r = b.gateway_row(&gid);
+            (r["capabilities"]["providers"]["claude_code"]["available"] == true).then_some(r)
+        },
     );
+    assert_eq!(row["status"], "ready");
 
     // A diagnostic job runs `<claude> --version` and completes with the contract's keys.
     let diag = b.insert_job(&team, &gid, "diagnostic", json!({}));

@@ -29,6 +29,9 @@ fn started_gateway_with(b: &Backend, env: &[(&str, &str)]) -> (Gateway, String, 
     wait_for("gateway ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
+    // Ready comes from the first reconcile, which can beat the realtime join now that start-up
+    // does not wait for provider discovery; the tests that cut realtime need it joined first.
+    gw.wait_connection("the realtime channel", "connected", Duration::from_secs(20));
     (gw, gid, team)
 }
 
@@ -550,7 +553,7 @@ fn a_result_neither_delivered_nor_spooled_is_held_and_delivered_once() {
     arm_fake_claude(&gw);
 
     let run_until_held = |gw: &Gateway| {
-        let id = b.insert_job(&team, &gid, "diagnostic", json!({}));
+        let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
         let dir = gw.dir.path().to_path_buf();
         wait_for("the fake CLI to start", Duration::from_secs(20), || {
             read_pid(&dir, 1).filter(|_| b.job(&id)["status"] == "running")

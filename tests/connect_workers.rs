@@ -78,7 +78,7 @@ fn at_most_concurrency_jobs_run_at_once() {
         ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_CONCURRENCY", "2")], 1);
     arm_fake_claude(&gw);
     let ids: Vec<String> = (0..5)
-        .map(|_| b.insert_job(&team, &gid, "diagnostic", json!({})))
+        .map(|_| b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true})))
         .collect();
     let rows: Vec<Value> = ids
         .iter()
@@ -105,7 +105,7 @@ fn subagent_cancel_bypasses_a_full_worker_pool() {
     let (b, mut gw, team, gid) =
         ready_gateway_with_fake_claude(&[("PANORAMA_GATEWAY_CONCURRENCY", "1")], 4);
     arm_fake_claude(&gw);
-    let busy = b.insert_job(&team, &gid, "diagnostic", json!({}));
+    let busy = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
     wait_fake_claude_pid(&gw, "the only worker busy", 4);
     let waiting = b.insert_job(&team, &gid, "noop", json!({}));
     let cancel = b.insert_job(&team, &gid, "subagent_cancel", json!({"subagent_id": "s"}));

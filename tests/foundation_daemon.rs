@@ -138,8 +138,6 @@ fn foreground_sigterm_drains_and_exits_zero() {
     assert_eq!(status_json(&w).1["pid"], pid);
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let st = g.wait_exit(T);
-    assert_eq!(st.code(), Some(0));
-    assert!(!w.pid_file().exists());
     let mut err = String::new();
     g.child()
         .stderr
@@ -147,6 +145,8 @@ fn foreground_sigterm_drains_and_exits_zero() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
+    assert_eq!(st.code(), Some(0), "{st:?}: {err}");
+    assert!(!w.pid_file().exists());
     assert!(
         err.contains("SIGTERM received: draining"),
         "log copied to stderr: {err}"

@@ -4,6 +4,7 @@
 
 pub mod capabilities;
 pub mod functions;
+pub mod interrupt;
 pub mod jobs;
 pub mod realtime;
 pub mod resources;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+pub use super::interrupt::Interrupt;
 use super::session::Session;
 use super::{encode_component, Backoff};
 
@@ -346,12 +347,13 @@ pub trait ReaderHooks {
     fn disconnected(&self, reason: &str, retry_in: Duration);
 }
 
-/// Timers of the reader (env knobs for tests).
+/// Timers of the reader (env knobs for tests) and its wake-up.
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
     pub heartbeat: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    pub interrupt: Interrupt,
 }
 
 impl ReaderConfig {
@@ -360,6 +362,7 @@ impl ReaderConfig {
             heartbeat: crate::tuning::realtime_heartbeat(),
             backoff_min: crate::tuning::reconnect_min(),
             backoff_max: crate::tuning::reconnect_max(),
+            interrupt: Interrupt::default(),
         }
     }
 }
@@ -433,6 +436,8 @@ fn one_connection(
     backoff: &mut Backoff,
 ) -> Result<(), String> {
     let mut conn = Conn::connect(url)?;
+    let socket = conn.ws.get_ref().tcp().try_clone().ok();
+    cfg.interrupt.watch(socket);
     let topic = format!("realtime:gateway_jobs_{}", session.gateway_id);
     let token = session
         .access_token()
@@ -453,7 +458,7 @@ fn one_connection(
     let mut hb_pending: Option<String> = None;
     let mut next_hb = Instant::now() + cfg.heartbeat;
     let result = loop {
-        if hooks.stop() {
+        if hooks.stop() || cfg.interrupt.fired() {
             if joined {
                 let r = conn.make_ref();
                 let _ = conn.send(&Frame {
@@ -498,6 +503,8 @@ fn one_connection(
             log::debug!(target: "realtime", "pushed the refreshed access token to the channel");
         }
         let f = match conn.read() {
+            // Woken for the shutdown (the read side was shut): leave as on any stop.
+            Err(_) if cfg.interrupt.fired() => continue,
             Err(e) => break Err(e),
             Ok(Incoming::Idle) => continue,
             Ok(Incoming::Malformed(m)) => {
@@ -541,6 +548,7 @@ fn one_connection(
             _ => {}
         }
     };
+    cfg.interrupt.watch(None);
     conn.close();
     // A connection that stayed up a while earns a fast reconnect; one that flaps right after
     // each join keeps backing off.
@@ -871,6 +879,7 @@ mod tests {
             heartbeat: Duration::from_millis(300),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(100),
+            interrupt: Interrupt::default(),
         };
         run_reader(&s, &rc, &hooks);
         server.join().unwrap();

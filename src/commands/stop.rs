@@ -26,9 +26,11 @@ fn send(pid: u32, sig: libc::c_int) -> Result<(), String> {
 }
 
 /// Waits until the pid lock is free (the daemon holds it until its very end). Prints why it
-/// waits every 10 s.
+/// waits every 10 s. Wakes the moment the process exits (pidfd), else looks every 10 ms.
 fn wait_gone(settings: &Settings, pid: u32, until: Instant) -> bool {
     let mut next_note = Instant::now() + Duration::from_secs(10);
+    let watch = crate::exec::ExitWatch::new(pid as i32);
+    let mut exited = false;
     loop {
         match pidfile::probe(&settings.paths.pid_path) {
             Ok(PidState::Running(p)) if p == pid || p == 0 => {}
@@ -47,7 +49,13 @@ fn wait_gone(settings: &Settings, pid: u32, until: Instant) -> bool {
             );
             next_note = now + Duration::from_secs(10);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        match &watch {
+            // Once it has exited the pidfd stays readable: look again in short steps.
+            Some(w) if !exited => {
+                exited = w.wait(until.min(next_note).saturating_duration_since(now));
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }
 

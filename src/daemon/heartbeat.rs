@@ -154,24 +154,38 @@ fn heartbeat_body(s: &Shared, status: &str) -> Value {
     })
 }
 
-fn send_heartbeat(s: &Shared, status: &'static str) -> bool {
-    send_heartbeat_within(s, status, functions::HEARTBEAT_TIMEOUT)
+/// A regular heartbeat; none once the drain started (the drain sends its own, and one sent
+/// from another thread after `offline` would put the gateway back on the backend's list).
+pub(super) fn send_heartbeat(s: &Shared, status: &'static str) -> bool {
+    send_heartbeat_within(s, status, functions::HEARTBEAT_TIMEOUT, false)
 }
 
-/// The shutdown heartbeats: 20 s normally, 5 s when the last one already failed (a
-/// backend that is away must not push the stop past a service manager's stop timeout).
+/// The shutdown heartbeats have deadlines of their own, shorter than a normal heartbeat's:
+/// 5 s, 2 s when the last one already failed (a backend that is away must not hold up a
+/// stop, nor push it past a service manager's stop timeout).
 pub(super) fn send_shutdown_heartbeat(s: &Shared, status: &'static str) -> bool {
     let t = if lock(&s.heartbeat.error).is_some() {
-        Duration::from_secs(5)
+        SHUTDOWN_HEARTBEAT_AWAY
     } else {
-        functions::HEARTBEAT_TIMEOUT
+        SHUTDOWN_HEARTBEAT
     };
-    send_heartbeat_within(s, status, t)
+    send_heartbeat_within(s, status, t, true)
 }
 
-fn send_heartbeat_within(s: &Shared, status: &'static str, timeout: Duration) -> bool {
+const SHUTDOWN_HEARTBEAT: Duration = Duration::from_secs(5);
+const SHUTDOWN_HEARTBEAT_AWAY: Duration = Duration::from_secs(2);
+
+fn send_heartbeat_within(
+    s: &Shared,
+    status: &'static str,
+    timeout: Duration,
+    shutdown: bool,
+) -> bool {
     let hb = &s.heartbeat;
     let _in_flight = lock(&hb.in_flight);
+    if !shutdown && s.shutdown.is_draining() {
+        return false;
+    }
     *lock(&hb.sent) = Some(status);
     let body = heartbeat_body(s, status);
     let r = functions::invoke(&s.session, "gateway-heartbeat", &body, timeout);

@@ -10,6 +10,7 @@ mod cancels;
 pub mod detach;
 mod heartbeat;
 mod ingress;
+pub mod memory;
 mod outbox;
 pub mod pidfile;
 pub mod runtime;
@@ -192,6 +193,7 @@ fn hup_handler(status: &Arc<statusfile::StatusFile>, config_path: &Path) -> Box<
 /// child (stdio on the log file, a parent may wait on the readiness pipe). Returns the exit
 /// code.
 pub fn run(settings: &Settings, detached: bool) -> i32 {
+    memory::tune();
     let mut ready = ReadyPipe::from_env();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let exe = std::env::current_exe().ok();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, RecvTimeoutError};
 use serde_json::json;
 
 use super::heartbeat::{self, heartbeat_loop};
@@ -31,7 +31,7 @@ use crate::exec::Children;
 use crate::jobs::journal::Journal;
 use crate::jobs::recovery;
 use crate::jobs::shell::ShellSessions;
-use crate::providers::Registry;
+use crate::providers::{Registry, Stage};
 use crate::shutdown::Shutdown;
 use crate::state_store::{health_sink, FileTokenStore};
 use crate::tuning::Tuning;
@@ -114,13 +114,14 @@ fn open_session(settings: &Settings) -> Result<Paired, String> {
     })
 }
 
-/// The providers found on this host, with the health gateway.json remembers.
+/// The providers of this host, with the health gateway.json remembers; not discovered yet
+/// (that runs in the provider-check thread, off the start-up path).
 fn open_providers(
     settings: &Settings,
     state: &GatewayState,
     wake_heartbeat: crossbeam_channel::Sender<()>,
 ) -> Arc<Registry> {
-    let providers = Arc::new(Registry::discover(&settings.cli_overrides));
+    let providers = Arc::new(Registry::undiscovered());
     providers.set_work_root(settings.paths.config_dir.join("work"));
     if let Some(h) = &state.provider_health {
         providers.load_health(h);
@@ -134,10 +135,15 @@ fn open_providers(
 
 /// The running threads, for the drain.
 struct Threads {
-    reader: JoinHandle<()>,
-    reconcile: JoinHandle<()>,
-    heartbeat: JoinHandle<()>,
-    workers: Vec<JoinHandle<()>>,
+    reader: Thread,
+    /// Wakes the reader out of its blocking read.
+    reader_interrupt: realtime::Interrupt,
+    reconcile: Thread,
+    heartbeat: Thread,
+    workers: Vec<Thread>,
+    /// Discovery and the start-up health check (joined, bounded, so their probes' private
+    /// temporary directories are removed before the process exits).
+    provider_check: Thread,
     /// Dropped at the drain: the workers stop waiting for jobs.
     stop_workers: crossbeam_channel::Sender<()>,
 }
@@ -213,13 +219,33 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
 
     let s = shared.clone();
     let heartbeat = spawn("heartbeat", move || heartbeat_loop(s, heartbeat_woken))?;
-    // Provider validation (a real model call only when a provider never had a full check)
-    // runs beside the runtime: it can take 30 s and must not delay job ingress.
+    // Discovery (a few `--version`/`--help` runs per CLI; gemini's take seconds) and
+    // validation (a real model call only when a provider never had a full check) run beside
+    // the runtime: neither delays the first heartbeat or job ingress. Handlers that need a
+    // CLI wait for the discovery.
     let s = shared.clone();
-    spawn("provider-check", move || {
+    let provider_check = spawn("provider-check", move || {
+        // Whatever happens below, handlers waiting for the checks are let go.
+        struct Release(Arc<Registry>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.reached(Stage::Checked);
+            }
+        }
+        let release = Release(s.providers.clone());
+        s.providers.finish_discovery(&s.settings.cli_overrides);
+        // The backend sees what was found before a handler that needs a CLI goes on: a
+        // subagent run (queued before the start, say) checks the capabilities there.
+        heartbeat::send_heartbeat(&s, s.heartbeat_status());
+        s.providers.reached(Stage::Discovered);
+        if s.shutdown.is_draining() {
+            return; // no validation call for a gateway that is stopping
+        }
         s.providers
             .check_health(crate::providers::health::Mode::Auto, Some("startup"));
-        s.wake_heartbeat();
+        heartbeat::send_heartbeat(&s, s.heartbeat_status());
+        drop(release);
+        log::info!(target: "providers", "provider checks at start done");
     })?;
     let (stop_workers, workers_stopped) = bounded::<()>(0);
     let mut workers = Vec::new();
@@ -242,9 +268,11 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     let s = shared.clone();
     let reconcile = spawn("reconcile", move || reconcile_loop(s, reconcile_woken))?;
     let s = shared.clone();
+    let reader_config = ReaderConfig::from_env();
+    let reader_interrupt = reader_config.interrupt.clone();
     let reader = spawn("realtime", move || {
         let hooks = Hooks { shared: s.clone() };
-        realtime::run_reader(&s.session, &ReaderConfig::from_env(), &hooks);
+        realtime::run_reader(&s.session, &reader_config, &hooks);
     })?;
     log::info!(target: "runtime", "gateway running");
 
@@ -253,9 +281,11 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         &shared,
         Threads {
             reader,
+            reader_interrupt,
             reconcile,
             heartbeat,
             workers,
+            provider_check,
             stop_workers,
         },
     );
@@ -306,6 +336,9 @@ fn drain(shared: &Shared, threads: Threads) {
     shared.accepting.store(false, Ordering::SeqCst);
     log::info!(target: "runtime", "gateway shutting down mode=drain in_flight={} drain_timeout_ms={}", shared.jobs.len(), tuning.drain_timeout.as_millis());
     shared.push_status(true);
+    // Every thread that blocks is woken now, none waits out a timeout.
+    threads.reader_interrupt.fire();
+    shared.providers.stop_checks();
     shared.wake_reconcile();
     shared.wake_heartbeat();
     join_within(
@@ -324,7 +357,10 @@ fn drain(shared: &Shared, threads: Threads) {
         "the heartbeat thread",
     );
     // One status-change heartbeat (pending) while draining: the gateway stops taking jobs.
-    heartbeat::send_shutdown_heartbeat(shared, "pending");
+    // With nothing in flight the drain is over at once and `offline` follows right away.
+    if !shared.jobs.is_empty() {
+        heartbeat::send_shutdown_heartbeat(shared, "pending");
+    }
     wait_for_jobs(shared, drain_start);
     let left = shared.jobs.list();
     if !left.is_empty() {
@@ -343,6 +379,16 @@ fn drain(shared: &Shared, threads: Threads) {
     for w in threads.workers {
         join_within(w, Duration::from_secs(2), "a worker thread");
     }
+    // A stop during start-up waits for discovery's probes (each bounded by its own timeout;
+    // a validation call was stopped above), so none outlives the process with its files.
+    if !threads.provider_check.handle.is_finished() {
+        log::info!(target: "runtime", "waiting for the provider checks at start to finish");
+    }
+    join_within(
+        threads.provider_check,
+        Duration::from_secs(30),
+        "the provider checks at start",
+    );
     outbox::last_retry(shared);
     // Remote shell sessions outlive single jobs: end them (process groups killed) before the
     // process exits or re-executes itself for an upgrade.
@@ -378,29 +424,41 @@ fn wait_for_jobs(shared: &Shared, drain_start: Instant) {
             log::info!(target: "runtime", "waiting for {n} job(s) to finish; they are stopped in {} s", left.as_secs());
             next_log = Instant::now() + Duration::from_secs(5);
         }
-        shared.shutdown.wait_for(
-            crate::shutdown::Level::Immediate,
-            Duration::from_millis(100),
-        );
+        // Woken by an immediate stop and by every job that finishes (Shutdown::poke).
+        let wait = timeout
+            .saturating_sub(drain_start.elapsed())
+            .min(next_log.saturating_duration_since(Instant::now()));
+        shared
+            .shutdown
+            .wait_for(crate::shutdown::Level::Immediate, wait);
     }
 }
 
-fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()>, String> {
-    std::thread::Builder::new()
+/// A thread and the signal that it has finished (sent when its function returns or panics).
+struct Thread {
+    handle: JoinHandle<()>,
+    done: crossbeam_channel::Receiver<()>,
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<Thread, String> {
+    let (tx, done) = bounded::<()>(1);
+    let handle = std::thread::Builder::new()
         .name(name.to_string())
-        .spawn(f)
-        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+        .spawn(move || {
+            // Dropped on return and on unwind alike: the receiver wakes either way.
+            let _finished = tx;
+            f()
+        })
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+    Ok(Thread { handle, done })
 }
 
-/// Waits up to `d` for a thread to finish; leaves it detached otherwise.
-fn join_within(h: JoinHandle<()>, d: Duration, what: &str) {
-    let deadline = Instant::now() + d;
-    while !h.is_finished() {
-        if Instant::now() >= deadline {
-            log::warn!(target: "runtime", "{what} did not stop within {} ms; leaving it", d.as_millis());
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// Waits up to `d` for a thread to finish (woken the moment it does); leaves it detached
+/// otherwise.
+fn join_within(t: Thread, d: Duration, what: &str) {
+    if let Err(RecvTimeoutError::Timeout) = t.done.recv_timeout(d) {
+        log::warn!(target: "runtime", "{what} did not stop within {} ms; leaving it", d.as_millis());
+        return;
     }
-    let _ = h.join();
+    let _ = t.handle.join();
 }

@@ -95,16 +95,24 @@ pub(super) fn worker_loop(s: Arc<Shared>, from_ingress: Receiver<Box<JobRow>>, s
                         let r = std::panic::catch_unwind(AssertUnwindSafe(|| process(&s, *job)));
                         if r.is_err() {
                             log::error!(target: "worker", "processing job {id} panicked; the worker continues");
-                            s.jobs.remove(&id);
+                            job_gone(&s, &id);
                         }
                     }
                     lock(&s.ingress.seen).remove(&id);
+                    // The job's output and result are freed by now: hand the pages back.
+                    crate::daemon::memory::give_back();
                 }
                 Err(_) => return,
             },
             recv(stop) -> _ => return,
         }
     }
+}
+
+/// A job left the running set: a drain waiting for the last one looks again now.
+fn job_gone(s: &Shared, id: &str) {
+    s.jobs.remove(id);
+    s.shutdown.poke();
 }
 
 /// One job: claim → handler → complete.
@@ -179,7 +187,7 @@ pub(super) fn process(s: &Shared, job: JobRow) {
         _ => s.jobs.failed.fetch_add(1, Ordering::SeqCst),
     };
     log::info!(target: "worker", "job finished id={} type={} status={} duration_ms={}", claimed.id, claimed.job_type, outcome.status.as_str(), t0.elapsed().as_millis());
-    s.jobs.remove(&claimed.id);
+    job_gone(s, &claimed.id);
     s.push_status(false);
 }
 
@@ -193,7 +201,7 @@ fn resolve_claim(s: &Shared, job: &JobRow, started_at: &str, first: &Error) -> O
     s.jobs.insert(&job.id, CancelToken::new(), &job.job_type);
     let r = resolve_claim_loop(s, job, started_at);
     if r.is_none() {
-        s.jobs.remove(&job.id);
+        job_gone(s, &job.id);
         s.push_status(false);
     }
     r

@@ -10,18 +10,21 @@
 //! `sh -c` pipelines) go with it. When the leader exits, members still left in its group are
 //! killed before the leader is reaped (the pgid cannot be reused while the leader is a zombie).
 
+mod capture;
 mod env;
 pub mod groups;
 pub mod pty;
 mod tmp;
 
+use capture::Capture;
+pub use capture::{Spill, SpillFile};
 #[cfg(test)]
 use env::child_env_from;
 pub use env::{child_env, get_var, set_var, ENV_FILE_NAMES_VAR};
 pub use tmp::{ensure_private_dir, write_private_file, PrivateDir};
 
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -276,6 +279,9 @@ pub struct Spec {
     pub grace: Duration,
     /// Bytes kept per stream; the rest is read and counted but dropped.
     pub capture_limit: usize,
+    /// Keep only this much of stdout on the heap and the rest of it in an unlinked file (for
+    /// outputs that may be large, such as model runs); None keeps all of it in memory.
+    pub spill: Option<Spill>,
     pub cancel: Option<CancelToken>,
     /// Register the child under this job id so [`Children::kill_job`] reaches it.
     pub register: Option<(Arc<Children>, String)>,
@@ -296,6 +302,7 @@ impl Spec {
             timeout: None,
             grace: KILL_GRACE,
             capture_limit: CAPTURE_LIMIT,
+            spill: None,
             cancel: None,
             register: None,
             tmp_base: Some(std::env::temp_dir()),
@@ -339,8 +346,11 @@ pub struct Output {
     pub exit_code: Option<i32>,
     /// Signal number when the child was killed by a signal.
     pub signal: Option<i32>,
+    /// The kept stdout; with [`Spec::spill`], only its head (the rest: [`Output::stdout_spill`]).
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The kept stdout past the spill threshold, in an unlinked file.
+    pub stdout_spill: Option<Arc<SpillFile>>,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     /// Total bytes the child wrote, kept or not (what the exec tests measure capture by).
@@ -365,6 +375,20 @@ impl Output {
     }
     pub fn stdout_lossy(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// All kept stdout bytes, the spilled part read back (borrowed when nothing was spilled).
+    pub fn stdout_bytes(&self) -> io::Result<std::borrow::Cow<'_, [u8]>> {
+        capture::all_bytes(&self.stdout, self.stdout_spill.as_ref())
+    }
+    /// Kept stdout bytes, in memory and spilled.
+    #[cfg(test)]
+    pub fn stdout_kept(&self) -> usize {
+        self.stdout.len() + self.stdout_spill.as_ref().map_or(0, |s| s.len())
+    }
+    /// The number of characters of the kept stdout decoded lossily, without decoding it all
+    /// into memory at once.
+    pub fn stdout_chars(&self) -> io::Result<usize> {
+        capture::lossy_chars(&self.stdout, self.stdout_spill.as_ref())
     }
     pub fn stderr_lossy(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
@@ -497,6 +521,30 @@ fn peek_exit(pid: i32) -> io::Result<bool> {
 
 /// A descriptor that becomes readable when `pid` exits (Linux 5.3+), so the loop wakes at
 /// once instead of at the next tick. None where unsupported.
+/// Waits for a process (not necessarily our child) to exit, through a pidfd: wakes the moment
+/// it is gone instead of polling.
+pub struct ExitWatch(std::os::fd::OwnedFd);
+
+impl ExitWatch {
+    /// None when the kernel has no pidfd (before Linux 5.3) or the process is already gone.
+    pub fn new(pid: i32) -> Option<ExitWatch> {
+        pidfd_open(pid).map(ExitWatch)
+    }
+
+    /// True once the process has exited; false when `d` passed first.
+    pub fn wait(&self, d: Duration) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = d.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut fd, 1, ms) };
+        r > 0
+    }
+}
+
 fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     #[cfg(target_os = "linux")]
     {
@@ -518,58 +566,6 @@ fn set_nonblocking(fd: i32) {
         let fl = libc::fcntl(fd, libc::F_GETFL);
         if fl >= 0 {
             libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-    }
-}
-
-/// One output stream being captured.
-struct Capture<R> {
-    pipe: Option<R>,
-    kept: Vec<u8>,
-    limit: usize,
-    total: u64,
-    truncated: bool,
-}
-
-impl<R: Read + AsRawFd> Capture<R> {
-    fn new(pipe: Option<R>, limit: usize) -> Self {
-        if let Some(p) = &pipe {
-            set_nonblocking(p.as_raw_fd());
-        }
-        Capture {
-            pipe,
-            kept: Vec::new(),
-            limit,
-            total: 0,
-            truncated: false,
-        }
-    }
-
-    /// Reads what is available. Returns the new bytes' range in `buf`, or None at EOF/error.
-    fn read_some(&mut self, buf: &mut [u8]) -> Option<usize> {
-        let pipe = self.pipe.as_mut()?;
-        loop {
-            match pipe.read(buf) {
-                Ok(0) => {
-                    self.pipe = None;
-                    return None;
-                }
-                Ok(n) => {
-                    self.total += n as u64;
-                    let room = self.limit.saturating_sub(self.kept.len());
-                    if n > room {
-                        self.truncated = true;
-                    }
-                    self.kept.extend_from_slice(&buf[..n.min(room)]);
-                    return Some(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(0),
-                Err(_) => {
-                    self.pipe = None;
-                    return None;
-                }
-            }
         }
     }
 }
@@ -676,8 +672,8 @@ fn supervise(
     mut on_line: Option<&mut dyn FnMut(&str)>,
     started: Instant,
 ) -> Output {
-    let mut out = Capture::new(child.stdout.take(), spec.capture_limit);
-    let mut err = Capture::new(child.stderr.take(), spec.capture_limit);
+    let mut out = Capture::new(child.stdout.take(), spec.capture_limit, spec.spill.clone());
+    let mut err = Capture::new(child.stderr.take(), spec.capture_limit, None);
     let mut stdin = child.stdin.take();
     if let Some(s) = &stdin {
         set_nonblocking(s.as_raw_fd());
@@ -861,6 +857,7 @@ fn supervise(
         signal,
         stdout: std::mem::take(&mut out.kept),
         stderr: std::mem::take(&mut err.kept),
+        stdout_spill: out.spilled.take().map(Arc::new),
         stdout_truncated: out.truncated,
         stderr_truncated: err.truncated,
         stdout_total: out.total,

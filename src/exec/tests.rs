@@ -472,6 +472,43 @@ fn bench_exec() {
     }
 }
 
+#[test]
+fn a_spilled_capture_keeps_its_head_in_memory_and_the_rest_in_an_unlinked_file() {
+    let dir = std::env::temp_dir().join(format!("pgw-spill-{}", std::process::id()));
+    ensure_private_dir(&dir).unwrap();
+    // 300,000 bytes of "é" (2 bytes each) then "end": spilled past 1,001 bytes (mid-character).
+    let mut spec = sh("python3 -c 'import sys; sys.stdout.write(\"é\" * 150000 + \"end\")'");
+    spec.spill = Some(Spill {
+        after: 1001,
+        dir: dir.clone(),
+    });
+    let o = run(spec, None).unwrap();
+    assert!(o.success(), "{o:?}");
+    assert_eq!(o.stdout.len(), 1001, "only the head is on the heap");
+    assert_eq!(o.stdout_kept(), 300_003);
+    let all = o.stdout_bytes().unwrap();
+    assert_eq!(all.len(), 300_003);
+    assert!(all.ends_with(b"end"));
+    assert_eq!(o.stdout_chars().unwrap(), 150_003);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "the spill file has no name anyone could open"
+    );
+    // The capture limit covers head and file together.
+    let mut spec = sh("head -c 50000 /dev/zero");
+    spec.capture_limit = 20_000;
+    spec.spill = Some(Spill {
+        after: 5000,
+        dir: dir.clone(),
+    });
+    let o = run(spec, None).unwrap();
+    assert!(o.stdout_truncated);
+    assert_eq!((o.stdout.len(), o.stdout_kept()), (5000, 20_000));
+    assert_eq!(o.stdout_total, 50_000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The rule, family by family (issue 8: the fixed list let `SUPABASE_JWT_SECRET`,
 /// `PANORAMA_ACCESS_TOKEN`, `POSTGRES_URL`, `ALL_PROXY`, … through).
 #[test]

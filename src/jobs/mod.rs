@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::exec::{CancelToken, Children};
-use crate::providers::Registry;
+use crate::providers::{Registry, Stage};
 use crate::shutdown::Shutdown;
 
 /// The final status a handler asks for.
@@ -146,6 +146,13 @@ impl JobContext {
 /// Runs the handler for `job_type`. Unknown types fail with "Unsupported job type: X"
 /// (PROTOCOL.md §7). The worker catches panics around this call.
 pub fn dispatch(job_type: &str, payload: &Value, ctx: &JobContext) -> Outcome {
+    // Claimed right after the start, while the CLIs are checked (off the start-up path):
+    // these jobs need the CLIs, and a subagent run their health as the backend sees it.
+    match job_type {
+        "diagnostic" | "model_run" => ctx.providers.wait_for(Stage::Discovered),
+        "subagent_run" => ctx.providers.wait_for(Stage::Checked),
+        _ => {}
+    }
     match job_type {
         "diagnostic" => diagnostic::handle(payload, ctx),
         "model_run" => model_run::handle(payload, ctx),

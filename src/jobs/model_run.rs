@@ -22,6 +22,8 @@ pub const DEFAULT_TIMEOUT_MS: f64 = 110_000.0;
 const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
 /// stdout/stderr in results and debug are cut to this many characters.
 const RESULT_TEXT_LIMIT: usize = 200_000;
+// The head of stdout kept in memory holds every character a result quotes.
+const _: () = assert!(RESULT_TEXT_LIMIT * 4 <= run::STDOUT_HEAP_BYTES);
 
 fn failed(result: Value, error: impl Into<String>, debug: Option<Value>) -> Outcome {
     Outcome {
@@ -291,10 +293,17 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
     drop(dir);
     run::prune_empty_parents(&dir_path, &root);
 
+    // The in-memory head of stdout (a large capture's rest is in a spill file): results and
+    // debug quote at most RESULT_TEXT_LIMIT characters of it.
     let (stdout, stderr) = report
         .output
         .as_ref()
-        .map(|o| (o.stdout_lossy(), o.stderr_lossy()))
+        .map(|o| {
+            (
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+            )
+        })
         .unwrap_or_default();
     // Failed runs return their output to the team; tokens and keys a CLI echoes are masked
     // there as in debug (the reference sent them raw, providers.md §9.14).
@@ -307,7 +316,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
             redact::text(&stdout_cut, redact::TEXT_LIMIT).into(),
         );
         debug.insert("stdout_truncated".into(), stdout_cut_flag.into());
-        debug.insert("stdout_bytes".into(), json!(stdout.chars().count()));
+        let stdout_chars = o.stdout_chars().unwrap_or_else(|_| stdout.chars().count());
+        debug.insert("stdout_bytes".into(), json!(stdout_chars));
         debug.insert(
             "stderr".into(),
             redact::text(&stderr_cut, redact::TEXT_LIMIT).into(),

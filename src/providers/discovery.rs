@@ -405,6 +405,8 @@ pub fn probe_spec(spec: exec::Spec, command: &Path, args: &[&str]) -> ProbeOutpu
             ok: false,
             stdout: String::new(),
             stderr: String::new(),
+            exit_code: None,
+            duration: Duration::ZERO,
             error: Some(e.to_string()),
         },
         Ok(o) => {
@@ -430,6 +432,8 @@ pub fn probe_spec(spec: exec::Spec, command: &Path, args: &[&str]) -> ProbeOutpu
                 ok: error.is_none(),
                 stdout: o.stdout_lossy(),
                 stderr: o.stderr_lossy(),
+                exit_code: o.exit_code,
+                duration: o.duration,
                 error,
             }
         }
@@ -442,6 +446,9 @@ pub struct ProbeOutput {
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
+    /// For the `--version` answer diagnostics reuse.
+    pub exit_code: Option<i32>,
+    pub duration: Duration,
     pub error: Option<String>,
 }
 

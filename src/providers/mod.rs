@@ -13,10 +13,12 @@ pub mod discovery;
 pub mod gemini;
 pub mod health;
 pub mod plan;
+mod probe;
 pub mod redact;
 pub mod restrict;
 pub mod run;
 pub mod subplan;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,9 @@ use serde_json::{json, Map, Value};
 use crate::config::CliOverrides;
 use discovery::{Discovered, EnvLookup, ProcessEnv, Source};
 use health::{Health, Mode, Status};
-use plan::{OutputFormat, RunRequest};
+use plan::RunRequest;
+pub use probe::{probe_caps, validate};
+use probe::{probe_crashed, run_parallel};
 
 /// Per-command timeout of capability probes.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(10_000);
@@ -175,6 +179,8 @@ pub struct Caps {
     pub extensions: Option<Vec<String>>,
     /// `(output_schema, stream_json, tool_disable)`.
     pub supports: (bool, bool, bool),
+    /// The `--version` run itself, for diagnostics to reuse while it is fresh.
+    pub probed: Option<versions::Answer>,
 }
 
 impl Caps {
@@ -187,74 +193,8 @@ impl Caps {
             supports: (false, false, false),
             extensions: (id == ProviderId::Gemini).then(Vec::new),
             flags,
+            probed: None,
         }
-    }
-}
-
-/// Probes one command (providers.md §3).
-pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
-    let mk_spec = |args: &[&str]| {
-        let mut spec = crate::exec::Spec::new(command).args(args.iter().copied());
-        spec.timeout = Some(PROBE_TIMEOUT);
-        spec.capture_limit = 1 << 20;
-        spec.grace = Duration::from_millis(1000);
-        if id == ProviderId::Gemini {
-            // Gemini is a node script: its own directory on PATH, like model runs.
-            spec.env = run::env_with(&[], &gemini::path_prepend(command), Path::new("/"));
-        }
-        spec
-    };
-    let v = discovery::probe_spec(mk_spec(&["--version"]), command, &["--version"]);
-    let help_args: &[&str] = if id == ProviderId::Codex {
-        &["exec", "--help"]
-    } else {
-        &["--help"]
-    };
-    let (available, version, error) = if v.ok {
-        let t = v.stdout.trim().to_string();
-        (true, (!t.is_empty()).then_some(t), None)
-    } else {
-        (false, None, v.error.clone())
-    };
-    let help = if available {
-        let h = discovery::probe_spec(mk_spec(help_args), command, help_args);
-        h.ok.then(|| h.help_text())
-    } else {
-        None
-    };
-    let flags = Flags::detect(id, help.as_deref());
-    let (extensions, extensions_ok) = if id == ProviderId::Gemini {
-        if available {
-            let e = discovery::probe_spec(
-                mk_spec(&["--list-extensions"]),
-                command,
-                &["--list-extensions"],
-            );
-            if e.ok {
-                (Some(gemini::parse_extensions(&e.stdout)), true)
-            } else {
-                (Some(Vec::new()), false)
-            }
-        } else {
-            (Some(Vec::new()), false)
-        }
-    } else {
-        (None, false)
-    };
-    let supports = match id {
-        ProviderId::Claude => claude::supports(&flags),
-        ProviderId::Codex => codex::supports(&flags),
-        ProviderId::Gemini => {
-            gemini::supports(&flags, extensions_ok, extensions.as_deref().unwrap_or(&[]))
-        }
-    };
-    Caps {
-        available,
-        version,
-        error,
-        flags,
-        extensions,
-        supports,
     }
 }
 
@@ -266,6 +206,17 @@ struct Entry {
     shell_hint: Option<String>,
     caps: Caps,
     health: Option<Health>,
+}
+
+/// How far the start-up checks of the provider CLIs are (see [`Registry::undiscovered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Nothing probed yet.
+    Undiscovered,
+    /// Commands and flags known, and the backend told.
+    Discovered,
+    /// Health checked too (a validation call when one was due), and the backend told.
+    Checked,
 }
 
 /// Called with (provider id, health JSON) whenever health changes and should be persisted
@@ -282,6 +233,12 @@ pub struct Registry {
     events: Mutex<Vec<Value>>,
     /// Bumped on every health change, so the heartbeat can tell it should send now.
     generation: std::sync::atomic::AtomicU64,
+    /// The last `--version` answer per CLI (discovery's, then diagnostics').
+    versions: versions::VersionCache,
+    /// How far the start-up checks of an [`Registry::undiscovered`] registry are.
+    stage: (Mutex<Stage>, std::sync::Condvar),
+    /// Stops a validation call under way ([`Registry::stop_checks`]).
+    stop: crate::exec::CancelToken,
 }
 
 impl std::fmt::Debug for Registry {
@@ -328,57 +285,84 @@ pub struct ProviderCheck {
     pub detail: Option<String>,
 }
 
-/// Runs `f` for every provider in parallel. A thread that panics (a bug met on odd CLI output)
-/// yields `on_panic(id, message)` instead of taking the caller (the daemon, `doctor`) down.
-fn run_parallel<T: Send>(
-    f: impl Fn(ProviderId) -> T + Sync,
-    on_panic: impl Fn(ProviderId, String) -> T,
-) -> Vec<T> {
-    std::thread::scope(|s| {
-        let hs: Vec<_> = ProviderId::ALL
-            .into_iter()
-            .map(|id| {
-                let f = &f;
-                (id, s.spawn(move || f(id)))
-            })
-            .collect();
-        hs.into_iter()
-            .map(|(id, h)| match h.join() {
-                Ok(v) => v,
-                Err(p) => {
-                    let msg = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    log::error!(target: "providers", "checking provider={} failed with an internal error: {msg}", id.as_str());
-                    on_panic(id, msg)
-                }
-            })
-            .collect()
-    })
-}
-
-/// What a provider's probe says when the probe itself crashed.
-fn probe_crashed(id: ProviderId, msg: &str) -> Caps {
-    Caps {
-        error: Some(format!(
-            "checking the {} CLI failed with an internal error ({}); it is treated as unavailable. Run panorama-gateway doctor -v and report the message",
-            id.short(),
-            crate::redact::redact(msg)
-        )),
-        ..Caps::not_probed(id)
-    }
-}
-
 impl Registry {
     fn from_entries(entries: Vec<Entry>) -> Registry {
+        let versions = versions::VersionCache::default();
+        for e in &entries {
+            if let Some(a) = &e.caps.probed {
+                versions.store(e.id, a.clone());
+            }
+        }
         Registry {
+            versions,
             entries: Mutex::new(entries),
             work_root: Mutex::new(None),
             sink: Mutex::new(None),
             events: Mutex::new(Vec::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            stage: (Mutex::new(Stage::Checked), std::sync::Condvar::new()),
+            stop: crate::exec::CancelToken::new(),
+        }
+    }
+
+    /// A registry whose discovery runs later ([`Registry::finish_discovery`], off the start-up
+    /// path): the heartbeat reports the CLIs as not checked yet meanwhile, and job handlers
+    /// that need a CLI wait ([`Registry::wait_for`]) until the daemon says how far it is
+    /// ([`Registry::reached`]).
+    pub fn undiscovered() -> Registry {
+        let r = Registry::default();
+        *r.stage.0.lock().unwrap_or_else(|e| e.into_inner()) = Stage::Undiscovered;
+        r
+    }
+
+    /// Discovers and probes the CLIs of an [`Registry::undiscovered`] registry, keeping the
+    /// health loaded meanwhile.
+    pub fn finish_discovery(&self, overrides: &CliOverrides) {
+        let found = std::mem::take(&mut *Registry::discover(overrides).lock());
+        // Not under the entries lock: a diagnostic may hold a version slot for a whole run.
+        for e in &found {
+            if let Some(a) = &e.caps.probed {
+                self.versions.store(e.id, a.clone());
+            }
+        }
+        let mut g = self.lock();
+        for (slot, mut e) in g.iter_mut().zip(found) {
+            e.health = slot.health.take();
+            *slot = e;
+        }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops the validation call under way, if any, and every later one (the daemon stops).
+    pub fn stop_checks(&self) {
+        self.stop.cancel();
+    }
+
+    /// The start-up checks reached `stage`: handlers waiting for it go on.
+    pub fn reached(&self, stage: Stage) {
+        let (m, cv) = &self.stage;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        *g = (*g).max(stage);
+        cv.notify_all();
+    }
+
+    /// Whether the CLIs have been discovered (always, except for an undiscovered registry
+    /// until the daemon says so).
+    pub fn is_discovered(&self) -> bool {
+        *self.stage.0.lock().unwrap_or_else(|e| e.into_inner()) >= Stage::Discovered
+    }
+
+    /// Blocks until the start-up checks reached `stage` (bounded by their probes' timeouts).
+    pub fn wait_for(&self, stage: Stage) {
+        let (m, cv) = &self.stage;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        while *g < stage {
+            log::info!(target: "providers", "waiting for the provider CLIs to be checked ({stage:?}) before running the job");
+            g = cv
+                .wait_timeout(g, Duration::from_secs(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -479,6 +463,11 @@ impl Registry {
             |id| probe_caps(id, &cmds[id.index()]),
             |id, msg| probe_crashed(id, &msg),
         );
+        for (id, c) in ProviderId::ALL.into_iter().zip(&caps) {
+            if let Some(a) = &c.probed {
+                self.versions.store(id, a.clone());
+            }
+        }
         let mut g = self.lock();
         for (e, c) in g.iter_mut().zip(caps) {
             e.caps = c;
@@ -522,11 +511,18 @@ impl Registry {
     }
 
     pub fn command(&self, id: ProviderId) -> PathBuf {
+        self.wait_for(Stage::Discovered);
         self.lock()[id.index()].found.command.clone()
     }
 
     pub fn flags(&self, id: ProviderId) -> Flags {
+        self.wait_for(Stage::Discovered);
         self.lock()[id.index()].caps.flags.clone()
+    }
+
+    /// The last `--version` answers, for diagnostics.
+    pub fn versions(&self) -> &versions::VersionCache {
+        &self.versions
     }
 
     pub fn health(&self, id: ProviderId) -> Option<Health> {
@@ -611,6 +607,10 @@ impl Registry {
     /// `context` (`startup`, `pairing`, `doctor`) and a full check, each provider that is not
     /// healthy gets a `provider_validation` event (see [`Registry::take_events`]).
     pub fn check_health(&self, mode: Mode, context: Option<&str>) -> Vec<(ProviderId, Health)> {
+        if !self.is_discovered() {
+            // Nothing probed yet: judging health now would call every CLI unavailable.
+            return Vec::new();
+        }
         let snapshot: Vec<Entry> = self.lock().clone();
         let work_root = self.work_root();
         let results = run_parallel(
@@ -622,7 +622,8 @@ impl Registry {
                     return health::unavailable(prev, mode, e.caps.error.as_deref(), &now);
                 }
                 if health::needs_full(mode, prev) {
-                    let (ok, err, ms) = validate(id, &e.found.command, &e.caps.flags, &work_root);
+                    let (ok, err, ms) =
+                        validate(id, &e.found.command, &e.caps.flags, &work_root, &self.stop);
                     log::info!(target: "providers", "validation provider={} ok={} duration_ms={}", id.as_str(), ok, ms);
                     return health::full(ok, err.as_deref(), ms, &crate::util::now_rfc3339());
                 }
@@ -788,101 +789,6 @@ pub fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Op
             .map(String::from),
         _ => None,
     }
-}
-
-/// The full check: a tiny JSON model call (providers.md §4.2). Returns (ok, error, ms).
-pub fn validate(
-    id: ProviderId,
-    command: &Path,
-    flags: &Flags,
-    work_root: &Path,
-) -> (bool, Option<String>, u64) {
-    let started = std::time::Instant::now();
-    let req = RunRequest {
-        prompt: VALIDATION_PROMPT.into(),
-        model: plan::DEFAULT_MODEL.into(),
-        format: OutputFormat::Json,
-        schema: Some(
-            json!({"type":"object","required":["message"],"properties":{"message":{"type":"string"}},"additionalProperties":false}),
-        ),
-        append_system_prompt: None,
-        reasoning_effort: None,
-        timeout: VALIDATION_TIMEOUT,
-    };
-    let ms = |s: std::time::Instant| s.elapsed().as_millis() as u64;
-    let plan = match build_plan(id, &req, command, flags) {
-        Ok(p) => p,
-        Err(e) => return (false, Some(e.0), ms(started)),
-    };
-    let root = work_root.join("validation");
-    if let Err(e) = crate::exec::ensure_private_dir(work_root)
-        .and_then(|_| crate::exec::ensure_private_dir(&root))
-    {
-        return (
-            false,
-            Some(format!(
-                "the validation work directory is not safe to use: {e}"
-            )),
-            ms(started),
-        );
-    }
-    let dir = match crate::exec::PrivateDir::create_in(&root.join(id.as_str()), "check-") {
-        Ok(d) => d,
-        Err(e) => {
-            return (
-                false,
-                Some(format!(
-                    "could not create a validation directory under {}: {e}",
-                    root.display()
-                )),
-                ms(started),
-            )
-        }
-    };
-    let report = run::run_plan(id, plan, dir.path(), &run::RunHooks::default());
-    let dir_path = dir.path().to_path_buf();
-    drop(dir);
-    run::prune_empty_parents(&dir_path, &root);
-    let stderr = report
-        .output
-        .as_ref()
-        .map(|o| o.stderr_lossy())
-        .unwrap_or_default();
-    let timed_out = report.output.as_ref().is_some_and(|o| o.timed_out());
-    let err = match report.result {
-        Ok(_) => None,
-        Err(run::Failure::StdoutLimit) => Some(format!(
-            "Provider validation stdout exceeded the {}-byte output limit",
-            crate::exec::CAPTURE_LIMIT
-        )),
-        Err(run::Failure::Spawn { message, .. }) | Err(run::Failure::Setup(message)) => {
-            Some(message)
-        }
-        Err(run::Failure::Process) if timed_out => Some(format!(
-            "{} did not answer within {} s; {}",
-            id.short(),
-            VALIDATION_TIMEOUT.as_secs(),
-            id.login_hint()
-        )),
-        // What the CLI said in a structured place (Claude reports a bad login in its stdout
-        // envelope, with an empty stderr), else stderr, else the reference's generic text.
-        Err(run::Failure::Process) => {
-            let stdout = report
-                .output
-                .as_ref()
-                .map(|o| o.stdout_lossy())
-                .unwrap_or_default();
-            let summary = plan::error_summary(&stderr);
-            Some(match cli_reported(id, &stdout, summary.as_ref()) {
-                Some(m) => m,
-                None if !stderr.trim().is_empty() => stderr,
-                None => "Provider validation failed".to_string(),
-            })
-        }
-        Err(run::Failure::Parse(m)) => Some(m),
-        Err(run::Failure::FileLimit) => Some("Codex output file exceeded the output limit".into()),
-    };
-    (err.is_none(), err, ms(started))
 }
 
 /// The argv and files for a model call on `id`.

@@ -9,6 +9,11 @@ use super::plan::{ParseError, Parsed, Plan};
 use super::ProviderId;
 use crate::exec::{self, CancelToken, Children};
 
+/// Bytes of a run's stdout kept on the heap; the rest of the capture (up to the 5 MB limit)
+/// goes to an unlinked file beside the work directory. Large enough for every head a result
+/// quotes (200,000 characters are at most 800,000 bytes).
+pub const STDOUT_HEAP_BYTES: usize = 1 << 20;
+
 /// What a run may be reached by.
 #[derive(Default, Clone)]
 pub struct RunHooks {
@@ -116,6 +121,11 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
     spec.cancel = hooks.cancel.clone();
     spec.register = hooks.register.clone();
     spec.tmp_base = Some(work_dir.to_path_buf());
+    // The work directory's parent is ours alone (0700) and the child does not work in it.
+    spec.spill = work_dir.parent().map(|dir| exec::Spill {
+        after: STDOUT_HEAP_BYTES,
+        dir: dir.to_path_buf(),
+    });
     let out = match exec::run(spec, None) {
         Ok(o) => o,
         Err(e) => {
@@ -133,7 +143,18 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
     } else if !out.success() {
         Err(Failure::Process)
     } else {
-        let stdout = out.stdout_lossy();
+        // Read back once for the parser; a spilled capture is on the heap only meanwhile.
+        let bytes = match out.stdout_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                let m = format!("could not read back the CLI's output: {e}");
+                return Report {
+                    output: Some(out),
+                    result: Err(Failure::Setup(m)),
+                };
+            }
+        };
+        let stdout = String::from_utf8_lossy(&bytes);
         let parsed = match id {
             ProviderId::Claude => super::claude::parse(plan.format, &stdout),
             ProviderId::Codex => {

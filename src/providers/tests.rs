@@ -696,6 +696,76 @@ fn diagnostic_reports_the_claude_version() {
     );
 }
 
+/// `--version` runs of `name` recorded by the fakes.
+fn version_runs(s: &Scratch, name: &str) -> usize {
+    std::fs::read_to_string(s.record())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["name"] == name && r["argv"] == json!(["--version"]))
+        .count()
+}
+
+#[test]
+fn diagnostics_probe_every_cli_reuse_fresh_answers_and_share_one_run() {
+    let s = Scratch::new("diag-cache");
+    let reg = s.registry(&[], &[], &[]);
+    assert_eq!(version_runs(&s, "claude"), 1, "discovery ran it once");
+    // Fresh from discovery: no new run, and the result says so for every provider.
+    let o = jobs::diagnostic::handle(&json!({}), &ctx(&reg, "c1"));
+    assert_eq!(o.status, FinalStatus::Completed, "{o:?}");
+    let r = o.result.unwrap();
+    assert_eq!(r["version"], "2.0.14 (Claude Code)");
+    assert_eq!(r["cached"], true, "{r}");
+    assert!(
+        r["cached_reason"].as_str().unwrap().contains("discovery"),
+        "{r}"
+    );
+    for (id, v) in [
+        ("claude_code", "2.0.14 (Claude Code)"),
+        ("codex", "codex-cli 0.46.0"),
+        ("gemini", "0.9.0"),
+    ] {
+        assert_eq!(r["providers"][id]["version"], v, "{r}");
+        assert_eq!(r["providers"][id]["cached"], true, "{r}");
+    }
+    assert_eq!(version_runs(&s, "claude"), 1);
+    // `fresh`: every CLI runs again, in parallel, and nothing says cached.
+    let o = jobs::diagnostic::handle(&json!({"fresh": true}), &ctx(&reg, "c2"));
+    let r = o.result.unwrap();
+    assert!(r.get("cached").is_none(), "{r}");
+    assert_eq!(r["providers"]["gemini"]["exit_code"], 0, "{r}");
+    assert_eq!(version_runs(&s, "claude"), 2);
+    assert_eq!(version_runs(&s, "gemini"), 2);
+    // A changed CLI file is run again; diagnostics arriving during that run share it.
+    let claude = s.path().join("c/claude");
+    let slow = std::fs::read_to_string(&claude).unwrap().replacen(
+        "#!/bin/sh\n",
+        "#!/bin/sh\nsleep 0.5\n",
+        1,
+    );
+    std::fs::write(&claude, slow).unwrap();
+    let before = version_runs(&s, "claude");
+    let hs: Vec<_> = (0..4)
+        .map(|i| {
+            let c = ctx(&reg, &format!("c3-{i}"));
+            std::thread::spawn(move || jobs::diagnostic::handle(&json!({}), &c))
+        })
+        .collect();
+    let rs: Vec<Value> = hs
+        .into_iter()
+        .map(|h| h.join().unwrap().result.unwrap())
+        .collect();
+    assert_eq!(
+        version_runs(&s, "claude"),
+        before + 1,
+        "one run for four jobs"
+    );
+    let shared = rs.iter().filter(|r| r["cached"] == true).count();
+    assert_eq!(shared, 3, "{rs:?}");
+    assert!(rs.iter().all(|r| r["version"] == "2.0.14 (Claude Code)"));
+}
+
 #[test]
 fn diagnostic_failures_keep_the_keys_and_add_error() {
     let s = Scratch::new("diag-fail");

@@ -548,15 +548,21 @@ pub fn ready_gateway_with_fake_claude(
     wait_for("ready", Duration::from_secs(20), || {
         (b.gateway_row(&gid)["status"] == "ready").then_some(())
     });
-    // The start-up provider check is over (its heartbeat carries the health): it no longer
-    // runs the fake once the test arms it, nor sends requests a test's fault could hit.
+    // Discovery and the start-up health check run after ready and run the fake too: arming
+    // it before they are over would make them the run a test waits for. Their heartbeat
+    // carries the health; no request of theirs is left for a test's fault to hit.
+    let log = gw.config_dir().join("gateway.log");
     wait_for(
-        "the start-up provider check",
+        "the provider checks at start",
         Duration::from_secs(30),
         || {
-            b.gateway_row(&gid)["capabilities"]["providers"]["claude_code"]["health"]["status"]
-                .is_string()
-                .then_some(())
+            (std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("provider checks at start done")
+                && b.gateway_row(&gid)["capabilities"]["providers"]["claude_code"]["health"]
+                    ["status"]
+                    .is_string())
+            .then_some(())
         },
     );
     (b, gw, team, gid)
