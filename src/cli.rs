@@ -200,6 +200,12 @@ fn global_option(name: &str, p: &mut lexopt::Parser, g: &mut Global) -> Result<b
             )?)
         }
         "anon-key" => o.anon_key = Some(os_to_string("anon-key", take_value(p, "anon-key")?)?),
+        "metrics-addr" => {
+            o.metrics_addr = Some(os_to_string(
+                "metrics-addr",
+                take_value(p, "metrics-addr")?,
+            )?)
+        }
         "device-name" => {
             let v = os_to_string("device-name", take_value(p, "device-name")?)?;
             if v.trim().is_empty() {
@@ -433,6 +439,8 @@ Global options (any command):
   --supabase-url <url>       Backend URL (overrides SUPABASE_URL and the saved one)
   --anon-key <key>           Backend anon key (overrides SUPABASE_ANON_KEY and the saved one)
   --device-name <name>       Name shown in Panorama (pair, start)
+  --metrics-addr <addr>      Serve /healthz, /readyz and /metrics (Prometheus) on this
+                             address (start; PORT alone means 127.0.0.1:PORT)
   --allow-insecure-http      Accept a plain http:// backend that is not on this machine
                              (tokens travel in clear text; also PANORAMA_GATEWAY_ALLOW_INSECURE_HTTP=1)
   --claude-cli <path>        Claude CLI command
@@ -454,6 +462,7 @@ Environment (flags win over environment, environment over defaults):
   PANORAMA_GATEWAY_RESTART_MAX_WAIT_MS (stop in-flight work after this drain wait)
   PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS (bound on a stop's drain, default 90000)
   PANORAMA_GATEWAY_LOG_MAX_BYTES (log rotation size, default 10 MiB)
+  PANORAMA_GATEWAY_METRICS_ADDR (as --metrics-addr)
 ";
 
 /// Help text: general, or for one command.

@@ -11,6 +11,7 @@ mod daemon;
 mod exec;
 mod jobs;
 mod logging;
+mod metrics;
 mod providers;
 mod redact;
 mod shutdown;

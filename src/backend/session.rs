@@ -135,6 +135,8 @@ pub struct Session {
     tokens: Mutex<Tokens>,
     refresh: Mutex<RefreshState>,
     generation: AtomicU64,
+    /// Successful refreshes (for the metrics endpoint).
+    refreshes: AtomicU64,
     reauth: Mutex<Option<String>>,
     reauth_retry: Duration,
 }
@@ -162,6 +164,7 @@ impl Session {
             )),
             refresh: Mutex::new(RefreshState { last_failure: None }),
             generation: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
             reauth: Mutex::new(None),
             reauth_retry: crate::tuning::reauth_retry(),
         }
@@ -169,6 +172,11 @@ impl Session {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Access-token refreshes that succeeded so far.
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
     }
 
     pub fn anon_key(&self) -> &str {
@@ -259,6 +267,7 @@ impl Session {
                     log::info!(target: "session", "session restored; re-pair no longer needed");
                 }
                 st.last_failure = None;
+                self.refreshes.fetch_add(1, Ordering::Relaxed);
                 log::info!(target: "session", "gateway session refreshed");
                 Ok(access)
             }

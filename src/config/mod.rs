@@ -48,6 +48,8 @@ pub struct Settings {
     /// `--allow-insecure-http` or `PANORAMA_GATEWAY_ALLOW_INSECURE_HTTP=1`: plain `http://` to a
     /// host that is not loopback is accepted (tokens then travel in clear text).
     pub allow_insecure_http: bool,
+    /// `--metrics-addr` > `PANORAMA_GATEWAY_METRICS_ADDR`: the opt-in health/metrics endpoint.
+    pub metrics_addr: Option<String>,
 }
 
 /// The environment twin of `--allow-insecure-http` (also how `start` hands it to the daemon).
@@ -101,6 +103,7 @@ pub struct Overrides {
     pub anon_key: Option<String>,
     pub device_name: Option<String>,
     pub allow_insecure_http: bool,
+    pub metrics_addr: Option<String>,
 }
 
 /// The first non-empty environment variable of `names`.
@@ -200,6 +203,8 @@ pub fn resolve(o: &Overrides) -> Result<Settings, String> {
         },
         supabase_url: flag_str(&o.supabase_url)
             .or_else(|| env_string(&["SUPABASE_URL", "PANORAMA_SUPABASE_URL"])),
+        metrics_addr: flag_str(&o.metrics_addr)
+            .or_else(|| env_string(&["PANORAMA_GATEWAY_METRICS_ADDR"])),
         anon_key: flag_str(&o.anon_key).or_else(|| {
             env_string(&[
                 "SUPABASE_ANON_KEY",

@@ -167,6 +167,7 @@ impl ReaderHooks for Hooks {
     fn disconnected(&self, reason: &str, retry_in: Duration) {
         let s = &self.shared;
         s.ingress.realtime_up.store(false, Ordering::SeqCst);
+        s.metrics.reconnect();
         lock(&s.ingress.down_since).get_or_insert_with(Instant::now);
         *lock(&s.ingress.realtime_detail) = Some(format!("realtime: {reason}"));
         log::warn!(target: "realtime", "realtime channel down: {reason}; reconnecting in {} ms (jobs are still picked up by polling)", retry_in.as_millis());

@@ -8,6 +8,7 @@
 
 mod cancels;
 pub mod detach;
+pub mod health;
 mod heartbeat;
 mod ingress;
 pub mod memory;

@@ -171,6 +171,23 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         log::warn!(target: "session", "session check at start failed: {e}");
     }
 
+    // The opt-in health/metrics endpoint: bound before anything runs, so a busy port fails
+    // the start with a clear message instead of a silent gap in monitoring.
+    let metrics_listener = match &settings.metrics_addr {
+        Some(a) => {
+            let listener = super::health::parse_addr(a).and_then(super::health::bind)?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| format!("metrics listener: {e}"))?;
+            log::info!(target: "metrics", "health and metrics on http://{addr}/metrics (/healthz, /readyz)");
+            if !addr.ip().is_loopback() {
+                log::warn!(target: "metrics", "the metrics endpoint listens on {addr}, beyond this host: it shows job counts and provider health to anyone who can reach it");
+            }
+            (ctx.status)(&|s: &mut RuntimeStatus| s.metrics_addr = Some(addr.to_string()));
+            Some(listener)
+        }
+        None => None,
+    };
     let (to_workers, workers_from_ingress) = bounded::<Box<JobRow>>(tuning.queue_capacity);
     let (to_cancels, cancels_from_ingress) = bounded::<Box<JobRow>>(super::cancels::QUEUE);
     let (wake_reconcile, reconcile_woken) = bounded::<()>(4);
@@ -217,6 +234,13 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
         );
     }
 
+    if let Some(listener) = metrics_listener {
+        let s = shared.clone();
+        let started = std::time::Instant::now();
+        spawn("metrics", move || {
+            super::health::serve(s, listener, started)
+        })?;
+    }
     let s = shared.clone();
     let heartbeat = spawn("heartbeat", move || heartbeat_loop(s, heartbeat_woken))?;
     // Discovery (a few `--version`/`--help` runs per CLI; gemini's take seconds) and

@@ -24,7 +24,7 @@ use crate::jobs;
 use crate::jobs::journal::Journal;
 use crate::jobs::recovery;
 use crate::jobs::shell::ShellSessions;
-use crate::jobs::subagent_runs::SubagentRuns;
+use crate::jobs::subagent::active::SubagentRuns;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::tuning::Tuning;
@@ -97,6 +97,8 @@ pub(super) struct Shared {
     pub events: EventQueue,
     pub outbox: Outbox,
     pub jobs: RunningJobs,
+    /// Counters for `/metrics` (opt-in endpoint, daemon/health.rs).
+    pub metrics: crate::metrics::Metrics,
     status: StatusUpdater,
     last_status_push: Mutex<Option<Instant>>,
 }
@@ -123,6 +125,7 @@ impl Shared {
             events: EventQueue::default(),
             outbox: p.outbox,
             jobs: RunningJobs::default(),
+            metrics: crate::metrics::Metrics::default(),
             status: p.status,
             last_status_push: Mutex::new(None),
         }
@@ -157,7 +160,7 @@ impl Shared {
         self.accepting.load(Ordering::SeqCst)
     }
 
-    fn connection_state(&self) -> (String, Option<String>) {
+    pub fn connection_state(&self) -> (String, Option<String>) {
         if self.shutdown.is_draining() {
             return ("draining".into(), None);
         }

@@ -25,6 +25,9 @@ pub struct RuntimeStatus {
     /// The team-level toggle as last read from `team_gateways`.
     #[serde(default)]
     pub team_full_control: Option<bool>,
+    /// `host:port` of the health/metrics endpoint, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
     #[serde(default)]
     pub jobs_in_flight: u64,
     #[serde(default)]

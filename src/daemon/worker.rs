@@ -186,6 +186,8 @@ pub(super) fn process(s: &Shared, job: JobRow) {
         FinalStatus::Completed => s.jobs.completed.fetch_add(1, Ordering::SeqCst),
         _ => s.jobs.failed.fetch_add(1, Ordering::SeqCst),
     };
+    s.metrics
+        .job_finished(&claimed.job_type, outcome.status.as_str(), t0.elapsed());
     log::info!(target: "worker", "job finished id={} type={} status={} duration_ms={}", claimed.id, claimed.job_type, outcome.status.as_str(), t0.elapsed().as_millis());
     job_gone(s, &claimed.id);
     s.push_status(false);

@@ -12,6 +12,7 @@ pub mod codex;
 pub mod discovery;
 pub mod gemini;
 pub mod health;
+pub mod normalize;
 pub mod plan;
 mod probe;
 pub mod redact;
