@@ -259,6 +259,23 @@ pub fn normalize(provider: ProviderId, format: Format, stdout: &str) -> Normaliz
     };
     let mut base_md = Map::new();
     base_md.insert("adapter_id".into(), json!(adapter));
+    // Claude text and JSON runs stream too (to see connection retries as they happen): their
+    // answer is the last result event, the same envelope `json` prints.
+    if provider == ProviderId::Claude
+        && format != Format::StreamJson
+        && super::claude::is_stream(stdout)
+    {
+        if let Some(r) = super::claude::result_event(stdout) {
+            if format == Format::Text {
+                let text = r.get("result").and_then(Value::as_str).unwrap_or("");
+                return Normalized {
+                    output: envelope(json!(text.trim()), "text"),
+                    ..text_out(stdout, &base_md)
+                };
+            }
+            return claude_object(&r);
+        }
+    }
     if format == Format::Text {
         return text_out(stdout, &base_md);
     }

@@ -3,8 +3,8 @@
 //!
 //! A run job validates the subagent and its atomically accepted run in the documented order,
 //! marks the run started with conditional updates, runs the provider CLI in an owner-only work
-//! directory `<work root>/subagents/<subagent>/<run>` (own process group, scrubbed env, run
-//! timeout), finalizes through `finalize-gateway-subagent-run` and writes the run events. A
+//! directory `<work root>/subagents/<subagent>`, kept between the subagent's runs so a
+//! continuation finds its session (own process group, scrubbed env, run timeout), finalizes through `finalize-gateway-subagent-run` and writes the run events. A
 //! cancel job (handled outside the queue by the runtime) records the cancel request and kills
 //! the running child's process group with a 5 s grace, or leaves a pending cancel that the run
 //! job honours before it starts anything.
@@ -16,10 +16,12 @@ use serde_json::{json, Map, Value};
 
 pub mod active;
 mod cancel;
+mod failure;
 mod run;
 
 pub use cancel::handle_cancel;
 use cancel::*;
+use failure::*;
 pub use run::fail_subagent_run;
 use run::*;
 

@@ -613,22 +613,6 @@ pub(super) fn unhealthy_message(provider: ProviderId, detail: &str) -> String {
     }
 }
 
-/// The health summary of a failure: the first JSON object in stderr (`error.message`, else
-/// `message`), else the error message; whitespace collapsed, at most 500 chars.
-pub(super) fn health_summary(stderr: &str, error: &str) -> String {
-    let from_stderr = stderr.find('{').and_then(|i| {
-        let mut de = serde_json::Deserializer::from_str(&stderr[i..]).into_iter::<Value>();
-        let v = de.next()?.ok()?;
-        v.get("error")
-            .and_then(|e| s(e, "message"))
-            .or_else(|| s(&v, "message"))
-            .map(String::from)
-    });
-    let t = from_stderr.unwrap_or_else(|| error.to_string());
-    let collapsed = t.split_whitespace().collect::<Vec<_>>().join(" ");
-    collapsed.chars().take(500).collect()
-}
-
 pub(super) fn execute_and_finalize(
     session: &Session,
     ctx: &JobContext,
@@ -637,45 +621,65 @@ pub(super) fn execute_and_finalize(
     plan: SubPlan,
 ) -> Result<End, String> {
     let sid = safe_segment(&prep.subagent_id, "subagent id")?;
-    let rid = safe_segment(&prep.run_id, "run id")?;
+    safe_segment(&prep.run_id, "run id")?;
     let root = ctx.providers.work_root().join("subagents");
-    let work = root.join(&sid).join(&rid);
+    // One work directory per subagent, kept between its runs: Claude finds a session to
+    // `--resume` only while the directory it was started in exists (Claude Code 2.1), and
+    // Gemini keys its sessions by directory. Left-overs are swept after 14 days.
+    let work = root.join(&sid);
+    sweep_stale_dirs(&root, &sid);
     let started = Instant::now();
     em.emit(
         "run_progress",
         json!({"phase": "attempt_started", "attempt": 1, "max_attempts": 1}),
     );
-    let _ = std::fs::remove_dir_all(&work);
-    let result: Result<exec::Output, String> = match exec::PrivateDir::create_exact(&work) {
+    let mut watch = providers::diagnose::NetworkWatch::new(prep.provider);
+    let mut not_logged_in: Option<String> = None;
+    let mut spawn_not_found = false;
+    let ready = exec::ensure_private_dir(&root).and_then(|()| exec::ensure_private_dir(&work));
+    let result: Result<exec::Output, String> = match ready {
         Err(e) => Err(format!(
             "could not create the subagent work directory {}: {e}",
             work.display()
         )),
-        Ok(dir) => {
+        Ok(()) => {
+            let dir = work.as_path();
             let mut r = Ok(());
             for (name, data) in &plan.files {
-                if let Err(e) = exec::write_private_file(&dir.path().join(name), data) {
+                // A previous run's file (or whatever a tool left under that name) goes first.
+                let _ = std::fs::remove_file(dir.join(name));
+                if let Err(e) = exec::write_private_file(&dir.join(name), data) {
                     r = Err(format!("could not write {name} in the work directory: {e}"));
                 }
             }
             let out = r.and_then(|()| {
+                let env = providers::run::env_with(&plan.env, &plan.path_prepend, dir);
+                if prep.provider == ProviderId::Codex {
+                    if let Some(m) = providers::codex::login_missing(&plan.command, &env, dir) {
+                        not_logged_in = Some(m.clone());
+                        return Err(m);
+                    }
+                }
                 let mut spec = exec::Spec::new(&plan.command);
                 spec.args = plan.args.iter().map(Into::into).collect();
                 spec.stdin = Some(plan.stdin.clone());
-                spec.cwd = Some(dir.path().to_path_buf());
-                spec.env =
-                    providers::run::env_with(&plan.env, &plan.path_prepend, dir.path());
+                spec.cwd = Some(dir.to_path_buf());
+                spec.env = env;
                 spec.timeout = Some(plan.timeout);
                 spec.grace = CANCEL_GRACE;
                 spec.cancel = Some(ctx.cancel.clone());
                 spec.register = Some((ctx.children.clone(), ctx.job_id.clone()));
-                spec.tmp_base = Some(dir.path().to_path_buf());
+                spec.tmp_base = Some(dir.to_path_buf());
                 log::info!(target: "subagent", "starting subagent CLI subagent={} run={} provider={} timeout_ms={}",
                     prep.subagent_id, prep.run_id, prep.provider.as_str(), plan.timeout.as_millis());
-                exec::run(spec, None).map_err(|e| e.to_string())
+                exec::run(spec, Some(&mut |_, line: &str| watch.observe(line))).map_err(|e| {
+                    spawn_not_found = e.not_found();
+                    e.to_string()
+                })
             });
-            drop(dir);
-            providers::run::prune_empty_parents(&work, &root);
+            for (name, _) in &plan.files {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
             out
         }
     };
@@ -734,32 +738,36 @@ pub(super) fn execute_and_finalize(
     let parse_strict = plan.format == Format::Json;
     let should_fail = !out_ok || (parse_strict && norm.parse_error.is_some());
     let effective_fail = should_fail && !was_cancelled;
-    let mut error_message = if !out_ok {
-        match &result {
-            Err(e) => e.clone(),
-            Ok(_) if timed_out => {
-                format!("Subagent timed out after {} ms", plan.timeout.as_millis())
-            }
-            Ok(_) if !stderr.trim().is_empty() => stderr.trim().to_string(),
-            // Better than the reference: the CLI's own structured error on stdout (Claude's
-            // `is_error` envelope, Gemini's `{"error":{"message"}}`) instead of the exit code.
-            Ok(_) if providers::cli_reported(prep.provider, &stdout, None).is_some() => {
-                providers::cli_reported(prep.provider, &stdout, None).unwrap_or_default()
-            }
-            Ok(_) => match exit_code {
-                None => "Subagent process did not exit cleanly".into(),
-                Some(c) => format!("Subagent exited with code {c}"),
-            },
-        }
+    let (kind, mut error_message) = if !out_ok {
+        let signals = Signals {
+            not_logged_in,
+            not_found: spawn_not_found,
+            network: watch.reason(),
+        };
+        failure_reason(
+            prep.provider,
+            &result,
+            signals,
+            plan.timeout,
+            &stdout,
+            &stderr,
+        )
     } else {
-        norm.parse_error.clone().unwrap_or_default()
+        (
+            providers::diagnose::ErrorKind::BadOutput,
+            norm.parse_error.clone().unwrap_or_default(),
+        )
     };
     if !was_cancelled {
         if effective_fail {
-            let summary = health_summary(&stderr, &error_message);
+            let summary = providers::plan::collapse(&error_message, 500);
             ctx.providers.record_run_in(
                 prep.provider,
-                Status::Unhealthy,
+                if kind == providers::diagnose::ErrorKind::NotInstalled {
+                    Status::Unavailable
+                } else {
+                    Status::Unhealthy
+                },
                 Some(&summary),
                 Some(&ctx.job_id),
                 "subagent_run",
@@ -855,7 +863,7 @@ pub(super) fn execute_and_finalize(
         }
         "failed" => em.emit(
             "run_failed",
-            json!({"reason": error_message, "duration_ms": duration_ms, "parse_error": norm.parse_error}),
+            json!({"reason": error_message, "duration_ms": duration_ms, "parse_error": norm.parse_error, "error_kind": kind.as_str()}),
         ),
         _ => em.emit(
             "run_completed",
@@ -863,11 +871,14 @@ pub(super) fn execute_and_finalize(
         ),
     }
     log::info!(target: "subagent", "subagent run finished subagent={} run={} status={final_status} duration_ms={duration_ms}", prep.subagent_id, prep.run_id);
-    let result = json!({
+    let mut result = json!({
         "subagent_id": prep.subagent_id, "status": final_status,
         "output": if effective_fail { Value::Null } else { output },
         "error": final_error,
     });
+    if effective_fail {
+        result["error_kind"] = json!(kind.as_str());
+    }
     if effective_fail {
         // The edge function already wrote the terminal state: §5.4 has nothing to do.
         Ok(End {
