@@ -332,8 +332,4 @@ fn chaos_soak() {
     for (k, v) in &s.figures {
         println!("  {k}: {v}");
     }
-    println!(
-        "  faults the backend injected since its last restart: {}",
-        s.b.stats()["faults_injected"]
-    );
 }

@@ -356,10 +356,19 @@ fn main() {
 
     let sig = wait_signal(&sigset);
     log::info!(target: "main", "stopping signal={sig}");
-    if let Err(e) = persist(&app) {
-        eprintln!("panorama-local-backend: {e}; the last changes are lost");
-        std::process::exit(1);
-    }
     app.hub.drop_all();
+    // The rows stay locked from the last snapshot to the exit: a request still being handled
+    // can no longer change a row (and be answered 200) after the snapshot, which would lose an
+    // update its client saw succeed (a claim, then the job queued again after a restart).
+    let db = app.db();
+    if let Some(path) = &app.cfg.data_path {
+        if let Err(e) = store::write_atomic(path, &db.snapshot_json()) {
+            eprintln!(
+                "panorama-local-backend: cannot write data file {}: {e}; the last changes are lost",
+                path.display()
+            );
+            std::process::exit(1);
+        }
+    }
     std::process::exit(0);
 }
