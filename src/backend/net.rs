@@ -169,7 +169,9 @@ impl Net {
     }
 
     /// The proxy for `url` (`https`/`wss` → HTTPS_PROXY, `http`/`ws` → HTTP_PROXY), unless
-    /// NO_PROXY names its host (`*`, the host, or a domain it is under).
+    /// NO_PROXY names its host (`*`, the host, or a domain it is under) or the host is this
+    /// machine (`localhost`, a loopback address: a proxy elsewhere cannot reach it; Go's
+    /// net/http does the same).
     pub fn proxy_for(&self, url: &str) -> Option<&Proxy> {
         let secure = url.starts_with("https://") || url.starts_with("wss://");
         let p = if secure {
@@ -178,6 +180,13 @@ impl Net {
             self.http_proxy.as_ref()
         }?;
         let host = url_host(url);
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            return None;
+        }
         let bypass = self.no_proxy.iter().any(|e| {
             let e = e
                 .rsplit_once(':')
@@ -337,6 +346,13 @@ mod tests {
             .proxy_for("https://x")
             .is_none());
         assert!(net(None, None, &[]).proxy_for("https://x").is_none());
+        for local in [
+            "http://127.0.0.1:5432",
+            "https://localhost/x",
+            "https://[::1]:9",
+        ] {
+            assert!(n.proxy_for(local).is_none(), "{local}");
+        }
         assert!(Proxy::parse("HTTPS_PROXY", "socks5://p:1")
             .unwrap_err()
             .contains("not supported"));

@@ -351,7 +351,8 @@ impl Gateway {
         c.arg("--config-dir").arg(self.config_dir());
         c.args(args);
         for (k, _) in std::env::vars() {
-            if k.starts_with("PANORAMA_") || k.starts_with("SUPABASE_") {
+            let proxy = k.to_ascii_uppercase().ends_with("_PROXY") || k == "SSL_CERT_FILE";
+            if k.starts_with("PANORAMA_") || k.starts_with("SUPABASE_") || proxy {
                 c.env_remove(k);
             }
         }
@@ -815,14 +816,19 @@ impl ConnectProxy {
                     let mut parts = line.split_whitespace();
                     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                     t.lock().unwrap().push(target.to_string());
-                    let loopback =
-                        target.starts_with("127.0.0.1:") || target.starts_with("localhost:");
+                    // `backend.test` is the name only the proxy resolves (to loopback), as a
+                    // corporate proxy resolves names the host cannot.
+                    let target = match target.strip_prefix("backend.test:") {
+                        Some(port) => format!("127.0.0.1:{port}"),
+                        None => target.to_string(),
+                    };
+                    let loopback = target.starts_with("127.0.0.1:");
                     if method != "CONNECT" || !loopback {
                         let _ = client
                             .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
                         return;
                     }
-                    let Ok(upstream) = std::net::TcpStream::connect(target) else {
+                    let Ok(upstream) = std::net::TcpStream::connect(&target) else {
                         let _ = client
                             .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
                         return;
