@@ -55,6 +55,12 @@ fn pair_start_job_stop_and_backend_sees_ready_then_offline() {
     wait_for("status exit 0 (connected)", Duration::from_secs(20), || {
         (gw.run(&["status"]).0 == 0).then_some(())
     });
+    // Connected, but the only provider (a claude that answers --version alone) fails its
+    // check: status says that no provider can run models.
+    wait_for("status says no provider", Duration::from_secs(20), || {
+        let out = gw.run(&["status"]).1;
+        out.contains("no AI provider can run models").then_some(())
+    });
 
     // Provider discovery runs after ready (it never delays the first heartbeat); the next
     // heartbeat shows what it found.

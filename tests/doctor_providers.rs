@@ -208,7 +208,13 @@ fn installed_but_not_logged_in_counts_as_unusable() {
     assert!(out.contains("FAIL providers:"), "{out}");
     let h = &saved(&w)["providerHealth"]["claude_code"];
     assert_eq!(h["status"], "unhealthy");
-    assert_eq!(h["error"], "Invalid API key · Please run /login");
+    // The CLI's reason, classified, with what to run (once: doctor does not repeat it).
+    let e = h["error"].as_str().unwrap();
+    assert!(
+        e.starts_with("Claude exited with status 1: Invalid API key · Please run /login. The CLI is not logged in"),
+        "{e}"
+    );
+    assert_eq!(line.matches("ANTHROPIC_API_KEY").count(), 1, "{line}");
 }
 
 #[test]

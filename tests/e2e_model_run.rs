@@ -349,9 +349,18 @@ fn assert_scrubbed_env(w: &World, j: &Job, rec: &Value) {
             .1
             .clone();
     assert!(env["PATH"].ends_with(&path), "PATH kept: {}", env["PATH"]);
-    // A private TMPDIR inside the job's work directory, which is the cwd.
+    // A private TMPDIR inside the job's work directory, which is the cwd — except for Gemini
+    // and Claude, which keep state per directory in their homes: they run in one
+    // shared directory.
     let work = w.work_dir(j);
-    assert_eq!(rec["cwd"], work.display().to_string());
+    let name = rec["name"].as_str().unwrap_or_default();
+    if name == "gemini" || name == "claude" {
+        let shared = w.gw.config_dir().join("work").join(format!(".{name}-cwd"));
+        assert_eq!(rec["cwd"], shared.display().to_string());
+        assert!(shared.is_dir(), "the shared Gemini directory stays");
+    } else {
+        assert_eq!(rec["cwd"], work.display().to_string());
+    }
     let tmp = PathBuf::from(&env["TMPDIR"]);
     assert!(tmp.starts_with(&work), "TMPDIR {tmp:?} is inside {work:?}");
     assert_eq!(env["TMP"], env["TMPDIR"]);
@@ -474,7 +483,7 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
     assert_eq!(r["stderr_truncated"], false);
     assert_eq!(
         r["command"],
-        format!("{} --print --model=claude-sonnet-4-5 --output-format=json --json-schema=[REDACTED] --tools= --input-format=text --no-session-persistence --permission-mode=dontAsk --setting-sources=local --disable-slash-commands --system-prompt-file=[REDACTED]", w.cli("claude"))
+        format!("{} --print --model=claude-sonnet-4-5 --output-format=stream-json --verbose --json-schema=[REDACTED] --tools= --input-format=text --no-session-persistence --permission-mode=dontAsk --setting-sources=local --disable-slash-commands --system-prompt-file=[REDACTED]", w.cli("claude"))
     );
     let rec = w.record(&claude_json);
     assert_eq!(rec["name"], "claude");
@@ -483,7 +492,8 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
         sv(&[
             "--print",
             "--model=claude-sonnet-4-5",
-            "--output-format=json",
+            "--output-format=stream-json",
+            "--verbose",
             &format!("--json-schema={}", sch_text),
             "--tools=",
             "--input-format=text",
@@ -491,12 +501,16 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
             "--permission-mode=dontAsk",
             "--setting-sources=local",
             "--disable-slash-commands",
-            "--system-prompt-file=system-prompt.md",
+            &format!(
+                "--system-prompt-file={}/system-prompt.md",
+                w.work_dir(&claude_json).display()
+            ),
         ])
     );
     assert_eq!(rec["files"]["system-prompt.md"], "Be terse.");
     assert_eq!(w.record(&claude_json)["stdin"], claude_json.prompt.as_str());
-    assert_debug(&row, "claude_code", &claude_json.prompt, "stdout-json");
+    // stream-json: the answer is the last `result` event.
+    assert_debug(&row, "claude_code", &claude_json.prompt, "stream-json");
     assert_eq!(row["debug"]["json_schema_chars"], sch_text.chars().count());
     assert_eq!(row["debug"]["timeout_ms"], 110_000, "the default timeout");
     let dbg_out = row["debug"]["stdout"].as_str().unwrap();
@@ -518,7 +532,8 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
         sv(&[
             "--print",
             "--model=claude-sonnet-4-5",
-            "--output-format=text",
+            "--output-format=stream-json",
+            "--verbose",
             "--tools=",
             "--input-format=text",
             "--no-session-persistence",
@@ -808,7 +823,7 @@ fn failures_are_classified_with_actionable_messages() {
             vec![
                 unhealthy("Claude"),
                 "Claude exited with status 1: Invalid API key · Please run /login".into(),
-                "run `claude` once in a terminal to log in".into(),
+                "run `claude` once in a terminal and log in".into(),
             ],
         ),
         (
@@ -834,7 +849,7 @@ fn failures_are_classified_with_actionable_messages() {
         (
             w.submit("claude-bad", js("claude-sonnet-4-5"), &[("FAKE_CLI_MODE", "bad_json")]),
             "bad_output",
-            vec![format!("{}Failed to parse Claude JSON output", unhealthy("Claude"))],
+            vec![format!("{}Claude stream-json output has no result event", unhealthy("Claude"))],
         ),
         (
             w.submit("claude-empty", js("claude-sonnet-4-5"), &[("FAKE_CLI_MODE", "empty")]),
@@ -846,7 +861,7 @@ fn failures_are_classified_with_actionable_messages() {
             "auth",
             vec![
                 "Incorrect API key provided".into(),
-                "run `codex login` (or set OPENAI_API_KEY)".into(),
+                "run `codex login`".into(),
             ],
         ),
         (
@@ -875,7 +890,7 @@ fn failures_are_classified_with_actionable_messages() {
             vec![
                 unhealthy("Gemini"),
                 "Please set an Auth method".into(),
-                "run `gemini` once in a terminal to log in".into(),
+                "run `gemini` once in a terminal and log in".into(),
             ],
         ),
         (

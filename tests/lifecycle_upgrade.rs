@@ -190,11 +190,21 @@ fn only_a_verified_upgrade_replaces_the_daemon_and_the_job_in_flight_completes_o
     assert_eq!(gw.pid(), pid, "re-executed in place");
     assert_eq!(fake_cli_records(&rec, "slow").len(), 1, "the job ran once");
     assert_eq!(b.job(&job)["status"], "completed");
-    let log = log_file(&gw);
+    // Discovery runs after ready (it never delays the first heartbeat), so wait for the new
+    // process's own line rather than reading the log the moment the status says connected.
+    wait_for("the new process resolved the CLIs again", WAIT, || {
+        (log_file(&gw)
+            .matches("discovered provider=claude_code")
+            .count()
+            >= 2)
+            .then_some(())
+    });
     assert_eq!(
-        log.matches("discovered provider=claude_code").count(),
+        log_file(&gw)
+            .matches("discovered provider=claude_code")
+            .count(),
         2,
-        "the new process resolved the CLIs again: {log}"
+        "the CLIs were resolved once per process"
     );
     serves("the upgraded daemon");
     assert_eq!(gw.stop(WAIT).code(), Some(0));

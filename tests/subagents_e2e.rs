@@ -255,7 +255,12 @@ fn claude_run_completes_with_events_and_finalized_rows() {
     // secrets; the work dir is gone afterwards.
     let argv = w.argv("happy");
     assert_eq!(argv[0], "--print");
-    assert!(has_pair(&argv, "--output-format", "json"), "{argv:?}");
+    // A JSON run streams (connection retries are seen as they happen); the result event is
+    // the JSON envelope.
+    assert!(
+        has_pair(&argv, "--output-format", "stream-json"),
+        "{argv:?}"
+    );
     assert!(has_pair(&argv, "--allowedTools", "WebSearch"), "{argv:?}");
     assert!(has_pair(&argv, "--permission-mode", "dontAsk"), "{argv:?}");
     assert!(has_pair(&argv, "--setting-sources", "local"), "{argv:?}");
@@ -281,8 +286,12 @@ fn claude_run_completes_with_events_and_finalized_rows() {
     );
     assert_eq!(rec["files"]["append-system-prompt.md"], DEFAULT_APPEND);
     let cwd = PathBuf::from(rec["cwd"].as_str().unwrap());
-    assert_eq!(cwd, w.work_root().join(&s.sid).join(&s.rid));
-    assert!(!cwd.exists(), "work dir removed");
+    // One directory per subagent, kept for its continuations (Claude resumes a session only
+    // from the directory it started in); the run's private TMPDIR inside it is gone.
+    assert_eq!(cwd, w.work_root().join(&s.sid));
+    assert!(cwd.is_dir(), "work dir kept for continuations");
+    let tmp = PathBuf::from(rec["env"]["TMPDIR"].as_str().unwrap());
+    assert!(tmp.starts_with(&cwd) && !tmp.exists(), "{tmp:?}");
     let env = rec["env"].as_object().unwrap();
     for k in [
         "DATABASE_URL",
@@ -526,10 +535,12 @@ fn timeout_fails_the_run_and_marks_the_provider_unhealthy() {
     let auth_job = w.run_job(&auth);
     let j = wait_job_done(&w.b, &auth_job, JOB_WAIT);
     assert_eq!(j["status"], "failed", "job: {j}");
+    // The CLI's own reason (its error envelope on stdout), classified, with what to run.
     assert_eq!(
         j["error"],
-        "Gateway provider Claude is unhealthy. Try another provider or run \"panorama-gateway doctor\". Details: Invalid API key · Please run /login"
+        "Gateway provider Claude is unhealthy. Try another provider or run \"panorama-gateway doctor\". Details: Claude exited with status 1: Invalid API key · Please run /login. The CLI is not logged in or its API key was rejected; run `claude` once in a terminal and log in (/login), or set ANTHROPIC_API_KEY for the gateway"
     );
+    assert_eq!(j["result"]["error_kind"], "auth", "job: {j}");
     assert_eq!(w.row("subagent_runs", &auth.rid)["status"], "failed");
     let s = w.subagent("slow", config, &[("FAKE_CLI_MODE", "hang")]);
     let job = w.run_job(&s);
@@ -847,7 +858,10 @@ fn stale_heartbeat_and_unready_models_fail_the_run() {
         let settled = providers
             .values()
             .all(|p| p["available"] != true || p["health"]["check_type"] == "full");
-        (r["status"] == "ready" && settled).then_some(())
+        // The daemon's own start-up checks too: their end changes health and sends one more
+        // heartbeat (the capabilities above may already show pair's full checks).
+        let started_checks_done = w.gw.log().contains("provider checks at start done");
+        (r["status"] == "ready" && settled && started_checks_done).then_some(())
     });
     let path = format!("/rest/v1/team_gateways?id=eq.{}", w.gid);
     let fresh = w.b.gateway_row(&w.gid)["last_seen_at"].clone();

@@ -26,7 +26,7 @@ pub fn capabilities(
     });
     let mut model_execution = json!({ "ready": model_ready });
     if !model_ready {
-        model_execution["reason"] = json!("No gateway AI model provider is healthy");
+        model_execution["reason"] = json!(not_ready_reason(&providers));
     }
     let mut machine_control = json!({ "ready": install_full_control });
     if !install_full_control {
@@ -55,6 +55,42 @@ pub fn capabilities(
             "gateway_version": crate::util::version(),
         }
     })
+}
+
+/// Why no provider can run models, naming each one and its last error (a subagent run that
+/// is refused shows this text to the team).
+fn not_ready_reason(providers: &Value) -> String {
+    let each: Vec<String> = providers
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(id, p)| {
+                    let status = p
+                        .pointer("/health/status")
+                        .and_then(Value::as_str)
+                        .unwrap_or(if p["available"] == true {
+                            "unknown"
+                        } else {
+                            "unavailable"
+                        });
+                    let why = p
+                        .pointer("/health/error")
+                        .or_else(|| p.get("error"))
+                        .and_then(Value::as_str)
+                        .map(|e| format!(": {}", crate::util::truncate_chars(e, 200, "...")))
+                        .unwrap_or_default();
+                    format!("{id} {status}{why}")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if each.is_empty() {
+        return "No gateway AI model provider is healthy".into();
+    }
+    format!(
+        "No gateway AI model provider is healthy ({}). Run `panorama-gateway doctor` on the gateway host",
+        each.join("; ")
+    )
 }
 
 fn provider_ready(p: &Value) -> bool {

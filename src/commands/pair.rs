@@ -126,7 +126,7 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
                 "  {}: {} ({})",
                 id.label(),
                 h.status.as_str(),
-                crate::util::truncate_chars(e, 120, "...")
+                crate::providers::plan::shorten(e, 400)
             ),
             None => println!("  {}: {}", id.label(), h.status.as_str()),
         }

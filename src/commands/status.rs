@@ -249,6 +249,7 @@ fn to_json(s: &Snapshot, settings: &Settings) -> Value {
         "log_path": paths.log_path,
         "pid_path": paths.pid_path,
         "providers": providers,
+        "models_ready": models_ready(&s.health),
     });
     let errors: Vec<Value> = [s.cfg_error.clone(), s.pid_error.clone()]
         .into_iter()
@@ -335,6 +336,25 @@ fn running_lines(s: &Snapshot, settings: &Settings, out: &mut String) {
     if let Some(e) = &s.save_error {
         line(out, format!("WARNING gateway.json could not be saved: {e}"));
     }
+    if !models_ready(&s.health) {
+        line(
+            out,
+            "WARNING no AI provider can run models: every provider's last check or run failed (`status -v` shows why). Fix them, then run `panorama-gateway doctor`".into(),
+        );
+    }
+}
+
+/// False when every provider's saved health says it cannot run models (its last check or
+/// run failed, or it is missing). A gateway in that state still exits 0 when connected: it
+/// serves shell jobs, and scripts read 0 as "connected".
+fn models_ready(health: &[(ProviderId, Option<Health>)]) -> bool {
+    !health.iter().all(|(_, h)| {
+        matches!(
+            h.as_ref().map(|h| h.status),
+            Some(crate::providers::health::Status::Unhealthy)
+                | Some(crate::providers::health::Status::Unavailable)
+        )
+    })
 }
 
 /// Full control, version, and with `-v` ids, providers and paths.

@@ -24,7 +24,7 @@ use crate::jobs;
 use crate::jobs::journal::Journal;
 use crate::jobs::recovery;
 use crate::jobs::shell::ShellSessions;
-use crate::jobs::subagent_runs::SubagentRuns;
+use crate::jobs::subagent::active::SubagentRuns;
 use crate::providers::Registry;
 use crate::shutdown::Shutdown;
 use crate::tuning::Tuning;

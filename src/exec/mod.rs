@@ -337,7 +337,21 @@ pub enum Stop {
     Cancelled,
     /// Killed through the [`Children`] registry (job cancel or shutdown).
     Killed,
+    /// Stopped because the line watcher asked for it (for example: the CLI keeps retrying a
+    /// network it cannot reach).
+    Aborted,
 }
+
+/// Which output stream a watched line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Sees each complete output line as it arrives; returning true stops the child (SIGTERM to
+/// its group, SIGKILL after the grace) and the run ends with [`Stop::Aborted`].
+pub type LineWatch<'a> = &'a mut dyn FnMut(Stream, &str) -> bool;
 
 /// The result of a run that started.
 #[derive(Debug, Clone)]
@@ -578,11 +592,13 @@ struct LineSplitter {
 }
 
 impl LineSplitter {
-    fn feed(&mut self, data: &[u8], cb: &mut dyn FnMut(&str)) {
+    /// Returns true when the callback asked to stop the child.
+    fn feed(&mut self, data: &[u8], cb: &mut dyn FnMut(&str) -> bool) -> bool {
         let mut rest = data;
+        let mut stop = false;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             self.buf.extend_from_slice(&rest[..i]);
-            cb(&String::from_utf8_lossy(&self.buf));
+            stop |= cb(&String::from_utf8_lossy(&self.buf));
             self.buf.clear();
             rest = &rest[i + 1..];
         }
@@ -591,8 +607,9 @@ impl LineSplitter {
             let cut = self.buf.len() - LINE_LIMIT;
             self.buf.drain(..cut);
         }
+        stop
     }
-    fn finish(&mut self, cb: &mut dyn FnMut(&str)) {
+    fn finish(&mut self, cb: &mut dyn FnMut(&str) -> bool) {
         if !self.buf.is_empty() {
             cb(&String::from_utf8_lossy(&self.buf));
             self.buf.clear();
@@ -600,9 +617,9 @@ impl LineSplitter {
     }
 }
 
-/// Runs a child to completion. See the module docs. `on_line` gets each complete stdout line
-/// (without the newline) as it arrives.
-pub fn run(spec: Spec, on_line: Option<&mut dyn FnMut(&str)>) -> Result<Output, SpawnError> {
+/// Runs a child to completion. See the module docs. `on_line` gets each complete stdout and
+/// stderr line (without the newline) as it arrives, and may stop the child.
+pub fn run(spec: Spec, on_line: Option<LineWatch<'_>>) -> Result<Output, SpawnError> {
     let started = Instant::now();
     let spawn_err = |error| SpawnError {
         program: spec.program.clone(),
@@ -669,7 +686,7 @@ fn supervise(
     pid: i32,
     spec: &Spec,
     (registration, kill_request): (Option<Registration<'_>>, Option<Arc<AtomicU64>>),
-    mut on_line: Option<&mut dyn FnMut(&str)>,
+    mut on_line: Option<LineWatch<'_>>,
     started: Instant,
 ) -> Output {
     let mut out = Capture::new(child.stdout.take(), spec.capture_limit, spec.spill.clone());
@@ -684,6 +701,9 @@ fn supervise(
         stdin = None; // closes it: the child sees EOF at once
     }
     let mut lines = LineSplitter { buf: Vec::new() };
+    let mut err_lines = LineSplitter { buf: Vec::new() };
+    // Set when the watcher asks to stop the child; acted on with the other stop reasons.
+    let mut abort = false;
     let deadline = spec.timeout.map(|t| started + t);
     let mut stop = Stop::None;
     let mut kill_at: Option<Instant> = None;
@@ -708,6 +728,8 @@ fn supervise(
                 Some((Stop::Cancelled, spec.grace))
             } else if asked > 0 {
                 Some((Stop::Killed, Duration::from_millis(asked - 1)))
+            } else if abort {
+                Some((Stop::Aborted, spec.grace))
             } else {
                 None
             };
@@ -802,7 +824,7 @@ fn supervise(
                     Some(0) | None => break,
                     Some(n) => {
                         if let Some(cb) = on_line.as_deref_mut() {
-                            lines.feed(&buf[..n], cb);
+                            abort |= lines.feed(&buf[..n], &mut |l| cb(Stream::Stdout, l));
                         }
                     }
                 }
@@ -812,7 +834,11 @@ fn supervise(
             for _ in 0..16 {
                 match err.read_some(&mut buf) {
                     Some(0) | None => break,
-                    Some(_) => {}
+                    Some(n) => {
+                        if let Some(cb) = on_line.as_deref_mut() {
+                            abort |= err_lines.feed(&buf[..n], &mut |l| cb(Stream::Stderr, l));
+                        }
+                    }
                 }
             }
         }
@@ -835,7 +861,8 @@ fn supervise(
     }
     drop(stdin);
     if let Some(cb) = on_line {
-        lines.finish(cb);
+        lines.finish(&mut |l| cb(Stream::Stdout, l));
+        err_lines.finish(&mut |l| cb(Stream::Stderr, l));
     }
     // The leader is a zombie (or about to be, if we gave up on the pipes): reap it.
     if exited_at.is_none() {

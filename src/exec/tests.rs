@@ -334,14 +334,37 @@ fn private_dirs_must_be_ours_and_closed() {
 #[test]
 fn line_callback_sees_each_stdout_line() {
     let mut seen = Vec::new();
-    let mut cb = |l: &str| seen.push(l.to_string());
+    let mut cb = |s: Stream, l: &str| {
+        seen.push(format!("{s:?}:{l}"));
+        false
+    };
     let o = run(
-        sh("printf 'a\\nbb\\n'; sleep 0.1; printf 'c'"),
+        sh("printf 'a\\nbb\\n'; printf 'e\\n' >&2; sleep 0.1; printf 'c'"),
         Some(&mut cb),
     )
     .unwrap();
     assert_eq!(o.exit_code, Some(0));
-    assert_eq!(seen, vec!["a", "bb", "c"]);
+    seen.sort();
+    assert_eq!(seen, vec!["Stderr:e", "Stdout:a", "Stdout:bb", "Stdout:c"]);
+}
+
+#[test]
+fn a_watcher_can_stop_a_child_that_keeps_retrying() {
+    // A CLI that loops "Reconnecting..." on stderr forever is stopped at its third retry.
+    let mut retries = 0;
+    let mut cb = |s: Stream, l: &str| {
+        if s == Stream::Stderr && l.starts_with("Reconnecting") {
+            retries += 1;
+        }
+        retries >= 3
+    };
+    let started = Instant::now();
+    let mut spec = sh("while true; do echo Reconnecting >&2; sleep 0.05; done");
+    spec.timeout = Some(Duration::from_secs(30));
+    let o = run(spec, Some(&mut cb)).unwrap();
+    assert_eq!(o.stop, Stop::Aborted);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(retries >= 3);
 }
 
 // ---------------------------------------------------------------- bench (scripts/bench-exec.sh)

@@ -171,7 +171,7 @@ fn run(id: ProviderId, command: &std::path::Path, ctx: &JobContext) -> Answer {
                     "Command timed out: {command_text} did not finish within {} s; run it in a terminal to see whether it waits for input",
                     DIAGNOSTIC_TIMEOUT.as_secs()
                 )),
-                exec::Stop::Cancelled | exec::Stop::Killed => {
+                exec::Stop::Cancelled | exec::Stop::Killed | exec::Stop::Aborted => {
                     a.cancelled = true;
                     Some(format!("Command cancelled: {command_text}"))
                 }

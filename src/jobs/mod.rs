@@ -11,7 +11,6 @@ pub mod model_run;
 pub mod recovery;
 pub mod shell;
 pub mod subagent;
-pub mod subagent_runs;
 
 use std::sync::Arc;
 
@@ -127,7 +126,7 @@ pub struct JobContext {
     /// Reaches other running jobs (subagent_cancel).
     pub cancel_running: CancelRunning,
     /// The subagent runs active here and the cancels waiting for theirs (owned by the runtime).
-    pub subagent_runs: Arc<subagent_runs::SubagentRuns>,
+    pub subagent_runs: Arc<subagent::active::SubagentRuns>,
 }
 
 impl JobContext {

@@ -14,7 +14,7 @@ use crate::exec::{self, PrivateDir};
 use crate::providers::health::Status;
 use crate::providers::plan::{collapse, error_summary, OutputFormat, RunRequest};
 use crate::providers::run::{self, Failure, RunHooks};
-use crate::providers::{self, codex, infer_provider, redact, ProviderId};
+use crate::providers::{self, codex, diagnose, infer_provider, redact, ProviderId};
 use crate::util::truncate_chars;
 
 pub const DEFAULT_TIMEOUT_MS: f64 = 110_000.0;
@@ -118,77 +118,7 @@ fn safe_job_dir(id: &str) -> Option<&str> {
 }
 
 /// What went wrong, for people and for `result.error_kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    NotInstalled,
-    Auth,
-    RateLimit,
-    Timeout,
-    Cancelled,
-    ExitStatus,
-    BadOutput,
-    OutputLimit,
-    PromptTooLarge,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::NotInstalled => "not_installed",
-            Kind::Auth => "auth",
-            Kind::RateLimit => "rate_limit",
-            Kind::Timeout => "timeout",
-            Kind::Cancelled => "cancelled",
-            Kind::ExitStatus => "exit_status",
-            Kind::BadOutput => "bad_output",
-            Kind::OutputLimit => "output_limit",
-            Kind::PromptTooLarge => "prompt_too_large",
-        }
-    }
-}
-
-/// Classifies a CLI's failure text as auth or rate limit, if it looks like one.
-pub fn classify_text(text: &str) -> Option<Kind> {
-    let t = text.to_lowercase();
-    const AUTH: &[&str] = &[
-        "invalid api key",
-        "invalid_api_key",
-        "incorrect api key",
-        "401 unauthorized",
-        "unauthorized",
-        "authentication",
-        "please run /login",
-        "not logged in",
-        "login required",
-        "auth method",
-        "api key not valid",
-        "oauth token",
-    ];
-    const RATE: &[&str] = &[
-        "rate limit",
-        "rate_limit",
-        "429",
-        "too many requests",
-        "usage limit",
-        "quota exceeded",
-        "resource_exhausted",
-        "overloaded",
-    ];
-    if RATE.iter().any(|p| t.contains(p)) {
-        Some(Kind::RateLimit)
-    } else if AUTH.iter().any(|p| t.contains(p)) {
-        Some(Kind::Auth)
-    } else {
-        None
-    }
-}
-
-fn last_line(s: &str) -> Option<String> {
-    s.lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .map(|l| redact::text(l, 300))
-}
+pub use crate::providers::diagnose::ErrorKind as Kind;
 
 fn cut(s: &str) -> (String, bool) {
     let t = truncate_chars(s, RESULT_TEXT_LIMIT, "");
@@ -287,6 +217,7 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
     let hooks = RunHooks {
         cancel: Some(ctx.cancel.clone()),
         register: Some((ctx.children.clone(), ctx.job_id.clone())),
+        shared_root: Some(work_root.clone()),
     };
     let timeout = plan.timeout;
     let report = run::run_plan(id, plan, dir.path(), &hooks);
@@ -349,6 +280,32 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
             // Details quote the CLI's own output (its last stderr line, its error object): the
             // message goes to the job row the whole team sees.
             collapse(&crate::redact::redact(details), 500)
+        )
+    };
+
+    // The CLI cannot run at all (not logged in) or cannot reach its API: say which, and what
+    // to run.
+    let not_ready = |kind: Kind, m: String, debug: Option<Value>| {
+        let details = match diagnose::hint(id, kind) {
+            Some(h) => format!("{m}. {h}"),
+            None => m,
+        };
+        ctx.providers
+            .record_run(id, Status::Unhealthy, Some(&details), Some(&ctx.job_id));
+        let message = unhealthy_message(&details);
+        log::warn!(target: "model_run", "failed job_id={} provider={} kind={} error={}", ctx.job_id, id.as_str(), kind.as_str(), collapse(&details, 200));
+        failed(
+            json!({
+                "message": message,
+                "exit_code": exit_code,
+                "stderr": redact::text(&stderr_cut, RESULT_TEXT_LIMIT),
+                "stdout": redact::text(&stdout_cut, RESULT_TEXT_LIMIT),
+                "command": safe_command_line,
+                "error_summary": Value::Null,
+                "error_kind": kind.as_str(),
+            }),
+            message.clone(),
+            debug,
         )
     };
 
@@ -474,6 +431,8 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                 debug,
             )
         }
+        Err(Failure::NotLoggedIn(m)) => not_ready(Kind::Auth, m, debug),
+        Err(Failure::Network(m)) => not_ready(Kind::Network, m, debug),
         Err(Failure::Process) => {
             let o = report.output.as_ref();
             let stop = o.map(|o| o.stop).unwrap_or(exec::Stop::None);
@@ -492,7 +451,6 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                     debug,
                 };
             }
-            let reported = providers::cli_reported(id, &stdout_cut, summary.as_ref());
             let (kind, details) = if stop == exec::Stop::TimedOut {
                 (
                     Kind::Timeout,
@@ -500,39 +458,12 @@ pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
                         "{} did not finish within {} ms (timeout_ms) and was stopped; raise timeout_ms, or check that the CLI runs without waiting for input ({})",
                         id.short(),
                         timeout.as_millis(),
-                        id.login_hint()
+                        diagnose::login_hint(id)
                     ),
                 )
             } else {
-                let text = format!(
-                    "{}\n{}\n{}",
-                    reported.as_deref().unwrap_or(""),
-                    stderr_cut,
-                    stdout_cut.chars().take(4000).collect::<String>()
-                );
-                let status_text = match (o.and_then(|o| o.exit_code), o.and_then(|o| o.signal)) {
-                    (Some(c), _) => format!("exited with status {c}"),
-                    (None, Some(s)) => format!("was killed by signal {s}"),
-                    _ => "failed".into(),
-                };
-                let what = reported
-                    .clone()
-                    .or_else(|| last_line(&stderr_cut))
-                    // Claude prints its errors on stdout in text mode.
-                    .or_else(|| last_line(&stdout_cut))
-                    .map(|r| format!("{} {status_text}: {r}", id.short()))
-                    .unwrap_or_else(|| format!("{} {status_text}", id.short()));
-                match classify_text(&text) {
-                    Some(Kind::Auth) => (
-                        Kind::Auth,
-                        format!("{what}. The CLI is not logged in or its API key was rejected; {}", id.login_hint()),
-                    ),
-                    Some(Kind::RateLimit) => (
-                        Kind::RateLimit,
-                        format!("{what}. The provider's rate or usage limit was hit; retry later or use another provider"),
-                    ),
-                    _ => (Kind::ExitStatus, what),
-                }
+                let (exit, signal) = (o.and_then(|o| o.exit_code), o.and_then(|o| o.signal));
+                diagnose::explain_exit(id, exit, signal, &stdout_cut, &stderr_cut, summary.as_ref())
             };
             ctx.providers
                 .record_run(id, Status::Unhealthy, Some(&details), Some(&ctx.job_id));

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::argv::{self, Argv, InputError};
-use super::plan::{extract_object, OutputFormat, ParseError, Parsed, Plan, RunRequest};
+use super::plan::{extract_object, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
 use super::subplan::{Format, SubPlan, SubagentRequest};
 use super::Flags;
 
@@ -104,7 +104,22 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputEr
         a.model("--model", "model", m)?;
     }
     let json = req.format == OutputFormat::Json;
-    a.fixed("--output-format", if json { "json" } else { "text" });
+    // stream-json (with the --verbose it requires) where the CLI has it: its events arrive as
+    // they happen, so a Claude that keeps retrying an API it cannot reach is seen (and
+    // stopped) within seconds instead of after its ~3 minutes of retries; the last event is
+    // the same result envelope `json` prints.
+    let stream = streams(f);
+    a.fixed(
+        "--output-format",
+        match (stream, json) {
+            (true, _) => "stream-json",
+            (false, true) => "json",
+            (false, false) => "text",
+        },
+    );
+    if stream {
+        a.flag("--verbose");
+    }
     let mut schema_chars = 0;
     if json {
         let s = req.schema_text("Claude")?;
@@ -125,13 +140,14 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputEr
     if f.get("permissionModeFlag") {
         a.fixed("--permission-mode", "dontAsk");
     }
+    let mut files = Vec::new();
     if f.get("settingSourcesFlag") {
         a.fixed("--setting-sources", "local");
+        auth_settings(&mut a, &mut files, f);
     }
     if f.get("disableSlashCommandsFlag") {
         a.flag("--disable-slash-commands");
     }
-    let mut files = Vec::new();
     if let Some(sp) = req
         .append_system_prompt
         .as_deref()
@@ -153,9 +169,89 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputEr
     Ok(Plan {
         json_schema_chars: schema_chars,
         files,
+        // Claude keeps a project per working directory in ~/.claude/projects, even with
+        // --no-session-persistence: one shared directory, not one per job.
+        shared_cwd: true,
         stdin: argv::stdin_prompt("prompt", &req.prompt)?,
+        output_mode: if stream {
+            OutputMode::StreamJson
+        } else {
+            OutputMode::StdoutJson
+        },
         ..Plan::stdout(req, command, a.into_vec())
     })
+}
+
+/// Whether model runs use `--output-format stream-json --verbose`.
+pub fn streams(f: &Flags) -> bool {
+    f.get("outputFormatFlag") && f.get("streamJsonFlag") && f.get("verboseFlag")
+}
+
+/// The file the user's auth settings are copied to for a run with `--setting-sources local`.
+pub const AUTH_SETTINGS_FILE: &str = "claude-auth-settings.json";
+
+/// The keys of the user's `settings.json` that log Claude in (`claude auth status` honours
+/// them; `--setting-sources local` hides them).
+const AUTH_KEYS: &[&str] = &[
+    "apiKeyHelper",
+    "env",
+    "awsAuthRefresh",
+    "awsCredentialExport",
+    "forceLoginMethod",
+    "forceLoginOrgUUID",
+];
+
+/// `--setting-sources local` keeps the user's settings (hooks, permissions, MCP servers) out
+/// of gateway runs, but also the login a user set there (`apiKeyHelper`, `env`). Those keys
+/// alone are copied to an owner-only file in the work directory and given with `--settings`
+/// (which `--setting-sources` does not filter). Nothing is added when there are none.
+fn auth_settings(a: &mut Argv, files: &mut Vec<(String, Vec<u8>)>, f: &Flags) {
+    if !f.get("settingsFlag") {
+        return;
+    }
+    let Some(auth) = user_auth_settings() else {
+        return;
+    };
+    a.fixed("--settings", AUTH_SETTINGS_FILE);
+    files.push((AUTH_SETTINGS_FILE.to_string(), auth));
+}
+
+/// The login keys of `$CLAUDE_CONFIG_DIR/settings.json` (else `~/.claude/settings.json`).
+pub fn user_auth_settings() -> Option<Vec<u8>> {
+    let dir = std::env::var_os("CLAUDE_CONFIG_DIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| home::home_dir().map(|h| h.join(".claude")))?;
+    let text = std::fs::read_to_string(dir.join("settings.json")).ok()?;
+    let Ok(Value::Object(all)) = serde_json::from_str::<Value>(&text) else {
+        return None;
+    };
+    let auth: serde_json::Map<String, Value> = all
+        .into_iter()
+        .filter(|(k, _)| AUTH_KEYS.contains(&k.as_str()))
+        .collect();
+    (!auth.is_empty()).then(|| Value::Object(auth).to_string().into_bytes())
+}
+
+/// Whether `stdout` is stream-json (its first event is the `system`/`init` event).
+pub fn is_stream(stdout: &str) -> bool {
+    stdout
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .and_then(super::plan::parse_object)
+        .is_some_and(|e| {
+            e.get("type").and_then(Value::as_str) == Some("system")
+                && e.get("subtype").and_then(Value::as_str) == Some("init")
+        })
+}
+
+/// The last `result` event of stream-json output, if any.
+pub fn result_event(stdout: &str) -> Option<serde_json::Map<String, Value>> {
+    stdout
+        .lines()
+        .rev()
+        .filter_map(super::plan::parse_object)
+        .find(|e| e.get("type").and_then(Value::as_str) == Some("result"))
 }
 
 /// The argv of a subagent run (subagents-shell.md §3.3), every value `--flag=value`, the
@@ -168,7 +264,10 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     let mut prompt = r.prompt.clone();
     let mut files = Vec::new();
     if f.get("outputFormatFlag") {
+        // Text and JSON runs also stream where the CLI can (the result event is the same
+        // envelope): a run that keeps retrying an unreachable API is seen within seconds.
         let cli = match format {
+            _ if streams(f) => "stream-json",
             Format::StreamJson if f.get("streamJsonFlag") => "stream-json",
             Format::Text => "text",
             _ => "json",
@@ -284,6 +383,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     if !full {
         if f.get("settingSourcesFlag") {
             a.fixed("--setting-sources", "local");
+            auth_settings(&mut a, &mut files, f);
         }
         if f.get("disableSlashCommandsFlag") {
             a.flag("--disable-slash-commands");
@@ -301,8 +401,27 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     })
 }
 
-/// The result envelope → normalised output (§5.10).
-pub fn parse(format: OutputFormat, stdout: &str) -> Result<Parsed, ParseError> {
+/// The result envelope → normalised output (§5.10). In stream-json mode the envelope is the
+/// last `result` event (a text run's answer is its `result`).
+pub fn parse(format: OutputFormat, mode: OutputMode, stdout: &str) -> Result<Parsed, ParseError> {
+    if mode == OutputMode::StreamJson {
+        let Some(env) = result_event(stdout) else {
+            return Err(ParseError::bad(if stdout.trim().is_empty() {
+                "Empty Claude output"
+            } else {
+                "Claude stream-json output has no result event"
+            }));
+        };
+        if format == OutputFormat::Text {
+            let text = env.get("result").and_then(Value::as_str).unwrap_or("");
+            return Ok(Parsed::text(text));
+        }
+        return parse(
+            format,
+            OutputMode::StdoutJson,
+            &Value::Object(env).to_string(),
+        );
+    }
     if format == OutputFormat::Text {
         return Ok(Parsed::text(stdout));
     }
@@ -377,7 +496,7 @@ mod tests {
     use serde_json::json;
 
     fn json_run(stdout: &str) -> Result<Parsed, ParseError> {
-        parse(OutputFormat::Json, stdout)
+        parse(OutputFormat::Json, OutputMode::StdoutJson, stdout)
     }
 
     #[test]
@@ -415,8 +534,36 @@ mod tests {
         );
         // Text runs: the trimmed stdout.
         assert_eq!(
-            parse(OutputFormat::Text, "  hi \n").unwrap().output,
+            parse(OutputFormat::Text, OutputMode::StdoutJson, "  hi \n")
+                .unwrap()
+                .output,
             json!({"text": "hi"})
+        );
+    }
+
+    #[test]
+    fn stream_json_takes_the_last_result_event() {
+        let out = [
+            r#"{"type":"system","subtype":"init","session_id":"s"}"#,
+            r#"{"type":"system","subtype":"api_retry","attempt":1,"error_status":529}"#,
+            r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Hi"}]}}"#,
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"Hi there","structured_output":{"message":"hi"},"usage":{"output_tokens":3}}"#,
+        ]
+        .join("\n");
+        let p = parse(OutputFormat::Json, OutputMode::StreamJson, &out).unwrap();
+        assert_eq!(p.output, serde_json::json!({"message": "hi"}));
+        assert_eq!(p.usage, serde_json::json!({"output_tokens": 3}));
+        let t = parse(OutputFormat::Text, OutputMode::StreamJson, &out).unwrap();
+        assert_eq!(t.output, serde_json::json!({"text": "Hi there"}));
+        assert_eq!(
+            parse(
+                OutputFormat::Json,
+                OutputMode::StreamJson,
+                "{\"type\":\"system\"}"
+            ),
+            Err(ParseError::bad(
+                "Claude stream-json output has no result event"
+            ))
         );
     }
 

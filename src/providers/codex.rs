@@ -21,6 +21,7 @@ pub const FLAGS: &[(&str, &[&str], bool)] = &[
     ("modelFlag", &["--model"], false),
     ("sandboxFlag", &["--sandbox"], false),
     ("skipGitRepoCheckFlag", &["--skip-git-repo-check"], false),
+    ("ephemeralFlag", &["--ephemeral"], false),
     (
         "configFlag",
         &["-c, --config", "--config <key=value>"],
@@ -110,6 +111,26 @@ pub fn prepare(req: &mut RunRequest) {
     }
 }
 
+/// The web-search setting. Codex 0.171 deprecates `features.web_search_request` (a warning on
+/// stderr, an `error` item in `--json`) for the top-level `web_search`; CLIs of that
+/// generation have `--ephemeral` in `codex exec --help`, older ones get the feature flag.
+fn web_search(f: &Flags, on: bool) -> &'static str {
+    match (f.get("ephemeralFlag"), on) {
+        (true, true) => "web_search=\"live\"",
+        (true, false) => "web_search=\"disabled\"",
+        (false, true) => "features.web_search_request=true",
+        (false, false) => "features.web_search_request=false",
+    }
+}
+
+/// `--ephemeral` where the CLI has it: no session files in `~/.codex/sessions` per run (the
+/// gateway never resumes a Codex session).
+fn ephemeral(a: &mut Argv, f: &Flags) {
+    if f.get("ephemeralFlag") {
+        a.flag("--ephemeral");
+    }
+}
+
 /// The argv for one model call (§5.7). The prompt goes to standard input (`exec -`); every
 /// value is `--flag=value` (see [`argv`]).
 pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputError> {
@@ -130,8 +151,9 @@ pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputEr
             )?;
         }
         a.fixed("--config", "features.shell_tool=false");
-        a.fixed("--config", "features.web_search_request=false");
+        a.fixed("--config", web_search(f, false));
     }
+    ephemeral(&mut a, f);
     let mut prompt = req.prompt.clone();
     let mut files = Vec::new();
     let mut mode = OutputMode::StdoutJson;
@@ -221,7 +243,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         )?;
         if full {
             a.fixed("--config", "features.shell_tool=true");
-            a.fixed("--config", "features.web_search_request=true");
+            a.fixed("--config", web_search(f, true));
         } else {
             let web = r.allowed_tools.iter().any(|t| {
                 t.chars()
@@ -230,16 +252,10 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
                     .eq_ignore_ascii_case("websearch")
             });
             a.fixed("--config", "features.shell_tool=false");
-            a.fixed(
-                "--config",
-                if web {
-                    "features.web_search_request=true"
-                } else {
-                    "features.web_search_request=false"
-                },
-            );
+            a.fixed("--config", web_search(f, web));
         }
     }
+    ephemeral(&mut a, f);
     if format != Format::Text {
         a.flag("--json");
     }
@@ -258,6 +274,73 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         format,
         timeout: r.timeout,
     })
+}
+
+/// How long `codex login status` may take (it answers in well under a second).
+const LOGIN_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Environment variables that give Codex a key without `codex login`.
+const KEY_VARS: &[&str] = &["OPENAI_API_KEY", "CODEX_API_KEY", "CODEX_ACCESS_TOKEN"];
+
+/// Why Codex surely cannot run, checked before it is started: without a login Codex does not
+/// fail but retries "Reconnecting…" until the gateway's timeout. `codex login status` (exit 1,
+/// "Not logged in") answers in under a second. Not conclusive, so `None` (run it) when: a key
+/// variable is set, `config.toml` picks a `model_provider` other than OpenAI (a local model
+/// needs no login), or the command fails any other way (an old CLI without `login status`).
+pub fn login_missing(
+    command: &Path,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    work_dir: &Path,
+) -> Option<String> {
+    let var = |k: &str| crate::exec::get_var(env, k).filter(|v| !v.is_empty());
+    if KEY_VARS.iter().any(|k| var(k).is_some()) {
+        return None;
+    }
+    let home = var("CODEX_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| Path::new(h).join(".codex")))?;
+    if other_provider(&std::fs::read_to_string(home.join("config.toml")).unwrap_or_default()) {
+        return None;
+    }
+    let mut spec = crate::exec::Spec::new(command).args(["login", "status"]);
+    spec.env = env.to_vec();
+    spec.cwd = Some(work_dir.to_path_buf());
+    spec.timeout = Some(LOGIN_STATUS_TIMEOUT);
+    spec.capture_limit = 64 * 1024;
+    spec.tmp_base = Some(work_dir.to_path_buf());
+    let out = crate::exec::run(spec, None).ok()?;
+    let said = format!("{}\n{}", out.stdout_lossy(), out.stderr_lossy());
+    // The answer is one line; Codex may print warnings around it.
+    let line = super::diagnose::strip_ansi(&said)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.to_lowercase().contains("not logged in"))
+        .map(|l| super::plan::collapse(l, 200))?;
+    (out.exit_code != Some(0))
+        .then(|| format!("Codex is not logged in (`codex login status` says: {line})"))
+}
+
+/// Whether `config.toml` sets a top-level `model_provider` other than `openai`.
+fn other_provider(config: &str) -> bool {
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            return false;
+        }
+        if let Some(v) = line
+            .strip_prefix("model_provider")
+            .map(str::trim_start)
+            .and_then(|r| r.strip_prefix('='))
+        {
+            let v = v
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(['"', '\'']);
+            return !v.is_empty() && v != "openai";
+        }
+    }
+    false
 }
 
 /// `args_json` (or `argsJson`) string → `args` object.
@@ -479,6 +562,16 @@ mod tests {
             map_args_json(obj(json!({"a": 1}))).unwrap(),
             json!({"a": 1})
         );
+    }
+
+    #[test]
+    fn a_local_model_provider_needs_no_login() {
+        assert!(other_provider(
+            "model = \"m\"\nmodel_provider = \"ollama\" # local\n"
+        ));
+        assert!(!other_provider("model_provider = 'openai'"));
+        assert!(!other_provider("[profiles.x]\nmodel_provider = \"ollama\""));
+        assert!(!other_provider(""));
     }
 
     #[test]

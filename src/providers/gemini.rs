@@ -12,6 +12,7 @@ use super::Flags;
 
 pub const FLAGS: &[(&str, &[&str], bool)] = &[
     ("outputFormatFlag", &["--output-format"], true),
+    ("streamJsonFlag", &["\"stream-json\""], false),
     ("modelFlag", &["--model"], true),
     ("extensionsFlag", &[""], true),
     ("approvalModeFlag", &["--approval-mode"], false),
@@ -50,6 +51,32 @@ pub fn parse_extensions(stdout: &str) -> Vec<String> {
         .collect()
 }
 
+/// The extension listing that needs no login (Gemini CLI 0.3x and later).
+pub const EXTENSIONS_LIST: &[&str] = &["extensions", "list", "--output-format", "json"];
+
+/// Whether `gemini --help` lists the `extensions` command.
+pub fn has_extensions_command(help: &str) -> bool {
+    help.contains("gemini extensions")
+}
+
+/// `gemini extensions list --output-format json` → extension names. Gemini logs the JSON
+/// array (`[]` when there are none) on stderr or stdout depending on the version; `None` when
+/// neither holds one.
+pub fn parse_extensions_json(stdout: &str, stderr: &str) -> Option<Vec<String>> {
+    [stdout, stderr].into_iter().find_map(|t| {
+        let t = super::diagnose::strip_ansi(t);
+        let start = t.find('[')?;
+        let end = t.rfind(']')?;
+        let v: Vec<Value> = serde_json::from_str(t.get(start..=end)?).ok()?;
+        Some(
+            v.iter()
+                .filter_map(|e| e.get("name").and_then(Value::as_str))
+                .map(String::from)
+                .collect(),
+        )
+    })
+}
+
 /// The argv for one model call (§5.8). The prompt goes to standard input (gemini reads it
 /// there when no prompt argument is given); every value is `--flag=value` (see [`argv`]).
 pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, InputError> {
@@ -77,15 +104,27 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, InputE
     argv::text("append_system_prompt", &system)?;
     Ok(Plan {
         files: vec![(SYSTEM_FILE.to_string(), system.into_bytes())],
-        env: vec![(
-            "GEMINI_SYSTEM_MD".to_string(),
-            format!("{{WORKDIR}}/{SYSTEM_FILE}"),
-        )],
+        env: vec![
+            (
+                "GEMINI_SYSTEM_MD".to_string(),
+                format!("{{WORKDIR}}/{SYSTEM_FILE}"),
+            ),
+            trust_env(),
+        ],
         path_prepend: path_prepend(command),
         json_schema_chars: schema_chars,
+        shared_cwd: true,
         stdin: argv::stdin_prompt("prompt", &req.prompt)?,
         ..Plan::stdout(req, command, a.into_vec())
     })
+}
+
+/// Gemini refuses to run headless in a folder the user never trusted (exit 55), and in an
+/// untrusted folder it turns `--approval-mode plan` back into `default`. The gateway's work
+/// directories are its own, fresh and empty: it trusts them for that run only, with the
+/// variable Gemini's own message names (works on every version; `--skip-trust` is newer).
+pub fn trust_env() -> (String, String) {
+    ("GEMINI_CLI_TRUST_WORKSPACE".to_string(), "true".to_string())
 }
 
 /// The argv of a subagent run (subagents-shell.md §3.5), every value `--flag=value`, the
@@ -94,12 +133,14 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     let full = r.full;
     let format = r.format();
     let mut a = Argv::default();
+    // Gemini CLI 0.61 streams natively (`init`/`message`/`tool_use`/`result` events, which the
+    // normaliser reads); older ones answer stream-json runs with one JSON envelope.
     a.fixed(
         "--output-format",
-        if format == Format::Text {
-            "text"
-        } else {
-            "json"
+        match format {
+            Format::Text => "text",
+            Format::StreamJson if f.get("streamJsonFlag") => "stream-json",
+            _ => "json",
         },
     );
     if f.get("approvalModeFlag") {
@@ -107,9 +148,10 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     } else if full && f.get("yoloFlag") {
         a.flag("--yolo");
     }
-    if !full && f.get("sandboxFlag") {
-        a.flag("--sandbox");
-    }
+    // No `--sandbox` when restricted: it needs docker or podman and an image pull (exit 44
+    // without a container runtime). `--approval-mode plan` is Gemini's read-only mode; the
+    // trusted work directory (GEMINI_CLI_TRUST_WORKSPACE) keeps Gemini from turning it back
+    // into `default`.
     if let Some(m) = &r.model {
         a.model("--model", "config.model", m)?;
     }
@@ -132,7 +174,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         args: a.into_vec(),
         stdin: argv::stdin_prompt("input.prompt", &r.prompt)?,
         files: Vec::new(),
-        env: Vec::new(),
+        env: vec![trust_env()],
         path_prepend: path_prepend(command),
         format,
         timeout: r.timeout,
@@ -240,6 +282,17 @@ fn first_model_key(envelope: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extension_listing_without_login() {
+        assert_eq!(parse_extensions_json("", "[]\n"), Some(vec![]));
+        let two = r#"[{"name":"a","version":"1"},{"name":"b"}]"#;
+        assert_eq!(
+            parse_extensions_json(two, ""),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(parse_extensions_json("No extensions installed.", ""), None);
+    }
 
     #[test]
     fn model_is_the_first_key_of_stats_models_in_document_order() {

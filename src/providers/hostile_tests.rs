@@ -45,6 +45,7 @@ const KNOWN: &[&str] = &[
     "--json",
     "--output-schema",
     "--output-last-message",
+    "--ephemeral",
     "-",
     "--approval-mode",
     "--yolo",
@@ -309,7 +310,7 @@ fn subagent_argv_per_cli_restricted_and_full() {
     assert_eq!(
         p.args,
         [
-            "--print", "--output-format=json", "--allowedTools=WebSearch",
+            "--print", "--output-format=stream-json", "--verbose", "--allowedTools=WebSearch",
             "--append-system-prompt=You cannot write or interact with files in this environment. Include a brief summary.",
             "--permission-mode=dontAsk", "--setting-sources=local",
             "--disable-slash-commands",
@@ -321,7 +322,8 @@ fn subagent_argv_per_cli_restricted_and_full() {
         p.args,
         [
             "--print",
-            "--output-format=json",
+            "--output-format=stream-json",
+            "--verbose",
             "--permission-mode=bypassPermissions",
             "--dangerously-skip-permissions",
         ]
@@ -354,7 +356,9 @@ fn subagent_argv_per_cli_restricted_and_full() {
             "--dangerously-bypass-approvals-and-sandbox",
             "--config=model_reasoning_effort=\"high\"",
             "--config=features.shell_tool=true",
-            "--config=features.web_search_request=true",
+            // Codex 0.171's setting (CLIs with --ephemeral); no session files per run.
+            "--config=web_search=\"live\"",
+            "--ephemeral",
             "--json",
             "-"
         ]
@@ -366,10 +370,11 @@ fn subagent_argv_per_cli_restricted_and_full() {
         .starts_with("hi\n\nYou cannot write"));
     let g = all(ProviderId::Gemini);
     let p = plan(ProviderId::Gemini, false, None, &g).unwrap();
-    assert_eq!(
-        p.args,
-        ["--output-format=json", "--approval-mode=plan", "--sandbox"]
-    );
+    // No --sandbox (it needs a container runtime); plan mode in a trusted folder.
+    assert_eq!(p.args, ["--output-format=json", "--approval-mode=plan"]);
+    assert!(p
+        .env
+        .contains(&("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())));
     assert_eq!(p.stdin, b"hi");
     let p = plan(ProviderId::Gemini, true, None, &g).unwrap();
     assert_eq!(p.args, ["--output-format=json", "--approval-mode=yolo"]);

@@ -9,9 +9,11 @@
 pub mod argv;
 pub mod claude;
 pub mod codex;
+pub mod diagnose;
 pub mod discovery;
 pub mod gemini;
 pub mod health;
+pub mod normalize;
 pub mod plan;
 mod probe;
 pub mod redact;
@@ -34,7 +36,8 @@ pub use probe::{probe_caps, validate};
 use probe::{probe_crashed, run_parallel};
 
 /// Per-command timeout of capability probes.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(10_000);
+/// Gemini CLI 0.61 (a large Node bundle) needs several seconds to start on a busy 2-core host.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(30_000);
 /// Timeout of the full-check model call.
 pub const VALIDATION_TIMEOUT: Duration = Duration::from_millis(30_000);
 pub const VALIDATION_PROMPT: &str = "Say hi.";
@@ -101,15 +104,7 @@ impl ProviderId {
     }
     /// How to log in, for messages.
     pub fn login_hint(self) -> &'static str {
-        match self {
-            ProviderId::Claude => {
-                "run `claude` once in a terminal to log in (or set ANTHROPIC_API_KEY)"
-            }
-            ProviderId::Codex => "run `codex login` (or set OPENAI_API_KEY)",
-            ProviderId::Gemini => {
-                "run `gemini` once in a terminal to log in (or set GEMINI_API_KEY)"
-            }
-        }
+        diagnose::login_hint(self)
     }
     fn override_of(self, o: &CliOverrides) -> Option<&Path> {
         match self {
@@ -707,11 +702,16 @@ impl Registry {
                         .as_ref()
                         .and_then(|h| h.error.clone())
                         .unwrap_or_else(|| "the last model call failed".into());
+                    // A classified failure (auth, network, rate limit) already says what to
+                    // run; only an unclassified one gets the login hint.
+                    let hint = match diagnose::classify(&err) {
+                        Some(_) => String::new(),
+                        None => format!("; {}", id.login_hint()),
+                    };
                     Some(format!(
-                        "{} CLI is installed but its last check failed: {}; {}, then run `panorama-gateway doctor` again",
+                        "{} CLI is installed but its last check failed: {}{hint}. Then run `panorama-gateway doctor` again",
                         id.short(),
-                        plan::collapse(&err, 200),
-                        id.login_hint()
+                        plan::collapse(err.trim_end_matches('.'), 600),
                     ))
                 } else {
                     None
@@ -776,6 +776,27 @@ pub fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Op
         .and_then(Value::as_str)
     {
         return Some(m.to_string());
+    }
+    if id == ProviderId::Claude {
+        // stream-json: the last `result` event (a continuation that finds no session has no
+        // `result` text, only `errors`).
+        let last = stdout
+            .lines()
+            .rev()
+            .filter_map(plan::parse_object)
+            .find(|e| e.get("type").and_then(Value::as_str) == Some("result"));
+        if let Some(r) = last.filter(|r| r.get("is_error") == Some(&Value::Bool(true))) {
+            let errors: Vec<&str> = r
+                .get("errors")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            return match r.get("result").and_then(Value::as_str) {
+                Some(t) if !t.trim().is_empty() => Some(t.to_string()),
+                _ if !errors.is_empty() => Some(errors.join("; ")),
+                _ => r.get("subtype").and_then(Value::as_str).map(String::from),
+            };
+        }
     }
     let env = plan::extract_object(stdout, false)?;
     match id {

@@ -89,6 +89,11 @@ pub struct Plan {
     /// Length of the schema's JSON (after codex normalisation), or 0.
     pub json_schema_chars: usize,
     pub timeout: Duration,
+    /// Run in a directory shared by this CLI's runs (`<parent of the work dir>/.<cli>-cwd`)
+    /// instead of the per-run work directory: a CLI that keeps state per working directory
+    /// (Gemini: `~/.gemini/tmp/<dir>`, `history/<dir>`, `projects.json`) then keeps one set,
+    /// not one per job. Its files are still in the work directory, named by absolute paths.
+    pub shared_cwd: bool,
 }
 
 impl Plan {
@@ -107,6 +112,7 @@ impl Plan {
             format: req.format,
             json_schema_chars: 0,
             timeout: req.timeout,
+            shared_cwd: false,
         }
     }
 }
@@ -264,6 +270,20 @@ pub fn collapse(s: &str, max: usize) -> String {
     truncate_chars(&c, max, "...")
 }
 
+/// Whitespace collapsed and, past `max` characters, cut at the last word boundary with `…`
+/// (a message shown to a person is never cut mid-word).
+pub fn shorten(s: &str, max: usize) -> String {
+    let c = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match c.char_indices().nth(max) {
+        None => c,
+        Some((i, _)) => {
+            let head = &c[..i];
+            let cut = head.rfind(' ').filter(|&j| j > i / 2).unwrap_or(i);
+            format!("{}…", head[..cut].trim_end_matches([',', ';', ':', ' ']))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +340,16 @@ mod tests {
         );
         assert_eq!(error_summary("{not json} {\"k\":1}"), Some(json!({})));
         assert_eq!(error_summary("plain text"), None);
+    }
+
+    #[test]
+    fn shorten_cuts_between_words() {
+        assert_eq!(shorten("a  b", 10), "a b");
+        assert_eq!(
+            shorten("Please set an Auth method in your settings", 20),
+            "Please set an Auth…"
+        );
+        assert_eq!(shorten("abcdefghijklmnopqrstuvwxyz", 10), "abcdefghij…");
     }
 
     #[test]

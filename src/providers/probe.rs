@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::plan::{self, OutputFormat, RunRequest};
 use super::{
-    build_plan, claude, cli_reported, codex, discovery, gemini, run, versions, Caps, Flags,
-    ProviderId, PROBE_TIMEOUT, VALIDATION_PROMPT, VALIDATION_TIMEOUT,
+    build_plan, claude, codex, diagnose, discovery, gemini, run, versions, Caps, Flags, ProviderId,
+    PROBE_TIMEOUT, VALIDATION_PROMPT, VALIDATION_TIMEOUT,
 };
 
 /// Probes one command (providers.md §3).
@@ -60,7 +60,18 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
     };
     let flags = Flags::detect(id, help.as_deref());
     let (extensions, extensions_ok) = if id == ProviderId::Gemini {
-        if available {
+        if !available {
+            (Some(Vec::new()), false)
+        } else if help.as_deref().is_some_and(gemini::has_extensions_command) {
+            // `gemini --list-extensions` needs a login (exit 41 without one) and prints
+            // nothing when there are none; `gemini extensions list` needs neither.
+            let args = gemini::EXTENSIONS_LIST;
+            let e = discovery::probe_spec(mk_spec(args), command, args);
+            match gemini::parse_extensions_json(&e.stdout, &e.stderr) {
+                Some(names) if e.ok => (Some(names), true),
+                _ => (Some(Vec::new()), false),
+            }
+        } else {
             let e = discovery::probe_spec(
                 mk_spec(&["--list-extensions"]),
                 command,
@@ -71,8 +82,6 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
             } else {
                 (Some(Vec::new()), false)
             }
-        } else {
-            (Some(Vec::new()), false)
         }
     } else {
         (None, false)
@@ -191,6 +200,7 @@ pub fn validate(
     let hooks = run::RunHooks {
         cancel: Some(stop.clone()),
         register: None,
+        shared_root: Some(work_root.to_path_buf()),
     };
     let report = run::run_plan(id, plan, dir.path(), &hooks);
     let dir_path = dir.path().to_path_buf();
@@ -215,22 +225,24 @@ pub fn validate(
             "{} did not answer within {} s; {}",
             id.short(),
             VALIDATION_TIMEOUT.as_secs(),
-            id.login_hint()
+            diagnose::login_hint(id)
+        )),
+        Err(run::Failure::NotLoggedIn(m)) => Some(format!(
+            "{m}. {}",
+            diagnose::hint(id, diagnose::ErrorKind::Auth).unwrap_or_default()
+        )),
+        Err(run::Failure::Network(m)) => Some(format!(
+            "{m}. {}",
+            diagnose::hint(id, diagnose::ErrorKind::Network).unwrap_or_default()
         )),
         // What the CLI said in a structured place (Claude reports a bad login in its stdout
-        // envelope, with an empty stderr), else stderr, else the reference's generic text.
+        // envelope, with an empty stderr), else its last stderr line, classified with a hint.
         Err(run::Failure::Process) => {
-            let stdout = report
-                .output
-                .as_ref()
-                .map(|o| o.stdout_lossy())
-                .unwrap_or_default();
+            let o = report.output.as_ref();
+            let stdout = o.map(|o| o.stdout_lossy()).unwrap_or_default();
             let summary = plan::error_summary(&stderr);
-            Some(match cli_reported(id, &stdout, summary.as_ref()) {
-                Some(m) => m,
-                None if !stderr.trim().is_empty() => stderr,
-                None => "Provider validation failed".to_string(),
-            })
+            let (exit, signal) = (o.and_then(|o| o.exit_code), o.and_then(|o| o.signal));
+            Some(diagnose::explain_exit(id, exit, signal, &stdout, &stderr, summary.as_ref()).1)
         }
         Err(run::Failure::Parse(m)) => Some(m),
         Err(run::Failure::FileLimit) => Some("Codex output file exceeded the output limit".into()),

@@ -122,7 +122,10 @@ const ELEVATED: &[&str] = &[
 /// The last line of defence: a restricted argv that carries an elevated option, or allows a
 /// tool outside [`RESTRICTED_TOOLS`], is refused before anything starts.
 pub fn check_argv(args: &[String]) -> Result<(), String> {
-    for a in args {
+    // The one `--settings` a restricted run has: the gateway's own copy of the user's login
+    // keys (`apiKeyHelper`, `env`), which `--setting-sources local` would hide.
+    let auth = format!("--settings={}", super::claude::AUTH_SETTINGS_FILE);
+    for a in args.iter().filter(|a| **a != auth) {
         let hit = ELEVATED.iter().find(|e| {
             a == *e || (a.starts_with(*e) && !e.contains('=') && a[e.len()..].starts_with('='))
         });

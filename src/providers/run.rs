@@ -19,6 +19,9 @@ pub const STDOUT_HEAP_BYTES: usize = 1 << 20;
 pub struct RunHooks {
     pub cancel: Option<CancelToken>,
     pub register: Option<(Arc<Children>, String)>,
+    /// Where the directories of plans with `shared_cwd` live (`<config dir>/work`); None: beside
+    /// the work directory.
+    pub shared_root: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -37,6 +40,10 @@ pub enum Failure {
     StdoutLimit,
     /// Codex's output file exceeded the limit.
     FileLimit,
+    /// The CLI is surely not logged in (Codex's `codex login status`); nothing was run.
+    NotLoggedIn(String),
+    /// The CLI kept failing to reach its API and was stopped (see `diagnose::NetworkWatch`).
+    Network(String),
     /// Non-zero exit, timeout, signal, or cancel.
     Process,
     /// Exited 0 but the output could not be used.
@@ -112,11 +119,25 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
             return fail(Failure::Setup(m));
         }
     }
+    let env = plan_env(&plan, work_dir);
+    if id == ProviderId::Codex {
+        if let Some(m) = super::codex::login_missing(&plan.command, &env, work_dir) {
+            return fail(Failure::NotLoggedIn(m));
+        }
+    }
+    let cwd = match shared_cwd(id, &plan, work_dir, hooks.shared_root.as_deref()) {
+        Ok(c) => c,
+        Err(m) => return fail(Failure::Setup(m)),
+    };
     let mut spec = exec::Spec::new(&plan.command);
-    spec.args = plan.args.iter().map(OsString::from).collect();
+    spec.args = if cwd == work_dir {
+        plan.args.iter().map(OsString::from).collect()
+    } else {
+        absolute_file_args(&plan, work_dir)
+    };
     spec.stdin = Some(plan.stdin.clone());
-    spec.cwd = Some(work_dir.to_path_buf());
-    spec.env = plan_env(&plan, work_dir);
+    spec.cwd = Some(cwd);
+    spec.env = env;
     spec.timeout = Some(plan.timeout);
     spec.cancel = hooks.cancel.clone();
     spec.register = hooks.register.clone();
@@ -126,7 +147,8 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         after: STDOUT_HEAP_BYTES,
         dir: dir.to_path_buf(),
     });
-    let out = match exec::run(spec, None) {
+    let mut watch = super::diagnose::NetworkWatch::new(id);
+    let out = match exec::run(spec, Some(&mut |_, line: &str| watch.observe(line))) {
         Ok(o) => o,
         Err(e) => {
             let not_found = e.not_found();
@@ -138,7 +160,14 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
             });
         }
     };
-    let result = if out.stdout_truncated {
+    let result = if out.stop == exec::Stop::Aborted {
+        Err(Failure::Network(
+            watch
+                .reason()
+                .unwrap_or("the CLI cannot reach its API")
+                .to_string(),
+        ))
+    } else if out.stdout_truncated {
         Err(Failure::StdoutLimit)
     } else if !out.success() {
         Err(Failure::Process)
@@ -156,7 +185,7 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         };
         let stdout = String::from_utf8_lossy(&bytes);
         let parsed = match id {
-            ProviderId::Claude => super::claude::parse(plan.format, &stdout),
+            ProviderId::Claude => super::claude::parse(plan.format, plan.output_mode, &stdout),
             ProviderId::Codex => {
                 super::codex::parse(plan.format, plan.output_mode, &stdout, work_dir)
             }
@@ -171,6 +200,45 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         output: Some(out),
         result,
     }
+}
+
+/// The directory the CLI runs in: the work directory, or for a plan with `shared_cwd` the
+/// owner-only `<shared root>/.<cli>-cwd` (created when missing).
+fn shared_cwd(
+    id: ProviderId,
+    plan: &Plan,
+    work_dir: &Path,
+    root: Option<&Path>,
+) -> Result<PathBuf, String> {
+    let Some(parent) = root.or(work_dir.parent()).filter(|_| plan.shared_cwd) else {
+        return Ok(work_dir.to_path_buf());
+    };
+    let dir = parent.join(format!(".{}-cwd", id.bare_name()));
+    exec::ensure_private_dir(&dir)
+        .map(|()| dir.clone())
+        .map_err(|e| format!("could not prepare {}: {e}", dir.display()))
+}
+
+/// The argv for a CLI that runs outside the work directory: a `--flag=<name>` whose value is
+/// one of the plan's files (or its output file) names that file by its absolute path.
+fn absolute_file_args(plan: &Plan, work_dir: &Path) -> Vec<OsString> {
+    let names: Vec<&str> = plan
+        .files
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .chain(plan.output_path.as_deref())
+        .collect();
+    plan.args
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((flag, v)) if flag.starts_with("--") && names.contains(&v) => {
+                let mut s = OsString::from(format!("{flag}="));
+                s.push(work_dir.join(v));
+                s
+            }
+            _ => OsString::from(a),
+        })
+        .collect()
 }
 
 /// Removes `dir`'s empty parents up to (not including) `root`.

@@ -171,7 +171,7 @@ fn capabilities_of_modern_clis() {
     );
     let x = &caps["codex"];
     assert_eq!(x["version"], "codex-cli 0.46.0");
-    assert_eq!(x["supported_flags"].as_object().unwrap().len(), 8);
+    assert_eq!(x["supported_flags"].as_object().unwrap().len(), 9);
     assert_eq!(
         x["supports"],
         json!({"output_schema": true, "stream_json": true, "tool_disable": true})
@@ -278,10 +278,13 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
     assert!(c.duration_ms.is_some());
     // Claude says why in its stdout envelope (stderr is empty): that is the health error,
     // not the generic "Provider validation failed".
-    assert_eq!(
-        c.error.as_deref(),
-        Some("Invalid API key · Please run /login")
+    // It is classified (auth) and says what to run.
+    let e = c.error.as_deref().unwrap();
+    assert!(
+        e.starts_with("Claude exited with status 1: Invalid API key · Please run /login. The CLI is not logged in"),
+        "{e}"
     );
+    assert!(e.contains("ANTHROPIC_API_KEY"), "{e}");
     // The validation call is exactly the reference's.
     let runs = s.runs();
     let claude = runs.iter().find(|r| r["name"] == "claude").unwrap();
@@ -289,7 +292,8 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
         argv(claude),
         strs(&[
             "--print",
-            "--output-format=json",
+            "--output-format=stream-json",
+            "--verbose",
             r#"--json-schema={"additionalProperties":false,"properties":{"message":{"type":"string"}},"required":["message"],"type":"object"}"#,
             "--tools=",
             "--input-format=text",
@@ -389,6 +393,11 @@ fn claude_json_run_argv_and_result() {
         "--json-schema=[REDACTED] --tools= --input-format=text --no-session-persistence --permission-mode=dontAsk --setting-sources=local --disable-slash-commands --system-prompt-file=[REDACTED]"
     ), "{cmd}");
     let run = &s.runs()[0];
+    let work = s
+        .path()
+        .join("work/model-runs/job-c1")
+        .display()
+        .to_string();
     let schema_text =
         serde_json::to_string(&serde_json::from_str::<Value>(SCHEMA).unwrap()).unwrap();
     assert_eq!(
@@ -396,7 +405,8 @@ fn claude_json_run_argv_and_result() {
         strs(&[
             "--print",
             "--model=claude-sonnet-4-5",
-            "--output-format=json",
+            "--output-format=stream-json",
+            "--verbose",
             &format!("--json-schema={schema_text}"),
             "--tools=",
             "--input-format=text",
@@ -404,18 +414,19 @@ fn claude_json_run_argv_and_result() {
             "--permission-mode=dontAsk",
             "--setting-sources=local",
             "--disable-slash-commands",
-            "--system-prompt-file=system-prompt.md",
+            &format!("--system-prompt-file={work}/system-prompt.md"),
         ])
     );
     // The prompt reaches the CLI on standard input and the system prompt in an owner-only
     // file, never on its command line (where every local user could read them).
     assert_eq!(run["stdin"], "Classify this ticket ...");
     assert_eq!(run["files"]["system-prompt.md"], "Be terse.");
-    // Ran in its own work dir with a private TMPDIR inside it; both gone now.
+    // Ran in the shared Claude directory (Claude keeps a project per directory), its files
+    // and a private TMPDIR in the job's own work dir; that is gone now.
     let cwd = run["cwd"].as_str().unwrap();
-    assert!(cwd.ends_with("/work/model-runs/job-c1"), "{cwd}");
-    assert!(run["env"]["TMPDIR"].as_str().unwrap().starts_with(cwd));
-    assert!(!Path::new(cwd).exists());
+    assert!(cwd.ends_with("/work/.claude-cwd"), "{cwd}");
+    assert!(run["env"]["TMPDIR"].as_str().unwrap().starts_with(&work));
+    assert!(!Path::new(&work).exists());
     // Debug: allowlisted keys, prompt never included.
     let d = o.debug.unwrap();
     let allowed = [
@@ -446,7 +457,7 @@ fn claude_json_run_argv_and_result() {
     }
     assert_eq!(d["timeout_ms"], 110_000);
     assert_eq!(d["prompt_chars"], 24);
-    assert_eq!(d["output_mode"], "stdout-json");
+    assert_eq!(d["output_mode"], "stream-json");
     assert!(!d.to_string().contains("Classify this ticket"));
     assert!(!d.to_string().contains("Be terse"));
     assert_eq!(claude_status(&reg), Status::Healthy);
@@ -640,8 +651,13 @@ fn gemini_json_run_system_md_path_and_model() {
         run["system_md"],
         "Be terse.\nReturn STRICT JSON only. Do not wrap in code fences.\nSchema:\n{\"type\":\"object\"}"
     );
-    let cwd = run["cwd"].as_str().unwrap();
-    assert_eq!(run["env"]["GEMINI_SYSTEM_MD"], format!("{cwd}/system.md"));
+    // Gemini runs in the shared directory; system.md is in the job's work dir (TMPDIR's parent).
+    assert!(run["cwd"].as_str().unwrap().ends_with("/work/.gemini-cwd"));
+    let tmp = Path::new(run["env"]["TMPDIR"].as_str().unwrap());
+    assert_eq!(
+        run["env"]["GEMINI_SYSTEM_MD"],
+        format!("{}/system.md", tmp.parent().unwrap().display())
+    );
     // As the wrapper saw it (python launchers may prepend their own directories).
     let path = run["env"]["FAKE_CLI_WRAPPER_PATH"].as_str().unwrap();
     assert!(

@@ -107,7 +107,7 @@ fn exit_status_bad_output_and_missing_message_failures() {
     let (k, m) = failure(&o);
     assert_eq!(k, "bad_output");
     assert!(
-        m.ends_with("Details: Failed to parse Claude JSON output"),
+        m.ends_with("Details: Claude stream-json output has no result event"),
         "{m}"
     );
     assert!(o.result.unwrap()["stdout"]

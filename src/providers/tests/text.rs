@@ -81,13 +81,13 @@ fn parsers_and_redactors_never_panic_on_random_text() {
         let _ = discovery::compare_versions(&s, "1.2.3");
         let _ = gemini::parse_extensions(&s);
         for f in [plan::OutputFormat::Json, plan::OutputFormat::Text] {
-            let _ = claude::parse(f, &s);
             let _ = gemini::parse(f, &s);
             for m in [
                 plan::OutputMode::StdoutJson,
                 plan::OutputMode::StreamJson,
                 plan::OutputMode::FileJson,
             ] {
+                let _ = claude::parse(f, m, &s);
                 let _ = codex::parse(f, m, &s, &dir);
             }
         }

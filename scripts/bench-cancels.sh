@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Benchmark of subagent_cancel floods (issue 8 point 3): N cancel jobs against a slow backend
+# (every REST call delayed), the daemon's peak thread count and peak RSS while they run, and the
+# time until all are done. Before the fix, 3,000 cancels gave 3,027 threads and 268 MB; the
+# cancel pool keeps both flat (threads = the idle count; RSS within a few MiB of idle).
+#
+# Usage: scripts/bench-cancels.sh [--no-build]
+# Knobs (env): CANCELS (3000), DELAY_MS (20: added to each REST call), SAME_EVERY (3: every
+#              n-th cancel aims at one shared run, coalesced), BIN_DIR (target/release).
+# Needs python3. Touches nothing outside a temp directory (HOME is redirected there).
+set -euo pipefail
+
+BUILD=1
+for a in "$@"; do
+  case "$a" in
+    --no-build) BUILD=0 ;;
+    *) echo "usage: $0 [--no-build]" >&2; exit 2 ;;
+  esac
+done
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+if [ "$BUILD" = 1 ]; then
+  echo "building release binaries (cargo build --release; the first build takes minutes)..." >&2
+  cargo build --release --quiet --bin panorama-gateway --bin panorama-local-backend
+fi
+BIN_DIR="${BIN_DIR:-$ROOT/target/release}"
+GW="$BIN_DIR/panorama-gateway"
+BE="$BIN_DIR/panorama-local-backend"
+[ -x "$GW" ] && [ -x "$BE" ] || { echo "binaries missing in $BIN_DIR (run without --no-build)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/pg-bench-cancels.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+echo "machine: $(nproc) cores, $(uname -sr)" >&2
+
+python3 - "$GW" "$BE" "$WORK" <<'PY'
+import http.client, json, os, signal, subprocess, sys, time, uuid
+
+gw_bin, be_bin, work = sys.argv[1:4]
+N = int(os.environ.get("CANCELS", "3000"))
+DELAY = int(os.environ.get("DELAY_MS", "20"))
+SAME = int(os.environ.get("SAME_EVERY", "3"))
+procs = []
+
+def cleanup():
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill(); p.wait()
+
+try:
+    be = subprocess.Popen([be_bin, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                          stderr=open(os.path.join(work, "backend.log"), "w"))
+    procs.append(be)
+    info = json.loads(be.stdout.readline())
+    url, anon, svc = info["url"], info["anon_key"], info["service_role_key"]
+    host = url.split("//")[1]
+
+    def call(method, path, body=None):
+        c = http.client.HTTPConnection(host, timeout=120)
+        h = {"apikey": svc, "Authorization": "Bearer " + svc,
+             "Content-Type": "application/json", "Prefer": "return=representation"}
+        c.request(method, path, None if body is None else json.dumps(body), h)
+        r = c.getresponse()
+        data = r.read()
+        if r.status >= 300:
+            raise RuntimeError(f"{method} {path} -> {r.status} {data[:200]!r}")
+        return json.loads(data) if data else None
+
+    pc = call("POST", "/rest/v1/rpc/admin_create_pairing_code", {})
+    team = pc["team_id"]
+    home = os.path.join(work, "home"); os.makedirs(home)
+    cfg = os.path.join(work, "cfg")
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("PANORAMA_") or k.startswith("SUPABASE_"))}
+    env.update(HOME=home, SUPABASE_URL=url, SUPABASE_ANON_KEY=anon,
+               PANORAMA_GATEWAY_AUTO_RESTART="0", PANORAMA_GATEWAY_RECONCILE_MS="500")
+    subprocess.run([gw_bin, "--config-dir", cfg, "pair", pc["code"], "--no-start",
+                    "--device-name", "bench"], env=env, check=True, stdout=subprocess.DEVNULL)
+    gid = json.load(open(os.path.join(cfg, "gateway.json")))["gatewayId"]
+    gw = subprocess.Popen([gw_bin, "--config-dir", cfg, "start", "--foreground"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(gw)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        row = call("GET", f"/rest/v1/team_gateways?select=status&id=eq.{gid}")
+        if row and row[0]["status"] == "ready":
+            break
+        time.sleep(0.05)
+    else:
+        sys.exit("the gateway did not become ready")
+
+    def status(pid):
+        out = {}
+        for line in open(f"/proc/{pid}/status"):
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+        return out
+    idle = status(gw.pid)
+    idle_threads, idle_rss = int(idle["Threads"]), int(idle["VmRSS"].split()[0])
+    shared_run = str(uuid.uuid4())
+    rows = []
+    for i in range(N):
+        sid = shared_run if (SAME and i % SAME == 0) else str(uuid.uuid4())
+        rows.append({"team_id": team, "gateway_id": gid, "job_type": "subagent_cancel",
+                     "payload": {"subagent_id": sid, "run_id": shared_run}})
+    # Delay only the gateway's calls: the fault applies to every REST call, inserts included,
+    # so insert first, then slow the backend down.
+    for k in range(0, N, 500):
+        call("POST", "/rest/v1/gateway_jobs", rows[k:k + 500])
+    t0 = time.time()
+    try:
+        call("POST", "/admin/v1/faults", {"delay_next": {"count": 10 * N, "ms": DELAY, "paths": "rest"}})
+    except RuntimeError as e:
+        print(f"could not slow the backend down ({e}); measuring at full speed", file=sys.stderr)
+    peak_threads, peak_rss = idle_threads, idle_rss
+    done = 0
+    last_check = 0
+    while True:
+        s = status(gw.pid)
+        peak_threads = max(peak_threads, int(s["Threads"]))
+        peak_rss = max(peak_rss, int(s["VmRSS"].split()[0]))
+        if time.time() - last_check > 2:
+            last_check = time.time()
+            got = call("GET", f"/rest/v1/gateway_jobs?select=id&gateway_id=eq.{gid}&status=in.(completed,failed,cancelled)")
+            done = len(got)
+            if done >= N:
+                break
+            if time.time() - t0 > 3600:
+                sys.exit(f"only {done}/{N} cancel jobs done after an hour")
+        time.sleep(0.05)
+    secs = time.time() - t0
+    print(json.dumps({"cancels": N, "delay_ms": DELAY, "idle_threads": idle_threads,
+                      "peak_threads": peak_threads, "idle_rss_kib": idle_rss,
+                      "peak_rss_kib": peak_rss, "seconds_to_all_done": round(secs, 1)}))
+finally:
+    cleanup()
+PY
