@@ -175,7 +175,7 @@ fn global_option(name: &str, p: &mut lexopt::Parser, g: &mut Global) -> Result<b
     let o = &mut g.overrides;
     match name {
         "config-dir" | "config-path" | "log-path" | "pid-path" | "claude-cli" | "codex-cli"
-        | "gemini-cli" => {
+        | "gemini-cli" | "ca-file" => {
             let v = Some(nonempty_path(name, take_value(p, name)?)?);
             match name {
                 "config-dir" => o.config_dir = v,
@@ -184,6 +184,7 @@ fn global_option(name: &str, p: &mut lexopt::Parser, g: &mut Global) -> Result<b
                 "pid-path" => o.pid_path = v,
                 "claude-cli" => o.claude_cli = v,
                 "codex-cli" => o.codex_cli = v,
+                "ca-file" => o.ca_file = v,
                 _ => o.gemini_cli = v,
             }
         }
@@ -200,6 +201,11 @@ fn global_option(name: &str, p: &mut lexopt::Parser, g: &mut Global) -> Result<b
             )?)
         }
         "anon-key" => o.anon_key = Some(os_to_string("anon-key", take_value(p, "anon-key")?)?),
+        "log-format" => {
+            let v = os_to_string("log-format", take_value(p, "log-format")?)?;
+            crate::logging::Format::parse(&v).map_err(UsageError)?;
+            o.log_format = Some(v)
+        }
         "metrics-addr" => {
             o.metrics_addr = Some(os_to_string(
                 "metrics-addr",
@@ -439,6 +445,10 @@ Global options (any command):
   --supabase-url <url>       Backend URL (overrides SUPABASE_URL and the saved one)
   --anon-key <key>           Backend anon key (overrides SUPABASE_ANON_KEY and the saved one)
   --device-name <name>       Name shown in Panorama (pair, start)
+  --ca-file <pem>            Also trust these CA certificates (as SSL_CERT_FILE); for
+                             networks that inspect TLS. HTTPS_PROXY/HTTP_PROXY/NO_PROXY
+                             are honoured for every backend call and the realtime socket
+  --log-format <text|json>   Log lines as text (default) or one JSON object per line
   --metrics-addr <addr>      Serve /healthz, /readyz and /metrics (Prometheus) on this
                              address (start; PORT alone means 127.0.0.1:PORT)
   --allow-insecure-http      Accept a plain http:// backend that is not on this machine
@@ -463,6 +473,7 @@ Environment (flags win over environment, environment over defaults):
   PANORAMA_GATEWAY_DRAIN_TIMEOUT_MS (bound on a stop's drain, default 90000)
   PANORAMA_GATEWAY_LOG_MAX_BYTES (log rotation size, default 10 MiB)
   PANORAMA_GATEWAY_METRICS_ADDR (as --metrics-addr)
+  PANORAMA_GATEWAY_LOG_FORMAT (as --log-format)
 ";
 
 /// Help text: general, or for one command.

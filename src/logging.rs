@@ -1,5 +1,6 @@
 //! Logging to the log file: one line per event, `2026-11-24T20:41:00.123Z INFO  [component]
-//! message key=value`, tokens redacted, size-based rotation. Owner: Foundation (issue 2).
+//! message key=value` (or, with `--log-format json`, one JSON object per line), tokens
+//! redacted, size-based rotation. Owner: Foundation (issue 2).
 //! Everyone logs with `log::info!(target: "component", "message key=value")`.
 //!
 //! This is a small `log::Log` implementation rather than simplelog's `WriteLogger`: simplelog
@@ -45,8 +46,31 @@ struct Sink {
     stdio_is_log: bool,
 }
 
+/// How each line is written: `text` (the default) or `json` (one object per line, for log
+/// shippers): `{"ts","level","component","msg"}`, redacted the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Format {
+    /// `text` or `json` (`--log-format`, `PANORAMA_GATEWAY_LOG_FORMAT`).
+    pub fn parse(v: &str) -> Result<Format, String> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "text" | "" => Ok(Format::Text),
+            "json" => Ok(Format::Json),
+            other => Err(format!(
+                "unknown log format {other:?}: use text or json (--log-format, PANORAMA_GATEWAY_LOG_FORMAT)"
+            )),
+        }
+    }
+}
+
 struct Logger {
     level: LevelFilter,
+    format: Format,
     also_stderr: bool,
     sink: Mutex<Sink>,
 }
@@ -214,6 +238,17 @@ pub fn format_line(t: SystemTime, level: Level, target: &str, msg: &str) -> Stri
     )
 }
 
+/// One JSON object per line (with the trailing newline), redacted like the text lines.
+pub fn format_json_line(t: SystemTime, level: Level, target: &str, msg: &str) -> String {
+    let v = serde_json::json!({
+        "ts": crate::util::rfc3339_millis(t),
+        "level": level.as_str(),
+        "component": component(target),
+        "msg": redact(msg),
+    });
+    format!("{v}\n")
+}
+
 impl Log for Logger {
     fn enabled(&self, m: &Metadata) -> bool {
         let t = m.target();
@@ -233,7 +268,11 @@ impl Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = format_line(
+        let fmt = match self.format {
+            Format::Text => format_line,
+            Format::Json => format_json_line,
+        };
+        let line = fmt(
             SystemTime::now(),
             r.level(),
             r.target(),
@@ -260,6 +299,7 @@ impl Log for Logger {
 /// and reopen. Call once.
 pub fn init_with(
     log_path: &Path,
+    format: Format,
     verbose: bool,
     also_stderr: bool,
     stdio_is_log: bool,
@@ -279,6 +319,7 @@ pub fn init_with(
     };
     let logger = Logger {
         level,
+        format,
         also_stderr,
         sink: Mutex::new(sink),
     };
@@ -389,6 +430,25 @@ mod tests {
             assert!(size(&log) <= 1024);
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn json_lines_are_one_redacted_object_each() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_984_860_123);
+        let l = format_json_line(
+            t,
+            Level::Warn,
+            "session",
+            "refresh failed token=abc\nnext \"q\"",
+        );
+        assert!(l.ends_with('\n') && l.matches('\n').count() == 1, "{l}");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["ts"], "2026-11-29T20:41:00.123Z");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["component"], "session");
+        assert_eq!(v["msg"], "refresh failed token=[REDACTED]\nnext \"q\"");
+        assert_eq!(Format::parse("JSON").unwrap(), Format::Json);
+        assert!(Format::parse("xml").unwrap_err().contains("text or json"));
     }
 
     #[test]

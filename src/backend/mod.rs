@@ -6,6 +6,7 @@ pub mod capabilities;
 pub mod functions;
 pub mod interrupt;
 pub mod jobs;
+pub mod net;
 pub mod realtime;
 pub mod resources;
 pub mod rest;
@@ -124,14 +125,18 @@ impl HttpResponse {
     }
 }
 
-/// The shared HTTP agent: connection pooling, rustls with the webpki roots, connect timeout.
-pub fn new_agent() -> ureq::Agent {
+/// The settings every HTTP agent shares: connection pooling, connect and call timeouts.
+pub fn agent_builder() -> ureq::AgentBuilder {
     ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .max_idle_connections_per_host(16)
         .user_agent(concat!("panorama-gateway/", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+/// A direct agent with the webpki roots (tests and callers without a [`net::Net`]).
+pub fn new_agent() -> ureq::Agent {
+    agent_builder().build()
 }
 
 /// Sends one request; any HTTP status comes back as `Ok`, only transport failures and bodies
@@ -176,7 +181,7 @@ fn transport_message(t: &ureq::Transport) -> String {
         s.truncate(i);
         s.push_str("apikey=[REDACTED]");
     }
-    s
+    net::explain_tls(&s).unwrap_or(s)
 }
 
 /// Percent-encodes one query component the way URLSearchParams does (space as %20 here: the

@@ -234,25 +234,36 @@ pub enum Incoming {
 }
 
 impl Conn {
-    /// TCP connect (timeout), TLS for wss, websocket handshake (timeout).
+    /// TCP connect (timeout), TLS for wss, websocket handshake (timeout); direct, webpki roots.
+    #[cfg(test)]
     pub fn connect(url: &str) -> Result<Conn, String> {
+        Self::connect_with(url, None)
+    }
+
+    /// As [`Conn::connect`], through `net`'s proxy (CONNECT tunnel) and trusted roots.
+    pub fn connect_with(url: &str, net: Option<&super::net::Net>) -> Result<Conn, String> {
         let (host, port, tls) = endpoint(url)?;
-        let addrs: Vec<_> = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .collect();
-        let mut last = format!("no address for {host}");
-        let mut tcp = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
+        let tcp = match net {
+            Some(n) => n.connect(url, &host, port, CONNECT_TIMEOUT)?,
+            None => {
+                let addrs: Vec<_> = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                    .collect();
+                let mut last = format!("no address for {host}");
+                let mut tcp = None;
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                        Ok(s) => {
+                            tcp = Some(s);
+                            break;
+                        }
+                        Err(e) => last = format!("connect to {a} failed: {e}"),
+                    }
                 }
-                Err(e) => last = format!("connect to {a} failed: {e}"),
+                tcp.ok_or(last)?
             }
-        }
-        let tcp = tcp.ok_or(last)?;
+        };
         let _ = tcp.set_nodelay(true);
         tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
             .and_then(|_| tcp.set_write_timeout(Some(CONNECT_TIMEOUT)))
@@ -260,7 +271,11 @@ impl Conn {
         let stream = if tls {
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| format!("bad TLS server name {host}: {e}"))?;
-            let conn = rustls::ClientConnection::new(tls_config()?, name)
+            let cfg = match net {
+                Some(n) => n.tls(),
+                None => tls_config()?,
+            };
+            let conn = rustls::ClientConnection::new(cfg, name)
                 .map_err(|e| format!("TLS setup failed: {e}"))?;
             Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
         } else {
@@ -275,7 +290,8 @@ impl Conn {
                     "websocket handshake timed out".to_string()
                 }
                 tungstenite::HandshakeError::Failure(e) => {
-                    format!("websocket handshake failed: {e}")
+                    let m = format!("websocket handshake failed: {e}");
+                    super::net::explain_tls(&m).unwrap_or(m)
                 }
             })?;
         ws.get_ref()
@@ -435,7 +451,7 @@ fn one_connection(
     hooks: &dyn ReaderHooks,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
-    let mut conn = Conn::connect(url)?;
+    let mut conn = Conn::connect_with(url, session.net())?;
     let socket = conn.ws.get_ref().tcp().try_clone().ok();
     cfg.interrupt.watch(socket);
     let topic = format!("realtime:gateway_jobs_{}", session.gateway_id);

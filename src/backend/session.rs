@@ -127,6 +127,8 @@ impl Tokens {
 
 pub struct Session {
     agent: ureq::Agent,
+    /// Proxy and trusted roots for the realtime connection (None: direct, webpki roots).
+    net: Option<std::sync::Arc<super::net::Net>>,
     url: String,
     anon_key: String,
     pub gateway_id: String,
@@ -153,6 +155,7 @@ impl Session {
     ) -> Session {
         Session {
             agent,
+            net: None,
             url: cfg.url.trim_end_matches('/').to_string(),
             anon_key: cfg.anon_key.clone(),
             gateway_id: gateway_id.to_string(),
@@ -172,6 +175,16 @@ impl Session {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The network setup (proxy, trusted roots) the realtime connection uses too.
+    pub fn with_net(mut self, net: std::sync::Arc<super::net::Net>) -> Session {
+        self.net = Some(net);
+        self
+    }
+
+    pub fn net(&self) -> Option<&super::net::Net> {
+        self.net.as_deref()
     }
 
     /// Access-token refreshes that succeeded so far.

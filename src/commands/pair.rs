@@ -73,7 +73,15 @@ pub fn run(settings: &Settings, args: &PairArgs) -> i32 {
         .clone()
         .filter(|d| !d.trim().is_empty())
         .unwrap_or_else(hostname);
-    let agent = crate::backend::new_agent();
+    let agent = match crate::backend::net::Net::from_env(settings.ca_file.as_deref())
+        .and_then(|n| n.agent_for(&cfg.url))
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Cannot set up the connection to the backend: {e}");
+            return 1;
+        }
+    };
     let pairing =
         match exchange_pairing_code(&agent, &cfg, code, &device_name, Duration::from_secs(30)) {
             Ok(p) => p,
@@ -200,8 +208,11 @@ fn send_pairing_events(
     if events.is_empty() {
         return;
     }
+    let agent = crate::backend::net::Net::from_env(settings.ca_file.as_deref())
+        .and_then(|n| n.agent_for(&cfg.url))
+        .unwrap_or_else(|_| crate::backend::new_agent());
     let session = crate::backend::session::Session::new(
-        crate::backend::new_agent(),
+        agent,
         cfg,
         &pairing.gateway_id,
         &pairing.team_id,

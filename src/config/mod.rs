@@ -50,6 +50,10 @@ pub struct Settings {
     pub allow_insecure_http: bool,
     /// `--metrics-addr` > `PANORAMA_GATEWAY_METRICS_ADDR`: the opt-in health/metrics endpoint.
     pub metrics_addr: Option<String>,
+    /// `--log-format` > `PANORAMA_GATEWAY_LOG_FORMAT`: text (default) or json lines.
+    pub log_format: crate::logging::Format,
+    /// `--ca-file`: extra trusted roots (PEM); `SSL_CERT_FILE` is read by backend::net.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The environment twin of `--allow-insecure-http` (also how `start` hands it to the daemon).
@@ -104,6 +108,8 @@ pub struct Overrides {
     pub device_name: Option<String>,
     pub allow_insecure_http: bool,
     pub metrics_addr: Option<String>,
+    pub log_format: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The first non-empty environment variable of `names`.
@@ -203,6 +209,13 @@ pub fn resolve(o: &Overrides) -> Result<Settings, String> {
         },
         supabase_url: flag_str(&o.supabase_url)
             .or_else(|| env_string(&["SUPABASE_URL", "PANORAMA_SUPABASE_URL"])),
+        log_format: match flag_str(&o.log_format)
+            .or_else(|| env_string(&["PANORAMA_GATEWAY_LOG_FORMAT"]))
+        {
+            Some(v) => crate::logging::Format::parse(&v)?,
+            None => crate::logging::Format::Text,
+        },
+        ca_file: o.ca_file.as_deref().map(absolute),
         metrics_addr: flag_str(&o.metrics_addr)
             .or_else(|| env_string(&["PANORAMA_GATEWAY_METRICS_ADDR"])),
         anon_key: flag_str(&o.anon_key).or_else(|| {

@@ -238,9 +238,13 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         }
         Err(pidfile::AcquireError::Failed(e)) => return fail!(e),
     };
-    if let Err(e) =
-        crate::logging::init_with(&paths.log_path, settings.verbose, !detached, detached)
-    {
+    if let Err(e) = crate::logging::init_with(
+        &paths.log_path,
+        settings.log_format,
+        settings.verbose,
+        !detached,
+        detached,
+    ) {
         return fail!(format!("cannot open the log file: {e}"));
     }
 

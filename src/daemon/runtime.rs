@@ -94,18 +94,28 @@ fn open_session(settings: &Settings) -> Result<Paired, String> {
             log::warn!(target: "runtime", "cannot save the device name to gateway.json: {e}");
         }
     }
-    let session = Arc::new(Session::new(
-        crate::backend::new_agent(),
-        &cfg,
-        &gateway_id,
-        &team_id,
-        &access,
-        &refresh,
-        Box::new(FileTokenStore::new(
-            settings.paths.config_path.clone(),
+    let net = Arc::new(crate::backend::net::Net::from_env(
+        settings.ca_file.as_deref(),
+    )?);
+    if let Some(p) = net.proxy_for(&cfg.url) {
+        log::info!(target: "runtime", "backend calls and realtime go through the proxy {}", p.display());
+    }
+    let agent = net.agent_for(&cfg.url)?;
+    let session = Arc::new(
+        Session::new(
+            agent,
+            &cfg,
             &gateway_id,
-        )),
-    ));
+            &team_id,
+            &access,
+            &refresh,
+            Box::new(FileTokenStore::new(
+                settings.paths.config_path.clone(),
+                &gateway_id,
+            )),
+        )
+        .with_net(net),
+    );
     Ok(Paired {
         session,
         state,

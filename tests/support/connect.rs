@@ -89,9 +89,11 @@ impl Backend {
         let stderr_path = dir.path().join("backend.log");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let (child, v) = Self::spawn("127.0.0.1:0", &args, &stderr_path);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(20))
-            .build();
+        let mut agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20));
+        if args.iter().any(|a| a == "--tls-cert") {
+            agent = agent.tls_config(test_ca_config());
+        }
+        let agent = agent.build();
         Backend {
             child,
             url: v["url"].as_str().unwrap().to_string(),
@@ -336,7 +338,8 @@ impl Gateway {
         c.arg("--config-dir").arg(self.config_dir());
         c.args(args);
         for (k, _) in std::env::vars() {
-            if k.starts_with("PANORAMA_") || k.starts_with("SUPABASE_") {
+            let proxy = k.to_ascii_uppercase().ends_with("_PROXY") || k == "SSL_CERT_FILE";
+            if k.starts_with("PANORAMA_") || k.starts_with("SUPABASE_") || proxy {
                 c.env_remove(k);
             }
         }
@@ -730,5 +733,111 @@ pub fn kill_daemon_tree(gw: &Gateway) {
                 libc::kill(-p, libc::SIGKILL);
             }
         }
+    }
+}
+
+/// The test certificates (tests/fixtures/tls): `ca.pem` signed `server.pem` (localhost,
+/// 127.0.0.1); `other-ca.pem` signed nothing here.
+pub fn tls_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The local backend's TLS flags with the test server certificate.
+pub fn tls_backend_args() -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        tls_fixture("server.pem"),
+        "--tls-key".into(),
+        tls_fixture("server.key"),
+    ]
+}
+
+/// A rustls client config that trusts the test CA only (the harness's own admin calls).
+pub fn test_ca_config() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(tls_fixture("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// A loopback HTTP CONNECT proxy: tunnels to loopback targets, refuses (403) every other
+/// target, and records each CONNECT target (`host:port`) it was asked for.
+pub struct ConnectProxy {
+    pub url: String,
+    pub targets: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    pub fn start() -> ConnectProxy {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let targets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let t = targets.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                let Ok(mut client) = c else { return };
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(client.try_clone().unwrap());
+                    let mut line = String::new();
+                    if r.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                    t.lock().unwrap().push(target.to_string());
+                    // `backend.test` is the name only the proxy resolves (to loopback), as a
+                    // corporate proxy resolves names the host cannot.
+                    let target = match target.strip_prefix("backend.test:") {
+                        Some(port) => format!("127.0.0.1:{port}"),
+                        None => target.to_string(),
+                    };
+                    let loopback = target.starts_with("127.0.0.1:");
+                    if method != "CONNECT" || !loopback {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+                        return;
+                    }
+                    let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+                        return;
+                    };
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                    let (mut c2, mut u2) =
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    let mut up = upstream;
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut u2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Both);
+                    });
+                    // The BufReader hands over what it already read first: tunnel bytes.
+                    let _ = std::io::copy(&mut r, &mut up);
+                    let _ = up.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        ConnectProxy { url, targets }
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
     }
 }

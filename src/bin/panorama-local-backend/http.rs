@@ -160,6 +160,14 @@ fn parse_head(buf: &[u8]) -> Head {
         Ok(httparse::Status::Complete(n)) => {
             let method = r.method.unwrap_or("GET").to_string();
             let target = r.path.unwrap_or("/");
+            // Absolute form (`GET https://host:port/path`, RFC 9112 §3.2.2): what clients
+            // send through an HTTP proxy, also inside a CONNECT tunnel.
+            let target = match target.split_once("://") {
+                Some((scheme, rest)) if !scheme.contains('/') => {
+                    rest.find('/').map(|i| &rest[i..]).unwrap_or("/")
+                }
+                _ => target,
+            };
             let (path, query) = match target.split_once('?') {
                 Some((p, q)) => (p, q.to_string()),
                 None => (target, String::new()),

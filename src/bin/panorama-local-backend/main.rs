@@ -18,6 +18,7 @@ mod realtime;
 mod rls;
 mod router;
 mod store;
+mod tls;
 mod util;
 mod ws;
 
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const USAGE: &str = "usage: panorama-local-backend [--listen 127.0.0.1:54321] [--data FILE] \
-[--access-token-ttl SECS] [--jwt-secret S] [--pairing-code-ttl SECS] [--refresh-reuse-secs SECS] [-v]";
+[--tls-cert PEM --tls-key PEM] [--access-token-ttl SECS] [--jwt-secret S] [--pairing-code-ttl SECS] [--refresh-reuse-secs SECS] [-v]";
 
 /// Log lines as the project writes them: `<RFC 3339 ms>Z LEVEL [component] message key=value`.
 struct StderrLogger {
@@ -64,6 +65,9 @@ struct Args {
     pairing_ttl: u64,
     refresh_reuse: u64,
     verbose: bool,
+    /// `--tls-cert` / `--tls-key`: serve https/wss on --listen.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -76,6 +80,8 @@ fn parse_args() -> Result<Args, String> {
         pairing_ttl: 600,
         refresh_reuse: 10,
         verbose: false,
+        tls_cert: None,
+        tls_key: None,
     };
     let mut p = lexopt::Parser::from_env();
     let num = |v: std::ffi::OsString, flag: &str| -> Result<u64, String> {
@@ -93,6 +99,12 @@ fn parse_args() -> Result<Args, String> {
                     .into()
             }
             Long("data") => a.data = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("tls-cert") => {
+                a.tls_cert = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?))
+            }
+            Long("tls-key") => {
+                a.tls_key = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?))
+            }
             Long("access-token-ttl") => {
                 a.access_ttl = num(p.value().map_err(|e| e.to_string())?, "--access-token-ttl")?;
                 if a.access_ttl == 0 {
@@ -126,6 +138,12 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unexpected argument {}", other.unexpected())),
         }
+    }
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        return Err(
+            "--tls-cert and --tls-key go together (PEM certificate chain and its private key)"
+                .into(),
+        );
     }
     Ok(a)
 }
@@ -215,7 +233,38 @@ fn main() {
             s
         }
     };
-    let listener = match TcpListener::bind(&args.listen) {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => match tls::server_config(c, k) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => {
+                eprintln!("panorama-local-backend: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => None,
+    };
+    // With TLS, --listen is the TLS listener; the HTTP listener moves to a private loopback
+    // port that only the TLS relay talks to.
+    let public = if tls.is_some() {
+        match TcpListener::bind(&args.listen) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "panorama-local-backend: cannot listen on {}: {e}; pick another address with --listen (port 0 picks a free port)",
+                    args.listen
+                );
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
+    let plain_listen = if public.is_some() {
+        "127.0.0.1:0".to_string()
+    } else {
+        args.listen.clone()
+    };
+    let listener = match TcpListener::bind(&plain_listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!(
@@ -225,7 +274,14 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let addr = match listener.local_addr() {
+    let plain_addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("panorama-local-backend: cannot read the bound address: {e}");
+            std::process::exit(1);
+        }
+    };
+    let addr = match public.as_ref().map_or(Ok(plain_addr), |l| l.local_addr()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("panorama-local-backend: cannot read the bound address: {e}");
@@ -276,11 +332,21 @@ fn main() {
             std::process::exit(1);
         }
     }
+    if let (Some(public), Some(cfg)) = (public, tls) {
+        let _ = std::thread::Builder::new()
+            .name("tls-accept".into())
+            .spawn(move || tls::serve(public, plain_addr, cfg));
+    }
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     log::info!(target: "main", "listening addr={addr} data={}", args.data.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "memory".into()));
     // Keys in the documented order: url, anon_key, service_role_key.
     let line = format!(
         "{{\"url\":{},\"anon_key\":{},\"service_role_key\":{}}}",
-        serde_json::Value::String(format!("http://{addr}")),
+        serde_json::Value::String(format!("{scheme}://{addr}")),
         serde_json::Value::String(app.anon_key.clone()),
         serde_json::Value::String(app.service_key.clone()),
     );
