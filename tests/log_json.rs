@@ -1,11 +1,11 @@
 //! `--log-format json` (issue 13): one redacted JSON object per line, and `logs` shows a log
 //! that holds both formats (a daemon restarted with the other format appends to the same file).
 
-mod connect_support;
+mod support;
 
 use std::time::Duration;
 
-use connect_support::*;
+use support::connect::*;
 use serde_json::{json, Value};
 
 #[test]

@@ -6,11 +6,11 @@
 //! configured goes to the built-in production URL, which the test proxy refuses, so the error
 //! names that URL while the test never reaches it.
 
-mod connect_support;
+mod support;
 
 use std::time::Duration;
 
-use connect_support::*;
+use support::connect::*;
 use serde_json::json;
 
 fn tls_backend() -> Backend {
