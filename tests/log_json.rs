@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::connect::*;
 use serde_json::{json, Value};
+use support::connect::*;
 
 #[test]
 fn json_log_lines_are_objects_and_logs_shows_both_formats() {

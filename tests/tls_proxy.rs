@@ -10,8 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::connect::*;
 use serde_json::json;
+use support::connect::*;
 
 fn tls_backend() -> Backend {
     let args = tls_backend_args();
