@@ -477,10 +477,7 @@ Environment (flags win over environment, environment over defaults):
 ";
 
 /// Help text: general, or for one command.
-pub fn help_text(topic: Option<&str>) -> String {
-    let body = match topic {
-        Some("pair") => {
-            "\
+const PAIR_HELP: &str = "\
 Usage: panorama-gateway pair <CODE> [--device-name NAME] [--no-start]
        panorama-gateway pair - [--device-name NAME] [--no-start]   (code on standard input)
 
@@ -494,10 +491,9 @@ environment or an env file say otherwise.
 Options:
   --device-name <name>   Name shown in Panorama (default: PANORAMA_GATEWAY_DEVICE_NAME, hostname)
   --no-start             Do not start the gateway after pairing
-"
-        }
-        Some("start") => {
-            "\
+";
+
+const START_HELP: &str = "\
 Usage: panorama-gateway start [--foreground|--daemon]
 
 Starts the gateway. Release builds run in the background by default (a detached process that
@@ -512,10 +508,9 @@ Options:
 Signals: SIGTERM/SIGINT drain (finish in-flight jobs, at most 90 s); a second one or SIGQUIT
 stops now; SIGHUP reopens the log and re-reads full control.
 Exit: 0 started or already running; 1 not paired, misconfigured or failed.
-"
-        }
-        Some("stop") => {
-            "\
+";
+
+const STOP_HELP: &str = "\
 Usage: panorama-gateway stop [--timeout SECS] [--force]
 
 Asks the running gateway to drain (SIGTERM) and waits until it is gone.
@@ -525,10 +520,9 @@ Options:
   --force, -f        Stop now: SIGQUIT, then SIGKILL after 5 s
 
 Exit: 0 stopped or not running; 1 still running after the timeout.
-"
-        }
-        Some("status") => {
-            "\
+";
+
+const STATUS_HELP: &str = "\
 Usage: panorama-gateway status [--json] [-v]
 
 Shows whether the gateway is paired and running, its connection, last heartbeat, full control
@@ -545,10 +539,9 @@ Exit codes:
   1  running but degraded (not connected, backend unreachable, starting)
   3  not running
   4  not paired
-"
-        }
-        Some("logs") => {
-            "\
+";
+
+const LOGS_HELP: &str = "\
 Usage: panorama-gateway logs [--lines N] [--no-follow]
 
 Prints the last N lines of the log (default 200), then follows it like tail -F (across
@@ -557,10 +550,9 @@ rotation) until Ctrl-C.
 Options:
   --lines <n>, -n <n>   Lines to show first (0: none)
   --no-follow           Print and exit
-"
-        }
-        Some("doctor") => {
-            "\
+";
+
+const DOCTOR_HELP: &str = "\
 Usage: panorama-gateway doctor [--json]
 
 Checks state permissions, the config, the backend configuration, the log file and each
@@ -572,20 +564,18 @@ status -v. A provider that is missing or fails its check is a warning; doctor fa
 no provider is usable. Point the gateway at a CLI with --claude-cli/--codex-cli/--gemini-cli
 <path>, or PANORAMA_CLAUDE_CLI, PANORAMA_CODEX_CLI, PANORAMA_GEMINI_CLI (also CLAUDE_CLI,
 CODEX_CLI, GEMINI_CLI).
-"
-        }
-        Some("unpair") => {
-            "\
+";
+
+const UNPAIR_HELP: &str = "\
 Usage: panorama-gateway unpair
 
 Stops the running gateway (draining in-flight jobs) and removes this gateway's credentials
 (accessToken, refreshToken, gatewayId, teamId) from gateway.json. The backend settings, device
 name, full control and every other key stay. It says what it will do before doing it. The
 gateway still shows in Panorama until you remove it there.
-"
-        }
-        Some("service") => {
-            "\
+";
+
+const SERVICE_HELP: &str = "\
 Usage: panorama-gateway service <install|uninstall|status> [--system [--user NAME]] [--unit-dir DIR]
 
 install writes a systemd unit that runs `panorama-gateway start --foreground` with the PATH and
@@ -599,18 +589,16 @@ Options:
                     unit in ~/.config/systemd/user
   --user <name>     The account a system unit runs as (default: SUDO_USER, else you); never root
   --unit-dir <dir>  Write the unit to this directory instead
-"
-        }
-        Some("full-control") => {
-            "\
+";
+
+const FULL_CONTROL_HELP: &str = "\
 Usage: panorama-gateway full-control <enable|disable|status>
 
 Sets or shows the install-level host machine control toggle (full_control_enabled in
 gateway.json). Works before pairing. A running gateway is told at once (SIGHUP).
-"
-        }
-        _ => {
-            "\
+";
+
+const OVERVIEW_HELP: &str = "\
 panorama-gateway: connects the AI coding CLIs (claude, codex, gemini) and the shell of this
 host to a Panorama team.
 
@@ -628,8 +616,20 @@ Usage:
 
 status exit codes: 0 running and connected, 1 running but degraded, 3 not running,
 4 not paired. Other commands: 0 ok, 1 error, 2 usage error.
-"
-        }
+";
+
+pub fn help_text(topic: Option<&str>) -> String {
+    let body = match topic {
+        Some("pair") => PAIR_HELP,
+        Some("start") => START_HELP,
+        Some("stop") => STOP_HELP,
+        Some("status") => STATUS_HELP,
+        Some("logs") => LOGS_HELP,
+        Some("doctor") => DOCTOR_HELP,
+        Some("unpair") => UNPAIR_HELP,
+        Some("service") => SERVICE_HELP,
+        Some("full-control") => FULL_CONTROL_HELP,
+        _ => OVERVIEW_HELP,
     };
     format!("{body}\n{GLOBAL_HELP}\n{ENV_HELP}")
 }

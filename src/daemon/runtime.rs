@@ -183,21 +183,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
 
     // The opt-in health/metrics endpoint: bound before anything runs, so a busy port fails
     // the start with a clear message instead of a silent gap in monitoring.
-    let metrics_listener = match &settings.metrics_addr {
-        Some(a) => {
-            let listener = super::health::parse_addr(a).and_then(super::health::bind)?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| format!("metrics listener: {e}"))?;
-            log::info!(target: "metrics", "health and metrics on http://{addr}/metrics (/healthz, /readyz)");
-            if !addr.ip().is_loopback() {
-                log::warn!(target: "metrics", "the metrics endpoint listens on {addr}, beyond this host: it shows job counts and provider health to anyone who can reach it");
-            }
-            (ctx.status)(&|s: &mut RuntimeStatus| s.metrics_addr = Some(addr.to_string()));
-            Some(listener)
-        }
-        None => None,
-    };
+    let metrics_listener = bind_metrics(&settings, &ctx.status)?;
     let (to_workers, workers_from_ingress) = bounded::<Box<JobRow>>(tuning.queue_capacity);
     let (to_cancels, cancels_from_ingress) = bounded::<Box<JobRow>>(super::cancels::QUEUE);
     let (wake_reconcile, reconcile_woken) = bounded::<()>(4);
@@ -257,30 +243,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     // validation (a real model call only when a provider never had a full check) run beside
     // the runtime: neither delays the first heartbeat or job ingress. Handlers that need a
     // CLI wait for the discovery.
-    let s = shared.clone();
-    let provider_check = spawn("provider-check", move || {
-        // Whatever happens below, handlers waiting for the checks are let go.
-        struct Release(Arc<Registry>);
-        impl Drop for Release {
-            fn drop(&mut self) {
-                self.0.reached(Stage::Checked);
-            }
-        }
-        let release = Release(s.providers.clone());
-        s.providers.finish_discovery(&s.settings.cli_overrides);
-        // The backend sees what was found before a handler that needs a CLI goes on: a
-        // subagent run (queued before the start, say) checks the capabilities there.
-        heartbeat::send_heartbeat(&s, s.heartbeat_status());
-        s.providers.reached(Stage::Discovered);
-        if s.shutdown.is_draining() {
-            return; // no validation call for a gateway that is stopping
-        }
-        s.providers
-            .check_health(crate::providers::health::Mode::Auto, Some("startup"));
-        heartbeat::send_heartbeat(&s, s.heartbeat_status());
-        drop(release);
-        log::info!(target: "providers", "provider checks at start done");
-    })?;
+    let provider_check = spawn_provider_check(&shared)?;
     let (stop_workers, workers_stopped) = bounded::<()>(0);
     let mut workers = Vec::new();
     for i in 0..tuning.concurrency {
@@ -325,6 +288,59 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     );
     log::info!(target: "runtime", "gateway stopped");
     Ok(())
+}
+
+/// Binds the opt-in health/metrics listener (`--metrics-addr`); None when not asked for.
+fn bind_metrics(
+    settings: &Settings,
+    status: &StatusUpdater,
+) -> Result<Option<std::net::TcpListener>, String> {
+    Ok(match &settings.metrics_addr {
+        Some(a) => {
+            let listener = super::health::parse_addr(a).and_then(super::health::bind)?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| format!("metrics listener: {e}"))?;
+            log::info!(target: "metrics", "health and metrics on http://{addr}/metrics (/healthz, /readyz)");
+            if !addr.ip().is_loopback() {
+                log::warn!(target: "metrics", "the metrics endpoint listens on {addr}, beyond this host: it shows job counts and provider health to anyone who can reach it");
+            }
+            (status)(&|s: &mut RuntimeStatus| s.metrics_addr = Some(addr.to_string()));
+            Some(listener)
+        }
+        None => None,
+    })
+}
+
+/// Discovery (a few `--version`/`--help` runs per CLI; gemini's take seconds) and validation
+/// (a real model call only when a provider never had a full check) run beside the runtime:
+/// neither delays the first heartbeat or job ingress. Handlers that need a CLI wait for the
+/// discovery.
+fn spawn_provider_check(shared: &Arc<Shared>) -> Result<Thread, String> {
+    let s = shared.clone();
+    spawn("provider-check", move || {
+        // Whatever happens below, handlers waiting for the checks are let go.
+        struct Release(Arc<Registry>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.reached(Stage::Checked);
+            }
+        }
+        let release = Release(s.providers.clone());
+        s.providers.finish_discovery(&s.settings.cli_overrides);
+        // The backend sees what was found before a handler that needs a CLI goes on: a
+        // subagent run (queued before the start, say) checks the capabilities there.
+        heartbeat::send_heartbeat(&s, s.heartbeat_status());
+        s.providers.reached(Stage::Discovered);
+        if s.shutdown.is_draining() {
+            return; // no validation call for a gateway that is stopping
+        }
+        s.providers
+            .check_health(crate::providers::health::Mode::Auto, Some("startup"));
+        heartbeat::send_heartbeat(&s, s.heartbeat_status());
+        drop(release);
+        log::info!(target: "providers", "provider checks at start done");
+    })
 }
 
 /// Watches the session state (and SIGHUP reloads) for the status file while waiting for the

@@ -272,57 +272,8 @@ pub(super) fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> R
         ctx.cancel.cancel();
     }
     // 19.
-    let now = crate::util::now_rfc3339();
-    let start_meta = merged(
-        Some(&metadata),
-        &json!({"current_run_id": run_id, "current_run_sequence": run_sequence}),
-    );
-    match wire::update_where(
-        session,
-        "subagent_runs",
-        &run_id,
-        &[
-            ("subagent_id", &format!("eq.{subagent_id}")),
-            ("status", "eq.running"),
-        ],
-        &json!({"started_at": now, "metadata": start_meta}),
-    ) {
-        Err(e) => {
-            return Ok(fail(
-                json!({"message": "Failed to mark subagent run as started", "subagent_id": subagent_id}),
-                e.to_string(),
-            ))
-        }
-        Ok(false) => {
-            let m = "Accepted subagent run changed before gateway execution could start";
-            return Ok(skip(
-                json!({"message": m, "subagent_id": subagent_id, "run_id": run_id}),
-                m,
-            ));
-        }
-        Ok(true) => {}
-    }
-    match wire::update_where(
-        session,
-        "subagents",
-        &subagent_id,
-        &[("status", "eq.running")],
-        &json!({"status": "running", "started_at": now, "metadata": start_meta}),
-    ) {
-        Err(e) => {
-            return Ok(fail(
-                json!({"message": "Failed to mark subagent as running", "subagent_id": subagent_id}),
-                e.to_string(),
-            ))
-        }
-        Ok(false) => {
-            let m = "Subagent status changed before gateway execution could start";
-            return Ok(skip(
-                json!({"message": m, "subagent_id": subagent_id, "run_id": run_id}),
-                m,
-            ));
-        }
-        Ok(true) => {}
+    if let Err(end) = mark_started(session, &prep, &metadata) {
+        return Ok(end);
     }
     // 20.
     let mut em = Emitter {
@@ -360,6 +311,64 @@ pub(super) fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> R
     };
     // 24.
     execute_and_finalize(session, ctx, &prep, &mut em, plan)
+}
+
+/// Step 19: the run, then the subagent, marked started with conditional updates (each only
+/// while still in the state the checks saw). Err = how the run ends.
+fn mark_started(session: &Session, prep: &Prepared, metadata: &Value) -> Result<(), End> {
+    let now = crate::util::now_rfc3339();
+    let start_meta = merged(
+        Some(metadata),
+        &json!({"current_run_id": prep.run_id, "current_run_sequence": prep.run_sequence}),
+    );
+    match wire::update_where(
+        session,
+        "subagent_runs",
+        &prep.run_id,
+        &[
+            ("subagent_id", &format!("eq.{}", prep.subagent_id)),
+            ("status", "eq.running"),
+        ],
+        &json!({"started_at": now, "metadata": start_meta}),
+    ) {
+        Err(e) => {
+            return Err(fail(
+                json!({"message": "Failed to mark subagent run as started", "subagent_id": prep.subagent_id}),
+                e.to_string(),
+            ))
+        }
+        Ok(false) => {
+            let m = "Accepted subagent run changed before gateway execution could start";
+            return Err(skip(
+                json!({"message": m, "subagent_id": prep.subagent_id, "run_id": prep.run_id}),
+                m,
+            ));
+        }
+        Ok(true) => {}
+    }
+    match wire::update_where(
+        session,
+        "subagents",
+        &prep.subagent_id,
+        &[("status", "eq.running")],
+        &json!({"status": "running", "started_at": now, "metadata": start_meta}),
+    ) {
+        Err(e) => {
+            return Err(fail(
+                json!({"message": "Failed to mark subagent as running", "subagent_id": prep.subagent_id}),
+                e.to_string(),
+            ))
+        }
+        Ok(false) => {
+            let m = "Subagent status changed before gateway execution could start";
+            return Err(skip(
+                json!({"message": m, "subagent_id": prep.subagent_id, "run_id": prep.run_id}),
+                m,
+            ));
+        }
+        Ok(true) => {}
+    }
+    Ok(())
 }
 
 /// What steps 9–13 decide: the stored config, the CLI's flags, and machine control for this
