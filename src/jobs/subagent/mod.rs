@@ -22,7 +22,6 @@ mod run;
 pub use cancel::handle_cancel;
 use cancel::*;
 use failure::*;
-pub use run::fail_subagent_run;
 use run::*;
 
 use super::{FinalStatus, JobContext, Outcome};
@@ -223,6 +222,80 @@ pub fn handle_run(payload: &Value, ctx: &JobContext) -> Outcome {
 
 // ---------------------------------------------------------------------------------------------
 // `subagent_cancel` (§6.4).
+
+/// §5.4: after a failed job, mark the subagent's running run and the subagent failed.
+pub fn fail_subagent_run(session: &Session, subagent_id: &str, message: &str) {
+    let sub = match wire::load_subagent(
+        session,
+        subagent_id,
+        "id,status,subagent_type,metadata,team_id,gateway_id",
+    ) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!(target: "subagent", "could not load subagent {subagent_id} to mark it failed: {e}");
+            return;
+        }
+    };
+    if s(&sub, "status") != Some("running") {
+        return;
+    }
+    let now = crate::util::now_rfc3339();
+    let meta = merged(
+        sub.get("metadata"),
+        &merged(
+            Some(
+                &json!({"schema_version": 1, "runner": "gateway", "subagent_type": s(&sub, "subagent_type"),
+                         "last_run_at": now, "gateway_error": message}),
+            ),
+            &execution_context(),
+        ),
+    );
+    let env = error_envelope(message);
+    match wire::newest_running_run(session, subagent_id, "id") {
+        Ok(Some(run)) => {
+            if let Some(rid) = s(&run, "id") {
+                let r = wire::update_where(
+                    session,
+                    "subagent_runs",
+                    rid,
+                    &[("status", "eq.running")],
+                    &json!({"status": "failed", "error": message, "output": env, "completed_at": now, "metadata": meta}),
+                );
+                if let Err(e) = r {
+                    log::warn!(target: "subagent", "could not mark run {rid} failed: {e}");
+                }
+                if let Some(gid) = s(&sub, "gateway_id") {
+                    let t = EventTarget {
+                        run_id: rid.to_string(),
+                        subagent_id: subagent_id.to_string(),
+                        team_id: s(&sub, "team_id").unwrap_or(&session.team_id).to_string(),
+                        gateway_id: Some(gid.to_string()),
+                    };
+                    emit_once(
+                        session,
+                        &t,
+                        "run_failed",
+                        json!({"reason": message, "source": "gateway_job_failure"}),
+                    );
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            log::warn!(target: "subagent", "could not find the running run of subagent {subagent_id}: {e}")
+        }
+    }
+    if let Err(e) = wire::update_where(
+        session,
+        "subagents",
+        subagent_id,
+        &[],
+        &json!({"status": "failed", "error": message, "completed_at": now, "output": env, "metadata": meta}),
+    ) {
+        log::warn!(target: "subagent", "could not mark subagent {subagent_id} failed: {e}");
+    }
+}
 
 #[cfg(test)]
 mod tests {
