@@ -3,7 +3,9 @@
 //! owned by the runtime and handed to the handlers through `JobContext` (no global registry).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::util::lock;
 
 /// Pending cancels kept at most (oldest dropped first). A dropped one is not lost: the cancel
 /// job also wrote `metadata.cancel_run_id`, which the run job reads before it starts.
@@ -22,10 +24,6 @@ pub struct SubagentRuns {
     active: Mutex<Vec<Active>>,
     /// (run id or subagent id, reason), bounded by [`PENDING_LIMIT`].
     pending: Mutex<VecDeque<(String, String)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Holds a subagent's active slot; released when the run job ends, whatever the path out.
