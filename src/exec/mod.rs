@@ -626,24 +626,12 @@ pub fn run(spec: Spec, on_line: Option<LineWatch<'_>>) -> Result<Output, SpawnEr
         error,
         tmp_base: None,
     };
-    let tmp = match &spec.tmp_base {
-        Some(base) => {
-            Some(
-                PrivateDir::create_in(base, "pgw-tmp-").map_err(|error| SpawnError {
-                    program: spec.program.clone(),
-                    error,
-                    tmp_base: Some(base.clone()),
-                })?,
-            )
-        }
-        None => None,
-    };
-    let mut env = spec.env.clone();
-    if let Some(t) = &tmp {
-        for (k, v) in t.tmp_vars() {
-            set_var(&mut env, k, v);
-        }
-    }
+    let (tmp, env) = tmp::env_with_private_tmp(
+        &spec.program,
+        &spec.env,
+        spec.tmp_base.as_deref(),
+        "pgw-tmp-",
+    )?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()

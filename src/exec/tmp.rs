@@ -133,3 +133,30 @@ impl Drop for PrivateDir {
         }
     }
 }
+
+/// A child's environment, name and value pairs in order.
+pub(crate) type ChildEnv = Vec<(OsString, OsString)>;
+
+/// `env` plus a private TMPDIR (TMPDIR, TMP, TEMP) created under `tmp_base` with `prefix`, for
+/// the child `program`; without a base, `env` as it is. The directory lives (and is removed)
+/// with the returned guard. Used by both ways of starting a child (pipes and pty).
+pub(crate) fn env_with_private_tmp(
+    program: &Path,
+    env: &[(OsString, OsString)],
+    tmp_base: Option<&Path>,
+    prefix: &str,
+) -> Result<(Option<PrivateDir>, ChildEnv), super::SpawnError> {
+    let mut env = env.to_vec();
+    let Some(base) = tmp_base else {
+        return Ok((None, env));
+    };
+    let dir = PrivateDir::create_in(base, prefix).map_err(|error| super::SpawnError {
+        program: program.to_path_buf(),
+        error,
+        tmp_base: Some(base.to_path_buf()),
+    })?;
+    for (k, v) in dir.tmp_vars() {
+        super::set_var(&mut env, k, v);
+    }
+    Ok((Some(dir), env))
+}

@@ -266,24 +266,12 @@ pub fn spawn(spec: PtySpec) -> Result<Pty, SpawnError> {
         error,
         tmp_base: None,
     };
-    let tmp = match &spec.tmp_base {
-        Some(base) => {
-            Some(
-                PrivateDir::create_in(base, "pgw-pty-").map_err(|error| SpawnError {
-                    program: spec.program.clone(),
-                    error,
-                    tmp_base: Some(base.clone()),
-                })?,
-            )
-        }
-        None => None,
-    };
-    let mut env = spec.env.clone();
-    if let Some(t) = &tmp {
-        for (k, v) in t.tmp_vars() {
-            set_var(&mut env, k, v);
-        }
-    }
+    let (tmp, mut env) = super::tmp::env_with_private_tmp(
+        &spec.program,
+        &spec.env,
+        spec.tmp_base.as_deref(),
+        "pgw-pty-",
+    )?;
     set_var(&mut env, "TERM", &spec.term);
     if spec.size.rows == 0 || spec.size.cols == 0 {
         return Err(err(io::Error::new(
