@@ -17,24 +17,14 @@ for a in "$@"; do
     *) echo "usage: $0 [--no-build]" >&2; exit 2 ;;
   esac
 done
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
-if [ "$BUILD" = 1 ]; then
-  echo "building release binaries (cargo build --release; the first build takes minutes)..." >&2
-  cargo build --release --quiet --bin panorama-gateway --bin panorama-local-backend
-fi
-BIN_DIR="${BIN_DIR:-$ROOT/target/release}"
-GW="$BIN_DIR/panorama-gateway"
-BE="$BIN_DIR/panorama-local-backend"
-[ -x "$GW" ] && [ -x "$BE" ] || { echo "binaries missing in $BIN_DIR (run without --no-build)" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/pg-bench-cancels.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+NAME=bench-cancels
+. "$(dirname "$0")/lib/bench-prelude.sh"
 echo "machine: $(nproc) cores, $(uname -sr)" >&2
 
 python3 - "$GW" "$BE" "$WORK" <<'PY'
 import http.client, json, os, signal, subprocess, sys, time, uuid
+sys.path.insert(0, os.environ["BENCH_LIB"])
+import benchlib  # noqa: E402
 
 gw_bin, be_bin, work = sys.argv[1:4]
 N = int(os.environ.get("CANCELS", "3000"))
@@ -43,21 +33,10 @@ SAME = int(os.environ.get("SAME_EVERY", "3"))
 procs = []
 
 def cleanup():
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill(); p.wait()
+    benchlib.stop_all(procs)
 
 try:
-    be = subprocess.Popen([be_bin, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                          stderr=open(os.path.join(work, "backend.log"), "w"))
-    procs.append(be)
-    info = json.loads(be.stdout.readline())
-    url, anon, svc = info["url"], info["anon_key"], info["service_role_key"]
-    host = url.split("//")[1]
+    url, anon, svc, host = benchlib.start_backend(be_bin, work, procs)
 
     def call(method, path, body=None):
         c = http.client.HTTPConnection(host, timeout=120)

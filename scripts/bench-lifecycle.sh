@@ -30,20 +30,8 @@ for a in "$@"; do
     *) echo "usage: $0 [--no-build] [--no-reference]" >&2; exit 2 ;;
   esac
 done
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
-if [ "$BUILD" = 1 ]; then
-  echo "building release binaries (cargo build --release; the first build takes minutes)..." >&2
-  cargo build --release --quiet --bin panorama-gateway --bin panorama-local-backend
-fi
-BIN_DIR="${BIN_DIR:-$ROOT/target/release}"
-GW="$BIN_DIR/panorama-gateway"
-BE="$BIN_DIR/panorama-local-backend"
-[ -x "$GW" ] && [ -x "$BE" ] || { echo "release binaries missing (run without --no-build)" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/pg-bench-lifecycle.XXXXXX")"
-trap '[ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"' EXIT
+NAME=bench-lifecycle
+. "$(dirname "$0")/lib/bench-prelude.sh"
 REF_JS=""
 if [ "$REF" = 1 ]; then
   if [ -n "${REFERENCE:-}" ]; then
@@ -68,6 +56,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 
 python3 - "$GW" "$BE" "$WORK" "$ROOT/tests/fixtures/bin" "$REF_JS" "${BEFORE_BIN:-}" <<'PY'
 import http.client, json, os, signal, subprocess, sys, time, statistics, threading
+sys.path.insert(0, os.environ["BENCH_LIB"])
+import benchlib  # noqa: E402
 
 gw_bin, be_bin, work, fixtures, ref_js, before_bin = sys.argv[1:7]
 REPS = int(os.environ.get("REPS", "7"))
@@ -103,12 +93,7 @@ def rss_kib(pid):
         return None
 
 try:
-    be = subprocess.Popen([be_bin, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                          stderr=open(os.path.join(work, "backend.log"), "w"))
-    procs.append(be)
-    info = json.loads(be.stdout.readline())
-    url, anon, svc = info["url"], info["anon_key"], info["service_role_key"]
-    host = url.split("//")[1]
+    url, anon, svc, host = benchlib.start_backend(be_bin, work, procs)
 
     class Admin:
         def __init__(self):
