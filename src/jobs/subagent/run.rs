@@ -321,53 +321,44 @@ fn mark_started(session: &Session, prep: &Prepared, metadata: &Value) -> Result<
         Some(metadata),
         &json!({"current_run_id": prep.run_id, "current_run_sequence": prep.run_sequence}),
     );
-    match wire::update_where(
-        session,
+    // Each update applies only while the row is still in the state the checks saw.
+    let mark = |table: &str,
+                id: &str,
+                filters: &[(&str, &str)],
+                body: Value,
+                failed: &str,
+                changed: &str| {
+        match wire::update_where(session, table, id, filters, &body) {
+            Err(e) => Err(fail(
+                json!({"message": failed, "subagent_id": prep.subagent_id}),
+                e.to_string(),
+            )),
+            Ok(false) => Err(skip(
+                json!({"message": changed, "subagent_id": prep.subagent_id, "run_id": prep.run_id}),
+                changed,
+            )),
+            Ok(true) => Ok(()),
+        }
+    };
+    mark(
         "subagent_runs",
         &prep.run_id,
         &[
             ("subagent_id", &format!("eq.{}", prep.subagent_id)),
             ("status", "eq.running"),
         ],
-        &json!({"started_at": now, "metadata": start_meta}),
-    ) {
-        Err(e) => {
-            return Err(fail(
-                json!({"message": "Failed to mark subagent run as started", "subagent_id": prep.subagent_id}),
-                e.to_string(),
-            ))
-        }
-        Ok(false) => {
-            let m = "Accepted subagent run changed before gateway execution could start";
-            return Err(skip(
-                json!({"message": m, "subagent_id": prep.subagent_id, "run_id": prep.run_id}),
-                m,
-            ));
-        }
-        Ok(true) => {}
-    }
-    match wire::update_where(
-        session,
+        json!({"started_at": now, "metadata": start_meta}),
+        "Failed to mark subagent run as started",
+        "Accepted subagent run changed before gateway execution could start",
+    )?;
+    mark(
         "subagents",
         &prep.subagent_id,
         &[("status", "eq.running")],
-        &json!({"status": "running", "started_at": now, "metadata": start_meta}),
-    ) {
-        Err(e) => {
-            return Err(fail(
-                json!({"message": "Failed to mark subagent as running", "subagent_id": prep.subagent_id}),
-                e.to_string(),
-            ))
-        }
-        Ok(false) => {
-            let m = "Subagent status changed before gateway execution could start";
-            return Err(skip(
-                json!({"message": m, "subagent_id": prep.subagent_id, "run_id": prep.run_id}),
-                m,
-            ));
-        }
-        Ok(true) => {}
-    }
+        json!({"status": "running", "started_at": now, "metadata": start_meta}),
+        "Failed to mark subagent as running",
+        "Subagent status changed before gateway execution could start",
+    )?;
     Ok(())
 }
 
