@@ -171,7 +171,8 @@ fn capabilities_of_modern_clis() {
     );
     let x = &caps["codex"];
     assert_eq!(x["version"], "codex-cli 0.46.0");
-    assert_eq!(x["supported_flags"].as_object().unwrap().len(), 9);
+    // The reference's 8, `--ephemeral` and the `resume` command.
+    assert_eq!(x["supported_flags"].as_object().unwrap().len(), 10);
     assert_eq!(
         x["supports"],
         json!({"output_schema": true, "stream_json": true, "tool_disable": true})
