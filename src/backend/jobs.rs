@@ -13,8 +13,8 @@ pub struct JobRow {
     pub id: String,
     pub team_id: String,
     pub gateway_id: Option<String>,
-    pub status: String,
-    pub job_type: String,
+    pub status: JobStatus,
+    pub job_type: JobType,
     pub payload: Value,
     pub idempotency_key: Option<String>,
     pub attempt: Option<u64>,
@@ -23,7 +23,77 @@ pub struct JobRow {
     pub started_at: Option<String>,
 }
 
-const STATUSES: [&str; 5] = ["queued", "running", "completed", "failed", "cancelled"];
+/// A job row's `status` column (backend.md §8.1): the only values a row may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The status named by its wire text; None for anything else.
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Some(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A job row's `job_type` column. A type this gateway does not handle is kept as sent in
+/// [`JobType::Other`]: the row still decodes, and only that job fails, with the reference's
+/// "Unsupported job type: <type>" (backend.md §8.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobType {
+    Diagnostic,
+    ModelRun,
+    SubagentRun,
+    SubagentCancel,
+    ShellExec,
+    ShellSession,
+    Other(String),
+}
+
+impl JobType {
+    /// The type named by its wire text (exact match); anything else is [`JobType::Other`].
+    pub fn parse(s: &str) -> JobType {
+        match s {
+            "diagnostic" => JobType::Diagnostic,
+            "model_run" => JobType::ModelRun,
+            "subagent_run" => JobType::SubagentRun,
+            "subagent_cancel" => JobType::SubagentCancel,
+            "shell_exec" => JobType::ShellExec,
+            "shell_session" => JobType::ShellSession,
+            other => JobType::Other(other.to_string()),
+        }
+    }
+
+    /// The wire text, exactly as the row carried it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            JobType::Diagnostic => "diagnostic",
+            JobType::ModelRun => "model_run",
+            JobType::SubagentRun => "subagent_run",
+            JobType::SubagentCancel => "subagent_cancel",
+            JobType::ShellExec => "shell_exec",
+            JobType::ShellSession => "shell_session",
+            JobType::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for JobType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 fn req_str(o: &Map<String, Value>, k: &str) -> Result<String, String> {
     match o.get(k) {
@@ -46,11 +116,10 @@ pub fn decode_job(v: &Value) -> Result<JobRow, String> {
     let o = v.as_object().ok_or("the row is not a JSON object")?;
     let id = req_str(o, "id")?;
     let team_id = req_str(o, "team_id")?;
-    let job_type = req_str(o, "job_type")?;
+    let job_type = JobType::parse(&req_str(o, "job_type")?);
     let status = req_str(o, "status")?;
-    if !STATUSES.contains(&status.as_str()) {
-        return Err(format!("`status` {status:?} is not a job status"));
-    }
+    let status = JobStatus::parse(&status)
+        .ok_or_else(|| format!("`status` {status:?} is not a job status"))?;
     let gateway_id = opt_str(o, "gateway_id")?.filter(|s| !s.is_empty());
     let payload = match o.get("payload") {
         Some(p @ Value::Object(_)) => p.clone(),

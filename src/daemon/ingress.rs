@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::shared::Shared;
 use super::{cancels, outbox};
-use crate::backend::jobs::{self as wire, JobRow, Level};
+use crate::backend::jobs::{self as wire, JobRow, JobStatus, JobType, Level};
 use crate::backend::realtime::ReaderHooks;
 use crate::backend::Error;
 use crate::util::lock;
@@ -44,7 +44,9 @@ pub(super) struct IngressState {
 
 /// Takes a job from realtime or reconcile: only this gateway's queued jobs, once.
 fn offer(s: &Arc<Shared>, job: JobRow) {
-    if job.status != "queued" || job.gateway_id.as_deref() != Some(s.session.gateway_id.as_str()) {
+    if job.status != JobStatus::Queued
+        || job.gateway_id.as_deref() != Some(s.session.gateway_id.as_str())
+    {
         return;
     }
     if !s.is_accepting() {
@@ -53,7 +55,7 @@ fn offer(s: &Arc<Shared>, job: JobRow) {
     if !lock(&s.ingress.seen).insert(job.id.clone()) {
         return;
     }
-    if job.job_type == "subagent_cancel" {
+    if job.job_type == JobType::SubagentCancel {
         // Bypasses the queue and the concurrency limit, into the bounded cancel pool.
         let id = job.id.clone();
         if !cancels::offer(s, job) {

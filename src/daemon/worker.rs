@@ -13,7 +13,7 @@ use serde_json::json;
 use super::outbox;
 use super::runtime::{RESTART_JOB_ERROR, SHUTDOWN_JOB_ERROR};
 use super::shared::Shared;
-use crate::backend::jobs::{self as wire, JobRow};
+use crate::backend::jobs::{self as wire, JobRow, JobType};
 use crate::backend::{Backoff, Error};
 use crate::exec::CancelToken;
 use crate::jobs::{self, journal, FinalStatus, JobContext, Outcome};
@@ -122,7 +122,7 @@ pub(super) fn process(s: &Shared, job: JobRow) {
     // crash. The entry goes once the result is delivered or spooled (the outbox).
     s.journal.begin(journal::Entry::job(
         &job.id,
-        &job.job_type,
+        job.job_type.as_str(),
         &started_at,
         &job.payload,
     ));
@@ -155,7 +155,7 @@ pub(super) fn process(s: &Shared, job: JobRow) {
     };
     let cancel = CancelToken::new();
     s.jobs
-        .insert(&claimed.id, cancel.clone(), &claimed.job_type);
+        .insert(&claimed.id, cancel.clone(), claimed.job_type.as_str());
     s.push_status(false);
     log::info!(target: "worker", "job started id={} type={} t_ms={}", claimed.id, claimed.job_type, unix_ms());
     let t0 = Instant::now();
@@ -163,7 +163,9 @@ pub(super) fn process(s: &Shared, job: JobRow) {
     let outcome = if cancel.is_cancelled() && s.shutdown.is_immediate() {
         Outcome {
             status: FinalStatus::Failed,
-            result: Some(json!({ "message": SHUTDOWN_JOB_ERROR, "job_type": claimed.job_type })),
+            result: Some(
+                json!({ "message": SHUTDOWN_JOB_ERROR, "job_type": claimed.job_type.as_str() }),
+            ),
             error: Some(SHUTDOWN_JOB_ERROR.into()),
             debug: outcome.debug,
         }
@@ -186,8 +188,11 @@ pub(super) fn process(s: &Shared, job: JobRow) {
         FinalStatus::Completed => s.jobs.completed.fetch_add(1, Ordering::SeqCst),
         _ => s.jobs.failed.fetch_add(1, Ordering::SeqCst),
     };
-    s.metrics
-        .job_finished(&claimed.job_type, outcome.status.as_str(), t0.elapsed());
+    s.metrics.job_finished(
+        claimed.job_type.as_str(),
+        outcome.status.as_str(),
+        t0.elapsed(),
+    );
     log::info!(target: "worker", "job finished id={} type={} status={} duration_ms={}", claimed.id, claimed.job_type, outcome.status.as_str(), t0.elapsed().as_millis());
     job_gone(s, &claimed.id);
     s.push_status(false);
@@ -200,7 +205,8 @@ pub(super) fn process(s: &Shared, job: JobRow) {
 /// the wait; a claim that landed unseen is then failed by the next start's recovery.
 fn resolve_claim(s: &Shared, job: &JobRow, started_at: &str, first: &Error) -> Option<JobRow> {
     log::warn!(target: "worker", "claim of job {} in doubt ({first}); checking whether it landed", job.id);
-    s.jobs.insert(&job.id, CancelToken::new(), &job.job_type);
+    s.jobs
+        .insert(&job.id, CancelToken::new(), job.job_type.as_str());
     let r = resolve_claim_loop(s, job, started_at);
     if r.is_none() {
         job_gone(s, &job.id);
@@ -242,7 +248,7 @@ fn resolve_claim_loop(s: &Shared, job: &JobRow, started_at: &str) -> Option<JobR
             wire::ClaimCheck::Malformed(why) => {
                 log::warn!(target: "worker", "claimed job {} has a malformed row ({why}); failing it", job.id);
                 let o = jobs::processing_failed(
-                    &job.job_type,
+                    job.job_type.as_str(),
                     &format!("malformed gateway job row: {why}"),
                 );
                 let body =
@@ -268,7 +274,7 @@ fn resolve_claim_loop(s: &Shared, job: &JobRow, started_at: &str) -> Option<JobR
 }
 
 fn run_handler(s: &Shared, job: &JobRow, cancel: &CancelToken) -> Outcome {
-    if job.job_type != "subagent_cancel" {
+    if job.job_type != JobType::SubagentCancel {
         match wire::idempotency_conflict(&s.session, job) {
             Ok(true) => {
                 let msg = "Duplicate gateway job idempotency key; skipping execution";
@@ -313,7 +319,7 @@ fn run_handler(s: &Shared, job: &JobRow, cancel: &CancelToken) -> Outcome {
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "the job handler panicked".into());
             log::error!(target: "worker", "handler of job {} ({}) panicked: {msg}", job.id, job.job_type);
-            jobs::processing_failed(&job.job_type, &msg)
+            jobs::processing_failed(job.job_type.as_str(), &msg)
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use crate::backend::jobs::JobType;
 use crate::exec::{CancelToken, Children};
 use crate::providers::{Registry, Stage};
 use crate::shutdown::Shutdown;
@@ -144,22 +145,22 @@ impl JobContext {
 
 /// Runs the handler for `job_type`. Unknown types fail with "Unsupported job type: X"
 /// (PROTOCOL.md §7). The worker catches panics around this call.
-pub fn dispatch(job_type: &str, payload: &Value, ctx: &JobContext) -> Outcome {
+pub fn dispatch(job_type: &JobType, payload: &Value, ctx: &JobContext) -> Outcome {
     // Claimed right after the start, while the CLIs are checked (off the start-up path):
     // these jobs need the CLIs, and a subagent run their health as the backend sees it.
     match job_type {
-        "diagnostic" | "model_run" => ctx.providers.wait_for(Stage::Discovered),
-        "subagent_run" => ctx.providers.wait_for(Stage::Checked),
+        JobType::Diagnostic | JobType::ModelRun => ctx.providers.wait_for(Stage::Discovered),
+        JobType::SubagentRun => ctx.providers.wait_for(Stage::Checked),
         _ => {}
     }
     match job_type {
-        "diagnostic" => diagnostic::handle(payload, ctx),
-        "model_run" => model_run::handle(payload, ctx),
-        "subagent_run" => subagent::handle_run(payload, ctx),
-        "subagent_cancel" => subagent::handle_cancel(payload, ctx),
-        "shell_exec" => shell::handle_exec(payload, ctx),
-        "shell_session" => shell::handle_session(payload, ctx),
-        other => unsupported(other),
+        JobType::Diagnostic => diagnostic::handle(payload, ctx),
+        JobType::ModelRun => model_run::handle(payload, ctx),
+        JobType::SubagentRun => subagent::handle_run(payload, ctx),
+        JobType::SubagentCancel => subagent::handle_cancel(payload, ctx),
+        JobType::ShellExec => shell::handle_exec(payload, ctx),
+        JobType::ShellSession => shell::handle_session(payload, ctx),
+        JobType::Other(other) => unsupported(other),
     }
 }
 
@@ -191,7 +192,18 @@ pub fn processing_failed(job_type: &str, message: &str) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use super::ControlState;
+    use super::{ControlState, FinalStatus};
+
+    #[test]
+    fn an_unknown_job_type_fails_with_the_reference_wire_text() {
+        let o = super::unsupported("noop");
+        assert_eq!(o.status, FinalStatus::Failed);
+        assert_eq!(
+            o.result,
+            Some(serde_json::json!({"message": "Unsupported job type", "job_type": "noop"}))
+        );
+        assert_eq!(o.error.as_deref(), Some("Unsupported job type: noop"));
+    }
 
     #[test]
     fn machine_control_needs_every_layer() {

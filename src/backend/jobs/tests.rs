@@ -17,6 +17,51 @@ fn decodes_a_full_row() {
     assert_eq!(j.gateway_id.as_deref(), Some("g"));
     assert_eq!(j.attempt, Some(1));
     assert_eq!(j.payload, json!({}));
+    assert_eq!(j.status, JobStatus::Queued);
+    assert_eq!(j.job_type, JobType::Diagnostic);
+}
+
+#[test]
+fn job_types_are_typed_and_an_unknown_one_is_kept_as_sent() {
+    for (text, ty) in [
+        ("diagnostic", JobType::Diagnostic),
+        ("model_run", JobType::ModelRun),
+        ("subagent_run", JobType::SubagentRun),
+        ("subagent_cancel", JobType::SubagentCancel),
+        ("shell_exec", JobType::ShellExec),
+        ("shell_session", JobType::ShellSession),
+    ] {
+        let mut r = row();
+        r["job_type"] = json!(text);
+        let j = decode_job(&r).unwrap();
+        assert_eq!(j.job_type, ty);
+        assert_eq!(j.job_type.as_str(), text);
+    }
+    // Not one of ours (case and spaces count): the row decodes, the type is echoed verbatim
+    // so only that job fails with "Unsupported job type: <type>".
+    for text in ["noop", "Diagnostic", " model_run"] {
+        let mut r = row();
+        r["job_type"] = json!(text);
+        let j = decode_job(&r).unwrap();
+        assert_eq!(j.job_type, JobType::Other(text.into()));
+        assert_eq!(j.job_type.to_string(), text);
+    }
+    for (text, st) in [
+        ("running", JobStatus::Running),
+        ("completed", JobStatus::Completed),
+        ("failed", JobStatus::Failed),
+        ("cancelled", JobStatus::Cancelled),
+    ] {
+        let mut r = row();
+        r["status"] = json!(text);
+        assert_eq!(decode_job(&r).unwrap().status, st);
+    }
+    let mut r = row();
+    r["job_type"] = json!(" ");
+    assert_eq!(
+        decode_job(&r).unwrap_err(),
+        "`job_type` is not a non-empty string"
+    );
 }
 
 #[test]

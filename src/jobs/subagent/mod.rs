@@ -16,12 +16,16 @@ use serde_json::{json, Map, Value};
 
 pub mod active;
 mod cancel;
+mod execute;
 mod failure;
+mod finalize;
 mod run;
 
 pub use cancel::handle_cancel;
 use cancel::*;
+use execute::*;
 use failure::*;
+use finalize::*;
 use run::*;
 
 use super::{FinalStatus, JobContext, Outcome};
