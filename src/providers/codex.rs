@@ -528,6 +528,17 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn web_search_setting_follows_the_cli_generation() {
+        let modern = Flags(vec![("ephemeralFlag", true)]);
+        let old = Flags(vec![("ephemeralFlag", false)]);
+        assert_eq!(web_search(&modern, false), "web_search=\"disabled\"");
+        assert_eq!(web_search(&modern, true), "web_search=\"live\"");
+        // CLIs before 0.171 (no --ephemeral) only know the feature flag.
+        assert_eq!(web_search(&old, false), "features.web_search_request=false");
+        assert_eq!(web_search(&old, true), "features.web_search_request=true");
+    }
+
+    #[test]
     fn strict_schema_closes_every_object_schema_and_changes_nothing_else() {
         let input = json!({
             "type": "object",

@@ -69,7 +69,10 @@ fn flag_sets(id: ProviderId) -> Vec<Flags> {
 fn assert_safe(args: &[String], ctx: &str) {
     for (i, a) in args.iter().enumerate() {
         if i > 0 && args[i - 1] == "resume" {
-            assert!(crate::util::is_uuid(a), "{ctx}: resume id {a:?} in {args:?}");
+            assert!(
+                crate::util::is_uuid(a),
+                "{ctx}: resume id {a:?} in {args:?}"
+            );
             continue;
         }
         let name = a.split_once('=').map_or(a.as_str(), |(n, _)| n);
@@ -380,7 +383,10 @@ fn subagent_argv_per_cli_restricted_and_full() {
     let p = plan(ProviderId::Gemini, false, None, &g).unwrap();
     // No --sandbox (it needs a container runtime); plan mode in a trusted folder; a new
     // session of the gateway's naming.
-    assert_eq!(p.args[..2], ["--output-format=json", "--approval-mode=plan"]);
+    assert_eq!(
+        p.args[..2],
+        ["--output-format=json", "--approval-mode=plan"]
+    );
     let sid = p.args[2].strip_prefix("--session-id=").unwrap();
     assert!(crate::util::is_rfc4122_uuid(sid), "{:?}", p.args);
     assert_eq!(p.args.len(), 3);
@@ -390,7 +396,10 @@ fn subagent_argv_per_cli_restricted_and_full() {
         .contains(&("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())));
     assert_eq!(p.stdin, b"hi");
     let p = plan(ProviderId::Gemini, true, None, &g).unwrap();
-    assert_eq!(p.args[..2], ["--output-format=json", "--approval-mode=yolo"]);
+    assert_eq!(
+        p.args[..2],
+        ["--output-format=json", "--approval-mode=yolo"]
+    );
 }
 
 #[test]
@@ -414,7 +423,13 @@ fn continuations_resume_by_id_for_every_cli() {
     };
     // Codex thread ids are version-7 UUIDs.
     let thread = "01a24385-2906-7721-97c3-d49ef42cd31d";
-    let p = plan(ProviderId::Codex, &cfg, Some(thread), &all(ProviderId::Codex)).unwrap();
+    let p = plan(
+        ProviderId::Codex,
+        &cfg,
+        Some(thread),
+        &all(ProviderId::Codex),
+    )
+    .unwrap();
     assert_eq!(
         p.args,
         [
@@ -439,11 +454,20 @@ fn continuations_resume_by_id_for_every_cli() {
         &without(ProviderId::Codex, "resumeCommand"),
     )
     .unwrap_err();
-    assert!(e.contains("`codex exec resume`") && e.contains("Update Codex"), "{e}");
+    assert!(
+        e.contains("`codex exec resume`") && e.contains("Update Codex"),
+        "{e}"
+    );
     // A subagent that asked for no session: ephemeral, nothing reported.
     let mut no_session = cfg.clone();
     no_session["no_session_persistence"] = json!(true);
-    let p = plan(ProviderId::Codex, &no_session, None, &all(ProviderId::Codex)).unwrap();
+    let p = plan(
+        ProviderId::Codex,
+        &no_session,
+        None,
+        &all(ProviderId::Codex),
+    )
+    .unwrap();
     assert!(p.args.contains(&"--ephemeral".to_string()), "{:?}", p.args);
     assert_eq!(p.session, SessionReport::Output);
 
@@ -465,7 +489,10 @@ fn continuations_resume_by_id_for_every_cli() {
         &without(ProviderId::Gemini, "resumeFlag"),
     )
     .unwrap_err();
-    assert!(e.contains("`--resume`") && e.contains("Update Gemini CLI"), "{e}");
+    assert!(
+        e.contains("`--resume`") && e.contains("Update Gemini CLI"),
+        "{e}"
+    );
     // config.session_id names a first run's session.
     let mut named = cfg.clone();
     named["session_id"] = json!(thread);
@@ -484,23 +511,26 @@ fn continuations_resume_by_id_for_every_cli() {
 
     // Hostile resume ids fail naming the field, for every CLI, and never reach the argv.
     for id in IDS {
-        for h in hostile_values()
-            .into_iter()
-            .chain([
-                "0b7c0000-0000-4000-8000-00000000000Z".to_string(),
-                format!("{thread}\n--yolo"),
-                format!("-{}", &thread[1..]),
-            ])
-        {
+        for h in hostile_values().into_iter().chain([
+            "0b7c0000-0000-4000-8000-00000000000Z".to_string(),
+            format!("{thread}\n--yolo"),
+            format!("-{}", &thread[1..]),
+        ]) {
             if h.trim().is_empty() {
                 continue;
             }
             let e = plan(id, &cfg, Some(&h), &all(id)).unwrap_err();
-            assert!(e.contains("Invalid metadata.session_id"), "{id:?} {h:?}: {e}");
+            assert!(
+                e.contains("Invalid metadata.session_id"),
+                "{id:?} {h:?}: {e}"
+            );
             let mut c = cfg.clone();
             c["resume_session_id"] = json!(h);
             let e = plan(id, &c, None, &all(id)).unwrap_err();
-            assert!(e.contains("Invalid config.resume_session_id"), "{id:?} {h:?}: {e}");
+            assert!(
+                e.contains("Invalid config.resume_session_id"),
+                "{id:?} {h:?}: {e}"
+            );
         }
     }
 }
@@ -520,19 +550,41 @@ fn a_completed_run_reports_the_session_it_printed() {
         session,
     };
     let t = "01a24385-2906-7721-97c3-d49ef42cd31d";
-    let jsonl = format!("{{\"type\":\"thread.started\",\"thread_id\":\"{t}\"}}\n{{\"type\":\"turn.started\"}}");
+    let jsonl = format!(
+        "{{\"type\":\"thread.started\",\"thread_id\":\"{t}\"}}\n{{\"type\":\"turn.started\"}}"
+    );
     let printed = plan(SessionReport::Printed);
-    assert_eq!(printed.session_id(ProviderId::Codex, &jsonl, ""), Some(t.into()));
+    assert_eq!(
+        printed.session_id(ProviderId::Codex, &jsonl, ""),
+        Some(t.into())
+    );
     let banner = format!("OpenAI Codex v0.171.0\n--------\nsession id: {t}\n--------\n");
-    assert_eq!(printed.session_id(ProviderId::Codex, "hi", &banner), Some(t.into()));
+    assert_eq!(
+        printed.session_id(ProviderId::Codex, "hi", &banner),
+        Some(t.into())
+    );
     let envelope = format!("{{\n  \"session_id\": \"{t}\",\n  \"response\": \"hi\"\n}}");
-    assert_eq!(printed.session_id(ProviderId::Gemini, &envelope, ""), Some(t.into()));
-    let init = format!("{{\"type\":\"init\",\"session_id\":\"{t}\",\"model\":\"auto\"}}\n{{\"type\":\"result\"}}");
-    assert_eq!(printed.session_id(ProviderId::Gemini, &init, ""), Some(t.into()));
+    assert_eq!(
+        printed.session_id(ProviderId::Gemini, &envelope, ""),
+        Some(t.into())
+    );
+    let init = format!(
+        "{{\"type\":\"init\",\"session_id\":\"{t}\",\"model\":\"auto\"}}\n{{\"type\":\"result\"}}"
+    );
+    assert_eq!(
+        printed.session_id(ProviderId::Gemini, &init, ""),
+        Some(t.into())
+    );
     // Anything that is not a UUID is not reported.
     let odd = "{\"type\":\"thread.started\",\"thread_id\":\"--resume\"}";
-    assert_eq!(printed.session_id(ProviderId::Codex, odd, "session id: -x"), None);
-    assert_eq!(plan(SessionReport::Output).session_id(ProviderId::Codex, &jsonl, ""), None);
+    assert_eq!(
+        printed.session_id(ProviderId::Codex, odd, "session id: -x"),
+        None
+    );
+    assert_eq!(
+        plan(SessionReport::Output).session_id(ProviderId::Codex, &jsonl, ""),
+        None
+    );
     assert_eq!(
         plan(SessionReport::Known(t.into())).session_id(ProviderId::Gemini, "", ""),
         Some(t.into())

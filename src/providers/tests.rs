@@ -313,7 +313,8 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
             "--sandbox=read-only",
             "--skip-git-repo-check",
             "--config=features.shell_tool=false",
-            "--config=features.web_search_request=false",
+            "--config=web_search=\"disabled\"",
+            "--ephemeral",
             "--output-schema=schema.json",
             "--output-last-message=output.json",
             "-"
@@ -518,7 +519,8 @@ fn codex_file_mode_argv_schema_file_and_result() {
             "--model=gpt-5-codex",
             "--config=model_reasoning_effort=\"high\"",
             "--config=features.shell_tool=false",
-            "--config=features.web_search_request=false",
+            "--config=web_search=\"disabled\"",
+            "--ephemeral",
             "--output-schema=schema.json",
             "--output-last-message=output.json",
             "-"
