@@ -117,8 +117,8 @@ fn model_run_fields_never_become_options() {
                         });
                     }
                     let ctx = format!("{id:?} {field}={h:?}");
-                    let (pid, mut req) = match crate::jobs::model_run::parse_payload(&p) {
-                        Ok(x) => x,
+                    let (pid, mut req) = match crate::jobs::model_run::ModelRunPayload::parse(&p) {
+                        Ok(x) => (x.provider, x.request),
                         // Empty prompt/model: refused before any argv exists.
                         Err(o) => {
                             assert!(h.is_empty(), "{ctx}: {o:?}");
@@ -147,7 +147,8 @@ fn model_run_fields_never_become_options() {
     // The schema: JSON text inside `--json-schema=…` or a file, NUL refused.
     let p = json!({"prompt": "p", "model": "claude-x",
                    "json_schema": {"type": "object", "description": "x\0--mcp-config={}"}});
-    let (id, req) = crate::jobs::model_run::parse_payload(&p).unwrap();
+    let job = crate::jobs::model_run::ModelRunPayload::parse(&p).unwrap();
+    let (id, req) = (job.provider, job.request);
     let flags = &flag_sets(id)[0];
     // serde_json escapes NUL as \u0000: the argument carries no NUL and stays one element.
     let plan = build_plan(id, &req, Path::new("cli"), flags).unwrap();

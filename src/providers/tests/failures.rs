@@ -24,10 +24,11 @@ fn payload_validation_errors() {
         json!({"prompt": "p", "model": "x", "output_format": "JSON"}),
     );
     assert_eq!(o.error.as_deref(), Some("Missing json_schema"));
-    let (p, req) =
-        crate::jobs::model_run::parse_payload(&json!({"prompt": "p", "model": "gemini-x",
+    let job =
+        crate::jobs::model_run::ModelRunPayload::parse(&json!({"prompt": "p", "model": "gemini-x",
         "provider": "nope", "output_format": "text", "timeout_ms": -5, "reasoning_effort": "max"}))
         .unwrap();
+    let (p, req) = (job.provider, job.request);
     assert_eq!(p, ProviderId::Gemini);
     assert_eq!(req.timeout, Duration::from_millis(110_000));
     assert_eq!(req.reasoning_effort, None);
