@@ -310,6 +310,21 @@ fn validation_outcomes_follow_the_documented_order() {
     // 1: no subagent id.
     let missing =
         w.b.insert_job(&w.team, &w.gid, "subagent_run", json!({"run_id": uuid()}));
+    // 1, typed at the door: a run id that is not text fails the job, naming the field.
+    let bad_run_id = w.b.insert_job(
+        &w.team,
+        &w.gid,
+        "subagent_run",
+        json!({"subagent_id": uuid(), "run_id": 42}),
+    );
+    // 2, typed at the door: a row field of the wrong type fails the run, naming the field.
+    let bad_row = w.subagent("badrow", restricted_config(), &[]);
+    w.b.admin(
+        "PATCH",
+        &format!("/rest/v1/subagents?id=eq.{}", bad_row.sid),
+        Some(json!({"input": {"prompt": 42, "run_id": bad_row.rid, "run_sequence": 1}})),
+    );
+    let bad_row_job = w.run_job(&bad_row);
     // 2: unknown subagent.
     let unknown = w.b.insert_job(
         &w.team,
@@ -360,6 +375,19 @@ fn validation_outcomes_follow_the_documented_order() {
     let j = wait_job_done(&w.b, &missing, JOB_WAIT);
     assert_eq!(j["status"], "failed");
     assert_eq!(j["error"], "Missing subagent_id in payload");
+    let j = wait_job_done(&w.b, &bad_run_id, JOB_WAIT);
+    assert_eq!(j["status"], "failed");
+    assert_eq!(
+        j["error"],
+        "Invalid run_id in payload: expected a string, got a number; send the run's UUID as text, or leave it out"
+    );
+    let j = wait_job_done(&w.b, &bad_row_job, JOB_WAIT);
+    assert_eq!(j["status"], "failed");
+    assert_eq!(
+        j["error"],
+        "Invalid input.prompt in the subagent row: expected a string, got a number; fix the subagent's row and start a new run"
+    );
+    assert_eq!(w.row("subagents", &bad_row.sid)["status"], "failed");
     let j = wait_job_done(&w.b, &unknown, JOB_WAIT);
     assert_eq!(j["status"], "cancelled");
     assert_eq!(j["result"]["message"], "Subagent not found");
@@ -400,7 +428,7 @@ fn validation_outcomes_follow_the_documented_order() {
     // Skipped jobs leave the subagents alone and never ran a CLI.
     assert_eq!(w.row("subagents", &idle.sid)["status"], "idle");
     assert_eq!(w.row("subagents", &mismatch.sid)["status"], "running");
-    for t in ["idle", "stale", "odd", "unaccepted", "mismatch"] {
+    for t in ["badrow", "idle", "stale", "odd", "unaccepted", "mismatch"] {
         assert!(w.records(t).is_empty(), "{t} ran a CLI");
     }
 }

@@ -6,7 +6,8 @@ use super::*;
 
 /// The validated inputs of a run.
 pub(super) struct Prepared {
-    pub(super) subagent: Value,
+    /// The subagent's metadata as the checks read it.
+    pub(super) subagent_metadata: Value,
     pub(super) subagent_id: String,
     pub(super) subagent_type: String,
     pub(super) provider: ProviderId,
@@ -52,23 +53,6 @@ impl Prepared {
     }
 }
 
-pub(super) fn run_sequence_of(input: &Value) -> Option<i64> {
-    let v = input
-        .get("run_sequence")
-        .or_else(|| input.get("runSequence"))?;
-    match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Value::String(x) => x.trim().parse::<f64>().ok().map(|f| f as i64),
-        _ => None,
-    }
-}
-
-pub(super) fn prompt_of(input: &Value) -> Option<String> {
-    ["prompt", "query", "task"]
-        .iter()
-        .find_map(|k| trimmed(s(input, k)))
-}
-
 /// Provider elevated-mode support (§3.8): None when supported, else the denial text.
 pub(super) fn elevated_denial(id: ProviderId, f: &Flags) -> Option<&'static str> {
     match id {
@@ -81,20 +65,19 @@ pub(super) fn elevated_denial(id: ProviderId, f: &Flags) -> Option<&'static str>
     }
 }
 
-/// A `subagent_run` job, top-down: the payload, the subagent's turn, the checks in the
+/// A `subagent_run` job whose payload was read (step 1), top-down: the subagent's turn, the checks in the
 /// documented order, the start, the CLI run, then finalize and the run events. Err = the job
 /// could not be processed at all.
-pub(super) fn run_job(session: &Session, payload: &Value, ctx: &JobContext) -> Result<End, String> {
-    // 1.
-    let Some(subagent_id) = subagent_id_of(payload) else {
-        return Ok(fail_msg("Missing subagent_id in payload"));
-    };
-    let payload_run_id = trimmed(s(payload, "run_id").or_else(|| s(payload, "runId")));
-    let _turn = match wait_for_turn(ctx, &subagent_id) {
+pub(super) fn run_job(
+    session: &Session,
+    req: &RunPayload,
+    ctx: &JobContext,
+) -> Result<End, String> {
+    let _turn = match wait_for_turn(ctx, &req.subagent_id) {
         Ok(guard) => guard,
         Err(end) => return Ok(end),
     };
-    let checked = match check(session, ctx, &subagent_id, payload_run_id) {
+    let checked = match check(session, ctx, req) {
         Ok(c) => c,
         Err(end) => return Ok(end),
     };
@@ -131,21 +114,17 @@ fn wait_for_turn(ctx: &JobContext, subagent_id: &str) -> Result<active::ActiveGu
 /// as read, and what the CLI plan is built from.
 pub(super) struct Checked {
     pub(super) prep: Prepared,
-    metadata: Value,
+    metadata: SubagentMeta,
     flags: Flags,
     layers_on: Layers,
 }
 
 /// Steps 2–16 in the documented order: the subagent (steps 2–8), the gateway's control row
 /// and machine control (9–13), the atomically accepted run (14–16). Err = how the run ends.
-fn check(
-    session: &Session,
-    ctx: &JobContext,
-    subagent_id: &str,
-    payload_run_id: Option<String>,
-) -> Result<Checked, End> {
+fn check(session: &Session, ctx: &JobContext, req: &RunPayload) -> Result<Checked, End> {
     let me = session.gateway_id.clone();
-    let sub = check_subagent(session, &me, subagent_id, payload_run_id.as_deref())?;
+    let subagent_id = req.subagent_id.as_str();
+    let sub = check_subagent(session, &me, subagent_id, req.run_id.as_deref())?;
     let Machine {
         config,
         flags,
@@ -153,19 +132,17 @@ fn check(
         fc_denied,
         fc_effective,
         layers_on,
-    } = machine_control(session, &me, &sub.row, sub.provider, ctx, subagent_id)?;
+    } = machine_control(session, &me, sub.config, sub.provider, ctx, subagent_id)?;
     let (run_id, run_sequence) = check_accepted_run(
         session,
         subagent_id,
-        payload_run_id,
+        req.run_id.clone(),
         &sub.input,
         &sub.prompt,
     )?;
     let prep = Prepared {
-        team_id: s(&sub.row, "team_id")
-            .unwrap_or(&session.team_id)
-            .to_string(),
-        subagent: sub.row,
+        team_id: sub.team_id.unwrap_or_else(|| session.team_id.clone()),
+        subagent_metadata: sub.metadata.all.clone(),
         subagent_id: subagent_id.to_string(),
         subagent_type: sub.subagent_type,
         provider: sub.provider,
@@ -190,13 +167,14 @@ fn check(
 
 /// What steps 2–8 learn about the subagent.
 struct SubagentChecked {
-    row: Value,
+    team_id: Option<String>,
     assigned: Option<String>,
-    metadata: Value,
+    metadata: SubagentMeta,
     subagent_type: String,
     provider: ProviderId,
     adapter_id: &'static str,
-    input: Value,
+    config: Value,
+    input: SubagentInput,
     prompt: String,
     resume: Option<String>,
 }
@@ -211,7 +189,7 @@ fn check_subagent(
     payload_run_id: Option<&str>,
 ) -> Result<SubagentChecked, End> {
     // 2.
-    let sub = match wire::load_subagent(
+    let raw = match wire::load_subagent(
         session,
         subagent_id,
         "id,team_id,gateway_id,owner_agent_id,subagent_type,status,config,input,metadata",
@@ -230,8 +208,23 @@ fn check_subagent(
             ))
         }
     };
+    let sub = match SubagentRow::parse(&raw) {
+        Ok(row) => row,
+        Err(e) => {
+            let m = format!("{e}; fix the subagent's row and start a new run");
+            // §5.4 marks only this gateway's subagent failed: another's row is not ours.
+            return Err(End {
+                outcome: outcome(
+                    FinalStatus::Failed,
+                    json!({"message": m, "subagent_id": subagent_id}),
+                    Some(m),
+                ),
+                fail_subagent: s(&raw, "gateway_id") == Some(me),
+            });
+        }
+    };
     // 3.
-    let assigned = s(&sub, "gateway_id").map(String::from);
+    let assigned = sub.gateway_id;
     if assigned.as_deref() != Some(me) {
         let m = "Subagent is assigned to a different gateway";
         return Err(skip(
@@ -239,10 +232,10 @@ fn check_subagent(
             m,
         ));
     }
-    let metadata = sub.get("metadata").cloned().unwrap_or(json!({}));
-    let current_run_id = trimmed(s(&metadata, "current_run_id"));
+    let metadata = sub.metadata;
+    let current_run_id = &metadata.current_run_id;
     // 4.
-    let status = s(&sub, "status").unwrap_or("unknown").to_string();
+    let status = sub.status;
     if status != "running" {
         let m = format!("Subagent status changed before queued job execution (status={status})");
         return Err(skip(
@@ -251,7 +244,7 @@ fn check_subagent(
         ));
     }
     // 5.
-    if let (Some(p), Some(c)) = (payload_run_id, &current_run_id) {
+    if let (Some(p), Some(c)) = (payload_run_id, current_run_id) {
         if p != c {
             let m = "Queued subagent job no longer matches the subagent current_run_id";
             return Err(skip(
@@ -261,7 +254,7 @@ fn check_subagent(
         }
     }
     // 6.
-    let subagent_type = s(&sub, "subagent_type").unwrap_or("").to_string();
+    let subagent_type = sub.subagent_type;
     let Some((provider, adapter_id)) = adapter_for(&subagent_type) else {
         return Err(fail(
             json!({"message": "Unsupported subagent type", "subagent_type": subagent_type}),
@@ -269,12 +262,12 @@ fn check_subagent(
         ));
     };
     // 7.
-    let input = sub.get("input").cloned().unwrap_or(json!({}));
-    let Some(prompt) = prompt_of(&input) else {
+    let input = sub.input;
+    let Some(prompt) = input.prompt.clone() else {
         return Err(fail_msg("Missing prompt in subagent input"));
     };
     // 8.
-    let resume = trimmed(s(&metadata, "session_id"));
+    let resume = metadata.session_id.clone();
     if resume.is_some() && provider != ProviderId::Claude {
         return Err(fail(
             json!({"message": "Subagent does not support continuation"}),
@@ -282,12 +275,13 @@ fn check_subagent(
         ));
     }
     Ok(SubagentChecked {
-        row: sub,
+        team_id: sub.team_id,
         assigned,
         metadata,
         subagent_type,
         provider,
         adapter_id,
+        config: sub.config,
         input,
         prompt,
         resume,
@@ -301,16 +295,16 @@ fn check_accepted_run(
     session: &Session,
     subagent_id: &str,
     payload_run_id: Option<String>,
-    input: &Value,
+    input: &SubagentInput,
     prompt: &str,
 ) -> Result<(String, i64), End> {
     // 14.
     let run_id = payload_run_id
         .filter(|r| is_rfc4122_uuid(r))
-        .or_else(|| trimmed(s(input, "run_id")).filter(|r| is_rfc4122_uuid(r)))
+        .or_else(|| input.run_id.clone().filter(|r| is_rfc4122_uuid(r)))
         .unwrap_or_else(new_uuid_v4);
     // 15.
-    let Some(run_sequence) = run_sequence_of(input) else {
+    let Some(run_sequence) = input.run_sequence else {
         let m = "Accepted subagent run has no run sequence";
         return Err(skip(
             json!({"message": m, "subagent_id": subagent_id, "run_id": run_id}),
@@ -368,8 +362,12 @@ fn start<'a>(
     let prep = &checked.prep;
     // 17.
     let metadata = &checked.metadata;
-    let stored = (s(metadata, "cancel_run_id") == Some(prep.run_id.as_str()))
-        .then(|| trimmed(s(metadata, "cancel_reason")).unwrap_or_else(|| CANCELLED.into()));
+    let stored = (metadata.cancel_run_id.as_deref() == Some(prep.run_id.as_str())).then(|| {
+        metadata
+            .cancel_reason
+            .clone()
+            .unwrap_or_else(|| CANCELLED.into())
+    });
     let in_memory = ctx
         .subagent_runs
         .take_pending(&prep.run_id, &prep.subagent_id);
@@ -385,7 +383,7 @@ fn start<'a>(
         ctx.cancel.cancel();
     }
     // 19.
-    mark_started(session, prep, metadata)?;
+    mark_started(session, prep, &metadata.all)?;
     // 20.
     let mut em = Emitter {
         session,
@@ -487,7 +485,7 @@ pub(super) struct Machine {
 fn machine_control(
     session: &Session,
     me: &str,
-    sub: &Value,
+    config: Value,
     provider: ProviderId,
     ctx: &JobContext,
     subagent_id: &str,
@@ -517,7 +515,6 @@ fn machine_control(
         return Err(fail_msg(&reason));
     }
     // 13.
-    let config = sub.get("config").cloned().unwrap_or(json!({}));
     let fc_requested = lenient_bool(
         config
             .get("full_control")
@@ -586,7 +583,7 @@ pub(super) fn fail_run(session: &Session, prep: &Prepared, em: &mut Emitter, msg
     let extra = json!({"full_control_requested": prep.fc_requested, "full_control_effective": prep.fc_effective,
                        "full_control_denied_reason": prep.fc_denied});
     let run_meta = merged(Some(&prep.base_metadata()), &extra);
-    let sub_meta = merged(prep.subagent.get("metadata"), &extra);
+    let sub_meta = merged(Some(&prep.subagent_metadata), &extra);
     let mut errs = Vec::new();
     if let Err(e) = wire::update_where(
         session,
