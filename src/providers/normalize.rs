@@ -725,7 +725,10 @@ mod tests {
         let n = normalize(ProviderId::Codex, Format::Json, &out);
         assert_eq!(n.metadata["usage"], 5);
         assert_eq!(n.output["content_type"], "markdown");
-        assert_eq!(n.parse_error.as_deref(), Some("Failed to parse JSON output"));
+        assert_eq!(
+            n.parse_error.as_deref(),
+            Some("Failed to parse JSON output")
+        );
     }
 
     #[test]
