@@ -9,7 +9,8 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::argv::{self, Argv, InputError};
-use super::plan::{extract_object, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::normalize::{codex_answer, extract_object};
+use super::plan::{OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
 use super::subplan::{Format, SessionReport, SubPlan, SubagentRequest};
 use super::Flags;
 use crate::exec::CAPTURE_LIMIT;
@@ -471,31 +472,7 @@ pub fn parse(
             })
         }
         OutputMode::StreamJson => {
-            let mut last: Option<String> = None;
-            let mut usage = Value::Null;
-            for line in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                let Ok(Value::Object(ev)) = serde_json::from_str::<Value>(line) else {
-                    continue;
-                };
-                match ev.get("type").and_then(Value::as_str) {
-                    Some("item.completed") => {
-                        let item = ev.get("item");
-                        let is_msg = item.and_then(|i| i.get("type")).and_then(Value::as_str)
-                            == Some("agent_message");
-                        if let (true, Some(Value::String(t))) =
-                            (is_msg, item.and_then(|i| i.get("text")))
-                        {
-                            last = Some(t.clone());
-                        }
-                    }
-                    Some("turn.completed") => {
-                        if let Some(u) = ev.get("usage").filter(|u| u.is_object()) {
-                            usage = u.clone();
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let (last, usage) = codex_answer(stdout);
             let text =
                 last.ok_or_else(|| ParseError::bad("Codex JSONL output missing agent message"))?;
             let obj = extract_object(&text, true)

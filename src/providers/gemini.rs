@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::argv::{self, Argv, InputError};
-use super::plan::{strip_fence, OutputFormat, ParseError, Parsed, Plan, RunRequest};
+use super::normalize::{extract_with, parse_object, strip_fence};
+use super::plan::{OutputFormat, ParseError, Parsed, Plan, RunRequest};
 use super::subplan::{Format, SessionReport, SubPlan, SubagentRequest};
 use super::Flags;
 
@@ -252,8 +253,8 @@ pub fn parse(format: OutputFormat, stdout: &str) -> Result<Parsed, ParseError> {
     if format == OutputFormat::Text {
         return Ok(Parsed::text(stdout));
     }
-    let (env, first_model) = super::plan::extract_with(stdout, false, |t| {
-        super::plan::parse_object(t).map(|m| (m, first_model_key(t)))
+    let (env, first_model) = extract_with(stdout, false, |t| {
+        parse_object(t).map(|m| (m, first_model_key(t)))
     })
     .ok_or_else(|| ParseError::bad("Failed to parse Gemini JSON output"))?;
     let response = env.get("response").and_then(Value::as_str).unwrap_or("");
