@@ -561,7 +561,7 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
     assert_eq!(r["usage"], Value::Null, "file mode has no usage");
     assert_eq!(
         r["command"],
-        format!("{} exec --sandbox=read-only --skip-git-repo-check --model=gpt-5-codex --config=model_reasoning_effort=\"high\" --config=features.shell_tool=false --config=features.web_search_request=false --output-schema=schema.json --output-last-message=output.json -", w.cli("codex"))
+        format!("{} exec --sandbox=read-only --skip-git-repo-check --model=gpt-5-codex --config=model_reasoning_effort=\"high\" --config=features.shell_tool=false --config=web_search=\"disabled\" --ephemeral --output-schema=schema.json --output-last-message=output.json -", w.cli("codex"))
     );
     let rec = w.record(&codex_json);
     assert_eq!(rec["name"], "codex");
@@ -574,7 +574,8 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
             "--model=gpt-5-codex",
             "--config=model_reasoning_effort=\"high\"",
             "--config=features.shell_tool=false",
-            "--config=features.web_search_request=false",
+            "--config=web_search=\"disabled\"",
+            "--ephemeral",
             "--output-schema=schema.json",
             "--output-last-message=output.json",
             "-",
@@ -603,7 +604,8 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
             "--skip-git-repo-check",
             "--model=gpt-5-codex",
             "--config=features.shell_tool=false",
-            "--config=features.web_search_request=false",
+            "--config=web_search=\"disabled\"",
+            "--ephemeral",
             "-",
         ])
     );
