@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::argv::{self, Argv, InputError};
 use super::normalize::{extract_object, last_event, parse_object};
 use super::plan::{OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
-use super::subplan::{Format, SubPlan, SubagentRequest};
+use super::subplan::{Format, SessionReport, SubPlan, SubagentRequest};
 use super::Flags;
 
 /// The system prompt file in the work directory, when the CLI takes one.
@@ -390,6 +390,8 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         path_prepend: Vec::new(),
         format,
         timeout: r.timeout,
+        // Claude's `result` event carries its `session_id` (the normaliser reads it).
+        session: SessionReport::Output,
     })
 }
 

@@ -54,7 +54,8 @@ pub(super) fn run_cli(
     let root = ctx.providers.work_root().join("subagents");
     // One work directory per subagent, kept between its runs: Claude finds a session to
     // `--resume` only while the directory it was started in exists (Claude Code 2.1), and
-    // Gemini keys its sessions by directory. Left-overs are swept after 14 days.
+    // Gemini keys its sessions by directory (Codex finds its threads by id from anywhere).
+    // Left-overs are swept after 14 days.
     let work = root.join(&sid);
     sweep_stale_dirs(&root, &sid);
     let started = Instant::now();

@@ -262,6 +262,13 @@ fn finalize_body(
             patch.insert(k, v);
         }
     }
+    // The session a completed run started or continued: the next run of this subagent
+    // resumes it (Claude's comes from its `result` through the normaliser).
+    if verdict.status == "completed" {
+        if let Some(id) = plan.session_id(prep.provider, &cap.stdout, &cap.stderr) {
+            patch.insert("session_id".into(), json!(id));
+        }
+    }
     let final_error = verdict.final_error();
     let mut body = json!({
         "subagent_id": prep.subagent_id, "run_id": prep.run_id, "final_status": verdict.status,

@@ -180,8 +180,8 @@ struct SubagentChecked {
 }
 
 /// Steps 2–8: the subagent row loads, is assigned to this gateway, is running, still expects
-/// this queued job's run, has a supported type and a prompt, and asks for a continuation only
-/// where the provider supports one. Err = how the run ends.
+/// this queued job's run, has a supported type and a prompt; a `metadata.session_id` is the
+/// session to continue. Err = how the run ends.
 fn check_subagent(
     session: &Session,
     me: &str,
@@ -266,14 +266,10 @@ fn check_subagent(
     let Some(prompt) = input.prompt.clone() else {
         return Err(fail_msg("Missing prompt in subagent input"));
     };
-    // 8.
+    // 8. Every adapter continues natively here: Claude `--resume`, Codex `exec resume`, Gemini
+    // `--resume`, each in the subagent's own work directory (the reference refused Codex and
+    // Gemini). A CLI too old for it fails the run at step 22, naming what it lacks.
     let resume = metadata.session_id.clone();
-    if resume.is_some() && provider != ProviderId::Claude {
-        return Err(fail(
-            json!({"message": "Subagent does not support continuation"}),
-            "Subagent provider does not support continuation",
-        ));
-    }
     Ok(SubagentChecked {
         team_id: sub.team_id,
         assigned,
