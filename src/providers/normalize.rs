@@ -294,6 +294,14 @@ fn text_of_content(c: &Value) -> String {
     }
 }
 
+/// `key` of the last event of type `kind`, if that event has it.
+fn last_field<'a>(evs: &'a [Value], kind: &str, key: &str) -> Option<&'a Value> {
+    evs.iter()
+        .rev()
+        .find(|e| s(e, "type") == Some(kind))
+        .and_then(|e| e.get(key))
+}
+
 /// Claude stream events → run events (§3.3).
 fn claude_events(events: &[Value]) -> Vec<(String, Value)> {
     let mut out: Vec<(String, Value)> = Vec::new();
@@ -528,12 +536,7 @@ fn codex(format: Format, stdout: &str, base_md: Map<String, Value>) -> Normalize
         .unwrap_or_else(|| stdout.to_string());
     let (output, perr) = extract_json(&text, false);
     let mut md = base_md;
-    if let Some(u) = evs
-        .iter()
-        .rev()
-        .find(|e| s(e, "type") == Some("turn.completed"))
-        .and_then(|e| e.get("usage"))
-    {
+    if let Some(u) = last_field(&evs, "turn.completed", "usage") {
         md.insert("usage".into(), u.clone());
     }
     let events = evs
@@ -595,12 +598,7 @@ fn gemini(format: Format, stdout: &str, base_md: Map<String, Value>) -> Normaliz
         };
         let (output, perr) = extract_json(&text, false);
         let mut md = base_md;
-        if let Some(st) = evs
-            .iter()
-            .rev()
-            .find(|e| s(e, "type") == Some("result"))
-            .and_then(|e| e.get("stats"))
-        {
+        if let Some(st) = last_field(&evs, "result", "stats") {
             md.insert("usage".into(), st.clone());
         }
         return Normalized {
