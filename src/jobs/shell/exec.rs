@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::access::{check_resource, machine_control, Access};
+use super::access::{check_now, Access, Refusal};
 use super::{failed, pick_shell, resource_id, tmp_base, wants_secrets};
 use crate::exec;
 use crate::jobs::{FinalStatus, JobContext, Outcome};
@@ -99,19 +99,26 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
             &[],
         );
     }
-    if let Err(m) = machine_control(ctx, true) {
-        log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);
-        return failed(m, &[]);
+    // Machine control first, then the resource id, then the resource (the reference's order),
+    // from one parallel read of the two rows.
+    let rid = resource_id(payload);
+    match check_now(ctx, rid.as_deref().ok(), Access::Write) {
+        Ok(()) => {}
+        Err(Refusal::Control(m)) => {
+            log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);
+            return failed(m, &[]);
+        }
+        Err(Refusal::Resource(m)) => {
+            let rid = rid.as_deref().unwrap_or_default();
+            log::info!(target: "shell", "shell_exec denied job_id={} resource_id={rid} reason={m:?}", ctx.job_id);
+            return failed(&m, &[("resource_id", Value::String(rid.to_string()))]);
+        }
     }
-    let rid = match resource_id(payload) {
+    let rid = match rid {
         Ok(r) => r,
         Err(o) => return o,
     };
     let rid_v = Value::String(rid.clone());
-    if let Err(m) = check_resource(ctx, &rid, Access::Write) {
-        log::info!(target: "shell", "shell_exec denied job_id={} resource_id={rid} reason={m:?}", ctx.job_id);
-        return failed(&m, &[("resource_id", rid_v)]);
-    }
     let command = match payload.get("command").and_then(Value::as_str) {
         Some(c) if !c.trim().is_empty() => c.to_string(),
         _ => return failed("Missing command in payload", &[("resource_id", rid_v)]),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::access::{check_resource, machine_control, Access};
+use super::access::{check_now, check_resource, machine_control_last_read, Access, Refusal};
 use super::session::{NewSession, Sess, WRITE_TIMEOUT};
 use super::{failed, ok, resource_id, tmp_base, wants_secrets};
 use crate::exec::pty::{self, ReadOut, WinSize};
@@ -121,14 +121,23 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
     // a session can be closed after its resource or a toggle was switched off. It still only
     // reaches a session of the same team and resource. What acts on the machine (open, write,
     // resize) reads every layer now; what only looks uses the team toggle as last read.
+    // Acting reads both rows in one parallel read (machine control reported first).
     let closing = action == "close";
-    if !closing {
-        if let Err(m) = machine_control(ctx, access == Access::Write) {
+    let rid = resource_id(payload);
+    let checked = match access {
+        _ if closing => Ok(()),
+        Access::Write => check_now(ctx, rid.as_deref().ok(), access),
+        Access::Read => machine_control_last_read(ctx).map_err(Refusal::Control),
+    };
+    let resource_refused = match checked {
+        Ok(()) => None,
+        Err(Refusal::Control(m)) => {
             log::info!(target: "shell", "shell_session denied job_id={} action={action} reason={m:?}", ctx.job_id);
             return failed(m, &[("action", act)]);
         }
-    }
-    let rid = match resource_id(payload) {
+        Err(Refusal::Resource(m)) => Some(m),
+    };
+    let rid = match rid {
         Ok(r) => r,
         Err(o) => return o,
     };
@@ -139,7 +148,12 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
         .map(|s| s.team_id().to_string())
         .unwrap_or_default();
     if !closing {
-        if let Err(m) = check_resource(ctx, &rid, access) {
+        let checked = match resource_refused {
+            Some(m) => Err(m),
+            None if access == Access::Read => check_resource(ctx, &rid, access),
+            None => Ok(()),
+        };
+        if let Err(m) = checked {
             log::info!(target: "shell", "shell_session denied job_id={} action={action} resource_id={rid} reason={m:?}", ctx.job_id);
             // The resource no longer allows a shell here (not a passing read error): its
             // sessions go too.
