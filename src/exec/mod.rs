@@ -212,8 +212,14 @@ impl Children {
                     None
                 }
             });
-        // Signal at once too: the owning loop may be up to one tick away.
-        signal_group(e.pgid, libc::SIGTERM);
+        // Signal at once too: the owning loop may be up to one tick away. No grace: SIGKILL
+        // now (the pgid is still ours: the entry goes before the leader is reaped).
+        let sig = if grace.is_zero() {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        signal_group(e.pgid, sig);
     }
 
     /// SIGTERM the process groups of one job's children, SIGKILL after `grace`.
@@ -225,7 +231,8 @@ impl Children {
         }
     }
 
-    /// SIGTERM every registered process group, SIGKILL after `grace`; returns when all are gone.
+    /// SIGTERM every registered process group, SIGKILL after `grace` (at once when it is zero);
+    /// returns when all are gone.
     pub fn kill_all(&self, grace: std::time::Duration) {
         let mut g = self.lock();
         if g.is_empty() {
