@@ -142,8 +142,12 @@ fn a_result_the_backend_rejects_for_good_fails_the_job_instead_of_leaving_it_run
     arm_fake_claude(&gw);
     let id = b.insert_job(&team, &gid, "diagnostic", json!({"fresh": true}));
     wait_fake_claude_pid(&gw, "the fake CLI to start", 2);
-    // The completion is refused for good (as a result too large would be).
-    b.fault(json!({"fail_next": {"count": 1, "status": 413, "paths": "rest"}}));
+    // The completion is refused for good (as a result too large would be). Only the completion
+    // (a PATCH of gateway_jobs) takes the fault, whatever other REST call comes first.
+    b.fault(
+        json!({"fail_next": {"count": 1, "status": 413, "paths": "rest",
+        "method": "PATCH", "path_prefix": "/rest/v1/gateway_jobs"}}),
+    );
     let log_path = gw.config_dir().join("gateway.log");
     wait_for("the rejection in the log", Duration::from_secs(20), || {
         std::fs::read_to_string(&log_path)

@@ -88,6 +88,53 @@ fn fail_next_counts_and_path_classes() {
 }
 
 #[test]
+fn fail_next_can_be_narrowed_to_one_method_and_path_prefix() {
+    let b = Backend::start(&[]);
+    let g = b.pair(None);
+    b.fault(
+        json!({"fail_next": {"count": 1, "status": 413, "paths": "rest",
+        "method": "patch", "path_prefix": "/rest/v1/gateway_jobs"}}),
+    );
+    // Reads of the same table and other tables pass and leave the rule armed.
+    for path in ["/rest/v1/gateway_jobs", "/rest/v1/gateway_events"] {
+        let r = b.req("GET", path, &g.access_token, None);
+        assert_eq!(r.status, 200, "{path}");
+    }
+    assert_eq!(
+        b.service("GET", "/admin/v1/faults", None).json()["fail_next"],
+        json!([{"paths": ["rest"], "method": "PATCH", "path_prefix": "/rest/v1/gateway_jobs",
+                "remaining": 1, "status": 413}])
+    );
+    let r = b.req(
+        "PATCH",
+        "/rest/v1/gateway_jobs?id=eq.00000000-0000-4000-8000-000000000000",
+        &g.access_token,
+        Some(&json!({"status": "running"})),
+    );
+    assert_eq!(r.status, 413);
+    assert!(r.json()["message"].as_str().unwrap().contains("Injected"));
+    // Consumed: the same PATCH passes the fault layer now.
+    let r = b.req(
+        "PATCH",
+        "/rest/v1/gateway_jobs?id=eq.00000000-0000-4000-8000-000000000000",
+        &g.access_token,
+        Some(&json!({"status": "running"})),
+    );
+    assert_ne!(r.status, 413);
+    // A prefix that is not a path is refused, naming the field.
+    let r = b.service(
+        "POST",
+        "/admin/v1/faults",
+        Some(&json!({"fail_next": {"path_prefix": "gateway_jobs"}})),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("fail_next.path_prefix"));
+}
+
+#[test]
 fn delay_next_slows_requests() {
     let b = Backend::start(&[]);
     let g = b.pair(None);

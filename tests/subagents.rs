@@ -310,6 +310,21 @@ fn validation_outcomes_follow_the_documented_order() {
     // 1: no subagent id.
     let missing =
         w.b.insert_job(&w.team, &w.gid, "subagent_run", json!({"run_id": uuid()}));
+    // 1, typed at the door: a run id that is not text fails the job, naming the field.
+    let bad_run_id = w.b.insert_job(
+        &w.team,
+        &w.gid,
+        "subagent_run",
+        json!({"subagent_id": uuid(), "run_id": 42}),
+    );
+    // 2, typed at the door: a row field of the wrong type fails the run, naming the field.
+    let bad_row = w.subagent("badrow", restricted_config(), &[]);
+    w.b.admin(
+        "PATCH",
+        &format!("/rest/v1/subagents?id=eq.{}", bad_row.sid),
+        Some(json!({"input": {"prompt": 42, "run_id": bad_row.rid, "run_sequence": 1}})),
+    );
+    let bad_row_job = w.run_job(&bad_row);
     // 2: unknown subagent.
     let unknown = w.b.insert_job(
         &w.team,
@@ -360,6 +375,19 @@ fn validation_outcomes_follow_the_documented_order() {
     let j = wait_job_done(&w.b, &missing, JOB_WAIT);
     assert_eq!(j["status"], "failed");
     assert_eq!(j["error"], "Missing subagent_id in payload");
+    let j = wait_job_done(&w.b, &bad_run_id, JOB_WAIT);
+    assert_eq!(j["status"], "failed");
+    assert_eq!(
+        j["error"],
+        "Invalid run_id in payload: expected a string, got a number; send the run's UUID as text, or leave it out"
+    );
+    let j = wait_job_done(&w.b, &bad_row_job, JOB_WAIT);
+    assert_eq!(j["status"], "failed");
+    assert_eq!(
+        j["error"],
+        "Invalid input.prompt in the subagent row: expected a string, got a number; fix the subagent's row and start a new run"
+    );
+    assert_eq!(w.row("subagents", &bad_row.sid)["status"], "failed");
     let j = wait_job_done(&w.b, &unknown, JOB_WAIT);
     assert_eq!(j["status"], "cancelled");
     assert_eq!(j["result"]["message"], "Subagent not found");
@@ -400,7 +428,7 @@ fn validation_outcomes_follow_the_documented_order() {
     // Skipped jobs leave the subagents alone and never ran a CLI.
     assert_eq!(w.row("subagents", &idle.sid)["status"], "idle");
     assert_eq!(w.row("subagents", &mismatch.sid)["status"], "running");
-    for t in ["idle", "stale", "odd", "unaccepted", "mismatch"] {
+    for t in ["badrow", "idle", "stale", "odd", "unaccepted", "mismatch"] {
         assert!(w.records(t).is_empty(), "{t} ran a CLI");
     }
 }
@@ -692,7 +720,7 @@ fn codex_and_gemini_runs_complete_with_their_argv() {
         "{argv:?}"
     );
     assert!(
-        has_pair(&argv, "--config", "features.web_search_request=true"),
+        has_pair(&argv, "--config", "web_search=\"live\""),
         "{argv:?}"
     );
     assert!(argv.contains(&"--json".to_string()));
@@ -744,6 +772,102 @@ fn codex_and_gemini_runs_complete_with_their_argv() {
     let md = &w.row("subagent_runs", &cl.rid)["metadata"];
     assert_eq!(md["output_format"], "stream-json");
     assert_eq!(md["session_id"], "f1d2c3b4-0000-4000-8000-000000000000");
+}
+
+impl World {
+    /// What the backend writes to continue subagent `sid` with a new prompt (run `seq`):
+    /// the subagent running again with `session` as `metadata.session_id`, and an accepted
+    /// run. The fakes record under `tag`.
+    fn continuation(&self, sid: &str, seq: i64, tag: &str, session: &str) -> Sub {
+        let rid = uuid();
+        let prompt = self.prompt(tag, &[("FAKE_CLI_SESSIONS", "1")]);
+        let mut metadata = self.row("subagents", sid)["metadata"].clone();
+        metadata["current_run_id"] = json!(rid);
+        metadata["session_id"] = json!(session);
+        self.b.admin(
+            "PATCH",
+            &format!("/rest/v1/subagents?id=eq.{sid}"),
+            Some(json!({"status": "running", "metadata": metadata,
+                        "input": {"prompt": prompt, "run_id": rid, "run_sequence": seq}})),
+        );
+        let (st, v) = self.b.insert_row(
+            "subagent_runs",
+            json!({"id": rid, "subagent_id": sid, "team_id": self.team, "gateway_id": self.gid,
+                   "run_sequence": seq, "status": "running", "prompt": prompt}),
+        );
+        assert!((200..300).contains(&st), "insert run: {v}");
+        Sub {
+            sid: sid.to_string(),
+            rid,
+        }
+    }
+}
+
+/// Codex and Gemini continue natively (the reference refused both): a completed run reports
+/// its session as `metadata.session_id`, the next run of the subagent resumes exactly that one
+/// (`codex exec … resume <id> -`, `gemini --resume=<id>`) from the subagent's work directory,
+/// and a session the CLI never handed out fails the run with the CLI's own words. The fakes
+/// keep sessions like the real CLIs (codex by thread id in ~/.codex/sessions, gemini per
+/// directory in ~/.gemini/tmp) and only resume one they created.
+#[test]
+fn codex_and_gemini_continuations_resume_the_session_their_last_run_reported() {
+    let mut w = World::new(false);
+    w.start();
+    let mut config = restricted_config();
+    config.as_object_mut().unwrap().remove("permission_mode");
+    for (tag, kind, not_found) in [
+        ("cxcont", "codex_gateway", "no rollout found for thread id"),
+        ("gmcont", "gemini_gateway", "Invalid session identifier"),
+    ] {
+        let first = w.subagent_of(tag, kind, config.clone(), &[("FAKE_CLI_SESSIONS", "1")]);
+        let row = wait_job_done(&w.b, &w.run_job(&first), JOB_WAIT);
+        assert_eq!(row["status"], "completed", "{tag}: {row}");
+        let session = w.row("subagents", &first.sid)["metadata"]["session_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{tag}: no session reported"))
+            .to_string();
+        assert_eq!(
+            w.row("subagent_runs", &first.rid)["metadata"]["session_id"],
+            session.as_str()
+        );
+        let argv = w.argv(tag);
+        assert!(!argv.iter().any(|a| a == "--ephemeral"), "{tag}: {argv:?}");
+
+        let tag2 = format!("{tag}2");
+        let second = w.continuation(&first.sid, 2, &tag2, &session);
+        let row = wait_job_done(&w.b, &w.run_job(&second), JOB_WAIT);
+        assert_eq!(row["status"], "completed", "{tag2}: {row}");
+        assert_eq!(row["result"]["output"]["content"]["message"], "hi");
+        let argv = w.argv(&tag2);
+        if kind == "codex_gateway" {
+            let at = argv.iter().position(|a| a == "resume").expect("resume");
+            assert_eq!(
+                argv[at + 1..],
+                [session.clone(), "-".to_string()],
+                "{argv:?}"
+            );
+            assert!(argv[..at].contains(&"--sandbox=read-only".to_string()));
+        } else {
+            assert!(argv.contains(&format!("--resume={session}")), "{argv:?}");
+            assert!(!argv.iter().any(|a| a.starts_with("--session-id")));
+        }
+        assert_eq!(
+            w.records(tag)[0]["cwd"],
+            w.records(&tag2)[0]["cwd"],
+            "{tag}: one work directory per subagent"
+        );
+        let md = w.row("subagents", &first.sid)["metadata"].clone();
+        assert_eq!(md["session_id"], session.as_str(), "{md}");
+        assert_eq!(md["run_sequence"], 2);
+
+        // A session this CLI never handed out is not found: the run fails saying so.
+        let tag3 = format!("{tag}3");
+        let third = w.continuation(&first.sid, 3, &tag3, &uuid());
+        let row = wait_job_done(&w.b, &w.run_job(&third), JOB_WAIT);
+        assert_eq!(row["status"], "failed", "{tag3}: {row}");
+        let err = row["error"].as_str().unwrap();
+        assert!(err.contains(not_found), "{tag3}: {err}");
+    }
 }
 
 /// The emulator holds the gateway to the strict finalize body (subagents-shell.md §5.3).

@@ -122,7 +122,7 @@ pub(super) fn process(s: &Shared, job: JobRow) {
     // crash. The entry goes once the result is delivered or spooled (the outbox).
     s.journal.begin(journal::Entry::job(
         &job.id,
-        job.job_type.as_str(),
+        &job.job_type,
         &started_at,
         &job.payload,
     ));

@@ -14,6 +14,7 @@ mod capture;
 mod env;
 pub mod groups;
 pub mod pty;
+mod supervise;
 mod tmp;
 
 use capture::Capture;
@@ -21,6 +22,7 @@ pub use capture::{Spill, SpillFile};
 #[cfg(test)]
 use env::child_env_from;
 pub use env::{child_env, get_var, set_var, ENV_FILE_NAMES_VAR};
+use supervise::supervise;
 pub use tmp::{ensure_private_dir, write_private_file, PrivateDir};
 
 use std::ffi::OsString;
@@ -593,39 +595,6 @@ fn set_nonblocking(fd: i32) {
     }
 }
 
-/// Splits stdout into lines for a streaming parser, keeping at most [`LINE_LIMIT`] bytes of a
-/// partial line (the tail, so the end of an over-long line still parses as garbage, not as a
-/// different event).
-struct LineSplitter {
-    buf: Vec<u8>,
-}
-
-impl LineSplitter {
-    /// Returns true when the callback asked to stop the child.
-    fn feed(&mut self, data: &[u8], cb: &mut dyn FnMut(&str) -> bool) -> bool {
-        let mut rest = data;
-        let mut stop = false;
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            self.buf.extend_from_slice(&rest[..i]);
-            stop |= cb(&String::from_utf8_lossy(&self.buf));
-            self.buf.clear();
-            rest = &rest[i + 1..];
-        }
-        self.buf.extend_from_slice(rest);
-        if self.buf.len() > LINE_LIMIT {
-            let cut = self.buf.len() - LINE_LIMIT;
-            self.buf.drain(..cut);
-        }
-        stop
-    }
-    fn finish(&mut self, cb: &mut dyn FnMut(&str) -> bool) {
-        if !self.buf.is_empty() {
-            cb(&String::from_utf8_lossy(&self.buf));
-            self.buf.clear();
-        }
-    }
-}
-
 /// Runs a child to completion. See the module docs. `on_line` gets each complete stdout and
 /// stderr line (without the newline) as it arrives, and may stop the child.
 pub fn run(spec: Spec, on_line: Option<LineWatch<'_>>) -> Result<Output, SpawnError> {
@@ -676,220 +645,6 @@ pub fn run(spec: Spec, on_line: Option<LineWatch<'_>>) -> Result<Output, SpawnEr
     );
     drop(tmp);
     Ok(out)
-}
-
-fn supervise(
-    child: &mut Child,
-    pid: i32,
-    spec: &Spec,
-    (registration, kill_request): (Option<Registration<'_>>, Option<Arc<AtomicU64>>),
-    mut on_line: Option<LineWatch<'_>>,
-    started: Instant,
-) -> Output {
-    let mut out = Capture::new(child.stdout.take(), spec.capture_limit, spec.spill.clone());
-    let mut err = Capture::new(child.stderr.take(), spec.capture_limit, None);
-    let mut stdin = child.stdin.take();
-    if let Some(s) = &stdin {
-        set_nonblocking(s.as_raw_fd());
-    }
-    let input: &[u8] = spec.stdin.as_deref().unwrap_or(&[]);
-    let mut written = 0usize;
-    if input.is_empty() {
-        stdin = None; // closes it: the child sees EOF at once
-    }
-    let mut lines = LineSplitter { buf: Vec::new() };
-    let mut err_lines = LineSplitter { buf: Vec::new() };
-    // Set when the watcher asks to stop the child; acted on with the other stop reasons.
-    let mut abort = false;
-    let deadline = spec.timeout.map(|t| started + t);
-    let mut stop = Stop::None;
-    let mut kill_at: Option<Instant> = None;
-    let mut killed_hard = false;
-    let mut exited_at: Option<Instant> = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    let pidfd = pidfd_open(pid);
-    // Without a pidfd, an exit with no pipes left is noticed by sleeping in growing steps.
-    let mut idle_step = Duration::from_millis(1);
-
-    loop {
-        let now = Instant::now();
-        // Reasons to stop the child, first one wins.
-        if stop == Stop::None && exited_at.is_none() {
-            let asked = kill_request
-                .as_ref()
-                .map(|k| k.load(Ordering::SeqCst))
-                .unwrap_or(0);
-            let why = if deadline.is_some_and(|d| now >= d) {
-                Some((Stop::TimedOut, spec.grace))
-            } else if spec.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-                Some((Stop::Cancelled, spec.grace))
-            } else if asked > 0 {
-                Some((Stop::Killed, Duration::from_millis(asked - 1)))
-            } else if abort {
-                Some((Stop::Aborted, spec.grace))
-            } else {
-                None
-            };
-            if let Some((why, grace)) = why {
-                stop = why;
-                signal_group(pid, libc::SIGTERM);
-                kill_at = Some(now + grace);
-                stdin = None;
-            }
-        }
-        if !killed_hard && kill_at.is_some_and(|k| now >= k) {
-            signal_group(pid, libc::SIGKILL);
-            killed_hard = true;
-        }
-        if exited_at.is_none() && leader_exited(pid) {
-            exited_at = Some(now);
-            // Leftover members of the group (background grandchildren) go with the leader.
-            signal_group(pid, libc::SIGKILL);
-            killed_hard = true;
-            stdin = None;
-        }
-        let pipes_open = out.pipe.is_some() || err.pipe.is_some();
-        if exited_at.is_some() && !pipes_open {
-            break;
-        }
-        if exited_at.is_some_and(|t| now >= t + DRAIN_AFTER_EXIT) {
-            // Someone outside the group holds the pipes; stop waiting for them.
-            log::warn!(target: "exec", "output pipes still open after exit, giving up on them pid={pid}");
-            break;
-        }
-
-        // Wait for data, room on stdin, or the next tick.
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
-        let mut slots = [usize::MAX; 3];
-        if let (Some(p), None) = (&pidfd, exited_at) {
-            fds.push(libc::pollfd {
-                fd: p.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        if let Some(p) = &out.pipe {
-            slots[0] = fds.len();
-            fds.push(libc::pollfd {
-                fd: p.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        if let Some(p) = &err.pipe {
-            slots[1] = fds.len();
-            fds.push(libc::pollfd {
-                fd: p.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        if let Some(s) = &stdin {
-            slots[2] = fds.len();
-            fds.push(libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            });
-        }
-        let mut wait = TICK;
-        for t in [deadline, kill_at].into_iter().flatten() {
-            wait = wait.min(t.saturating_duration_since(now));
-        }
-        // Round up so we do not spin on a sub-millisecond remainder.
-        let ms = (wait.as_micros().div_ceil(1000)) as libc::c_int;
-        if fds.is_empty() {
-            std::thread::sleep(idle_step.min(Duration::from_millis(ms.max(1) as u64)));
-            idle_step = (idle_step * 2).min(TICK);
-            continue;
-        }
-        // SAFETY: fds is a valid array of pollfd for the duration of the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                log::warn!(target: "exec", "poll failed error={e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            continue;
-        }
-        let ready = |slot: usize| slot != usize::MAX && fds[slot].revents != 0;
-        if ready(slots[0]) {
-            // Read until the pipe is empty so a flood cannot starve the other checks for long.
-            for _ in 0..16 {
-                match out.read_some(&mut buf) {
-                    Some(0) | None => break,
-                    Some(n) => {
-                        if let Some(cb) = on_line.as_deref_mut() {
-                            abort |= lines.feed(&buf[..n], &mut |l| cb(Stream::Stdout, l));
-                        }
-                    }
-                }
-            }
-        }
-        if ready(slots[1]) {
-            for _ in 0..16 {
-                match err.read_some(&mut buf) {
-                    Some(0) | None => break,
-                    Some(n) => {
-                        if let Some(cb) = on_line.as_deref_mut() {
-                            abort |= err_lines.feed(&buf[..n], &mut |l| cb(Stream::Stderr, l));
-                        }
-                    }
-                }
-            }
-        }
-        if ready(slots[2]) {
-            if let Some(s) = stdin.as_mut() {
-                match s.write(&input[written..]) {
-                    Ok(n) => {
-                        written += n;
-                        if written >= input.len() {
-                            stdin = None;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // EPIPE: the child closed stdin; the rest is not wanted.
-                    Err(_) => stdin = None,
-                }
-            }
-        }
-    }
-    drop(stdin);
-    if let Some(cb) = on_line {
-        lines.finish(&mut |l| cb(Stream::Stdout, l));
-        err_lines.finish(&mut |l| cb(Stream::Stderr, l));
-    }
-    // The leader is a zombie (or about to be, if we gave up on the pipes): reap it.
-    if exited_at.is_none() {
-        signal_group(pid, libc::SIGKILL);
-    }
-    // Unregister while the leader is still an unreaped zombie: nobody can signal its pgid
-    // after this, so a reused pgid is never hit.
-    drop(registration);
-    let status = child.wait();
-    let (exit_code, signal) = match status {
-        Ok(s) => (s.code(), s.signal()),
-        Err(e) => {
-            log::warn!(target: "exec", "wait failed pid={pid} error={e}");
-            (None, None)
-        }
-    };
-    Output {
-        exit_code,
-        signal,
-        stdout: std::mem::take(&mut out.kept),
-        stderr: std::mem::take(&mut err.kept),
-        stdout_spill: out.spilled.take().map(Arc::new),
-        stdout_truncated: out.truncated,
-        stderr_truncated: err.truncated,
-        stdout_total: out.total,
-        stderr_total: err.total,
-        stop,
-        duration: started.elapsed(),
-        stdin_unwritten: input.len() - written.min(input.len()),
-    }
 }
 
 #[cfg(test)]

@@ -22,9 +22,24 @@ use crate::providers::ProviderId;
 pub const DIAGNOSTIC_TIMEOUT: Duration = Duration::from_millis(10_000);
 const PROBE_CAPTURE: usize = 1 << 20;
 
+/// A `diagnostic` payload, parsed where the handler starts. The reference ignores the payload;
+/// ours reads one optional field and ignores everything else, so no payload fails the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiagnosticPayload {
+    /// `"fresh": true` (exactly): run every CLI now, whatever is stored.
+    pub fresh: bool,
+}
+
+impl DiagnosticPayload {
+    pub fn parse(payload: &Value) -> DiagnosticPayload {
+        DiagnosticPayload {
+            fresh: payload.get("fresh") == Some(&Value::Bool(true)),
+        }
+    }
+}
+
 pub fn handle(payload: &Value, ctx: &JobContext) -> Outcome {
-    // `{"fresh": true}`: run every CLI now, whatever is stored.
-    let allow_fresh = payload.get("fresh") != Some(&Value::Bool(true));
+    let allow_fresh = !DiagnosticPayload::parse(payload).fresh;
     let started = Instant::now();
     let answers: Vec<(ProviderId, Answer, Option<Reuse>)> = std::thread::scope(|s| {
         let hs: Vec<_> = ProviderId::ALL

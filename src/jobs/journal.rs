@@ -32,6 +32,7 @@ use serde_json::Value;
 
 use crate::config::secure;
 use crate::exec::{GroupNote, GroupObserver};
+use crate::jobs::JobType;
 
 /// One process group a journal entry owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,8 +67,8 @@ pub struct Entry {
 
 impl Entry {
     /// A claimed job; `payload` gives the subagent and run ids of a `subagent_run`.
-    pub fn job(job_id: &str, job_type: &str, started_at: &str, payload: &Value) -> Entry {
-        let (subagent_id, run_id) = if job_type == "subagent_run" {
+    pub fn job(job_id: &str, job_type: &JobType, started_at: &str, payload: &Value) -> Entry {
+        let (subagent_id, run_id) = if *job_type == JobType::SubagentRun {
             subagent_ids(payload)
         } else {
             (None, None)
@@ -75,7 +76,7 @@ impl Entry {
         Entry {
             key: job_id.to_string(),
             job_id: Some(job_id.to_string()),
-            job_type: job_type.to_string(),
+            job_type: job_type.as_str().to_string(),
             started_at: Some(started_at.to_string()),
             subagent_id,
             run_id,
@@ -367,7 +368,7 @@ mod tests {
         let payload = json!({"subagent_id": SUB, "input": {"run_id": RUN, "prompt": "x"}});
         j.begin(Entry::job(
             "job-1",
-            "subagent_run",
+            &JobType::SubagentRun,
             "2026-12-04T21:00:00.000Z",
             &payload,
         ));
@@ -429,7 +430,7 @@ mod tests {
         let j = Journal::open(&d);
         j.begin(Entry::job(
             "good",
-            "model_run",
+            &JobType::ModelRun,
             "2026-12-04T21:00:00.000Z",
             &json!({}),
         ));

@@ -91,9 +91,10 @@ pub fn name(field: &str, v: &str) -> Result<(), InputError> {
     }
 }
 
-/// Session and resume ids: RFC 4122 UUIDs.
+/// Session and resume ids: UUIDs of any version (Codex's thread ids are version 7): 32 hex
+/// digits in the 8-4-4-4-12 shape, so never an option, a path or more than one argument.
 pub fn uuid(field: &str, v: &str) -> Result<(), InputError> {
-    if crate::util::is_rfc4122_uuid(v) {
+    if crate::util::is_uuid(v) {
         Ok(())
     } else {
         Err(bad(field, v, "it must be a UUID"))
@@ -155,6 +156,15 @@ impl Argv {
     pub fn uuid(&mut self, f: &'static str, field: &str, v: &str) -> Result<(), InputError> {
         uuid(field, v)?;
         self.push(f, v);
+        Ok(())
+    }
+
+    /// A session id where the CLI takes it only as an argument of its own
+    /// (`codex exec resume <id>`). Checked as a UUID first: hex digits and dashes, starting
+    /// with a hex digit, it can never be read as an option.
+    pub fn id_argument(&mut self, field: &str, v: &str) -> Result<(), InputError> {
+        uuid(field, v)?;
+        self.0.push(v.to_string());
         Ok(())
     }
 

@@ -6,8 +6,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::argv::{self, Argv, InputError};
-use super::plan::{extract_object, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
-use super::subplan::{Format, SubPlan, SubagentRequest};
+use super::normalize::{extract_object, last_event, parse_object};
+use super::plan::{OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::subplan::{Format, SessionReport, SubPlan, SubagentRequest};
 use super::Flags;
 
 /// The system prompt file in the work directory, when the CLI takes one.
@@ -238,20 +239,11 @@ pub fn is_stream(stdout: &str) -> bool {
     stdout
         .lines()
         .find(|l| !l.trim().is_empty())
-        .and_then(super::plan::parse_object)
+        .and_then(parse_object)
         .is_some_and(|e| {
             e.get("type").and_then(Value::as_str) == Some("system")
                 && e.get("subtype").and_then(Value::as_str) == Some("init")
         })
-}
-
-/// The last `result` event of stream-json output, if any.
-pub fn result_event(stdout: &str) -> Option<serde_json::Map<String, Value>> {
-    stdout
-        .lines()
-        .rev()
-        .filter_map(super::plan::parse_object)
-        .find(|e| e.get("type").and_then(Value::as_str) == Some("result"))
 }
 
 /// The argv of a subagent run (subagents-shell.md §3.3), every value `--flag=value`, the
@@ -398,6 +390,8 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         path_prepend: Vec::new(),
         format,
         timeout: r.timeout,
+        // Claude's `result` event carries its `session_id` (the normaliser reads it).
+        session: SessionReport::Output,
     })
 }
 
@@ -405,7 +399,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
 /// last `result` event (a text run's answer is its `result`).
 pub fn parse(format: OutputFormat, mode: OutputMode, stdout: &str) -> Result<Parsed, ParseError> {
     if mode == OutputMode::StreamJson {
-        let Some(env) = result_event(stdout) else {
+        let Some(env) = last_event(stdout, "result") else {
             return Err(ParseError::bad(if stdout.trim().is_empty() {
                 "Empty Claude output"
             } else {

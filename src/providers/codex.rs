@@ -9,8 +9,9 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::argv::{self, Argv, InputError};
-use super::plan::{extract_object, OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
-use super::subplan::{Format, SubPlan, SubagentRequest};
+use super::normalize::{codex_answer, extract_object};
+use super::plan::{OutputFormat, OutputMode, ParseError, Parsed, Plan, RunRequest};
+use super::subplan::{Format, SessionReport, SubPlan, SubagentRequest};
 use super::Flags;
 use crate::exec::CAPTURE_LIMIT;
 
@@ -22,6 +23,8 @@ pub const FLAGS: &[(&str, &[&str], bool)] = &[
     ("sandboxFlag", &["--sandbox"], false),
     ("skipGitRepoCheckFlag", &["--skip-git-repo-check"], false),
     ("ephemeralFlag", &["--ephemeral"], false),
+    // `codex exec resume <SESSION_ID>`: listed under Commands of `codex exec --help`.
+    ("resumeCommand", &["resume a previous session"], false),
     (
         "configFlag",
         &["-c, --config", "--config <key=value>"],
@@ -123,8 +126,8 @@ fn web_search(f: &Flags, on: bool) -> &'static str {
     }
 }
 
-/// `--ephemeral` where the CLI has it: no session files in `~/.codex/sessions` per run (the
-/// gateway never resumes a Codex session).
+/// `--ephemeral` where the CLI has it: no session files in `~/.codex/sessions` for a run that
+/// is never resumed (model runs, health checks, subagent runs with `no_session_persistence`).
 fn ephemeral(a: &mut Argv, f: &Flags) {
     if f.get("ephemeralFlag") {
         a.flag("--ephemeral");
@@ -255,7 +258,11 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
             a.fixed("--config", web_search(f, web));
         }
     }
-    ephemeral(&mut a, f);
+    // A subagent's session is kept for its continuations (`codex exec resume`), unless the
+    // subagent asked for none.
+    if r.no_session_persistence {
+        ephemeral(&mut a, f);
+    }
     if format != Format::Text {
         a.flag("--json");
     }
@@ -263,6 +270,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     if let Some(ap) = &r.append_system_prompt {
         p = format!("{p}\n\n{ap}");
     }
+    let session = continuation(&mut a, r, f)?;
     a.flag("-");
     Ok(SubPlan {
         command: command.to_path_buf(),
@@ -273,6 +281,46 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         path_prepend: Vec::new(),
         format,
         timeout: r.timeout,
+        session,
+    })
+}
+
+/// A continuation is `codex exec [options] resume <id> -`: Codex keeps its sessions by id in
+/// `~/.codex/sessions` (found from any directory), and the options given to `exec` before
+/// `resume` apply to the resumed thread (`resume` itself has no `--sandbox`). The id is its
+/// own argument there, checked as a UUID first. Without `resume` in `codex exec --help` the
+/// run is refused, saying what to do.
+fn continuation(a: &mut Argv, r: &SubagentRequest, f: &Flags) -> Result<SessionReport, String> {
+    let Some(id) = &r.resume else {
+        // A subagent that asked for no session is never continued from this run.
+        return Ok(if r.no_session_persistence {
+            SessionReport::Output
+        } else {
+            SessionReport::Printed
+        });
+    };
+    if !f.get("resumeCommand") {
+        return Err("Codex CLI does not support session continuation (`codex exec resume` is not in `codex exec --help`). Update Codex (npm install -g @openai/codex), or start a new subagent instead of continuing this one".into());
+    }
+    a.flag("resume");
+    a.id_argument("the resume session id", id)?;
+    Ok(SessionReport::Known(id.clone()))
+}
+
+/// The session (thread) id a Codex run printed: its first `thread.started` event (`--json`),
+/// else the `session id:` line of the banner Codex writes to stderr.
+pub fn printed_session(stdout: &str, stderr: &str) -> Option<String> {
+    let from_events = stdout.lines().find_map(|l| {
+        let v: Value = serde_json::from_str(l.trim()).ok()?;
+        (v.get("type")?.as_str()? == "thread.started")
+            .then(|| v.get("thread_id")?.as_str().map(String::from))?
+    });
+    from_events.or_else(|| {
+        stderr.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("session id:")
+                .map(|id| id.trim().to_string())
+        })
     })
 }
 
@@ -424,31 +472,7 @@ pub fn parse(
             })
         }
         OutputMode::StreamJson => {
-            let mut last: Option<String> = None;
-            let mut usage = Value::Null;
-            for line in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                let Ok(Value::Object(ev)) = serde_json::from_str::<Value>(line) else {
-                    continue;
-                };
-                match ev.get("type").and_then(Value::as_str) {
-                    Some("item.completed") => {
-                        let item = ev.get("item");
-                        let is_msg = item.and_then(|i| i.get("type")).and_then(Value::as_str)
-                            == Some("agent_message");
-                        if let (true, Some(Value::String(t))) =
-                            (is_msg, item.and_then(|i| i.get("text")))
-                        {
-                            last = Some(t.clone());
-                        }
-                    }
-                    Some("turn.completed") => {
-                        if let Some(u) = ev.get("usage").filter(|u| u.is_object()) {
-                            usage = u.clone();
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            let (last, usage) = codex_answer(stdout);
             let text =
                 last.ok_or_else(|| ParseError::bad("Codex JSONL output missing agent message"))?;
             let obj = extract_object(&text, true)
@@ -479,6 +503,17 @@ pub fn parse(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn web_search_setting_follows_the_cli_generation() {
+        let modern = Flags(vec![("ephemeralFlag", true)]);
+        let old = Flags(vec![("ephemeralFlag", false)]);
+        assert_eq!(web_search(&modern, false), "web_search=\"disabled\"");
+        assert_eq!(web_search(&modern, true), "web_search=\"live\"");
+        // CLIs before 0.171 (no --ephemeral) only know the feature flag.
+        assert_eq!(web_search(&old, false), "features.web_search_request=false");
+        assert_eq!(web_search(&old, true), "features.web_search_request=true");
+    }
 
     #[test]
     fn strict_schema_closes_every_object_schema_and_changes_nothing_else() {

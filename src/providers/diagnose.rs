@@ -245,6 +245,24 @@ pub fn explain_exit(
         (None, Some(s)) => format!("was killed by signal {s}"),
         _ => "failed".into(),
     };
+    if let Some(line) = session_not_found(stdout, stderr) {
+        // What the CLI reported in a structured place (Claude's `result`) reads better than
+        // its raw output line.
+        let line = match &reported {
+            Some(r) if session_not_found("", r).is_some() => r.clone(),
+            _ => line,
+        };
+        return (
+            ErrorKind::ExitStatus,
+            format!(
+                "{} {status_text}: {}. The session this subagent continues (its metadata.session_id) is not in the CLI's state on this host (removed, or kept under another user or HOME); start a new subagent to begin again",
+                id.short(),
+                // Tokens and keys masked; the debug rules would also mask the id after
+                // "session:", which is what the person needs to see here.
+                crate::util::truncate_chars(&crate::redact::redact(&line), 300, "")
+            ),
+        );
+    }
     let reason = reported
         .clone()
         .or_else(|| last_line(stderr))
@@ -268,6 +286,25 @@ pub fn explain_exit(
         ),
         None => (ErrorKind::ExitStatus, what),
     }
+}
+
+/// The line where a CLI says the session a continuation names does not exist: Claude's "No
+/// conversation found with session ID", Codex's "no rollout found for thread id", Gemini's
+/// "Invalid session identifier" (whose last line only says to use `--list-sessions`).
+fn session_not_found(stdout: &str, stderr: &str) -> Option<String> {
+    const SAID: &[&str] = &[
+        "no conversation found with session id",
+        "no rollout found for thread id",
+        "invalid session identifier",
+    ];
+    let text = strip_ansi(&format!("{stderr}\n{stdout}"));
+    text.lines()
+        .map(str::trim)
+        .find(|l| {
+            let l = l.to_lowercase();
+            SAID.iter().any(|s| l.contains(s))
+        })
+        .map(|l| l.trim_end_matches('.').to_string())
 }
 
 /// Watches a running CLI's output lines and says when to stop it because it keeps failing to
@@ -353,6 +390,24 @@ impl NetworkWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_continuation_whose_session_is_gone_says_so() {
+        let gemini = "Error resuming session: Invalid session identifier \"0b7c0000-0000-4000-8000-000000000001\".\n  Searched for sessions in /h/.gemini/tmp/x/chats.\n  Use --list-sessions to see available sessions, then use --resume {number}, --resume {uuid}, or --resume latest.\n";
+        let (k, m) = explain_exit(ProviderId::Gemini, Some(42), None, "", gemini, None);
+        assert_eq!(k, ErrorKind::ExitStatus);
+        assert!(
+            m.starts_with(
+                "Gemini exited with status 42: Error resuming session: Invalid session identifier"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("start a new subagent"), "{m}");
+        let codex = "Error: thread/resume: thread/resume failed: no rollout found for thread id 01a24385-2906-7721-97c3-d49ef42cd31d (code -32600)\n\nStack backtrace:\n   0: <unknown>\n";
+        let (_, m) = explain_exit(ProviderId::Codex, Some(1), None, "", codex, None);
+        assert!(m.contains("no rollout found for thread id 01a24385"), "{m}");
+        assert!(m.contains("metadata.session_id"), "{m}");
+    }
 
     #[test]
     fn ansi_escapes_are_removed() {

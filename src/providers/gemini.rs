@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::argv::{self, Argv, InputError};
-use super::plan::{strip_fence, OutputFormat, ParseError, Parsed, Plan, RunRequest};
-use super::subplan::{Format, SubPlan, SubagentRequest};
+use super::normalize::{extract_with, parse_object, strip_fence};
+use super::plan::{OutputFormat, ParseError, Parsed, Plan, RunRequest};
+use super::subplan::{Format, SessionReport, SubPlan, SubagentRequest};
 use super::Flags;
 
 pub const FLAGS: &[(&str, &[&str], bool)] = &[
@@ -18,6 +19,8 @@ pub const FLAGS: &[(&str, &[&str], bool)] = &[
     ("approvalModeFlag", &["--approval-mode"], false),
     ("yoloFlag", &["--yolo"], false),
     ("sandboxFlag", &["--sandbox"], false),
+    ("resumeFlag", &["--resume"], false),
+    ("sessionIdFlag", &["--session-id"], false),
 ];
 
 pub const SYSTEM_FILE: &str = "system.md";
@@ -158,6 +161,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
     if !r.extensions.is_empty() {
         a.names("--extensions", "config.extensions", &r.extensions)?;
     }
+    let session = session(&mut a, r, f)?;
     let mut parts: Vec<String> = Vec::new();
     if let Some(sp) = &r.system_prompt {
         parts.push(sp.clone());
@@ -178,6 +182,7 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         path_prepend: path_prepend(command),
         format,
         timeout: r.timeout,
+        session,
     };
     if !content.is_empty() {
         plan.files.push((SYSTEM_FILE.into(), content.into_bytes()));
@@ -187,6 +192,51 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
         ));
     }
     Ok(plan)
+}
+
+/// The session of a subagent run. Gemini keeps its sessions per project directory
+/// (`~/.gemini/tmp/<project>/chats`), so a continuation runs in the subagent's own, stable work
+/// directory and resumes by id: `--resume=<id>` (refused, saying what to do, when `--resume` is
+/// not in `gemini --help`). A first run names its session with `--session-id=<id>` where the CLI
+/// has it (`config.session_id`, else a new UUID), so the id is known in every output format;
+/// older CLIs print it in their JSON envelope or `init` event.
+fn session(a: &mut Argv, r: &SubagentRequest, f: &Flags) -> Result<SessionReport, String> {
+    if let Some(id) = &r.resume {
+        if !f.get("resumeFlag") {
+            return Err("Gemini CLI does not support session continuation (`--resume` is not in `gemini --help`). Update Gemini CLI (npm install -g @google/gemini-cli), or start a new subagent instead of continuing this one".into());
+        }
+        a.uuid("--resume", "the resume session id", id)?;
+        return Ok(SessionReport::Known(id.clone()));
+    }
+    if f.get("sessionIdFlag") {
+        let id = r
+            .session_id
+            .clone()
+            .unwrap_or_else(crate::util::new_uuid_v4);
+        a.uuid("--session-id", "config.session_id", &id)?;
+        if !r.no_session_persistence {
+            return Ok(SessionReport::Known(id));
+        }
+        return Ok(SessionReport::Output);
+    }
+    Ok(if r.no_session_persistence {
+        SessionReport::Output
+    } else {
+        SessionReport::Printed
+    })
+}
+
+/// The session id a Gemini run printed: `session_id` of its JSON envelope, or of its
+/// stream-json `init` event.
+pub fn printed_session(stdout: &str) -> Option<String> {
+    let id = |v: &Value| v.get("session_id")?.as_str().map(String::from);
+    if let Ok(v) = serde_json::from_str::<Value>(stdout.trim()) {
+        return id(&v);
+    }
+    stdout.lines().find_map(|l| {
+        let v: Value = serde_json::from_str(l.trim()).ok()?;
+        (v.get("type")?.as_str()? == "init").then(|| id(&v))?
+    })
 }
 
 /// Gemini is a node script: its own directory goes first on PATH (model runs and probes), so
@@ -203,8 +253,8 @@ pub fn parse(format: OutputFormat, stdout: &str) -> Result<Parsed, ParseError> {
     if format == OutputFormat::Text {
         return Ok(Parsed::text(stdout));
     }
-    let (env, first_model) = super::plan::extract_with(stdout, false, |t| {
-        super::plan::parse_object(t).map(|m| (m, first_model_key(t)))
+    let (env, first_model) = extract_with(stdout, false, |t| {
+        parse_object(t).map(|m| (m, first_model_key(t)))
     })
     .ok_or_else(|| ParseError::bad("Failed to parse Gemini JSON output"))?;
     let response = env.get("response").and_then(Value::as_str).unwrap_or("");

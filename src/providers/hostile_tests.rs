@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::argv::hostile_values;
 use super::restrict::Layers;
-use super::subplan::SubagentRequest;
+use super::subplan::{SessionReport, SubagentRequest};
 use super::{build_plan, subagent_plan, Flags, ProviderId};
 
 /// Every option and fixed word the gateway writes, for any CLI.
@@ -50,6 +50,7 @@ const KNOWN: &[&str] = &[
     "--approval-mode",
     "--yolo",
     "--extensions",
+    "resume",
 ];
 
 const IDS: [ProviderId; 3] = [ProviderId::Claude, ProviderId::Codex, ProviderId::Gemini];
@@ -63,9 +64,17 @@ fn flag_sets(id: ProviderId) -> Vec<Flags> {
     ]
 }
 
-/// Each element is a known option, alone or as `--flag=value`.
+/// Each element is a known option, alone or as `--flag=value`, or the UUID after Codex's
+/// `resume`.
 fn assert_safe(args: &[String], ctx: &str) {
-    for a in args {
+    for (i, a) in args.iter().enumerate() {
+        if i > 0 && args[i - 1] == "resume" {
+            assert!(
+                crate::util::is_uuid(a),
+                "{ctx}: resume id {a:?} in {args:?}"
+            );
+            continue;
+        }
         let name = a.split_once('=').map_or(a.as_str(), |(n, _)| n);
         assert!(
             KNOWN.contains(&name),
@@ -117,8 +126,8 @@ fn model_run_fields_never_become_options() {
                         });
                     }
                     let ctx = format!("{id:?} {field}={h:?}");
-                    let (pid, mut req) = match crate::jobs::model_run::parse_payload(&p) {
-                        Ok(x) => x,
+                    let (pid, mut req) = match crate::jobs::model_run::ModelRunPayload::parse(&p) {
+                        Ok(x) => (x.provider, x.request),
                         // Empty prompt/model: refused before any argv exists.
                         Err(o) => {
                             assert!(h.is_empty(), "{ctx}: {o:?}");
@@ -147,7 +156,8 @@ fn model_run_fields_never_become_options() {
     // The schema: JSON text inside `--json-schema=…` or a file, NUL refused.
     let p = json!({"prompt": "p", "model": "claude-x",
                    "json_schema": {"type": "object", "description": "x\0--mcp-config={}"}});
-    let (id, req) = crate::jobs::model_run::parse_payload(&p).unwrap();
+    let job = crate::jobs::model_run::ModelRunPayload::parse(&p).unwrap();
+    let (id, req) = (job.provider, job.request);
     let flags = &flag_sets(id)[0];
     // serde_json escapes NUL as \u0000: the argument carries no NUL and stays one element.
     let plan = build_plan(id, &req, Path::new("cli"), flags).unwrap();
@@ -356,13 +366,14 @@ fn subagent_argv_per_cli_restricted_and_full() {
             "--dangerously-bypass-approvals-and-sandbox",
             "--config=model_reasoning_effort=\"high\"",
             "--config=features.shell_tool=true",
-            // Codex 0.171's setting (CLIs with --ephemeral); no session files per run.
+            // Codex 0.171's setting (CLIs with --ephemeral). No --ephemeral: a subagent's
+            // session is kept for its continuations (`codex exec resume`).
             "--config=web_search=\"live\"",
-            "--ephemeral",
             "--json",
             "-"
         ]
     );
+    assert_eq!(p.session, SessionReport::Printed);
     let p = plan(ProviderId::Codex, false, None, &all(ProviderId::Codex)).unwrap();
     assert_eq!(p.args[2], "--sandbox=read-only");
     assert!(String::from_utf8(p.stdin)
@@ -370,12 +381,212 @@ fn subagent_argv_per_cli_restricted_and_full() {
         .starts_with("hi\n\nYou cannot write"));
     let g = all(ProviderId::Gemini);
     let p = plan(ProviderId::Gemini, false, None, &g).unwrap();
-    // No --sandbox (it needs a container runtime); plan mode in a trusted folder.
-    assert_eq!(p.args, ["--output-format=json", "--approval-mode=plan"]);
+    // No --sandbox (it needs a container runtime); plan mode in a trusted folder; a new
+    // session of the gateway's naming.
+    assert_eq!(
+        p.args[..2],
+        ["--output-format=json", "--approval-mode=plan"]
+    );
+    let sid = p.args[2].strip_prefix("--session-id=").unwrap();
+    assert!(crate::util::is_rfc4122_uuid(sid), "{:?}", p.args);
+    assert_eq!(p.args.len(), 3);
+    assert_eq!(p.session, SessionReport::Known(sid.to_string()));
     assert!(p
         .env
         .contains(&("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())));
     assert_eq!(p.stdin, b"hi");
     let p = plan(ProviderId::Gemini, true, None, &g).unwrap();
-    assert_eq!(p.args, ["--output-format=json", "--approval-mode=yolo"]);
+    assert_eq!(
+        p.args[..2],
+        ["--output-format=json", "--approval-mode=yolo"]
+    );
+}
+
+#[test]
+fn continuations_resume_by_id_for_every_cli() {
+    let cfg = json!({"output_format": "json", "allowed_tools": ["WebSearch"],
+                     "append_system_prompt": "a"});
+    let layers = Layers {
+        resource: false,
+        team: false,
+        install: false,
+    };
+    let plan = |id, cfg: &Value, resume: Option<&str>, f: &Flags| {
+        let r = SubagentRequest::from_config(cfg, "go on", false, resume)?;
+        subagent_plan(id, &r, &layers, Path::new("cli"), f)
+    };
+    let all = |id: ProviderId| flag_sets(id).remove(0);
+    let without = |id: ProviderId, key: &str| {
+        let mut f = all(id);
+        f.0.retain(|(k, _)| *k != key);
+        f
+    };
+    // Codex thread ids are version-7 UUIDs.
+    let thread = "01a24385-2906-7721-97c3-d49ef42cd31d";
+    let p = plan(
+        ProviderId::Codex,
+        &cfg,
+        Some(thread),
+        &all(ProviderId::Codex),
+    )
+    .unwrap();
+    assert_eq!(
+        p.args,
+        [
+            "exec",
+            "--skip-git-repo-check",
+            "--sandbox=read-only",
+            "--config=model_reasoning_effort=\"high\"",
+            "--config=features.shell_tool=false",
+            "--config=web_search=\"live\"",
+            "--json",
+            "resume",
+            thread,
+            "-"
+        ]
+    );
+    assert_eq!(p.session, SessionReport::Known(thread.into()));
+    super::restrict::check_argv(&p.args).unwrap();
+    let e = plan(
+        ProviderId::Codex,
+        &cfg,
+        Some(thread),
+        &without(ProviderId::Codex, "resumeCommand"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("`codex exec resume`") && e.contains("Update Codex"),
+        "{e}"
+    );
+    // A subagent that asked for no session: ephemeral, nothing reported.
+    let mut no_session = cfg.clone();
+    no_session["no_session_persistence"] = json!(true);
+    let p = plan(
+        ProviderId::Codex,
+        &no_session,
+        None,
+        &all(ProviderId::Codex),
+    )
+    .unwrap();
+    assert!(p.args.contains(&"--ephemeral".to_string()), "{:?}", p.args);
+    assert_eq!(p.session, SessionReport::Output);
+
+    let g = all(ProviderId::Gemini);
+    let p = plan(ProviderId::Gemini, &cfg, Some(thread), &g).unwrap();
+    assert_eq!(
+        p.args,
+        [
+            "--output-format=json",
+            "--approval-mode=plan",
+            &format!("--resume={thread}")
+        ]
+    );
+    assert_eq!(p.session, SessionReport::Known(thread.into()));
+    let e = plan(
+        ProviderId::Gemini,
+        &cfg,
+        Some(thread),
+        &without(ProviderId::Gemini, "resumeFlag"),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("`--resume`") && e.contains("Update Gemini CLI"),
+        "{e}"
+    );
+    // config.session_id names a first run's session.
+    let mut named = cfg.clone();
+    named["session_id"] = json!(thread);
+    let p = plan(ProviderId::Gemini, &named, None, &g).unwrap();
+    assert_eq!(p.args[2], format!("--session-id={thread}"));
+    // Without --session-id the id is read from the output.
+    let p = plan(
+        ProviderId::Gemini,
+        &cfg,
+        None,
+        &without(ProviderId::Gemini, "sessionIdFlag"),
+    )
+    .unwrap();
+    assert_eq!(p.session, SessionReport::Printed);
+    assert_eq!(p.args.len(), 2);
+
+    // Hostile resume ids fail naming the field, for every CLI, and never reach the argv.
+    for id in IDS {
+        for h in hostile_values().into_iter().chain([
+            "0b7c0000-0000-4000-8000-00000000000Z".to_string(),
+            format!("{thread}\n--yolo"),
+            format!("-{}", &thread[1..]),
+        ]) {
+            if h.trim().is_empty() {
+                continue;
+            }
+            let e = plan(id, &cfg, Some(&h), &all(id)).unwrap_err();
+            assert!(
+                e.contains("Invalid metadata.session_id"),
+                "{id:?} {h:?}: {e}"
+            );
+            let mut c = cfg.clone();
+            c["resume_session_id"] = json!(h);
+            let e = plan(id, &c, None, &all(id)).unwrap_err();
+            assert!(
+                e.contains("Invalid config.resume_session_id"),
+                "{id:?} {h:?}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_completed_run_reports_the_session_it_printed() {
+    use super::subplan::SubPlan;
+    let plan = |session| SubPlan {
+        command: "cli".into(),
+        args: Vec::new(),
+        stdin: Vec::new(),
+        files: Vec::new(),
+        env: Vec::new(),
+        path_prepend: Vec::new(),
+        format: super::subplan::Format::Json,
+        timeout: std::time::Duration::from_secs(1),
+        session,
+    };
+    let t = "01a24385-2906-7721-97c3-d49ef42cd31d";
+    let jsonl = format!(
+        "{{\"type\":\"thread.started\",\"thread_id\":\"{t}\"}}\n{{\"type\":\"turn.started\"}}"
+    );
+    let printed = plan(SessionReport::Printed);
+    assert_eq!(
+        printed.session_id(ProviderId::Codex, &jsonl, ""),
+        Some(t.into())
+    );
+    let banner = format!("OpenAI Codex v0.171.0\n--------\nsession id: {t}\n--------\n");
+    assert_eq!(
+        printed.session_id(ProviderId::Codex, "hi", &banner),
+        Some(t.into())
+    );
+    let envelope = format!("{{\n  \"session_id\": \"{t}\",\n  \"response\": \"hi\"\n}}");
+    assert_eq!(
+        printed.session_id(ProviderId::Gemini, &envelope, ""),
+        Some(t.into())
+    );
+    let init = format!(
+        "{{\"type\":\"init\",\"session_id\":\"{t}\",\"model\":\"auto\"}}\n{{\"type\":\"result\"}}"
+    );
+    assert_eq!(
+        printed.session_id(ProviderId::Gemini, &init, ""),
+        Some(t.into())
+    );
+    // Anything that is not a UUID is not reported.
+    let odd = "{\"type\":\"thread.started\",\"thread_id\":\"--resume\"}";
+    assert_eq!(
+        printed.session_id(ProviderId::Codex, odd, "session id: -x"),
+        None
+    );
+    assert_eq!(
+        plan(SessionReport::Output).session_id(ProviderId::Codex, &jsonl, ""),
+        None
+    );
+    assert_eq!(
+        plan(SessionReport::Known(t.into())).session_id(ProviderId::Gemini, "", ""),
+        Some(t.into())
+    );
 }

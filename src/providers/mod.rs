@@ -797,11 +797,7 @@ pub fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Op
     if id == ProviderId::Claude {
         // stream-json: the last `result` event (a continuation that finds no session has no
         // `result` text, only `errors`).
-        let last = stdout
-            .lines()
-            .rev()
-            .filter_map(plan::parse_object)
-            .find(|e| e.get("type").and_then(Value::as_str) == Some("result"));
+        let last = normalize::last_event(stdout, "result");
         if let Some(r) = last.filter(|r| r.get("is_error") == Some(&Value::Bool(true))) {
             let errors: Vec<&str> = r
                 .get("errors")
@@ -815,7 +811,7 @@ pub fn cli_reported(id: ProviderId, stdout: &str, summary: Option<&Value>) -> Op
             };
         }
     }
-    let env = plan::extract_object(stdout, false)?;
+    let env = normalize::extract_object(stdout, false)?;
     match id {
         ProviderId::Claude if env.get("is_error") == Some(&Value::Bool(true)) => {
             env.get("result").and_then(Value::as_str).map(String::from)

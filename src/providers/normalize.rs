@@ -1,7 +1,9 @@
-//! Output normalisation of subagent runs (subagents-shell.md §3.3–§3.7): the schema-versioned
-//! envelope, Claude's JSON object and stream-json events, Codex's and Gemini's output, and
-//! "extract JSON from text". The per-CLI result parsers of model runs are in each CLI's file,
-//! with the shared extraction helpers in `plan.rs`.
+//! Reading a CLI's output, for model runs and subagent runs alike: JSON extraction (model_run's
+//! §5.10 rules and subagent_run's "extract JSON from text", §3.7), stream events (one JSON
+//! object per line: Claude's stream-json, Codex's JSONL, Gemini's stream-json), the error
+//! object in stderr, and the normalisation of subagent output (subagents-shell.md §3.3–§3.7:
+//! the schema-versioned envelope, Claude's JSON object and run events, Codex's and Gemini's
+//! output). Each CLI's file keeps its model_run result parser, built on these helpers.
 
 use serde_json::{json, Map, Value};
 
@@ -65,6 +67,155 @@ pub fn extract_json(text: &str, strict: bool) -> (Value, Option<String>) {
     }
 }
 
+/// Removes a leading ``` (with an optional `json` tag) and a trailing ```, then trims.
+pub fn strip_fence(text: &str) -> String {
+    let t = text.trim();
+    if !t.starts_with("```") {
+        return t.to_string();
+    }
+    let mut body = &t[3..];
+    // `get` (not indexing): the tag position may fall inside a multi-byte character.
+    if body
+        .get(..4)
+        .is_some_and(|tag| tag.eq_ignore_ascii_case("json"))
+    {
+        body = &body[4..];
+    }
+    let body = body.trim_end();
+    let body = body.strip_suffix("```").unwrap_or(body);
+    body.trim().to_string()
+}
+
+pub fn parse_object(s: &str) -> Option<Map<String, Value>> {
+    match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// A JSON object from model text (providers.md §5.10): the whole text, else the first line
+/// that is an object, else the span from the first `{` to the last `}`.
+pub fn extract_object(text: &str, strip: bool) -> Option<Map<String, Value>> {
+    extract_with(text, strip, parse_object)
+}
+
+/// [`extract_object`] with another parser of the candidate texts (it gets the exact text that
+/// is tried, for callers that need more than the parsed map, such as document key order).
+pub fn extract_with<T>(text: &str, strip: bool, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    let t = if strip {
+        strip_fence(text)
+    } else {
+        text.trim().to_string()
+    };
+    if let Some(m) = parse(&t) {
+        return Some(m);
+    }
+    for line in t.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(m) = parse(line) {
+            return Some(m);
+        }
+    }
+    let (a, b) = (t.find('{')?, t.rfind('}')?);
+    if a < b {
+        return parse(&t[a..=b]);
+    }
+    None
+}
+
+/// The first balanced `{…}` in `text` (outside double-quoted strings) that parses as an
+/// object; OpenAI-style `{"error":{…}}` gives its `message`, `type`, `code`, `param`.
+pub fn error_summary(text: &str) -> Option<Value> {
+    let b = text.as_bytes();
+    let mut start = 0;
+    while let Some(off) = text[start..].find('{') {
+        let s = start + off;
+        let mut depth = 0i32;
+        let mut in_str = false;
+        let mut esc = false;
+        let mut end = None;
+        for (i, &c) in b.iter().enumerate().skip(s) {
+            if in_str {
+                if esc {
+                    esc = false;
+                } else if c == b'\\' {
+                    esc = true;
+                } else if c == b'"' {
+                    in_str = false;
+                }
+                continue;
+            }
+            match c {
+                b'"' => in_str = true,
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = end {
+            if let Some(obj) = parse_object(&text[s..=e]) {
+                let (src, keys): (&Map<String, Value>, &[&str]) = match obj.get("error") {
+                    Some(Value::Object(inner)) => (inner, &["message", "type", "code", "param"]),
+                    _ => (&obj, &["message", "type", "code"]),
+                };
+                let mut out = Map::new();
+                for k in keys {
+                    if let Some(Value::String(v)) = src.get(*k) {
+                        out.insert((*k).to_string(), Value::String(v.clone()));
+                    }
+                }
+                return Some(Value::Object(out));
+            }
+        }
+        start = s + 1;
+    }
+    None
+}
+
+/// The JSON objects of output that prints one event per line (stream-json, JSONL), in order;
+/// other lines are skipped.
+pub fn stream_events(stdout: &str) -> impl DoubleEndedIterator<Item = Map<String, Value>> + '_ {
+    stdout.lines().filter_map(parse_object)
+}
+
+/// The last event of type `kind` (Claude's `result`, say) in stream output.
+pub fn last_event(stdout: &str, kind: &str) -> Option<Map<String, Value>> {
+    stream_events(stdout)
+        .rev()
+        .find(|e| e.get("type").and_then(Value::as_str) == Some(kind))
+}
+
+/// Codex JSONL: the `item` of an `item.completed` event whose item is an agent message.
+fn codex_agent_message(ev: &Value) -> Option<&Value> {
+    if s(ev, "type") != Some("item.completed") {
+        return None;
+    }
+    ev.get("item")
+        .filter(|i| s(i, "type") == Some("agent_message"))
+}
+
+/// Codex JSONL as a model run reads it (providers.md §5.10): the text of the last agent message
+/// that has one, and the last `turn.completed` usage that is an object (else null).
+pub fn codex_answer(stdout: &str) -> (Option<String>, Value) {
+    let mut last = None;
+    let mut usage = Value::Null;
+    for ev in stream_events(stdout).map(Value::Object) {
+        if let Some(t) = codex_agent_message(&ev).and_then(|i| s(i, "text")) {
+            last = Some(t.to_string());
+        } else if s(&ev, "type") == Some("turn.completed") {
+            if let Some(u) = ev.get("usage").filter(|u| u.is_object()) {
+                usage = u.clone();
+            }
+        }
+    }
+    (last, usage)
+}
+
 fn summary_sources(env: &mut Value, from: &Map<String, Value>) {
     if let Some(sm) = from
         .get("summary")
@@ -121,14 +272,9 @@ fn claude_object(o: &Map<String, Value>) -> Normalized {
     }
 }
 
+/// The stream events a subagent run keeps (the last [`STREAM_EVENTS`]).
 fn stream_lines(stdout: &str) -> Vec<Value> {
-    let mut v: Vec<Value> = stdout
-        .split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(Value::is_object)
-        .collect();
+    let mut v: Vec<Value> = stream_events(stdout).map(Value::Object).collect();
     if v.len() > STREAM_EVENTS {
         v.drain(..v.len() - STREAM_EVENTS);
     }
@@ -146,6 +292,14 @@ fn text_of_content(c: &Value) -> String {
             .join(""),
         _ => String::new(),
     }
+}
+
+/// `key` of the last event of type `kind`, if that event has it.
+fn last_field<'a>(evs: &'a [Value], kind: &str, key: &str) -> Option<&'a Value> {
+    evs.iter()
+        .rev()
+        .find(|e| s(e, "type") == Some(kind))
+        .and_then(|e| e.get(key))
 }
 
 /// Claude stream events → run events (§3.3).
@@ -265,7 +419,7 @@ pub fn normalize(provider: ProviderId, format: Format, stdout: &str) -> Normaliz
         && format != Format::StreamJson
         && super::claude::is_stream(stdout)
     {
-        if let Some(r) = super::claude::result_event(stdout) {
+        if let Some(r) = last_event(stdout, "result") {
             if format == Format::Text {
                 let text = r.get("result").and_then(Value::as_str).unwrap_or("");
                 return Normalized {
@@ -373,23 +527,16 @@ fn codex(format: Format, stdout: &str, base_md: Map<String, Value>) -> Normalize
             ..text_out(stdout, &base_md)
         };
     }
+    // The last agent message's text (not the last that has one, as a model run reads it).
     let text = evs
         .iter()
         .rev()
-        .find(|e| {
-            s(e, "type") == Some("item.completed")
-                && e.get("item").and_then(|i| s(i, "type")) == Some("agent_message")
-        })
-        .and_then(|e| e.get("item").and_then(|i| s(i, "text")).map(String::from))
+        .find_map(codex_agent_message)
+        .and_then(|i| s(i, "text").map(String::from))
         .unwrap_or_else(|| stdout.to_string());
     let (output, perr) = extract_json(&text, false);
     let mut md = base_md;
-    if let Some(u) = evs
-        .iter()
-        .rev()
-        .find(|e| s(e, "type") == Some("turn.completed"))
-        .and_then(|e| e.get("usage"))
-    {
+    if let Some(u) = last_field(&evs, "turn.completed", "usage") {
         md.insert("usage".into(), u.clone());
     }
     let events = evs
@@ -451,12 +598,7 @@ fn gemini(format: Format, stdout: &str, base_md: Map<String, Value>) -> Normaliz
         };
         let (output, perr) = extract_json(&text, false);
         let mut md = base_md;
-        if let Some(st) = evs
-            .iter()
-            .rev()
-            .find(|e| s(e, "type") == Some("result"))
-            .and_then(|e| e.get("stats"))
-        {
+        if let Some(st) = last_field(&evs, "result", "stats") {
             md.insert("usage".into(), st.clone());
         }
         return Normalized {
@@ -492,6 +634,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn extraction_tries_whole_lines_then_braces() {
+        assert_eq!(
+            extract_object(r#" {"a":1} "#, false),
+            json!({"a":1}).as_object().cloned()
+        );
+        assert_eq!(
+            extract_object("noise\n{\"b\":2}\nmore", false),
+            json!({"b":2}).as_object().cloned()
+        );
+        assert_eq!(
+            extract_object("Here: {\"c\": {\"d\": 3}} done", false),
+            json!({"c":{"d":3}}).as_object().cloned()
+        );
+        assert_eq!(
+            extract_object("```json\n{\"e\":5}\n```", true),
+            json!({"e":5}).as_object().cloned()
+        );
+        assert_eq!(extract_object("[1,2]", false), None);
+        assert_eq!(extract_object("", false), None);
+    }
+
+    #[test]
+    fn fence_stripping_is_safe_on_any_text() {
+        // A fence followed by a multi-byte character used to slice inside it and panic.
+        assert_eq!(strip_fence("```日本\n{}\n```"), "日本\n{}");
+        assert_eq!(strip_fence("```é"), "é");
+        assert_eq!(strip_fence("```JSON\n{\"a\":1}\n```"), "{\"a\":1}");
+        assert_eq!(strip_fence("```\n{\"a\":1}\n```"), "{\"a\":1}");
+        assert_eq!(strip_fence("  no fence  "), "no fence");
+        assert_eq!(
+            extract_object("```日本\n{\"k\":\"v\"}\n```", true),
+            json!({"k":"v"}).as_object().cloned()
+        );
+    }
+
+    #[test]
+    fn error_summary_reads_openai_style_errors() {
+        let s = "ERROR: stream error: {\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\",\"param\":null}}";
+        assert_eq!(
+            error_summary(s),
+            Some(
+                json!({"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"})
+            )
+        );
+        assert_eq!(
+            error_summary("x {\"message\":\"m\",\"n\":1}"),
+            Some(json!({"message":"m"}))
+        );
+        assert_eq!(error_summary("{not json} {\"k\":1}"), Some(json!({})));
+        assert_eq!(error_summary("plain text"), None);
+    }
+
+    #[test]
     fn extract_json_rules() {
         assert_eq!(
             extract_json("x ```json\n{\"a\":1}\n``` y", false).0["content"]["a"],
@@ -503,6 +698,35 @@ mod tests {
         let (o, e) = extract_json("plain words", false);
         assert_eq!(o["content_type"], "markdown");
         assert!(e.is_none());
+    }
+
+    #[test]
+    fn stream_events_serve_both_readings_of_codex_jsonl() {
+        let out = [
+            "noise",
+            r#"{"type":"result","n":1}"#,
+            "[1]",
+            "",
+            "{\"type\":\"item.completed\",\"item\":{\"type\":\"agent_message\",\"text\":\"{}\"}}\r",
+            r#"{"type":"turn.completed","usage":{"in":3}}"#,
+            r#"{"type":"item.completed","item":{"type":"agent_message"}}"#,
+            r#"{"type":"turn.completed","usage":5}"#,
+            r#"  {"type":"result","n":2}  "#,
+        ]
+        .join("\n");
+        assert_eq!(stream_events(&out).count(), 6);
+        assert_eq!(last_event(&out, "result").unwrap()["n"], 2);
+        assert_eq!(last_event(&out, "nothing"), None);
+        // A model run: the last agent message that has a text, the last object usage.
+        assert_eq!(codex_answer(&out), (Some("{}".into()), json!({"in": 3})));
+        // A subagent run: the last agent message (no text: the raw stdout), the last usage.
+        let n = normalize(ProviderId::Codex, Format::Json, &out);
+        assert_eq!(n.metadata["usage"], 5);
+        assert_eq!(n.output["content_type"], "markdown");
+        assert_eq!(
+            n.parse_error.as_deref(),
+            Some("Failed to parse JSON output")
+        );
     }
 
     #[test]

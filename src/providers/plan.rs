@@ -1,5 +1,6 @@
 //! What a model call looks like before and after it runs: the request, the plan (argv, files,
-//! env, output mode) and the normalised result, plus the output-parsing helpers every CLI uses.
+//! env, output mode) and the normalised result, plus the helpers that fit a CLI's words into a
+//! message. Reading the output itself (JSON extraction, stream events) is in `normalize.rs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -154,116 +155,6 @@ impl ParseError {
     }
 }
 
-/// Removes a leading ``` (with an optional `json` tag) and a trailing ```, then trims.
-pub fn strip_fence(text: &str) -> String {
-    let t = text.trim();
-    if !t.starts_with("```") {
-        return t.to_string();
-    }
-    let mut body = &t[3..];
-    // `get` (not indexing): the tag position may fall inside a multi-byte character.
-    if body
-        .get(..4)
-        .is_some_and(|tag| tag.eq_ignore_ascii_case("json"))
-    {
-        body = &body[4..];
-    }
-    let body = body.trim_end();
-    let body = body.strip_suffix("```").unwrap_or(body);
-    body.trim().to_string()
-}
-
-pub fn parse_object(s: &str) -> Option<Map<String, Value>> {
-    match serde_json::from_str::<Value>(s) {
-        Ok(Value::Object(m)) => Some(m),
-        _ => None,
-    }
-}
-
-/// A JSON object from model text (providers.md §5.10): the whole text, else the first line
-/// that is an object, else the span from the first `{` to the last `}`.
-pub fn extract_object(text: &str, strip: bool) -> Option<Map<String, Value>> {
-    extract_with(text, strip, parse_object)
-}
-
-/// [`extract_object`] with another parser of the candidate texts (it gets the exact text that
-/// is tried, for callers that need more than the parsed map, such as document key order).
-pub fn extract_with<T>(text: &str, strip: bool, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
-    let t = if strip {
-        strip_fence(text)
-    } else {
-        text.trim().to_string()
-    };
-    if let Some(m) = parse(&t) {
-        return Some(m);
-    }
-    for line in t.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if let Some(m) = parse(line) {
-            return Some(m);
-        }
-    }
-    let (a, b) = (t.find('{')?, t.rfind('}')?);
-    if a < b {
-        return parse(&t[a..=b]);
-    }
-    None
-}
-
-/// The first balanced `{…}` in `text` (outside double-quoted strings) that parses as an
-/// object; OpenAI-style `{"error":{…}}` gives its `message`, `type`, `code`, `param`.
-pub fn error_summary(text: &str) -> Option<Value> {
-    let b = text.as_bytes();
-    let mut start = 0;
-    while let Some(off) = text[start..].find('{') {
-        let s = start + off;
-        let mut depth = 0i32;
-        let mut in_str = false;
-        let mut esc = false;
-        let mut end = None;
-        for (i, &c) in b.iter().enumerate().skip(s) {
-            if in_str {
-                if esc {
-                    esc = false;
-                } else if c == b'\\' {
-                    esc = true;
-                } else if c == b'"' {
-                    in_str = false;
-                }
-                continue;
-            }
-            match c {
-                b'"' => in_str = true,
-                b'{' => depth += 1,
-                b'}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = Some(i);
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(e) = end {
-            if let Some(obj) = parse_object(&text[s..=e]) {
-                let (src, keys): (&Map<String, Value>, &[&str]) = match obj.get("error") {
-                    Some(Value::Object(inner)) => (inner, &["message", "type", "code", "param"]),
-                    _ => (&obj, &["message", "type", "code"]),
-                };
-                let mut out = Map::new();
-                for k in keys {
-                    if let Some(Value::String(v)) = src.get(*k) {
-                        out.insert((*k).to_string(), Value::String(v.clone()));
-                    }
-                }
-                return Some(Value::Object(out));
-            }
-        }
-        start = s + 1;
-    }
-    None
-}
-
 /// Whitespace collapsed, at most `max` characters plus `...`.
 pub fn collapse(s: &str, max: usize) -> String {
     let c = s.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -287,60 +178,6 @@ pub fn shorten(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn extraction_tries_whole_lines_then_braces() {
-        assert_eq!(
-            extract_object(r#" {"a":1} "#, false),
-            json!({"a":1}).as_object().cloned()
-        );
-        assert_eq!(
-            extract_object("noise\n{\"b\":2}\nmore", false),
-            json!({"b":2}).as_object().cloned()
-        );
-        assert_eq!(
-            extract_object("Here: {\"c\": {\"d\": 3}} done", false),
-            json!({"c":{"d":3}}).as_object().cloned()
-        );
-        assert_eq!(
-            extract_object("```json\n{\"e\":5}\n```", true),
-            json!({"e":5}).as_object().cloned()
-        );
-        assert_eq!(extract_object("[1,2]", false), None);
-        assert_eq!(extract_object("", false), None);
-    }
-
-    #[test]
-    fn fence_stripping_is_safe_on_any_text() {
-        // A fence followed by a multi-byte character used to slice inside it and panic.
-        assert_eq!(strip_fence("```日本\n{}\n```"), "日本\n{}");
-        assert_eq!(strip_fence("```é"), "é");
-        assert_eq!(strip_fence("```JSON\n{\"a\":1}\n```"), "{\"a\":1}");
-        assert_eq!(strip_fence("```\n{\"a\":1}\n```"), "{\"a\":1}");
-        assert_eq!(strip_fence("  no fence  "), "no fence");
-        assert_eq!(
-            extract_object("```日本\n{\"k\":\"v\"}\n```", true),
-            json!({"k":"v"}).as_object().cloned()
-        );
-    }
-
-    #[test]
-    fn error_summary_reads_openai_style_errors() {
-        let s = "ERROR: stream error: {\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\",\"param\":null}}";
-        assert_eq!(
-            error_summary(s),
-            Some(
-                json!({"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"})
-            )
-        );
-        assert_eq!(
-            error_summary("x {\"message\":\"m\",\"n\":1}"),
-            Some(json!({"message":"m"}))
-        );
-        assert_eq!(error_summary("{not json} {\"k\":1}"), Some(json!({})));
-        assert_eq!(error_summary("plain text"), None);
-    }
 
     #[test]
     fn shorten_cuts_between_words() {

@@ -242,7 +242,7 @@ pub fn validate(
         Err(run::Failure::Process) => {
             let o = report.output.as_ref();
             let stdout = o.map(|o| o.stdout_lossy()).unwrap_or_default();
-            let summary = plan::error_summary(&stderr);
+            let summary = super::normalize::error_summary(&stderr);
             let (exit, signal) = (o.and_then(|o| o.exit_code), o.and_then(|o| o.signal));
             Some(diagnose::explain_exit(id, exit, signal, &stdout, &stderr, summary.as_ref()).1)
         }

@@ -58,6 +58,40 @@ pub struct SubPlan {
     pub path_prepend: Vec<PathBuf>,
     pub format: Format,
     pub timeout: Duration,
+    /// Where the id of the CLI session this run starts or continues comes from.
+    pub session: SessionReport,
+}
+
+/// Where the id of the CLI session a run starts or continues comes from. A completed run
+/// reports it as `metadata.session_id` (the finalize `metadata_patch`), which the backend keeps
+/// on the subagent: the next run of that subagent resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SessionReport {
+    /// Nothing beyond what the output normaliser reads: Claude (its `result` carries
+    /// `session_id`), or a run that keeps no session.
+    #[default]
+    Output,
+    /// The gateway named it: the id it resumed, or the one it gave Gemini's `--session-id`.
+    Known(String),
+    /// The CLI prints it: Codex's `thread.started` event (`--json`) or the `session id:` line
+    /// of its banner on stderr; Gemini's `session_id` in its JSON envelope or `init` event.
+    Printed,
+}
+
+impl SubPlan {
+    /// The session id to report for a completed run of `id` (None: the normaliser's, if any).
+    pub fn session_id(&self, id: super::ProviderId, stdout: &str, stderr: &str) -> Option<String> {
+        match &self.session {
+            SessionReport::Output => None,
+            SessionReport::Known(s) => Some(s.clone()),
+            SessionReport::Printed => match id {
+                super::ProviderId::Codex => super::codex::printed_session(stdout, stderr),
+                super::ProviderId::Gemini => super::gemini::printed_session(stdout),
+                super::ProviderId::Claude => None,
+            },
+        }
+        .filter(|s| crate::util::is_uuid(s))
+    }
 }
 
 /// The checked inputs of one subagent run. `full` is the *effective* machine control.

@@ -171,7 +171,8 @@ fn capabilities_of_modern_clis() {
     );
     let x = &caps["codex"];
     assert_eq!(x["version"], "codex-cli 0.46.0");
-    assert_eq!(x["supported_flags"].as_object().unwrap().len(), 9);
+    // The reference's 8, `--ephemeral` and the `resume` command.
+    assert_eq!(x["supported_flags"].as_object().unwrap().len(), 10);
     assert_eq!(
         x["supports"],
         json!({"output_schema": true, "stream_json": true, "tool_disable": true})
@@ -312,7 +313,8 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
             "--sandbox=read-only",
             "--skip-git-repo-check",
             "--config=features.shell_tool=false",
-            "--config=features.web_search_request=false",
+            "--config=web_search=\"disabled\"",
+            "--ephemeral",
             "--output-schema=schema.json",
             "--output-last-message=output.json",
             "-"
@@ -517,7 +519,8 @@ fn codex_file_mode_argv_schema_file_and_result() {
             "--model=gpt-5-codex",
             "--config=model_reasoning_effort=\"high\"",
             "--config=features.shell_tool=false",
-            "--config=features.web_search_request=false",
+            "--config=web_search=\"disabled\"",
+            "--ephemeral",
             "--output-schema=schema.json",
             "--output-last-message=output.json",
             "-"

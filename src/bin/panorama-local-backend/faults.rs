@@ -85,18 +85,73 @@ impl ClassSet {
     }
 }
 
+/// Which requests a rule applies to: path classes, and optionally one HTTP method and a path
+/// prefix (so a test can fail exactly the completion `PATCH /rest/v1/gateway_jobs`, not the
+/// next REST call of any kind).
+#[derive(Clone, Debug)]
+struct Target {
+    classes: ClassSet,
+    method: Option<String>,
+    path_prefix: Option<String>,
+}
+
+impl Target {
+    fn parse(rule: &Value, what: &str) -> Result<Target, String> {
+        let text = |k: &str| -> Result<Option<String>, String> {
+            match rule.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(_) => Err(format!("{what}.{k} must be a non-empty string")),
+            }
+        };
+        let method = text("method")?.map(|m| m.to_ascii_uppercase());
+        let path_prefix = text("path_prefix")?;
+        if let Some(p) = &path_prefix {
+            if !p.starts_with('/') {
+                return Err(format!(
+                    "{what}.path_prefix must start with '/', like \"/rest/v1/gateway_jobs\""
+                ));
+            }
+        }
+        Ok(Target {
+            classes: ClassSet::parse(rule.get("paths"))?,
+            method,
+            path_prefix,
+        })
+    }
+    /// The rule's target as the stats show it (`method`/`path_prefix` only when set).
+    fn describe(&self) -> Value {
+        let mut v = json!({"paths": self.classes.0.iter().map(|c| c.name()).collect::<Vec<_>>()});
+        if let Some(m) = &self.method {
+            v["method"] = json!(m);
+        }
+        if let Some(p) = &self.path_prefix {
+            v["path_prefix"] = json!(p);
+        }
+        v
+    }
+    fn hits(&self, c: PathClass, method: &str, path: &str) -> bool {
+        self.classes.has(c)
+            && self.method.as_deref().is_none_or(|m| m == method)
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
+    }
+}
+
 #[derive(Clone, Debug)]
 struct FailRule {
     remaining: u64,
     status: u16,
-    classes: ClassSet,
+    target: Target,
 }
 
 #[derive(Clone, Debug)]
 struct DelayRule {
     remaining: u64,
     ms: u64,
-    classes: ClassSet,
+    target: Target,
 }
 
 #[derive(Default)]
@@ -135,8 +190,8 @@ impl Faults {
         self.s.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Consumes the matching rules for one request of class `c`.
-    pub fn take(&self, c: PathClass) -> Verdict {
+    /// Consumes the matching rules for one request of class `c` (`method` and `path` as sent).
+    pub fn take(&self, c: PathClass, method: &str, path: &str) -> Verdict {
         let mut s = self.lock();
         let mut v = Verdict {
             delay_ms: 0,
@@ -145,7 +200,7 @@ impl Faults {
         if let Some(r) = s
             .delay
             .iter_mut()
-            .find(|r| r.remaining > 0 && r.classes.has(c))
+            .find(|r| r.remaining > 0 && r.target.hits(c, method, path))
         {
             r.remaining -= 1;
             v.delay_ms = r.ms;
@@ -153,7 +208,7 @@ impl Faults {
         if let Some(r) = s
             .fail
             .iter_mut()
-            .find(|r| r.remaining > 0 && r.classes.has(c))
+            .find(|r| r.remaining > 0 && r.target.hits(c, method, path))
         {
             r.remaining -= 1;
             v.fail_status = Some(r.status);
@@ -239,7 +294,7 @@ impl Faults {
             new_fail = Some(FailRule {
                 remaining: count,
                 status: status as u16,
-                classes: ClassSet::parse(f.get("paths"))?,
+                target: Target::parse(f, "fail_next")?,
             });
         }
         if let Some(d) = m.get("delay_next") {
@@ -251,7 +306,7 @@ impl Faults {
             new_delay = Some(DelayRule {
                 remaining: count,
                 ms,
-                classes: ClassSet::parse(d.get("paths"))?,
+                target: Target::parse(d, "delay_next")?,
             });
         }
         if let Some(v) = m.get("mute_realtime_ms") {
@@ -287,10 +342,18 @@ impl Faults {
     pub fn pending_json(&self) -> Value {
         let s = self.lock();
         json!({
-            "fail_next": s.fail.iter().map(|r| json!({"remaining": r.remaining, "status": r.status,
-                "paths": r.classes.0.iter().map(|c| c.name()).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-            "delay_next": s.delay.iter().map(|r| json!({"remaining": r.remaining, "ms": r.ms,
-                "paths": r.classes.0.iter().map(|c| c.name()).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+            "fail_next": s.fail.iter().map(|r| {
+                let mut v = r.target.describe();
+                v["remaining"] = json!(r.remaining);
+                v["status"] = json!(r.status);
+                v
+            }).collect::<Vec<_>>(),
+            "delay_next": s.delay.iter().map(|r| {
+                let mut v = r.target.describe();
+                v["remaining"] = json!(r.remaining);
+                v["ms"] = json!(r.ms);
+                v
+            }).collect::<Vec<_>>(),
             "close_realtime_after_join": s.close_after_join,
             "fail_next_joins": s.fail_joins,
         })

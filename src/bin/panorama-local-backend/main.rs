@@ -24,7 +24,7 @@ mod ws;
 
 use app::{App, Config};
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -192,15 +192,14 @@ fn persist(app: &App) -> Result<(), String> {
     Ok(())
 }
 
-fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("panorama-local-backend: {e}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    let level = if args.verbose {
+/// Ends the process after a start-up failure: the message, then exit status 1.
+fn die(message: impl std::fmt::Display) -> ! {
+    eprintln!("panorama-local-backend: {message}");
+    std::process::exit(1);
+}
+
+fn init_logging(verbose: bool) {
+    let level = if verbose {
         log::LevelFilter::Debug
     } else {
         log::LevelFilter::Info
@@ -208,17 +207,14 @@ fn main() {
     if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
         log::set_max_level(level);
     }
+}
 
-    let sigset = block_signals();
-
+/// The rows (the data file's, or none) and the JWT secret: --jwt-secret, else the one the
+/// data file kept, else a new one (kept in a persistent backend's data file, so keys and
+/// tokens stay valid across restarts).
+fn open_store(args: &Args) -> (store::Db, String) {
     let mut db = match &args.data {
-        Some(p) if p.exists() => match store::Db::load(p) {
-            Ok(db) => db,
-            Err(e) => {
-                eprintln!("panorama-local-backend: {e}");
-                std::process::exit(1);
-            }
-        },
+        Some(p) if p.exists() => store::Db::load(p).unwrap_or_else(|e| die(e)),
         _ => store::Db::new(),
     };
     let secret = match (&args.jwt_secret, &db.jwt_secret) {
@@ -233,85 +229,73 @@ fn main() {
             s
         }
     };
+    (db, secret)
+}
+
+/// The sockets the backend serves on. With TLS, --listen is the TLS listener (`public`) and
+/// the HTTP listener moves to a private loopback port that only the TLS relay talks to.
+struct Listeners {
+    http: TcpListener,
+    http_addr: SocketAddr,
+    public: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// The address clients use.
+    addr: SocketAddr,
+}
+
+fn bind(args: &Args) -> Listeners {
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => match tls::server_config(c, k) {
-            Ok(cfg) => Some(cfg),
-            Err(e) => {
-                eprintln!("panorama-local-backend: {e}");
-                std::process::exit(1);
-            }
-        },
+        (Some(c), Some(k)) => Some(tls::server_config(c, k).unwrap_or_else(|e| die(e))),
         _ => None,
     };
-    // With TLS, --listen is the TLS listener; the HTTP listener moves to a private loopback
-    // port that only the TLS relay talks to.
-    let public = if tls.is_some() {
-        match TcpListener::bind(&args.listen) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!(
-                    "panorama-local-backend: cannot listen on {}: {e}; pick another address with --listen (port 0 picks a free port)",
-                    args.listen
-                );
-                std::process::exit(1);
-            }
-        }
-    } else {
-        None
-    };
-    let plain_listen = if public.is_some() {
-        "127.0.0.1:0".to_string()
-    } else {
-        args.listen.clone()
-    };
-    let listener = match TcpListener::bind(&plain_listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "panorama-local-backend: cannot listen on {}: {e}; pick another address with --listen (port 0 picks a free port)",
+    let listen = |on: &str| {
+        TcpListener::bind(on).unwrap_or_else(|e| {
+            die(format!(
+                "cannot listen on {}: {e}; pick another address with --listen (port 0 picks a free port)",
                 args.listen
-            );
-            std::process::exit(1);
-        }
+            ))
+        })
     };
-    let plain_addr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("panorama-local-backend: cannot read the bound address: {e}");
-            std::process::exit(1);
-        }
+    let public = tls.map(|cfg| (listen(&args.listen), cfg));
+    let http = listen(if public.is_some() {
+        "127.0.0.1:0"
+    } else {
+        &args.listen
+    });
+    let address = |l: &TcpListener| {
+        l.local_addr()
+            .unwrap_or_else(|e| die(format!("cannot read the bound address: {e}")))
     };
-    let addr = match public.as_ref().map_or(Ok(plain_addr), |l| l.local_addr()) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("panorama-local-backend: cannot read the bound address: {e}");
-            std::process::exit(1);
-        }
-    };
-    let app = Arc::new(App::new(
-        Config {
-            access_ttl_secs: args.access_ttl,
-            pairing_ttl_secs: args.pairing_ttl,
-            refresh_reuse_secs: args.refresh_reuse,
-            data_path: args.data.clone(),
-        },
-        secret.into_bytes(),
-        db,
-    ));
-    if args.data.is_some() {
-        app.mark_dirty();
-        if let Err(e) = persist(&app) {
-            eprintln!("panorama-local-backend: {e}; pass a --data path in a writable directory");
-            std::process::exit(1);
-        }
-        let a = app.clone();
-        let _ = std::thread::Builder::new()
-            .name("persist".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_millis(200));
-                let _ = persist(&a);
-            });
+    let http_addr = address(&http);
+    let addr = public.as_ref().map_or(http_addr, |(l, _)| address(l));
+    Listeners {
+        http,
+        http_addr,
+        public,
+        addr,
     }
+}
+
+/// A persistent backend writes its data file now (so a bad --data path fails the start), then
+/// every 200 ms when something changed.
+fn start_persistence(app: &Arc<App>) {
+    if app.cfg.data_path.is_none() {
+        return;
+    }
+    app.mark_dirty();
+    if let Err(e) = persist(app) {
+        die(format!("{e}; pass a --data path in a writable directory"));
+    }
+    let a = app.clone();
+    let _ = std::thread::Builder::new()
+        .name("persist".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = persist(&a);
+        });
+}
+
+/// The realtime sweep, the HTTP accept thread and, with TLS, the TLS relay.
+fn start_serving(app: &Arc<App>, listeners: Listeners) {
     {
         // Realtime closes channels whose token expires, without waiting for an event.
         let a = app.clone();
@@ -322,21 +306,24 @@ fn main() {
                 a.hub.sweep_expired(&a);
             });
     }
+    let a = app.clone();
+    let http = listeners.http;
+    if let Err(e) = std::thread::Builder::new()
+        .name("http-accept".into())
+        .spawn(move || http::serve(a, http))
     {
-        let a = app.clone();
-        if let Err(e) = std::thread::Builder::new()
-            .name("http-accept".into())
-            .spawn(move || http::serve(a, listener))
-        {
-            eprintln!("panorama-local-backend: cannot start the accept thread: {e}");
-            std::process::exit(1);
-        }
+        die(format!("cannot start the accept thread: {e}"));
     }
-    if let (Some(public), Some(cfg)) = (public, tls) {
+    if let Some((public, cfg)) = listeners.public {
+        let plain_addr = listeners.http_addr;
         let _ = std::thread::Builder::new()
             .name("tls-accept".into())
             .spawn(move || tls::serve(public, plain_addr, cfg));
     }
+}
+
+/// The one stdout line tests and scripts read: url, anon_key, service_role_key, in that order.
+fn announce(app: &App, args: &Args, addr: SocketAddr) {
     let scheme = if args.tls_cert.is_some() {
         "https"
     } else {
@@ -353,8 +340,10 @@ fn main() {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
 
-    let sig = wait_signal(&sigset);
+/// After SIGTERM/SIGINT: realtime sockets dropped, the last snapshot written, exit.
+fn stop(app: &App, sig: i32) -> ! {
     log::info!(target: "main", "stopping signal={sig}");
     app.hub.drop_all();
     // The rows stay locked from the last snapshot to the exit: a request still being handled
@@ -363,12 +352,41 @@ fn main() {
     let db = app.db();
     if let Some(path) = &app.cfg.data_path {
         if let Err(e) = store::write_atomic(path, &db.snapshot_json()) {
-            eprintln!(
-                "panorama-local-backend: cannot write data file {}: {e}; the last changes are lost",
+            die(format!(
+                "cannot write data file {}: {e}; the last changes are lost",
                 path.display()
-            );
-            std::process::exit(1);
+            ));
         }
     }
     std::process::exit(0);
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("panorama-local-backend: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(args.verbose);
+    let sigset = block_signals();
+    let (db, secret) = open_store(&args);
+    let listeners = bind(&args);
+    let addr = listeners.addr;
+    let app = Arc::new(App::new(
+        Config {
+            access_ttl_secs: args.access_ttl,
+            pairing_ttl_secs: args.pairing_ttl,
+            refresh_reuse_secs: args.refresh_reuse,
+            data_path: args.data.clone(),
+        },
+        secret.into_bytes(),
+        db,
+    ));
+    start_persistence(&app);
+    start_serving(&app, listeners);
+    announce(&app, &args, addr);
+    let sig = wait_signal(&sigset);
+    stop(&app, sig);
 }

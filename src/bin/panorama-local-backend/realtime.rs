@@ -418,7 +418,9 @@ pub fn handle_upgrade(app: Arc<App>, mut stream: TcpStream, req: Request, leftov
         Some(k) if !app.apikey_ok(k) => return reject(&mut stream, 401, "Invalid API key"),
         _ => {}
     }
-    let verdict = app.faults.take(crate::faults::PathClass::Realtime);
+    let verdict = app
+        .faults
+        .take(crate::faults::PathClass::Realtime, &req.method, &req.path);
     if verdict.delay_ms > 0 {
         app.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(verdict.delay_ms));

@@ -53,7 +53,7 @@ pub fn route(app: &App, req: &Request) -> Response {
         }
         Some(_) => {}
     }
-    let verdict = app.faults.take(class);
+    let verdict = app.faults.take(class, &req.method, &req.path);
     if verdict.delay_ms > 0 {
         app.stats.faults_injected.fetch_add(1, Ordering::Relaxed);
         log::info!(target: "faults", "delaying request path={} ms={}", req.path, verdict.delay_ms);

@@ -6,14 +6,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::access::{check_now, Access, Refusal};
-use super::{failed, pick_shell, resource_id, tmp_base, wants_secrets};
+use super::payload::ExecPayload;
+use super::{failed, pick_shell, tmp_base};
 use crate::exec;
 use crate::jobs::{FinalStatus, JobContext, Outcome};
 
-/// `DEFAULT_REMOTE_SHELL_EXEC_TIMEOUT_MS`.
-pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-/// Gateway-side clamp of `timeout_ms` (10 min).
-pub const MAX_TIMEOUT_MS: u64 = 600_000;
 /// Most bytes stdout and stderr may take in a `shell_exec` result once JSON-encoded. Each stream
 /// is captured up to 5 MB, but two full streams (or control bytes, which JSON escapes to six
 /// bytes each) would make a completion the backend refuses, and the job would stay `running`.
@@ -64,28 +61,6 @@ fn fit_output(stdout: &mut String, stderr: &mut String) -> (bool, bool) {
     (out_cut, err_cut)
 }
 
-/// A number (truncated) or a base-10 integer string (leading digits, like `parseInt`); anything
-/// else gives the default; then clamped to 1…600 000 ms (§7.2 step 8).
-fn parse_timeout(v: Option<&Value>) -> u64 {
-    let n: Option<f64> = match v {
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => {
-            let t = s.trim();
-            let (sign, digits) = match t.strip_prefix('-') {
-                Some(r) => (-1.0, r),
-                None => (1.0, t.strip_prefix('+').unwrap_or(t)),
-            };
-            let d: String = digits.chars().take_while(|c| c.is_ascii_digit()).collect();
-            d.parse::<f64>().ok().map(|x| sign * x)
-        }
-        _ => None,
-    };
-    match n {
-        Some(x) if x.is_finite() => (x.trunc().max(1.0) as u64).min(MAX_TIMEOUT_MS),
-        _ => DEFAULT_TIMEOUT_MS,
-    }
-}
-
 pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
     if ctx.cancel.is_cancelled() {
         return failed(
@@ -93,43 +68,40 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
             &[("cancelled", Value::Bool(true))],
         );
     }
-    if !payload.is_object() {
-        return failed(
-            "Invalid shell_exec payload: expected a JSON object with resource_id and command",
-            &[],
-        );
-    }
+    let p = match ExecPayload::parse(payload) {
+        Ok(p) => p,
+        Err(bad) => return bad.fail(&[]),
+    };
     // Machine control first, then the resource id, then the resource (the reference's order),
     // from one parallel read of the two rows.
-    let rid = resource_id(payload);
-    match check_now(ctx, rid.as_deref().ok(), Access::Write) {
+    match check_now(ctx, p.resource_id.as_deref().ok(), Access::Write) {
         Ok(()) => {}
         Err(Refusal::Control(m)) => {
             log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);
             return failed(m, &[]);
         }
         Err(Refusal::Resource(m)) => {
-            let rid = rid.as_deref().unwrap_or_default();
+            let rid = p.resource_id.as_deref().unwrap_or_default();
             log::info!(target: "shell", "shell_exec denied job_id={} resource_id={rid} reason={m:?}", ctx.job_id);
             return failed(&m, &[("resource_id", Value::String(rid.to_string()))]);
         }
     }
-    let rid = match rid {
+    let rid = match p.resource_id {
         Ok(r) => r,
-        Err(o) => return o,
+        Err(bad) => return bad.fail(&[]),
     };
     let rid_v = Value::String(rid.clone());
-    let command = match payload.get("command").and_then(Value::as_str) {
-        Some(c) if !c.trim().is_empty() => c.to_string(),
-        _ => return failed("Missing command in payload", &[("resource_id", rid_v)]),
+    let command = match p.command {
+        Ok(c) => c,
+        Err(bad) => return bad.fail(&[("resource_id", rid_v.clone())]),
     };
-    if wants_secrets(payload) {
+    if p.wants_secrets {
         return failed(
             "Team secrets can only be injected inside a managed VM",
             &[("resource_id", rid_v)],
         );
     }
-    let timeout_ms = parse_timeout(payload.get("timeout_ms"));
+    let timeout_ms = p.timeout_ms;
     let shell = pick_shell();
     let mut spec = exec::Spec::new(&shell)
         .arg("-lc")
@@ -264,18 +236,6 @@ impl Ran {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timeout_parsing_follows_the_gateway_clamp() {
-        assert_eq!(parse_timeout(None), 30_000);
-        assert_eq!(parse_timeout(Some(&json!("abc"))), 30_000);
-        assert_eq!(parse_timeout(Some(&json!(null))), 30_000);
-        assert_eq!(parse_timeout(Some(&json!(1500.9))), 1500);
-        assert_eq!(parse_timeout(Some(&json!("2500ms"))), 2500);
-        assert_eq!(parse_timeout(Some(&json!(0))), 1);
-        assert_eq!(parse_timeout(Some(&json!(-5))), 1);
-        assert_eq!(parse_timeout(Some(&json!(10_000_000))), 600_000);
-    }
 
     #[test]
     fn output_fits_the_result_budget_stdout_first() {

@@ -18,6 +18,7 @@
 
 mod access;
 mod exec;
+mod payload;
 mod session;
 mod session_job;
 
@@ -26,7 +27,6 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::{FinalStatus, JobContext, Outcome};
-use crate::util::is_uuid;
 
 pub use exec::handle_exec;
 pub use session::ShellSessions;
@@ -81,54 +81,9 @@ fn tmp_base(ctx: &JobContext) -> PathBuf {
     base
 }
 
-/// `resource_id` trimmed; Err = the failed outcome.
-fn resource_id(payload: &Value) -> Result<String, Outcome> {
-    match payload
-        .get("resource_id")
-        .and_then(Value::as_str)
-        .map(str::trim)
-    {
-        Some(r) if !r.is_empty() => {
-            if is_uuid(r) {
-                Ok(r.to_string())
-            } else {
-                Err(failed(
-                    "Invalid resource_id in payload: expected the UUID of a team resource",
-                    &[("resource_id", r.into())],
-                ))
-            }
-        }
-        _ => Err(failed("Missing resource_id in payload", &[])),
-    }
-}
-
-/// True when `secret_env` asks for secrets (a non-empty object).
-fn wants_secrets(payload: &Value) -> bool {
-    payload
-        .get("secret_env")
-        .and_then(Value::as_object)
-        .is_some_and(|m| !m.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::util::new_uuid_v4;
-    use serde_json::json;
-
-    #[test]
-    fn resource_ids_must_be_uuids() {
-        assert!(is_uuid("b5e1c0de-0000-4000-8000-00000000abcd"));
-        assert!(!is_uuid("b5e1c0de-0000-4000-8000-00000000abc"));
-        assert!(!is_uuid("b5e1c0de-0000-4000-8000-00000000abcx"));
-        assert!(!is_uuid("b5e1c0de00000-4000-8000-00000000abcd"));
-        let o = resource_id(&json!({"resource_id": "x&team_id=eq.y"})).unwrap_err();
-        assert_eq!(
-            o.error.as_deref(),
-            Some("Invalid resource_id in payload: expected the UUID of a team resource")
-        );
-        assert!(resource_id(&json!({"resource_id": " "})).is_err());
-    }
 
     #[test]
     fn uuids_are_v4_shaped_and_distinct() {

@@ -7,96 +7,23 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::access::{check_now, check_resource, machine_control_last_read, Access, Refusal};
+use super::payload::{context, Action, SessionPayload, View};
 use super::session::{NewSession, Sess, WRITE_TIMEOUT};
-use super::{failed, ok, resource_id, tmp_base, wants_secrets};
+use super::{failed, ok, tmp_base};
 use crate::exec::pty::{self, ReadOut, WinSize};
 use crate::jobs::{FinalStatus, JobContext, Outcome};
 
-/// Most bytes one `read` returns.
-pub const SESSION_READ_MAX: usize = 1_000_000;
-/// Default bytes one `read` returns.
-pub const SESSION_READ_DEFAULT: usize = 65_536;
-/// Most bytes one `write` accepts.
-pub const SESSION_INPUT_MAX: usize = 1_000_000;
-/// Longest long-poll of `read`/`write` (`wait_ms`).
-pub const SESSION_WAIT_MAX_MS: u64 = 30_000;
 /// Sessions per gateway and per resource.
 pub const MAX_SESSIONS: usize = 10;
 pub const MAX_SESSIONS_PER_RESOURCE: usize = 4;
-/// Largest terminal side accepted for `rows` and `cols`.
-pub const MAX_SIDE: u64 = 1000;
-
-const ACTIONS: &str = "open, write, read, status, resize, close";
-
-fn u64_field(payload: &Value, name: &str) -> Result<Option<u64>, String> {
-    match payload.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) => Ok(Some(v)),
-            None => Err(format!(
-                "Invalid {name} in payload: expected a non-negative integer"
-            )),
-        },
-        Some(_) => Err(format!(
-            "Invalid {name} in payload: expected a non-negative integer"
-        )),
-    }
-}
-
-/// `rows` and `cols` of the payload: both or neither (then None), each 1…[`MAX_SIDE`].
-fn size_fields(payload: &Value) -> Result<Option<WinSize>, String> {
-    let side = |name: &str| -> Result<Option<u16>, String> {
-        match u64_field(payload, name) {
-            Ok(None) => Ok(None),
-            Ok(Some(v)) if (1..=MAX_SIDE).contains(&v) => Ok(Some(v as u16)),
-            _ => Err(format!(
-                "Invalid {name} in payload: expected an integer from 1 to {MAX_SIDE}"
-            )),
-        }
-    };
-    match (side("rows")?, side("cols")?) {
-        (Some(rows), Some(cols)) => Ok(Some(WinSize { rows, cols })),
-        (None, None) => Ok(None),
-        _ => Err("Give both rows and cols in payload, or neither".into()),
-    }
-}
 
 /// The parts of a request on an existing session.
 struct Request<'a> {
-    payload: &'a Value,
+    payload: SessionPayload<'a>,
     ctx: &'a JobContext,
     act: Value,
     rid_v: Value,
-    cursor: Option<u64>,
-    max_bytes: usize,
-    wait: Duration,
-    size: Option<WinSize>,
-}
-
-/// The action named by the payload and the access it needs; Err = the failed outcome.
-fn action(payload: &Value) -> Result<(String, Access), Outcome> {
-    let action = payload
-        .get("action")
-        .and_then(Value::as_str)
-        .map(|a| a.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    let access = match action.as_str() {
-        "open" | "write" | "resize" | "close" => Access::Write,
-        "read" | "status" => Access::Read,
-        "" => {
-            return Err(failed(
-                &format!("Missing action in payload (one of: {ACTIONS})"),
-                &[],
-            ))
-        }
-        other => {
-            return Err(failed(
-                &format!("Unknown shell_session action {other:?}; use one of: {ACTIONS}"),
-                &[],
-            ))
-        }
-    };
-    Ok((action, access))
+    view: View,
 }
 
 pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
@@ -106,42 +33,36 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
             &[("cancelled", Value::Bool(true))],
         );
     }
-    if !payload.is_object() {
-        return failed(
-            "Invalid shell_session payload: expected a JSON object with action and resource_id",
-            &[],
-        );
-    }
-    let (action, access) = match action(payload) {
-        Ok(a) => a,
-        Err(o) => return o,
+    let p = match SessionPayload::parse(payload) {
+        Ok(p) => p,
+        Err(bad) => return bad.fail(&[]),
     };
-    let act = Value::String(action.clone());
+    let action = p.action;
+    let act = Value::from(action.as_str());
     // Closing only takes control away, so it needs no machine control and no resource opt-in:
     // a session can be closed after its resource or a toggle was switched off. It still only
     // reaches a session of the same team and resource. What acts on the machine (open, write,
     // resize) reads every layer now; what only looks uses the team toggle as last read.
-    // Acting reads both rows in one parallel read (machine control reported first).
-    let closing = action == "close";
-    let rid = resource_id(payload);
-    let checked = match access {
+    // Acting reads the team toggle and the resource in one parallel read (machine control
+    // reported first); looking reads the resource after the id was checked.
+    let closing = action == Action::Close;
+    let checked = match action.access() {
         _ if closing => Ok(()),
-        Access::Write => check_now(ctx, rid.as_deref().ok(), access),
+        Access::Write => check_now(ctx, p.resource_id.as_deref().ok(), Access::Write),
         Access::Read => machine_control_last_read(ctx).map_err(Refusal::Control),
     };
     let resource_refused = match checked {
         Ok(()) => None,
         Err(Refusal::Control(m)) => {
-            log::info!(target: "shell", "shell_session denied job_id={} action={action} reason={m:?}", ctx.job_id);
+            log::info!(target: "shell", "shell_session denied job_id={} action={} reason={m:?}", ctx.job_id, action.as_str());
             return failed(m, &[("action", act)]);
         }
         Err(Refusal::Resource(m)) => Some(m),
     };
-    let rid = match rid {
-        Ok(r) => r,
-        Err(o) => return o,
+    let rid = match &p.resource_id {
+        Ok(r) => r.clone(),
+        Err(bad) => return bad.clone().fail(&[]),
     };
-    let rid_v = Value::String(rid.clone());
     let team = ctx
         .resources
         .as_ref()
@@ -150,11 +71,11 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
     if !closing {
         let checked = match resource_refused {
             Some(m) => Err(m),
-            None if access == Access::Read => check_resource(ctx, &rid, access),
+            None if action.access() == Access::Read => check_resource(ctx, &rid, Access::Read),
             None => Ok(()),
         };
         if let Err(m) = checked {
-            log::info!(target: "shell", "shell_session denied job_id={} action={action} resource_id={rid} reason={m:?}", ctx.job_id);
+            log::info!(target: "shell", "shell_session denied job_id={} action={} resource_id={rid} reason={m:?}", ctx.job_id, action.as_str());
             // The resource no longer allows a shell here (not a passing read error): its
             // sessions go too.
             if !m.starts_with("Failed to load") && ctx.resources.is_some() {
@@ -163,79 +84,56 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
                     &format!("Shell session was closed because its resource no longer allows it ({m}); open a new session"),
                 );
             }
-            return failed(&m, &[("action", act), ("resource_id", rid_v)]);
+            return failed(&m, &context(action, &rid));
         }
     }
-    let fields = (|| -> Result<_, String> {
-        Ok((
-            u64_field(payload, "cursor")?,
-            u64_field(payload, "max_bytes")?,
-            u64_field(payload, "wait_ms")?,
-            size_fields(payload)?,
-        ))
-    })();
-    let (cursor, max_bytes, wait_ms, size) = match fields {
-        Ok(f) => f,
-        Err(m) => return failed(&m, &[("action", act), ("resource_id", rid_v)]),
+    let view = match &p.view {
+        Ok(v) => *v,
+        Err(bad) => return bad.clone().fail(&context(action, &rid)),
     };
-    let max_bytes =
-        (max_bytes.unwrap_or(SESSION_READ_DEFAULT as u64) as usize).clamp(1, SESSION_READ_MAX);
-    let wait = Duration::from_millis(wait_ms.unwrap_or(0).min(SESSION_WAIT_MAX_MS));
     ctx.shell_sessions.sweep();
-    if action == "open" {
-        if wants_secrets(payload) {
+    if action == Action::Open {
+        if p.wants_secrets {
             return failed(
                 "Team secrets can only be injected inside a managed VM",
-                &[("action", act), ("resource_id", rid_v)],
+                &context(action, &rid),
             );
         }
-        return open(ctx, &team, &rid, size.unwrap_or(pty::DEFAULT_SIZE));
+        return open(ctx, &team, &rid, view.size.unwrap_or(pty::DEFAULT_SIZE));
     }
-    let sid = payload
-        .get("session_id")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .unwrap_or("");
-    if sid.is_empty() {
-        return failed(
-            "Missing session_id in payload",
-            &[("action", act), ("resource_id", rid_v)],
-        );
-    }
+    let sid = match &p.session_id {
+        Ok(s) => *s,
+        Err(bad) => return bad.clone().fail(&context(action, &rid)),
+    };
     let sess = match ctx.shell_sessions.get(sid) {
         Some(s) if s.team_id == team && s.resource_id == rid => s,
         _ => {
             let note = ctx.shell_sessions.ended_note(sid, &team, &rid);
+            let [a, r] = context(action, &rid);
             return failed(
                 note.as_deref().unwrap_or("Shell session not found"),
-                &[
-                    ("action", act),
-                    ("resource_id", rid_v),
-                    ("session_id", sid.into()),
-                ],
+                &[a, r, ("session_id", sid.into())],
             );
         }
     };
     let req = Request {
-        payload,
+        payload: p,
         ctx,
         act,
-        rid_v,
-        cursor,
-        max_bytes,
-        wait,
-        size,
+        rid_v: Value::String(rid),
+        view,
     };
     let mut r = Map::new();
     r.insert("action".into(), req.act.clone());
     r.insert("resource_id".into(), req.rid_v.clone());
     r.insert("session_id".into(), sess.id.clone().into());
-    match action.as_str() {
-        "read" => read(&sess, &req, r),
-        "write" => write(&sess, &req, r),
-        "resize" => resize(&sess, &req, r),
-        "status" => status(&sess, r),
-        _ => close(&sess, &req, r),
+    match action {
+        Action::Read => read(&sess, &req, r),
+        Action::Write => write(&sess, &req, r),
+        Action::Resize => resize(&sess, &req, r),
+        Action::Status => status(&sess, r),
+        // `open` was answered above.
+        Action::Close | Action::Open => close(&sess, &req, r),
     }
 }
 
@@ -256,13 +154,14 @@ fn put_read(r: &mut Map<String, Value>, out: ReadOut) {
 
 fn read_from(sess: &Sess, req: &Request, cursor: Option<u64>) -> ReadOut {
     let (cancel, shutdown) = (&req.ctx.cancel, &req.ctx.shutdown);
-    sess.pty.read(cursor, req.max_bytes, req.wait, &|| {
-        cancel.is_cancelled() || shutdown.is_draining()
-    })
+    sess.pty
+        .read(cursor, req.view.max_bytes, req.view.wait, &|| {
+            cancel.is_cancelled() || shutdown.is_draining()
+        })
 }
 
 fn read(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
-    put_read(&mut r, read_from(sess, req, req.cursor));
+    put_read(&mut r, read_from(sess, req, req.view.cursor));
     r.insert("message".into(), "Shell session output read".into());
     r.insert("success".into(), Value::Bool(true));
     ok(r)
@@ -283,24 +182,10 @@ fn here(
 }
 
 fn write(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
-    let input = match req.payload.get("input") {
-        Some(Value::String(s)) => s.as_bytes().to_vec(),
-        _ => {
-            return failed(
-                "Missing input in payload (a string typed into the terminal: end a line with \"\\n\", send \"\\u0003\" for Ctrl-C)",
-                &here(sess, req, None),
-            )
-        }
+    let input = match &req.payload.input {
+        Ok(s) => s.as_bytes(),
+        Err(bad) => return bad.clone().fail(&here(sess, req, None)),
     };
-    if input.len() > SESSION_INPUT_MAX {
-        return failed(
-            &format!(
-                "Input too large: {} bytes; send at most {SESSION_INPUT_MAX} bytes per write",
-                input.len()
-            ),
-            &here(sess, req, None),
-        );
-    }
     let st = sess.pty.status();
     if !st.alive || st.stop.is_some() {
         return failed(
@@ -309,14 +194,14 @@ fn write(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
         );
     }
     let before = st.buffer_end;
-    let written = sess.pty.write(&input, WRITE_TIMEOUT);
+    let written = sess.pty.write(input, WRITE_TIMEOUT);
     r.insert(
         "bytes_written".into(),
         json!(written.as_ref().map(|n| *n).unwrap_or_else(|e| e.written())),
     );
     put_read(
         &mut r,
-        read_from(sess, req, Some(req.cursor.unwrap_or(before))),
+        read_from(sess, req, Some(req.view.cursor.unwrap_or(before))),
     );
     match written {
         Ok(_) => {
@@ -337,7 +222,7 @@ fn write(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
 }
 
 fn resize(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
-    let Some(size) = req.size else {
+    let Some(size) = req.view.size else {
         return failed(
             "Missing rows and cols in payload (the terminal's new size)",
             &here(sess, req, None),
@@ -393,11 +278,11 @@ fn close(sess: &Sess, req: &Request, mut r: Map<String, Value>) -> Outcome {
     // The tail of the output, at most max_bytes.
     let from = st
         .buffer_end
-        .saturating_sub(req.max_bytes as u64)
+        .saturating_sub(req.view.max_bytes as u64)
         .max(st.buffer_start);
     let out = sess
         .pty
-        .read(Some(from), req.max_bytes, Duration::ZERO, &|| true);
+        .read(Some(from), req.view.max_bytes, Duration::ZERO, &|| true);
     r.insert("message".into(), "Shell session closed".into());
     r.insert("status".into(), "closed".into());
     put_read(&mut r, out);

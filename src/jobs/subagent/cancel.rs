@@ -93,28 +93,72 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
     let Some(session) = ctx.session.clone() else {
         return failed_cancel("Gateway backend session unavailable");
     };
-    let Some(sid) = subagent_id_of(payload) else {
-        return failed_cancel("Missing subagent_id in payload");
+    // 1.
+    let req = match CancelPayload::parse(payload) {
+        Ok(req) => req,
+        Err(m) => return failed_cancel(&m),
     };
-    let requested = trimmed(s(payload, "run_id").or_else(|| s(payload, "runId")));
-    let reason = trimmed(s(payload, "reason")).unwrap_or_else(|| CANCELLED.into());
-    let sub = match wire::load_subagent(
-        &session,
-        &sid,
-        "id,team_id,gateway_id,subagent_type,status,metadata",
+    match cancel(&session, ctx, &req) {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
+}
+
+/// A step of the cancel job; Err = the job's outcome, decided early.
+type Step<T> = Result<T, Outcome>;
+
+/// §6.4 steps 2–10, top-down: the subagent, its active run, the resolution table, the cancel
+/// request recorded on both rows, then the running child signalled.
+fn cancel(session: &Session, ctx: &JobContext, req: &CancelPayload) -> Step<Outcome> {
+    let sub = load_for_cancel(session, req)?;
+    let supported = adapter_for(&sub.subagent_type).is_some() && sub.gateway_id.is_some();
+    let status = sub.status.to_ascii_lowercase();
+    let active = if status == "running" {
+        find_active(session, &req.subagent_id).map_err(|e| {
+            log::warn!(target: "subagent", "could not resolve the active run of {}: {e}", req.subagent_id);
+            failed_cancel("Failed to resolve active subagent run for cancellation")
+        })?
+    } else {
+        None
+    };
+    let active_id = active.as_ref().map(|(id, _)| id.clone());
+    if let Some((cr, cs, msg)) = resolve(
+        supported,
+        &status,
+        active_id.as_deref(),
+        req.run_id.as_deref(),
     ) {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!(target: "subagent", "could not load subagent {sid} for cancellation: {e}");
-            return failed_cancel("Failed to load subagent for cancellation");
-        }
-    };
-    let Some(sub) = sub else {
-        let mut r = cancel_result(
-            &sid,
-            requested.as_deref(),
+        return Ok(ok(cancel_result(
+            &req.subagent_id,
             None,
-            &reason,
+            active_id.as_deref(),
+            &req.reason,
+            (cr, cs, supported, &status, &msg),
+        )));
+    }
+    let (run_id, run_meta) = active.unwrap_or_default();
+    record_request(session, req, &sub, &run_id, &run_meta, supported)?;
+    Ok(signal_run(session, ctx, req, &sub, &run_id))
+}
+
+/// Steps 2–4: the subagent row. Not found, or assigned to another gateway: nothing to
+/// cancel here (the job completes, saying so).
+fn load_for_cancel(session: &Session, req: &CancelPayload) -> Step<SubagentRow> {
+    let sid = &req.subagent_id;
+    let row = wire::load_subagent(
+        session,
+        sid,
+        "id,team_id,gateway_id,subagent_type,status,metadata",
+    )
+    .map_err(|e| {
+        log::warn!(target: "subagent", "could not load subagent {sid} for cancellation: {e}");
+        failed_cancel("Failed to load subagent for cancellation")
+    })?;
+    let Some(row) = row else {
+        let mut r = cancel_result(
+            sid,
+            req.run_id.as_deref(),
+            None,
+            &req.reason,
             (
                 "no_active_run",
                 "none",
@@ -124,15 +168,19 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
             ),
         );
         r.as_object_mut().map(|o| o.remove("active_run_id"));
-        return ok(r);
+        return Err(ok(r));
     };
-    let gid = s(&sub, "gateway_id").map(String::from);
-    if gid.as_deref() != Some(session.gateway_id.as_str()) {
-        return ok(cancel_result(
-            &sid,
-            requested.as_deref(),
+    let sub = SubagentRow::parse(&row).map_err(|e| {
+        failed_cancel(&format!(
+            "{e}; fix the subagent's row and send the cancel again"
+        ))
+    })?;
+    if sub.gateway_id.as_deref() != Some(session.gateway_id.as_str()) {
+        return Err(ok(cancel_result(
+            sid,
+            req.run_id.as_deref(),
             None,
-            &reason,
+            &req.reason,
             (
                 "no_active_run",
                 "none",
@@ -140,139 +188,142 @@ pub fn handle_cancel(payload: &Value, ctx: &JobContext) -> Outcome {
                 "running",
                 "Subagent is assigned to another gateway; skipping stale cancel request.",
             ),
-        ));
+        )));
     }
-    let supported = s(&sub, "subagent_type").and_then(adapter_for).is_some() && gid.is_some();
-    let mut status = s(&sub, "status").unwrap_or("unknown").to_ascii_lowercase();
-    let sub_meta = sub.get("metadata").cloned();
-    let find_active = |session: &Session| -> Result<Option<(String, Value)>, String> {
-        wire::newest_running_run(session, &sid, "id,metadata")
-            .map(|r| {
-                r.and_then(|r| {
-                    Some((
-                        s(&r, "id")?.to_string(),
-                        r.get("metadata").cloned().unwrap_or(json!({})),
-                    ))
-                })
+    Ok(sub)
+}
+
+/// The subagent's newest running run: (id, metadata).
+fn find_active(session: &Session, sid: &str) -> Result<Option<(String, Value)>, String> {
+    wire::newest_running_run(session, sid, "id,metadata")
+        .map(|r| {
+            r.and_then(|r| {
+                Some((
+                    s(&r, "id")?.to_string(),
+                    r.get("metadata").cloned().unwrap_or(json!({})),
+                ))
             })
-            .map_err(|e| e.to_string())
-    };
-    let mut active = None;
-    if status == "running" {
-        match find_active(&session) {
-            Ok(a) => active = a,
-            Err(e) => {
-                log::warn!(target: "subagent", "could not resolve the active run of {sid}: {e}");
-                return failed_cancel("Failed to resolve active subagent run for cancellation");
-            }
-        }
-    }
-    let team_id = s(&sub, "team_id").unwrap_or(&session.team_id).to_string();
-    {
-        let active_id = active.as_ref().map(|(id, _): &(String, Value)| id.clone());
-        if let Some((cr, cs, msg)) = resolve(
-            supported,
-            &status,
-            active_id.as_deref(),
-            requested.as_deref(),
-        ) {
-            return ok(cancel_result(
-                &sid,
-                None,
-                active_id.as_deref(),
-                &reason,
-                (cr, cs, supported, &status, &msg),
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Steps 8–9: the cancel request written into the subagent's metadata (only while it is
+/// still running: a lost race resolves again and ends the job), then into the run's.
+fn record_request(
+    session: &Session,
+    req: &CancelPayload,
+    sub: &SubagentRow,
+    run_id: &str,
+    run_meta: &Value,
+    supported: bool,
+) -> Step<()> {
+    let sid = &req.subagent_id;
+    let now = crate::util::now_rfc3339();
+    let marks = json!({"cancel_run_id": run_id, "cancel_requested_at": now, "cancel_reason": req.reason,
+        "cancel_state": "requested", "cancel_support": "gateway", "cancellation_scope": "gateway"});
+    match wire::update_where(
+        session,
+        "subagents",
+        sid,
+        &[("status", "eq.running")],
+        &json!({"metadata": merged(Some(&sub.metadata.all), &marks)}),
+    ) {
+        Err(e) => {
+            log::warn!(target: "subagent", "could not persist cancel metadata of {sid}: {e}");
+            return Err(failed_cancel(
+                "Failed to persist subagent cancellation metadata",
             ));
         }
-        let (run_id, run_meta) = active.clone().unwrap_or_default();
-        let now = crate::util::now_rfc3339();
-        let marks = json!({"cancel_run_id": run_id, "cancel_requested_at": now, "cancel_reason": reason,
-            "cancel_state": "requested", "cancel_support": "gateway", "cancellation_scope": "gateway"});
-        match wire::update_where(
-            &session,
-            "subagents",
-            &sid,
-            &[("status", "eq.running")],
-            &json!({"metadata": merged(sub_meta.as_ref(), &marks)}),
-        ) {
-            Err(e) => {
-                log::warn!(target: "subagent", "could not persist cancel metadata of {sid}: {e}");
-                return failed_cancel("Failed to persist subagent cancellation metadata");
-            }
-            Ok(false) => {
-                // Race: re-read and resolve again.
-                match wire::load_subagent(&session, &sid, "status,metadata") {
-                    Ok(Some(r)) => {
-                        status = s(&r, "status").unwrap_or("unknown").to_ascii_lowercase();
-                    }
-                    _ => status = "unknown".into(),
-                }
-                active = if status == "running" {
-                    find_active(&session).ok().flatten()
-                } else {
-                    None
-                };
-                let active_id = active.as_ref().map(|(id, _)| id.clone());
-                let res = resolve(
-                    supported,
-                    &status,
-                    active_id.as_deref(),
-                    requested.as_deref(),
-                )
-                .unwrap_or((
-                    "no_active_run",
-                    "none",
-                    "Subagent state changed while cancelling; try again.".into(),
-                ));
-                return ok(cancel_result(
-                    &sid,
-                    None,
-                    active_id.as_deref(),
-                    &reason,
-                    (res.0, res.1, supported, &status, &res.2),
-                ));
-            }
-            Ok(_) => {}
-        }
-        if let Err(e) = wire::update_where(
-            &session,
-            "subagent_runs",
-            &run_id,
-            &[("status", "eq.running")],
-            &json!({"metadata": merged(Some(&run_meta), &marks)}),
-        ) {
-            log::warn!(target: "subagent", "could not persist cancel metadata of run {run_id}: {e}");
-            return failed_cancel("Failed to persist run cancellation metadata");
-        }
-        // In-memory cancel request.
-        let target_job = ctx.subagent_runs.request_cancel(&sid, &run_id, &reason);
-        let is_active = target_job.is_some();
-        log::info!(target: "subagent", "subagent cancel requested subagent={sid} run={run_id} active_process={is_active}");
-        let t = EventTarget {
-            run_id: run_id.clone(),
-            subagent_id: sid.clone(),
-            team_id: team_id.clone(),
-            gateway_id: gid.clone(),
-        };
-        // The request is recorded before the run is signalled, so the run's own
-        // `cancellation_acknowledged` always follows it in the run's event sequence.
-        emit_once(
-            &session,
-            &t,
-            "cancellation_requested",
-            json!({"reason": reason, "source": "gateway_cancel_job", "active_process": is_active, "cancel_state": "requested"}),
-        );
-        if let Some(job) = target_job {
-            (ctx.cancel_running)(&job);
-            ctx.children.kill_job(&job, CANCEL_GRACE);
-        }
-        ok(json!({
-            "subagent_id": sid, "run_id": run_id, "cancelled_active_run": is_active,
-            "reason": reason, "cancel_result": "accepted", "cancel_state": "requested",
-            "cancel_supported": true, "status": "running",
-            "message": "Cancel requested and forwarded to gateway.",
-        }))
+        Ok(false) => return Err(resolve_after_race(session, req, supported)),
+        Ok(true) => {}
     }
+    if let Err(e) = wire::update_where(
+        session,
+        "subagent_runs",
+        run_id,
+        &[("status", "eq.running")],
+        &json!({"metadata": merged(Some(run_meta), &marks)}),
+    ) {
+        log::warn!(target: "subagent", "could not persist cancel metadata of run {run_id}: {e}");
+        return Err(failed_cancel("Failed to persist run cancellation metadata"));
+    }
+    Ok(())
+}
+
+/// The subagent changed between the read and the write: re-read it and resolve again.
+fn resolve_after_race(session: &Session, req: &CancelPayload, supported: bool) -> Outcome {
+    let status = wire::load_subagent(session, &req.subagent_id, "status,metadata")
+        .ok()
+        .flatten()
+        .and_then(|r| SubagentRow::parse(&r).ok())
+        .map_or_else(|| "unknown".into(), |r| r.status.to_ascii_lowercase());
+    let active = if status == "running" {
+        find_active(session, &req.subagent_id).ok().flatten()
+    } else {
+        None
+    };
+    let active_id = active.as_ref().map(|(id, _)| id.clone());
+    let res = resolve(
+        supported,
+        &status,
+        active_id.as_deref(),
+        req.run_id.as_deref(),
+    )
+    .unwrap_or((
+        "no_active_run",
+        "none",
+        "Subagent state changed while cancelling; try again.".into(),
+    ));
+    ok(cancel_result(
+        &req.subagent_id,
+        None,
+        active_id.as_deref(),
+        &req.reason,
+        (res.0, res.1, supported, &status, &res.2),
+    ))
+}
+
+/// Step 10: the request reaches the run in memory, `cancellation_requested` is written, and
+/// a running child's process group is stopped with the grace.
+fn signal_run(
+    session: &Session,
+    ctx: &JobContext,
+    req: &CancelPayload,
+    sub: &SubagentRow,
+    run_id: &str,
+) -> Outcome {
+    let sid = &req.subagent_id;
+    let reason = &req.reason;
+    let target_job = ctx.subagent_runs.request_cancel(sid, run_id, reason);
+    let is_active = target_job.is_some();
+    log::info!(target: "subagent", "subagent cancel requested subagent={sid} run={run_id} active_process={is_active}");
+    let t = EventTarget {
+        run_id: run_id.to_string(),
+        subagent_id: sid.clone(),
+        team_id: sub
+            .team_id
+            .clone()
+            .unwrap_or_else(|| session.team_id.clone()),
+        gateway_id: sub.gateway_id.clone(),
+    };
+    // The request is recorded before the run is signalled, so the run's own
+    // `cancellation_acknowledged` always follows it in the run's event sequence.
+    emit_once(
+        session,
+        &t,
+        "cancellation_requested",
+        json!({"reason": reason, "source": "gateway_cancel_job", "active_process": is_active, "cancel_state": "requested"}),
+    );
+    if let Some(job) = target_job {
+        (ctx.cancel_running)(&job);
+        ctx.children.kill_job(&job, CANCEL_GRACE);
+    }
+    ok(json!({
+        "subagent_id": sid, "run_id": run_id, "cancelled_active_run": is_active,
+        "reason": reason, "cancel_result": "accepted", "cancel_state": "requested",
+        "cancel_supported": true, "status": "running",
+        "message": "Cancel requested and forwarded to gateway.",
+    }))
 }
 
 /// §6.4 "pending cancel consumption": finalize as cancelled without spawning anything.

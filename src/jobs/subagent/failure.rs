@@ -84,7 +84,7 @@ pub(super) fn failure_reason(
         ),
         Ok(o) => {
             let stderr = diagnose::strip_ansi(stderr);
-            let summary = providers::plan::error_summary(&stderr);
+            let summary = providers::normalize::error_summary(&stderr);
             diagnose::explain_exit(
                 provider,
                 o.exit_code,

@@ -16,12 +16,18 @@ use serde_json::{json, Map, Value};
 
 pub mod active;
 mod cancel;
+mod execute;
 mod failure;
+mod finalize;
+mod payload;
 mod run;
 
 pub use cancel::handle_cancel;
 use cancel::*;
+use execute::*;
 use failure::*;
+use finalize::*;
+use payload::*;
 use run::*;
 
 use super::{FinalStatus, JobContext, Outcome};
@@ -171,10 +177,6 @@ fn emit_once(session: &Session, target: &EventTarget, kind: &str, payload: Value
 // ---------------------------------------------------------------------------------------------
 // `subagent_run`.
 
-fn subagent_id_of(p: &Value) -> Option<String> {
-    trimmed(s(p, "subagent_id").or_else(|| s(p, "subagentId")))
-}
-
 /// Entry point of `subagent_run` jobs.
 pub fn handle_run(payload: &Value, ctx: &JobContext) -> Outcome {
     let Some(session) = ctx.session.clone() else {
@@ -184,9 +186,13 @@ pub fn handle_run(payload: &Value, ctx: &JobContext) -> Outcome {
             Some("Gateway backend session unavailable; restart the gateway".into()),
         );
     };
-    let sid = subagent_id_of(payload);
+    // 1. (a payload that cannot be read marks no subagent failed)
+    let req = match RunPayload::parse(payload) {
+        Ok(req) => req,
+        Err(m) => return fail_msg(&m).outcome,
+    };
     let end = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_job(&session, payload, ctx)
+        run_job(&session, &req, ctx)
     })) {
         Ok(Ok(end)) => end,
         Ok(Err(msg)) => End {
@@ -199,14 +205,12 @@ pub fn handle_run(payload: &Value, ctx: &JobContext) -> Outcome {
         },
     };
     if end.fail_subagent && end.outcome.status == FinalStatus::Failed {
-        if let Some(sid) = sid {
-            let msg = end
-                .outcome
-                .error
-                .clone()
-                .unwrap_or_else(|| "Gateway subagent job failed".into());
-            fail_subagent_run(&session, &sid, &msg);
-        }
+        let msg = end
+            .outcome
+            .error
+            .clone()
+            .unwrap_or_else(|| "Gateway subagent job failed".into());
+        fail_subagent_run(&session, &req.subagent_id, &msg);
     }
     end.outcome
 }

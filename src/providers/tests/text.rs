@@ -72,9 +72,9 @@ fn parsers_and_redactors_never_panic_on_random_text() {
         let _ = redact::text(&s, (next() % 50) as usize);
         let _ = redact::command_line(&s, std::slice::from_ref(&s));
         let _ = redact::args(&[s.clone(), "--api-key".into(), s.clone()], true);
-        let _ = plan::strip_fence(&s);
-        let _ = plan::extract_object(&s, true);
-        let _ = plan::error_summary(&s);
+        let _ = normalize::strip_fence(&s);
+        let _ = normalize::extract_object(&s, true);
+        let _ = normalize::error_summary(&s);
         let _ = plan::collapse(&s, (next() % 20) as usize);
         let _ = crate::util::truncate_chars(&s, (next() % 20) as usize, "…");
         let _ = discovery::extract_version(&s);

@@ -1,0 +1,312 @@
+//! The subagent jobs' inputs typed at the door (subagents-shell.md §2.1, §2.2, §6.4): the
+//! `subagent_run` and `subagent_cancel` payloads and the subagent row fields the handlers read.
+//! A value of the wrong type is one clear error naming the field, never a silent default.
+
+use super::*;
+
+/// The JSON type of a value, for error messages.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The value under the first of `keys` that is present and not null, with its key.
+fn first<'a>(o: &'a Value, keys: &[&'static str]) -> Option<(&'static str, &'a Value)> {
+    keys.iter()
+        .find_map(|k| o.get(k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+}
+
+/// The text under the first of `keys` present, as sent (None when absent or null); any other
+/// type is an error naming `<prefix><key> <place>`.
+fn text<'a>(
+    o: &'a Value,
+    keys: &[&'static str],
+    prefix: &str,
+    place: &str,
+) -> Result<Option<&'a str>, String> {
+    match first(o, keys) {
+        None => Ok(None),
+        Some((_, Value::String(x))) => Ok(Some(x)),
+        Some((k, v)) => Err(format!(
+            "Invalid {prefix}{k} {place}: expected a string, got {}",
+            type_name(v)
+        )),
+    }
+}
+
+/// The payload's text fields: a wrong type says what to send instead.
+fn payload_text<'a>(
+    p: &'a Value,
+    keys: &[&'static str],
+    what: &str,
+) -> Result<Option<&'a str>, String> {
+    text(p, keys, "", "in payload").map_err(|e| format!("{e}; send {what}"))
+}
+
+/// The row's text fields.
+fn row_text<'a>(o: &'a Value, key: &'static str, prefix: &str) -> Result<Option<&'a str>, String> {
+    text(o, &[key], prefix, "in the subagent row")
+}
+
+/// A JSON column: an object, or {} when absent or null; anything else names the column.
+fn object(o: &Value, key: &'static str) -> Result<Value, String> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(json!({})),
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(v) => Err(format!(
+            "Invalid {key} in the subagent row: expected a JSON object, got {}",
+            type_name(v)
+        )),
+    }
+}
+
+/// A `subagent_run` job's payload (§2.1).
+#[derive(Debug, PartialEq)]
+pub(super) struct RunPayload {
+    /// `subagent_id` (alias `subagentId`), trimmed.
+    pub(super) subagent_id: String,
+    /// `run_id` (alias `runId`), trimmed; None when absent or blank.
+    pub(super) run_id: Option<String>,
+}
+
+/// The payload's subagent id: missing (or blank) and the wrong type are different errors.
+fn subagent_id(p: &Value) -> Result<String, String> {
+    let id = payload_text(
+        p,
+        &["subagent_id", "subagentId"],
+        "the subagent's id as text",
+    )?;
+    trimmed(id).ok_or_else(|| "Missing subagent_id in payload".to_string())
+}
+
+fn run_id(p: &Value) -> Result<Option<String>, String> {
+    let id = payload_text(
+        p,
+        &["run_id", "runId"],
+        "the run's UUID as text, or leave it out",
+    )?;
+    Ok(trimmed(id))
+}
+
+impl RunPayload {
+    /// Err = the message that fails the job.
+    pub(super) fn parse(p: &Value) -> Result<RunPayload, String> {
+        Ok(RunPayload {
+            subagent_id: subagent_id(p)?,
+            run_id: run_id(p)?,
+        })
+    }
+}
+
+/// A `subagent_cancel` job's payload (§6.4).
+#[derive(Debug, PartialEq)]
+pub(super) struct CancelPayload {
+    pub(super) subagent_id: String,
+    /// The run the cancel is meant for; None = the active one.
+    pub(super) run_id: Option<String>,
+    /// `reason`, trimmed; "Cancelled" when absent or blank.
+    pub(super) reason: String,
+}
+
+impl CancelPayload {
+    /// Err = the message that fails the job.
+    pub(super) fn parse(p: &Value) -> Result<CancelPayload, String> {
+        let subagent_id = subagent_id(p)?;
+        let run_id = run_id(p)?;
+        let reason = payload_text(p, &["reason"], "the reason as text, or leave it out")?;
+        Ok(CancelPayload {
+            subagent_id,
+            run_id,
+            reason: trimmed(reason).unwrap_or_else(|| CANCELLED.into()),
+        })
+    }
+}
+
+/// The fields of a `subagents` row the handlers read (§2.2), as sent (text columns are not
+/// trimmed: they are compared exactly).
+#[derive(Debug)]
+pub(super) struct SubagentRow {
+    pub(super) team_id: Option<String>,
+    pub(super) gateway_id: Option<String>,
+    /// "unknown" when absent.
+    pub(super) status: String,
+    /// "" when absent.
+    pub(super) subagent_type: String,
+    /// The provider options, an object (read field by field by the plan's request).
+    pub(super) config: Value,
+    pub(super) input: SubagentInput,
+    pub(super) metadata: SubagentMeta,
+}
+
+/// `subagents.input`: what the run is asked to do.
+#[derive(Debug, Default)]
+pub(super) struct SubagentInput {
+    /// `prompt`, else `query`, else `task`: the first that is not blank, trimmed.
+    pub(super) prompt: Option<String>,
+    /// `run_id`, trimmed.
+    pub(super) run_id: Option<String>,
+    /// `run_sequence` (alias `runSequence`): a number, or a numeric string.
+    pub(super) run_sequence: Option<i64>,
+}
+
+/// `subagents.metadata`: the whole object (merged into on writes) and the fields read.
+#[derive(Debug)]
+pub(super) struct SubagentMeta {
+    pub(super) all: Value,
+    /// trimmed
+    pub(super) current_run_id: Option<String>,
+    /// The provider session a continuation resumes, trimmed.
+    pub(super) session_id: Option<String>,
+    /// A pending cancel's run, as sent.
+    pub(super) cancel_run_id: Option<String>,
+    /// trimmed
+    pub(super) cancel_reason: Option<String>,
+}
+
+impl SubagentRow {
+    /// Err = a message naming the field of the row that has the wrong type.
+    pub(super) fn parse(row: &Value) -> Result<SubagentRow, String> {
+        let owned = |v: Option<&str>| v.map(String::from);
+        let input = object(row, "input")?;
+        let metadata = object(row, "metadata")?;
+        let meta = |k| row_text(&metadata, k, "metadata.");
+        Ok(SubagentRow {
+            team_id: owned(row_text(row, "team_id", "")?),
+            gateway_id: owned(row_text(row, "gateway_id", "")?),
+            status: row_text(row, "status", "")?.unwrap_or("unknown").into(),
+            subagent_type: row_text(row, "subagent_type", "")?.unwrap_or("").into(),
+            config: object(row, "config")?,
+            input: SubagentInput::parse(&input)?,
+            metadata: SubagentMeta {
+                current_run_id: trimmed(meta("current_run_id")?),
+                session_id: trimmed(meta("session_id")?),
+                cancel_run_id: owned(meta("cancel_run_id")?),
+                cancel_reason: trimmed(meta("cancel_reason")?),
+                all: metadata,
+            },
+        })
+    }
+}
+
+impl SubagentInput {
+    fn parse(input: &Value) -> Result<SubagentInput, String> {
+        let mut prompt = None;
+        for k in ["prompt", "query", "task"] {
+            prompt = trimmed(row_text(input, k, "input.")?);
+            if prompt.is_some() {
+                break;
+            }
+        }
+        let run_sequence = match first(input, &["run_sequence", "runSequence"]) {
+            None => None,
+            Some((_, Value::Number(n))) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+            Some((k, Value::String(x))) => Some(x.trim().parse::<f64>().map(|f| f as i64).map_err(
+                |_| format!("Invalid input.{k} in the subagent row: expected a number, got the text {x:?}"),
+            )?),
+            Some((k, v)) => {
+                return Err(format!(
+                    "Invalid input.{k} in the subagent row: expected a number, got {}",
+                    type_name(v)
+                ))
+            }
+        };
+        Ok(SubagentInput {
+            prompt,
+            run_id: trimmed(row_text(input, "run_id", "input.")?),
+            run_sequence,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_payload_names_the_bad_field() {
+        let ok = RunPayload::parse(&json!({"subagentId": " s1 ", "run_id": " r1 "})).unwrap();
+        assert_eq!(
+            ok,
+            RunPayload {
+                subagent_id: "s1".into(),
+                run_id: Some("r1".into())
+            }
+        );
+        let blank = RunPayload::parse(&json!({"subagent_id": "s1", "runId": "  "})).unwrap();
+        assert_eq!(blank.run_id, None);
+        for missing in [
+            json!({}),
+            json!({"subagent_id": null}),
+            json!({"subagent_id": " "}),
+        ] {
+            assert_eq!(
+                RunPayload::parse(&missing).unwrap_err(),
+                "Missing subagent_id in payload"
+            );
+        }
+        let e = RunPayload::parse(&json!({"subagent_id": 7})).unwrap_err();
+        assert_eq!(
+            e,
+            "Invalid subagent_id in payload: expected a string, got a number; send the subagent's id as text"
+        );
+        let e = RunPayload::parse(&json!({"subagent_id": "s1", "runId": ["x"]})).unwrap_err();
+        assert!(
+            e.starts_with("Invalid runId in payload: expected a string, got an array; "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_cancel_payload_defaults_its_reason() {
+        let p = CancelPayload::parse(&json!({"subagent_id": "s1"})).unwrap();
+        assert_eq!((p.run_id, p.reason.as_str()), (None, "Cancelled"));
+        let p = CancelPayload::parse(&json!({"subagent_id": "s1", "reason": " stop "})).unwrap();
+        assert_eq!(p.reason, "stop");
+        let e = CancelPayload::parse(&json!({"subagent_id": "s1", "reason": true})).unwrap_err();
+        assert!(
+            e.starts_with("Invalid reason in payload: expected a string, got a boolean; "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_subagent_row_is_read_as_the_contract_says() {
+        let row = SubagentRow::parse(&json!({
+            "gateway_id": "g1", "status": "running", "subagent_type": "codex_gateway",
+            "config": null,
+            "input": {"prompt": "  ", "query": " hi ", "run_sequence": "3"},
+            "metadata": {"session_id": " s ", "cancel_run_id": "r1", "cancel_reason": ""},
+        }))
+        .unwrap();
+        assert_eq!(row.gateway_id.as_deref(), Some("g1"));
+        assert_eq!(row.team_id, None);
+        assert_eq!(row.config, json!({}));
+        assert_eq!(row.input.prompt.as_deref(), Some("hi"));
+        assert_eq!(row.input.run_sequence, Some(3));
+        assert_eq!(row.metadata.session_id.as_deref(), Some("s"));
+        assert_eq!(row.metadata.cancel_run_id.as_deref(), Some("r1"));
+        assert_eq!(row.metadata.cancel_reason, None);
+        let empty = SubagentRow::parse(&json!({})).unwrap();
+        assert_eq!(
+            (empty.status.as_str(), empty.subagent_type.as_str()),
+            ("unknown", "")
+        );
+        assert_eq!(empty.input.run_sequence, None);
+        let bad = [
+            (json!({"status": 1}), "Invalid status in the subagent row: expected a string, got a number"),
+            (json!({"metadata": "x"}), "Invalid metadata in the subagent row: expected a JSON object, got a string"),
+            (json!({"input": {"prompt": 5}}), "Invalid input.prompt in the subagent row: expected a string, got a number"),
+            (json!({"input": {"runSequence": "two"}}), "Invalid input.runSequence in the subagent row: expected a number, got the text \"two\""),
+            (json!({"metadata": {"session_id": {}}}), "Invalid metadata.session_id in the subagent row: expected a string, got an object"),
+        ];
+        for (row, want) in bad {
+            assert_eq!(SubagentRow::parse(&row).unwrap_err(), want);
+        }
+    }
+}
