@@ -78,7 +78,7 @@ fn path_precedence_flag_env_default() {
     let w = World::new("paths");
     // default: ~/.panorama/gateway
     let o = w.bare_cmd().args(["status", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = stdout_json(&o);
     let def = w.home.join(".panorama/gateway");
     assert_eq!(v["config_path"], def.join("gateway.json").to_str().unwrap());
     assert_eq!(v["log_path"], def.join("gateway.log").to_str().unwrap());
@@ -93,7 +93,7 @@ fn path_precedence_flag_env_default() {
         .env("PANORAMA_GATEWAY_LOG_PATH", "/tmp/envlog.log")
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = stdout_json(&o);
     assert_eq!(
         v["config_path"],
         w.root.join("envdir/gateway.json").to_str().unwrap()
@@ -108,7 +108,7 @@ fn path_precedence_flag_env_default() {
         .env("PANORAMA_GATEWAY_PID_PATH", "/tmp/envpid.pid")
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = stdout_json(&o);
     assert_eq!(v["config_path"], "/tmp/flagdir/g.json");
     assert_eq!(v["log_path"], "/tmp/flagdir/gateway.log");
     assert_eq!(v["pid_path"], "/tmp/envpid.pid");
@@ -122,15 +122,7 @@ fn backend_precedence_and_builtin_default() {
         serde_json::from_str(&fs::read_to_string(w.config()).unwrap()).unwrap();
     let saved_url = saved["supabaseUrl"].as_str().unwrap().to_string();
     let backend = |c: &mut std::process::Command| -> String {
-        let o = c.output().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let b = v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "backend")
-            .unwrap()
-            .clone();
+        let b = doctor_check(&c.output().unwrap(), "backend");
         b["detail"].as_str().unwrap().to_string()
     };
     assert_eq!(backend(&mut w.cmd(&["doctor", "--json"])), saved_url);
@@ -163,12 +155,10 @@ fn backend_precedence_and_builtin_default() {
         "https://api.panorama.app"
     );
     // start on an unpaired config says so
-    let o = w2.run(&["start", "--foreground"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("not paired: run panorama-gateway pair <CODE>"),
-        "{}",
-        stderr(&o)
+    assert_fails(
+        &w2.run(&["start", "--foreground"]),
+        1,
+        &["not paired: run panorama-gateway pair <CODE>"],
     );
 }
 
@@ -177,16 +167,7 @@ fn backend_precedence_and_builtin_default() {
 #[test]
 fn plain_http_to_another_host_needs_allow_insecure_http() {
     let w = World::new("insecure");
-    let check = |o: &std::process::Output| {
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "backend")
-            .unwrap()
-            .clone()
-    };
+    let check = |o: &std::process::Output| doctor_check(o, "backend");
     let o = w
         .cmd(&["doctor", "--json"])
         .env("SUPABASE_URL", "http://gateway-backend.example:54321")
@@ -234,12 +215,7 @@ fn plain_http_to_another_host_needs_allow_insecure_http() {
         .env("SUPABASE_ANON_KEY", "k")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("refusing plain http://"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails(&o, 1, &["refusing plain http://"]);
 }
 
 #[test]
@@ -264,7 +240,7 @@ fn env_files_load_with_existing_values_winning() {
         .args(["--env", "dev", "status", "--json"])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = stdout_json(&o);
     assert_eq!(
         v["config_path"],
         dev_dir.join("gateway.json").to_str().unwrap()
@@ -279,7 +255,7 @@ fn env_files_load_with_existing_values_winning() {
         .args(["status", "--json"])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = stdout_json(&o);
     assert_eq!(
         v["config_path"],
         w.root.join("mine/gateway.json").to_str().unwrap()
@@ -292,41 +268,26 @@ fn env_files_load_with_existing_values_winning() {
         .args(["--env-file", "../../.env.dev", "doctor", "--json"])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let b = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "backend")
-        .unwrap();
-    assert_eq!(b["detail"], "https://dev.local:1", "{v}");
+    let b = doctor_check(&o, "backend");
+    assert_eq!(b["detail"], "https://dev.local:1", "{b}");
 
-    // missing env file: error naming it, exit 1
-    let o = w
-        .bare_cmd()
-        .current_dir(&sub)
-        .args(["--env", "stage", "status"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains(".env.stage"), "{}", stderr(&o));
-    let o = w
-        .bare_cmd()
-        .args(["--env-file", "/nonexistent/x.env", "status"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("/nonexistent/x.env"), "{}", stderr(&o));
-    // bad syntax: file and line
+    // missing env file: error naming it, exit 1; bad syntax: file and line
     fs::write(repo.join(".env.test"), "A=1\nthis is not valid\n").unwrap();
-    let o = w
-        .bare_cmd()
-        .current_dir(&sub)
-        .args(["--env", "test", "status"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains(".env.test:2:"), "{}", stderr(&o));
+    for (dir, args, names) in [
+        (Some(&sub), ["--env", "stage", "status"], ".env.stage"),
+        (
+            None,
+            ["--env-file", "/nonexistent/x.env", "status"],
+            "/nonexistent/x.env",
+        ),
+        (Some(&sub), ["--env", "test", "status"], ".env.test:2:"),
+    ] {
+        let mut c = w.bare_cmd();
+        if let Some(d) = dir {
+            c.current_dir(d);
+        }
+        assert_fails(&c.args(args).output().unwrap(), 1, &[names]);
+    }
 }
 
 #[test]
@@ -363,29 +324,21 @@ fn symlinked_state_is_refused() {
     std::os::unix::fs::symlink(&real, w.config()).unwrap();
     let before = fs::read(&real).unwrap();
     let o = w.run(&["full-control", "enable"]);
-    assert_eq!(o.status.code(), Some(1));
-    let e = stderr(&o);
-    assert!(
-        e.contains("refusing to use") && e.contains(w.config().to_str().unwrap()),
-        "{e}"
-    );
-    assert!(
-        e.contains("symbolic link") && e.contains("mode") && e.contains("Fix:"),
-        "{e}"
+    let config = w.config().to_str().unwrap().to_string();
+    assert_fails(
+        &o,
+        1,
+        &["refusing to use", &config, "symbolic link", "mode", "Fix:"],
     );
     assert_eq!(fs::read(&real).unwrap(), before, "target untouched");
-    let o = w.run(&["start", "--foreground"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert_fails(&w.run(&["start", "--foreground"]), 1, &["symbolic link"]);
 
     // a symlinked config dir too
     let w2 = World::new("symlinkdir");
     let real_dir = w2.root.join("realdir");
     fs::create_dir_all(&real_dir).unwrap();
     std::os::unix::fs::symlink(&real_dir, &w2.cfg).unwrap();
-    let o = w2.run(&["full-control", "enable"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert_fails(&w2.run(&["full-control", "enable"]), 1, &["symbolic link"]);
     assert!(!real_dir.join("gateway.json").exists());
 }
 
@@ -399,12 +352,10 @@ fn state_of_another_user_is_refused() {
     w.write_paired_config();
     fs::set_permissions(w.config(), fs::Permissions::from_mode(0o644)).unwrap();
     std::os::unix::fs::chown(w.config(), Some(65534), Some(65534)).unwrap();
-    let o = w.run(&["full-control", "enable"]);
-    assert_eq!(o.status.code(), Some(1));
-    let e = stderr(&o);
-    assert!(
-        e.contains("uid 65534") && e.contains("0644") && e.contains("chown"),
-        "{e}"
+    assert_fails(
+        &w.run(&["full-control", "enable"]),
+        1,
+        &["uid 65534", "0644", "chown"],
     );
     assert_eq!(fs::metadata(w.config()).unwrap().uid(), 65534);
     assert_eq!(mode(&w.config()), 0o644, "not touched");
@@ -420,14 +371,8 @@ fn corrupt_config_is_reported_and_never_overwritten() {
         &["full-control", "enable"][..],
         &["start", "--foreground"][..],
     ] {
-        let o = w.run(args);
-        assert_eq!(o.status.code(), Some(1), "{args:?}");
-        let e = stderr(&o);
-        assert!(
-            e.contains(&format!("{}:4:", w.config().display())),
-            "{args:?}: {e}"
-        );
-        assert!(e.contains("left untouched"), "{e}");
+        let at = format!("{}:4:", w.config().display());
+        assert_fails(&w.run(args), 1, &[&at, "left untouched"]);
     }
     assert_eq!(fs::read_to_string(w.config()).unwrap(), bad);
     // status still answers (not running) and names the problem
@@ -442,8 +387,7 @@ fn corrupt_config_is_reported_and_never_overwritten() {
     )
     .unwrap();
     let o = w.run(&["full-control", "status"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("gateway.json:1:"), "{}", stderr(&o));
+    assert_fails(&o, 1, &["gateway.json:1:"]);
     assert!(!stderr(&o).contains("eyJ"), "{}", stderr(&o));
 }
 
@@ -556,8 +500,7 @@ fn doctor_reports_each_check() {
     }
     assert_eq!(mode(&w.cfg), 0o700);
     // the providers module decides the provider lines; all checks passing → 0
-    let v: serde_json::Value =
-        serde_json::from_slice(&w.run(&["doctor", "--json"]).stdout).unwrap();
+    let v = stdout_json(&w.run(&["doctor", "--json"]));
     let all_ok = v["checks"]
         .as_array()
         .unwrap()
@@ -576,9 +519,7 @@ fn doctor_reports_each_check() {
 #[test]
 fn logs_without_follow_prints_last_lines() {
     let w = World::new("logsnf");
-    let o = w.run(&["logs", "--no-follow"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no log file"), "{}", stderr(&o));
+    assert_fails(&w.run(&["logs", "--no-follow"]), 1, &["no log file"]);
     fs::create_dir_all(&w.cfg).unwrap();
     let body: String = (1..=500).map(|i| format!("line {i}\n")).collect();
     fs::write(w.log(), &body).unwrap();
@@ -605,12 +546,11 @@ fn logs_errors_say_what_to_do() {
     // without following (no endless wait).
     fs::create_dir_all(w.log()).unwrap();
     for args in [&["logs", "--no-follow"][..], &["logs"][..]] {
-        let o = w.run(args);
-        assert_eq!(o.status.code(), Some(1), "{args:?}");
-        let e = stderr(&o);
-        assert!(e.contains("is a directory"), "{e}");
-        assert!(e.contains("--log-path"), "{e}");
-        assert!(e.contains("PANORAMA_GATEWAY_LOG_PATH"), "{e}");
+        assert_fails(
+            &w.run(args),
+            1,
+            &["is a directory", "--log-path", "PANORAMA_GATEWAY_LOG_PATH"],
+        );
     }
 }
 

@@ -4,7 +4,7 @@
 //! and no network. Set PANORAMA_SKIP_NODE_TESTS=1 to skip on a machine without node.
 //!
 //! For every argv the gateway builds (model_run JSON and text; subagent restricted JSON,
-//! elevated stream-json, a Claude continuation; the full health check of `pair`) the real CLI
+//! elevated stream-json, a continuation of each; the full health check of `pair`) the real CLI
 //! must get past its argument parsing — the failure is a login or the network, never usage —
 //! and the job must fail within [`BOUND`] with the right `error_kind` (`auth` without a key,
 //! `network` with a dummy key) and a message that says what to run.
@@ -203,6 +203,21 @@ impl World {
                    "run_sequence": seq, "status": "running", "prompt": prompt}),
         );
         assert!((200..300).contains(&st), "insert run: {v}");
+    }
+
+    /// What the backend writes to continue subagent `sid` (run 2) in `session`; returns the
+    /// new run's id.
+    fn continuation(&self, sid: &str, prompt: &str, session: &str) -> String {
+        let rid2 = uuid();
+        self.b.admin(
+            "PATCH",
+            &format!("/rest/v1/subagents?id=eq.{sid}"),
+            Some(json!({"status": "running", "config": restricted(),
+                        "input": {"prompt": prompt, "run_id": rid2, "run_sequence": 2},
+                        "metadata": {"current_run_id": rid2, "session_id": session}})),
+        );
+        self.accepted_run(sid, &rid2, 2, prompt);
+        rid2
     }
 
     fn run_job(&self, tag: &str, sid: &str, rid: &str) -> Case {
@@ -432,19 +447,113 @@ fn a_claude_continuation_finds_its_session() {
     // The backend reopens the subagent for a continuation of that session: without the
     // session Claude would answer "No conversation found with session ID" (exit_status);
     // finding it, it stops at the login like the first run.
-    let rid2 = uuid();
-    w.b.admin(
-        "PATCH",
-        &format!("/rest/v1/subagents?id=eq.{sid}"),
-        Some(json!({"status": "running", "config": restricted(),
-                    "input": {"prompt": prompt, "run_id": rid2, "run_sequence": 2},
-                    "metadata": {"current_run_id": rid2, "session_id": session}})),
-    );
-    w.accepted_run(&sid, &rid2, 2, prompt);
+    let rid2 = w.continuation(&sid, prompt, &session);
     let mut second = w.run_job("claude-continuation", &sid, &rid2);
     second.kind = "auth";
     second.provider = "claude";
     w.check_all(&[second]);
+}
+
+/// Codex and Gemini continue natively (the reference refused both). With a dummy key (Codex
+/// runs only with a key or a login; Gemini records a session only once it has an auth method)
+/// the first run leaves its session and fails as `network`; the continuation resumes it —
+/// `codex exec … resume <id> -`, `gemini --resume=<id>` from the subagent's work directory —
+/// and fails as `network` too. A session the CLI did not find would be `exit_status` ("no
+/// rollout found for thread id", "Invalid session identifier"), a bad argv a usage error.
+#[test]
+fn codex_and_gemini_continuations_find_their_sessions() {
+    let Some(bin) = real_bin() else { return };
+    let _one = ONE_WORLD.lock().unwrap_or_else(|e| e.into_inner());
+    let w = World::start(
+        &bin,
+        &[
+            ("OPENAI_API_KEY", "sk-proj-realcli-dummy-key-0000"),
+            ("GEMINI_API_KEY", "AIza-realcli-dummy-key-0000"),
+        ],
+    );
+    let prompt = "- go on with the login fix";
+    // Gemini's first run names its session (config.session_id → --session-id).
+    let gsession = uuid();
+    let mut gconfig = restricted();
+    gconfig["session_id"] = json!(gsession);
+    let (gsid, grid) = w.subagent("gemini_gateway", gconfig, prompt, json!({}));
+    let (csid, crid) = w.subagent("codex_gateway", restricted(), prompt, json!({}));
+    let mut first = [
+        w.run_job("codex-first-run", &csid, &crid),
+        w.run_job("gemini-first-run", &gsid, &grid),
+    ];
+    for (c, p) in first.iter_mut().zip(["codex", "gemini"]) {
+        c.kind = "network";
+        c.provider = p;
+    }
+    w.check_all(&first);
+    // Codex's thread id is only printed (`thread.started`); a failed run reports none, so the
+    // test reads it from the session file the run left: ~/.codex/sessions/…/rollout-…-<id>.jsonl.
+    let home = tree(&w.gw.home());
+    let rollouts: Vec<String> = home
+        .iter()
+        .filter(|p| p.starts_with(w.gw.home().join(".codex/sessions")) && p.is_file())
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .strip_suffix(".jsonl")
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(rollouts.len(), 1, "one codex session: {rollouts:?}");
+    let csession = rollouts[0][rollouts[0].len() - 36..].to_string();
+    // Gemini keeps the session in the project of the subagent's work directory. Without a
+    // network it never got to record the prompt, which makes a session resumable: add the
+    // prompt as a run that reached the API would have.
+    let chat = home
+        .iter()
+        .find(|p| {
+            p.parent().is_some_and(|d| d.ends_with("chats"))
+                && p.to_string_lossy()
+                    .ends_with(&format!("-{}.jsonl", &gsession[..8]))
+        })
+        .unwrap_or_else(|| panic!("no gemini chat for {gsession}: {home:?}"));
+    let mut f = std::fs::OpenOptions::new().append(true).open(chat).unwrap();
+    use std::io::Write;
+    writeln!(
+        f,
+        "{}",
+        json!({"id": "realcli-prompt", "timestamp": "2026-01-01T00:00:00.000Z",
+               "type": "user", "content": [{"text": prompt}]})
+    )
+    .unwrap();
+    let crid2 = w.continuation(&csid, prompt, &csession);
+    let grid2 = w.continuation(&gsid, prompt, &gsession);
+    let mut second = [
+        w.run_job("codex-continuation", &csid, &crid2),
+        w.run_job("gemini-continuation", &gsid, &grid2),
+    ];
+    for (c, p) in second.iter_mut().zip(["codex", "gemini"]) {
+        c.kind = "network";
+        c.provider = p;
+    }
+    w.check_all(&second);
+    let command = |rid: &str| w.row("subagent_runs", rid)["metadata"]["command"].clone();
+    let c = command(&crid2);
+    assert!(
+        c.as_str()
+            .unwrap()
+            .contains(&format!(" resume {csession} ")),
+        "{c}"
+    );
+    let g = command(&grid2);
+    assert!(
+        g.as_str()
+            .unwrap()
+            .contains(&format!("--resume={gsession}")),
+        "{g}"
+    );
+    // The continuation resumed, it did not start another session.
+    let after: Vec<_> = tree(&w.gw.home().join(".codex/sessions"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(after.len(), 1, "{after:?}");
 }
 
 #[test]

@@ -245,6 +245,35 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A `--json` command's stdout, parsed (the failure shows what it printed instead).
+#[track_caller]
+pub fn stdout_json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}{}", stdout(o), stderr(o)))
+}
+
+/// The check called `name` in the output of `doctor --json`.
+#[track_caller]
+pub fn doctor_check(o: &Output, name: &str) -> serde_json::Value {
+    let v = stdout_json(o);
+    v["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("doctor --json has no check {name:?}: {v}"))
+        .clone()
+}
+
+/// Asserts that a command exited with `code` and that its stderr contains each of
+/// `stderr_has`; a failure shows the whole stderr.
+#[track_caller]
+pub fn assert_fails(o: &Output, code: i32, stderr_has: &[&str]) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {e}");
+    for needle in stderr_has {
+        assert!(e.contains(needle), "stderr lacks {needle:?}: {e}");
+    }
+}
+
 pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(p).unwrap().mode() & 0o777

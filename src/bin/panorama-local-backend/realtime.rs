@@ -84,6 +84,40 @@ fn encode_msg(
     }
 }
 
+/// A server push outside any request: no join ref, no ref.
+fn push_msg(vsn2: bool, topic: &str, event: &str, payload: Value) -> String {
+    encode_msg(vsn2, &Value::Null, &Value::Null, topic, event, payload)
+}
+
+/// The `phx_reply` to message `m` (same refs and topic).
+fn reply_msg(vsn2: bool, m: &Msg, status: &str, response: Value) -> String {
+    encode_msg(
+        vsn2,
+        &m.join_ref,
+        &m.r,
+        &m.topic,
+        "phx_reply",
+        json!({"status": status, "response": response}),
+    )
+}
+
+/// The `phx_close` of a channel, with its join ref.
+fn close_msg(vsn2: bool, topic: &str, ch: &Chan) -> String {
+    let jr = &ch.join_ref;
+    encode_msg(vsn2, jr, jr, topic, "phx_close", json!({}))
+}
+
+/// The frames that close a channel whose token is no longer good, as Realtime sends them: a
+/// `system` error saying why, then `phx_close` with the channel's join ref.
+fn token_close_frames(vsn2: bool, topic: &str, ch: &Chan, reason: &str) -> [String; 2] {
+    let payload =
+        json!({"channel": ch.name, "extension": "system", "message": reason, "status": "error"});
+    [
+        push_msg(vsn2, topic, "system", payload),
+        close_msg(vsn2, topic, ch),
+    ]
+}
+
 fn send(c: &Conn, text: String) -> bool {
     send_to(&c.tx, &c.stream, text)
 }
@@ -179,23 +213,9 @@ impl Hub {
             for (topic, reason) in expired {
                 if let Some(ch) = conn.channels.remove(&topic) {
                     log::info!(target: "realtime", "closing a channel whose token expired channel={}", ch.name);
-                    let payload = json!({"channel": ch.name, "extension": "system", "message": reason, "status": "error"});
-                    send(
-                        conn,
-                        encode_msg(
-                            conn.vsn2,
-                            &Value::Null,
-                            &Value::Null,
-                            &topic,
-                            "system",
-                            payload,
-                        ),
-                    );
-                    let jr = &ch.join_ref;
-                    send(
-                        conn,
-                        encode_msg(conn.vsn2, jr, jr, &topic, "phx_close", json!({})),
-                    );
+                    for frame in token_close_frames(conn.vsn2, &topic, &ch, &reason) {
+                        send(conn, frame);
+                    }
                 }
             }
         }
@@ -243,18 +263,9 @@ impl Hub {
                 // Re-check the channel's token: it may have expired or been revoked.
                 if let Some(tok) = &ch.token {
                     if let Err(e) = app.principal(tok) {
-                        let payload = json!({"channel": ch.name, "extension": "system", "message": token_reason(&e), "status": "error"});
-                        send_to(
-                            tx,
-                            stream,
-                            encode_msg(vsn2, &Value::Null, &Value::Null, topic, "system", payload),
-                        );
-                        let jr = &ch.join_ref;
-                        send_to(
-                            tx,
-                            stream,
-                            encode_msg(vsn2, jr, jr, topic, "phx_close", json!({})),
-                        );
+                        for frame in token_close_frames(vsn2, topic, ch, &token_reason(&e)) {
+                            send_to(tx, stream, frame);
+                        }
                         closed.push(topic.clone());
                         continue;
                     }
@@ -551,17 +562,7 @@ fn reader_loop(
 /// Answers message `m` of connection `id` with a `phx_reply` (same refs and topic).
 fn send_reply(h: &HubInner, id: u64, vsn2: bool, m: &Msg, status: &str, response: Value) {
     if let Some(c) = h.conns.get(&id) {
-        send(
-            c,
-            encode_msg(
-                vsn2,
-                &m.join_ref,
-                &m.r,
-                &m.topic,
-                "phx_reply",
-                json!({"status": status, "response": response}),
-            ),
-        );
+        send(c, reply_msg(vsn2, m, status, response));
     }
 }
 
@@ -601,23 +602,9 @@ fn handle_msg(app: &App, id: u64, vsn2: bool, m: Msg, apikey: &str) {
                 }
                 Err(e) => {
                     if let Some(ch) = conn.channels.remove(&m.topic) {
-                        let payload = json!({"channel": ch.name, "extension": "system", "message": token_reason(&e), "status": "error"});
-                        send(
-                            conn,
-                            encode_msg(
-                                vsn2,
-                                &Value::Null,
-                                &Value::Null,
-                                &m.topic,
-                                "system",
-                                payload,
-                            ),
-                        );
-                        let jr = &ch.join_ref;
-                        send(
-                            conn,
-                            encode_msg(vsn2, jr, jr, &m.topic, "phx_close", json!({})),
-                        );
+                        for frame in token_close_frames(vsn2, &m.topic, &ch, &token_reason(&e)) {
+                            send(conn, frame);
+                        }
                     }
                 }
             }
@@ -629,23 +616,9 @@ fn handle_msg(app: &App, id: u64, vsn2: bool, m: Msg, apikey: &str) {
                 None => return,
             };
             let removed = conn.channels.remove(&m.topic);
-            send(
-                conn,
-                encode_msg(
-                    vsn2,
-                    &m.join_ref,
-                    &m.r,
-                    &m.topic,
-                    "phx_reply",
-                    json!({"status": "ok", "response": {}}),
-                ),
-            );
+            send(conn, reply_msg(vsn2, &m, "ok", json!({})));
             if let Some(ch) = removed {
-                let jr = &ch.join_ref;
-                send(
-                    conn,
-                    encode_msg(vsn2, jr, jr, &m.topic, "phx_close", json!({})),
-                );
+                send(conn, close_msg(vsn2, &m.topic, &ch));
             }
         }
         _ => {
@@ -759,33 +732,14 @@ fn join(app: &App, id: u64, vsn2: bool, m: &Msg, apikey: &str) {
     };
     send(
         conn,
-        encode_msg(
-            vsn2,
-            &m.join_ref,
-            &m.r,
-            &m.topic,
-            "phx_reply",
-            json!({"status": "ok", "response": {"postgres_changes": echoed}}),
-        ),
+        reply_msg(vsn2, m, "ok", json!({"postgres_changes": echoed})),
     );
-    send(
-        conn,
-        encode_msg(
-            vsn2,
-            &Value::Null,
-            &Value::Null,
-            &m.topic,
-            "presence_state",
-            json!({}),
-        ),
-    );
+    send(conn, push_msg(vsn2, &m.topic, "presence_state", json!({})));
     if !bindings.is_empty() {
         send(
             conn,
-            encode_msg(
+            push_msg(
                 vsn2,
-                &Value::Null,
-                &Value::Null,
                 &m.topic,
                 "system",
                 json!({"channel": name, "extension": "postgres_changes", "message": "Subscribed to PostgreSQL", "status": "ok"}),
