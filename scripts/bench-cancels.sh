@@ -9,24 +9,14 @@
 #              n-th cancel aims at one shared run, coalesced), BIN_DIR (target/release).
 # Needs python3. Touches nothing outside a temp directory (HOME is redirected there).
 set -euo pipefail
-
-BUILD=1
-for a in "$@"; do
-  case "$a" in
-    --no-build) BUILD=0 ;;
-    *) echo "usage: $0 [--no-build]" >&2; exit 2 ;;
-  esac
-done
 NAME=bench-cancels
 . "$(dirname "$0")/lib/bench-prelude.sh"
-echo "machine: $(nproc) cores, $(uname -sr)" >&2
 
-python3 - "$GW" "$BE" "$WORK" <<'PY'
-import http.client, json, os, signal, subprocess, sys, time, uuid
-sys.path.insert(0, os.environ["BENCH_LIB"])
-import benchlib  # noqa: E402
+python3 - <<'PY'
+import json, os, subprocess, sys, time, uuid
+import benchlib
 
-gw_bin, be_bin, work = sys.argv[1:4]
+gw_bin, be_bin, work = benchlib.paths()
 N = int(os.environ.get("CANCELS", "3000"))
 DELAY = int(os.environ.get("DELAY_MS", "20"))
 SAME = int(os.environ.get("SAME_EVERY", "3"))
@@ -37,40 +27,15 @@ def cleanup():
 
 try:
     url, anon, svc, host = benchlib.start_backend(be_bin, work, procs)
-
-    def call(method, path, body=None):
-        c = http.client.HTTPConnection(host, timeout=120)
-        h = {"apikey": svc, "Authorization": "Bearer " + svc,
-             "Content-Type": "application/json", "Prefer": "return=representation"}
-        c.request(method, path, None if body is None else json.dumps(body), h)
-        r = c.getresponse()
-        data = r.read()
-        if r.status >= 300:
-            raise RuntimeError(f"{method} {path} -> {r.status} {data[:200]!r}")
-        return json.loads(data) if data else None
-
-    pc = call("POST", "/rest/v1/rpc/admin_create_pairing_code", {})
-    team = pc["team_id"]
-    home = os.path.join(work, "home"); os.makedirs(home)
-    cfg = os.path.join(work, "cfg")
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("PANORAMA_") or k.startswith("SUPABASE_"))}
-    env.update(HOME=home, SUPABASE_URL=url, SUPABASE_ANON_KEY=anon,
-               PANORAMA_GATEWAY_AUTO_RESTART="0", PANORAMA_GATEWAY_RECONCILE_MS="500")
-    subprocess.run([gw_bin, "--config-dir", cfg, "pair", pc["code"], "--no-start",
-                    "--device-name", "bench"], env=env, check=True, stdout=subprocess.DEVNULL)
-    gid = json.load(open(os.path.join(cfg, "gateway.json")))["gatewayId"]
-    gw = subprocess.Popen([gw_bin, "--config-dir", cfg, "start", "--foreground"], env=env,
+    admin = benchlib.Admin(host, svc, timeout=120)
+    call = admin.call
+    p = benchlib.pair(gw_bin, admin, url, anon, work,
+                      env_extra={"PANORAMA_GATEWAY_RECONCILE_MS": "500"})
+    team, cfg, gid = p.team, p.cfg, p.gid
+    gw = subprocess.Popen([gw_bin, "--config-dir", cfg, "start", "--foreground"], env=p.env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(gw)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        row = call("GET", f"/rest/v1/team_gateways?select=status&id=eq.{gid}")
-        if row and row[0]["status"] == "ready":
-            break
-        time.sleep(0.05)
-    else:
-        sys.exit("the gateway did not become ready")
+    benchlib.wait_ready(admin, gid)
 
     def status(pid):
         out = {}

@@ -16,33 +16,45 @@
 # Usage: scripts/bench-lifecycle.sh [--no-build] [--no-reference]
 # Knobs (env): REPS (7), RT_JOBS (40 round trips per kind per rep), BURST (500),
 #   FLOOD_JOBS (10), FLOOD_BYTES (6000000), AFTER_SECS (10),
-#   REFERENCE=<path to the reference's dist/index.js> (default: npm install into a temp dir),
+#   REFERENCE=<path to the reference's dist/index.js> (default: the npm package, installed once
+#   into target/bench-reference and reused; delete that directory to install it again),
 #   BEFORE_BIN=<an older panorama-gateway binary> measured interleaved too (column "before").
-# Needs python3; node + npm for the reference. Touches nothing outside a temp directory.
+# Needs python3; node + npm for the reference. Touches nothing outside a temp directory and
+# target/bench-reference.
+#
+# The full run of issue 14 (10-15 minutes; on a quiet machine, nothing else running):
+#   scripts/bench-lifecycle.sh
+# A short check of a change, ours only:
+#   REPS=2 RT_JOBS=100 BURST=50 FLOOD_JOBS=2 AFTER_SECS=2 scripts/bench-lifecycle.sh --no-reference
 set -euo pipefail
-
-BUILD=1
-REF=1
-for a in "$@"; do
-  case "$a" in
-    --no-build) BUILD=0 ;;
-    --no-reference) REF=0 ;;
-    *) echo "usage: $0 [--no-build] [--no-reference]" >&2; exit 2 ;;
-  esac
-done
 NAME=bench-lifecycle
+REF=1
+USAGE_EXTRA="[--no-reference]"
+bench_option() {
+  case "$1" in
+    --no-reference) REF=0 ;;
+    *) return 1 ;;
+  esac
+}
 . "$(dirname "$0")/lib/bench-prelude.sh"
 REF_JS=""
 if [ "$REF" = 1 ]; then
   if [ -n "${REFERENCE:-}" ]; then
     REF_JS="$REFERENCE"
   else
-    command -v npm >/dev/null || { echo "npm is needed for the reference (or pass --no-reference)" >&2; exit 1; }
-    echo "installing the reference gateway (npm @panorama-ai/gateway@2.32)..." >&2
-    (cd "$WORK" && npm install --silent --no-audit --no-fund @panorama-ai/gateway@2.32 >/dev/null 2>&1) \
-      || { echo "npm install @panorama-ai/gateway@2.32 failed (offline? pass --no-reference)" >&2; exit 1; }
-    REF_JS="$WORK/node_modules/@panorama-ai/gateway/dist/index.js"
+    REF_DIR="$ROOT/target/bench-reference"
+    REF_JS="$REF_DIR/node_modules/@panorama-ai/gateway/dist/index.js"
+    if [ ! -f "$REF_JS" ]; then
+      command -v npm >/dev/null || { echo "npm is needed for the reference (or pass --no-reference)" >&2; exit 1; }
+      echo "installing the reference gateway (npm @panorama-ai/gateway@2.32) into $REF_DIR..." >&2
+      mkdir -p "$REF_DIR"
+      # Its own package.json, so npm installs here and not beside a package.json further up.
+      echo '{"private": true}' > "$REF_DIR/package.json"
+      (cd "$REF_DIR" && npm install --silent --no-audit --no-fund @panorama-ai/gateway@2.32 >/dev/null 2>&1) \
+        || { echo "npm install @panorama-ai/gateway@2.32 failed (offline? pass --no-reference)" >&2; exit 1; }
+    fi
   fi
+  echo "reference: $REF_JS (version $(node -p 'require(process.argv[1]).version' "${REF_JS%/dist/index.js}/package.json" 2>/dev/null || echo unknown))" >&2
   [ -f "$REF_JS" ] || { echo "reference gateway not found at $REF_JS" >&2; exit 1; }
   # Node 20 has WebSocket (which the reference's realtime client needs) behind a flag.
   NODE_FLAGS=""
@@ -52,14 +64,13 @@ if [ "$REF" = 1 ]; then
   fi
   export NODE_FLAGS
 fi
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -sr)" >&2
 
-python3 - "$GW" "$BE" "$WORK" "$ROOT/tests/fixtures/bin" "$REF_JS" "${BEFORE_BIN:-}" <<'PY'
-import http.client, json, os, signal, subprocess, sys, time, statistics, threading
-sys.path.insert(0, os.environ["BENCH_LIB"])
-import benchlib  # noqa: E402
+python3 - "$ROOT/tests/fixtures/bin" "$REF_JS" "${BEFORE_BIN:-}" <<'PY'
+import json, os, signal, subprocess, sys, time, statistics, threading
+import benchlib
 
-gw_bin, be_bin, work, fixtures, ref_js, before_bin = sys.argv[1:7]
+gw_bin, be_bin, work = benchlib.paths()
+fixtures, ref_js, before_bin = sys.argv[1:4]
 REPS = int(os.environ.get("REPS", "7"))
 RT = int(os.environ.get("RT_JOBS", "40"))
 BURST = int(os.environ.get("BURST", "500"))
@@ -95,18 +106,8 @@ def rss_kib(pid):
 try:
     url, anon, svc, host = benchlib.start_backend(be_bin, work, procs)
 
-    class Admin:
-        def __init__(self):
-            self.c = http.client.HTTPConnection(host, timeout=60)
-        def call(self, method, path, body=None):
-            h = {"apikey": svc, "Authorization": "Bearer " + svc,
-                 "Content-Type": "application/json", "Prefer": "return=representation"}
-            self.c.request(method, path, None if body is None else json.dumps(body), h)
-            r = self.c.getresponse()
-            data = r.read()
-            if r.status >= 300:
-                raise RuntimeError(f"{method} {path} -> {r.status} {data[:200]!r}")
-            return json.loads(data) if data else None
+    def Admin():
+        return benchlib.Admin(host, svc, timeout=60)
 
     admin = Admin()
 
@@ -137,27 +138,11 @@ exec '{fixtures}/{name}' "$@"
         def __init__(self, kind):
             self.kind = kind
             self.dir = os.path.join(work, kind); os.makedirs(self.dir)
-            self.cfg = os.path.join(self.dir, "cfg")
-            home = os.path.join(self.dir, "home"); os.makedirs(home)
-            env = {k: v for k, v in os.environ.items()
-                   if not (k.startswith("PANORAMA_") or k.startswith("SUPABASE_") or k.startswith("FAKE_CLI_"))}
-            env.update(HOME=home, SUPABASE_URL=url, SUPABASE_ANON_KEY=anon,
-                       PANORAMA_GATEWAY_AUTO_RESTART="0")
-            self.env = env
-            pc = admin.call("POST", "/rest/v1/rpc/admin_create_pairing_code", {})
-            self.team = pc["team_id"]
             # Both read and write the same gateway.json: pair and enable machine control with ours.
-            subprocess.run([gw_bin, "--config-dir", self.cfg, "pair", pc["code"], "--no-start",
-                            "--device-name", "bench-" + kind], env=env, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            subprocess.run([gw_bin, "--config-dir", self.cfg, "full-control", "enable"], env=env,
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.gid = json.load(open(os.path.join(self.cfg, "gateway.json")))["gatewayId"]
-            admin.call("PATCH", f"/rest/v1/team_gateways?id=eq.{self.gid}", {"full_control_enabled": True})
-            self.rid = admin.call("POST", "/rest/v1/team_resources",
-                                  {"team_id": self.team, "resource_type": "remote_shell", "name": "box",
-                                   "max_access_level": "editor",
-                                   "metadata": {"gateway_id": self.gid, "full_control": True}})[0]["id"]
+            p = benchlib.pair(gw_bin, admin, url, anon, self.dir, device="bench-" + kind,
+                              drop_prefixes=("PANORAMA_", "SUPABASE_", "FAKE_CLI_"))
+            self.team, self.cfg, self.env, self.gid = p.team, p.cfg, p.env, p.gid
+            self.rid = benchlib.enable_remote_shell(gw_bin, admin, p, name="box")
             bins = {"ours": gw_bin, "before": before_bin}
             self.cmd = ([bins[kind]] if kind in bins else (["node"] + os.environ.get("NODE_FLAGS", "").split() + [ref_js])) + ["--config-dir", self.cfg]
             self.p = None

@@ -10,24 +10,14 @@
 # Knobs (env): ROUNDS (200), POLL_MS (1: pause between job-row polls).
 # Needs python3. Touches nothing outside a temp directory (HOME is redirected there).
 set -euo pipefail
-
-BUILD=1
-for a in "$@"; do
-  case "$a" in
-    --no-build) BUILD=0 ;;
-    *) echo "usage: $0 [--no-build]" >&2; exit 2 ;;
-  esac
-done
 NAME=bench-shell
 . "$(dirname "$0")/lib/bench-prelude.sh"
-echo "machine: $(nproc) cores, $(uname -sr)" >&2
 
-python3 - "$GW" "$BE" "$WORK" <<'PY'
-import http.client, json, os, signal, subprocess, sys, time
-sys.path.insert(0, os.environ["BENCH_LIB"])
-import benchlib  # noqa: E402
+python3 - <<'PY'
+import os, signal, subprocess, sys, time
+import benchlib
 
-gw_bin, be_bin, work = sys.argv[1:4]
+gw_bin, be_bin, work = benchlib.paths()
 ROUNDS = int(os.environ.get("ROUNDS", "200"))
 POLL = float(os.environ.get("POLL_MS", "1")) / 1000.0
 procs = []
@@ -37,37 +27,12 @@ def cleanup():
 
 try:
     url, anon, svc, host = benchlib.start_backend(be_bin, work, procs)
-    c = http.client.HTTPConnection(host, timeout=30)
-
-    def call(method, path, body=None):
-        h = {"apikey": svc, "Authorization": "Bearer " + svc,
-             "Content-Type": "application/json", "Prefer": "return=representation"}
-        c.request(method, path, None if body is None else json.dumps(body), h)
-        r = c.getresponse()
-        data = r.read()
-        if r.status >= 300:
-            raise RuntimeError(f"{method} {path} -> {r.status} {data[:200]!r}")
-        return json.loads(data) if data else None
-
-    pc = call("POST", "/rest/v1/rpc/admin_create_pairing_code", {})
-    team = pc["team_id"]
-    home = os.path.join(work, "home"); os.makedirs(home)
-    cfg = os.path.join(work, "cfg")
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("PANORAMA_") or k.startswith("SUPABASE_"))}
-    env.update(HOME=home, SUPABASE_URL=url, SUPABASE_ANON_KEY=anon,
-               PANORAMA_GATEWAY_AUTO_RESTART="0")
-    subprocess.run([gw_bin, "--config-dir", cfg, "pair", pc["code"], "--no-start",
-                    "--device-name", "bench"], env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([gw_bin, "--config-dir", cfg, "full-control", "enable"], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
-    gid = json.load(open(os.path.join(cfg, "gateway.json")))["gatewayId"]
-    call("PATCH", f"/rest/v1/team_gateways?id=eq.{gid}", {"full_control_enabled": True})
-    rid = call("POST", "/rest/v1/team_resources",
-               {"team_id": team, "resource_type": "remote_shell", "name": "bench",
-                "max_access_level": "editor",
-                "metadata": {"gateway_id": gid, "full_control": True}})[0]["id"]
-    gw = subprocess.Popen([gw_bin, "--config-dir", cfg, "start", "--foreground"], env=env,
+    admin = benchlib.Admin(host, svc, timeout=30)
+    call = admin.call
+    p = benchlib.pair(gw_bin, admin, url, anon, work)
+    team, cfg, gid = p.team, p.cfg, p.gid
+    rid = benchlib.enable_remote_shell(gw_bin, admin, p)
+    gw = subprocess.Popen([gw_bin, "--config-dir", cfg, "start", "--foreground"], env=p.env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(gw)
 

@@ -2,7 +2,8 @@
 //! SIGKILL during a model_run, a subagent_run and a shell session leaves no process behind
 //! after the next start, fails exactly our interrupted jobs (and their subagent rows), and
 //! leaves a `running` job that is not in the journal alone; a provider turning unhealthy
-//! reaches `team_gateways` at once.
+//! reaches `team_gateways` at once; a `stop` during a CLI probe that hangs ends the probe and
+//! returns without waiting it out.
 
 mod support;
 
@@ -343,4 +344,59 @@ fn a_provider_turning_unhealthy_reaches_team_gateways_at_once() {
         t0.elapsed().as_millis()
     );
     assert_eq!(w.gw.stop(WAIT).code(), Some(0));
+}
+
+#[test]
+fn a_stop_during_a_cli_probe_that_hangs_ends_the_probe_and_returns() {
+    let b = Backend::start();
+    let mut gw = Gateway::new(&b);
+    let (root, bin, _rec) = fake_cli_dirs(&mut gw);
+    let (code, _) = b.pairing_code(None);
+    gw.pair(&code);
+    // A codex that hangs in `--version` with a child of its own, as a CLI waiting for the
+    // network or a login can: discovery probes it right after the start.
+    let marks = root.join("probe");
+    let codex = bin.join("codex-hangs");
+    std::fs::write(
+        &codex,
+        format!(
+            "#!/bin/sh\necho $$ > '{m}.cli'\nsleep 600 &\necho $! > '{m}.child'\nwait\n",
+            m = marks.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&codex, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let claude = fake_cli_wrapper(&bin, "claude", None);
+    let gemini = fake_cli_wrapper(&bin, "gemini", None);
+    gw.start_with(&[
+        "--claude-cli",
+        &claude.display().to_string(),
+        "--codex-cli",
+        &codex.display().to_string(),
+        "--gemini-cli",
+        &gemini.display().to_string(),
+    ]);
+    let cli = pid_in(&marks.with_extension("cli"));
+    let child = pid_in(&marks.with_extension("child"));
+    let daemon = gw.pid() as i32;
+    let t0 = Instant::now();
+    let (code, out, err) = gw.run(&["stop"]);
+    let took = t0.elapsed();
+    assert_eq!(code, 0, "stop: {out}{err}");
+    eprintln!("stop returned after {} ms", took.as_millis());
+    // `stop` returns when the process is gone; the probe went with it, not after it.
+    assert!(
+        dead(daemon),
+        "the daemon {daemon} is still running after stop"
+    );
+    assert!(dead(cli), "the probe {cli} outlived the daemon");
+    wait_for("the probe's child to be killed", WAIT, || {
+        dead(child).then_some(())
+    });
+    // Generous: the probe alone would have held the stop for 5 s, the checks for 30 s.
+    assert!(
+        took < Duration::from_secs(20),
+        "stop waited {took:?} for a probe"
+    );
+    assert_eq!(gw.wait_exit(WAIT).code(), Some(0));
 }

@@ -355,7 +355,7 @@ fn watch_until_stop(shared: &Shared) {
             reload_seen = reload;
             // Host machine control switched off ends the shell sessions now, without waiting
             // for the backend.
-            let c = shared.control_source()(crate::jobs::TeamToggle::LastRead);
+            let c = shared.control_source()();
             shared.shell_sessions.enforce_control(c);
             shared.heartbeat.force.store(true, Ordering::SeqCst);
             shared.wake_heartbeat();

@@ -257,27 +257,20 @@ impl Shared {
         }
     }
 
-    /// The machine-control layers for a job (PROTOCOL.md §8): heartbeat freshness (90 s) as
-    /// the job starts; the install toggle read from gateway.json and, when the handler asks for
-    /// it ([`jobs::TeamToggle::ReadNow`]), the team toggle read from the backend at the time of
-    /// the call. A team read that fails leaves the toggle unknown, which denies.
+    /// The machine-control layers for a job (PROTOCOL.md §8): heartbeat freshness (90 s) and
+    /// the team toggle as last read, as the job starts; the install toggle read from
+    /// gateway.json at the time of the call. Handlers that act on the machine read the team
+    /// toggle from the backend themselves, with the rows they need anyway.
     pub fn control_source(&self) -> jobs::ControlSource {
         let last_team = self.heartbeat.team_full_control.load(Ordering::SeqCst);
         let heartbeat_fresh =
             lock(&self.heartbeat.ok_at).is_some_and(|t| t.elapsed() < Duration::from_secs(90));
         let config_path = self.settings.paths.config_path.clone();
-        let session = self.session.clone();
-        Arc::new(move |team: jobs::TeamToggle| {
-            let (team_known, team_enabled) = match team {
-                jobs::TeamToggle::LastRead => (true, last_team),
-                jobs::TeamToggle::ReadNow => team_toggle_now(&session),
-            };
-            jobs::ControlState {
-                install_enabled: install_full_control(&config_path),
-                team_enabled,
-                team_known,
-                heartbeat_fresh,
-            }
+        Arc::new(move || jobs::ControlState {
+            install_enabled: install_full_control(&config_path),
+            team_enabled: last_team,
+            team_known: true,
+            heartbeat_fresh,
         })
     }
 
@@ -290,24 +283,6 @@ impl Shared {
             team_known: true,
             heartbeat_fresh: lock(&self.heartbeat.ok_at)
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(90)),
-        }
-    }
-}
-
-/// (read, enabled) of `team_gateways.full_control_enabled`, read from the backend now.
-fn team_toggle_now(session: &Session) -> (bool, bool) {
-    match crate::backend::jobs::control_state(session) {
-        Ok(Some(row)) => (
-            true,
-            row.get("full_control_enabled") == Some(&Value::Bool(true)),
-        ),
-        Ok(None) => {
-            log::warn!(target: "runtime", "machine control denied: this gateway's team_gateways row is missing");
-            (false, false)
-        }
-        Err(e) => {
-            log::warn!(target: "runtime", "machine control denied: reading the team toggle failed: {e}");
-            (false, false)
         }
     }
 }

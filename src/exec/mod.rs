@@ -214,8 +214,14 @@ impl Children {
                     None
                 }
             });
-        // Signal at once too: the owning loop may be up to one tick away.
-        signal_group(e.pgid, libc::SIGTERM);
+        // Signal at once too: the owning loop may be up to one tick away. No grace: SIGKILL
+        // now (the pgid is still ours: the entry goes before the leader is reaped).
+        let sig = if grace.is_zero() {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        signal_group(e.pgid, sig);
     }
 
     /// SIGTERM the process groups of one job's children, SIGKILL after `grace`.
@@ -227,7 +233,8 @@ impl Children {
         }
     }
 
-    /// SIGTERM every registered process group, SIGKILL after `grace`; returns when all are gone.
+    /// SIGTERM every registered process group, SIGKILL after `grace` (at once when it is zero);
+    /// returns when all are gone.
     pub fn kill_all(&self, grace: std::time::Duration) {
         let mut g = self.lock();
         if g.is_empty() {
@@ -459,22 +466,24 @@ pub fn signal_group(pgid: i32, sig: libc::c_int) {
 }
 
 /// Makes `cmd` start in a process group of its own (so the whole group can be signalled) with
-/// no descriptor of the gateway beyond its stdio. Every child the gateway starts goes through
-/// this: [`run`] and the long-lived remote shell sessions.
+/// no descriptor of the gateway beyond its stdio. [`run`] starts every pipe child through this.
+///
+/// The descriptors are marked close-on-exec here, in the gateway, rather than between fork and
+/// exec: with no `pre_exec` closure, std starts the child with `posix_spawn` (a vfork-style
+/// clone that shares the gateway's memory until the exec) instead of `fork` (which copies every
+/// page table of a process with a dozen threads first), which keeps a `shell_exec` of `true`
+/// within a few milliseconds. Every descriptor the gateway opens itself is close-on-exec
+/// already; this catches the ones it inherited. (The remote shell's terminal sessions need
+/// `setsid` in the child, so they fork and mark in the child.)
 pub fn isolate(cmd: &mut Command) {
     cmd.process_group(0);
-    // SAFETY: the closure only makes async-signal-safe system calls (close_range / fcntl).
-    unsafe {
-        cmd.pre_exec(|| {
-            mark_inherited_fds_cloexec();
-            Ok(())
-        });
-    }
+    mark_inherited_fds_cloexec();
 }
 
-/// In the forked child, before exec: descriptors the gateway itself inherited without
-/// CLOEXEC (a parent's jobserver pipe, a launcher's log fd) must not reach the CLI. Marks every
-/// fd above 2 close-on-exec (not closed: std's own exec-error pipe must survive until exec).
+/// Descriptors the gateway itself inherited without CLOEXEC (a parent's jobserver pipe, a
+/// launcher's log fd) must not reach the CLI: marks every fd above 2 close-on-exec (not
+/// closed: they may be in use). Async-signal-safe (close_range / fcntl only), so a forked
+/// child may call it before exec too.
 fn mark_inherited_fds_cloexec() {
     #[cfg(target_os = "linux")]
     {

@@ -25,11 +25,20 @@ pub const HEARTBEAT_STALE: &str = "Gateway is offline or heartbeat is stale";
 pub const TEAM_DISABLED: &str = "Gateway machine control is disabled in Team Integrations.";
 pub const INSTALL_DISABLED: &str = "Gateway host machine control is disabled. Run \"panorama-gateway full-control enable\" on the host.";
 
-/// Every layer read now (one backend request for the team toggle, gateway.json for the
-/// install toggle). For `shell_exec`, `shell_session` open/write/resize and elevated subagent
-/// runs, right before they start anything.
-pub fn machine_control_now(ctx: &JobContext) -> Result<ControlState, Denied> {
-    judge(ctx.session.is_some(), ctx.control_now())
+/// Every layer read now: the team toggle from this gateway's `team_gateways` row as the caller
+/// has just read it from the backend (`team`: its `full_control_enabled`; None when the row
+/// could not be read or is missing, which denies), the install toggle from gateway.json. For
+/// `shell_exec` and `shell_session` open/write/resize, right before they start anything; the
+/// shell reads that row in parallel with its resource row, one round trip instead of two.
+/// (Elevated subagent runs read their row themselves: [`elevated_denial`].)
+pub fn machine_control_with_team(
+    ctx: &JobContext,
+    team: Option<bool>,
+) -> Result<ControlState, Denied> {
+    let mut state = ctx.control();
+    state.team_known = team.is_some();
+    state.team_enabled = team == Some(true);
+    judge(ctx.session.is_some(), state)
 }
 
 /// The same check with the team toggle as last read after a heartbeat (no request): for

@@ -10,13 +10,14 @@
 //! groups with the leader's start time from `/proc` and the boot id, so a reused pid (or a pid
 //! of another boot) is never taken for ours.
 //!
-//! What is fsync'ed: the entry each time a process group is recorded (the spawn of a CLI or a
-//! shell costs far more than the fsync). The first write of a job, just before its claim, is
-//! atomic but not fsync'ed, so claiming stays a matter of milliseconds (an fsync here takes
-//! 20-100 ms): it survives any crash of the gateway process, since the kernel keeps the data;
-//! only a crash of the whole machine can lose it, and then no process of the job is left to
-//! end and the backend's own recovery ends the row. Removals are not fsync'ed either: an
-//! entry that comes back is settled as "not ours any more" (the row was completed).
+//! Nothing is fsync'ed: every write is atomic (temp file, rename), which survives any crash of
+//! the gateway process, since the kernel keeps the data. Only a crash of the whole machine can
+//! lose a write, and then no process group of the entry is left to end (groups of another boot
+//! are never signalled anyway) and the backend's own recovery ends the row. An fsync costs
+//! 5-100 ms on a loaded disk, which would sit on every job's path: before its claim, or
+//! between the spawn of a shell command and reading its output (a `shell_exec` of `true` takes
+//! a few milliseconds in all). Removals are not fsync'ed either: an entry that comes back is
+//! settled as "not ours any more" (the row was completed).
 //!
 //! A file that cannot be read or parsed is renamed `*.bad`, reported, and otherwise ignored:
 //! it never stops the gateway from starting.
@@ -198,9 +199,9 @@ impl Journal {
         out
     }
 
-    /// Replaces the entry's file; `durable`: fsync'ed (see the module docs for when). Writes of
-    /// one key come from one thread at a time (its job's worker, or its session's).
-    fn write(&self, e: &Entry, durable: bool) {
+    /// Replaces the entry's file (atomically, not fsync'ed: see the module docs). Writes of one
+    /// key come from one thread at a time (its job's worker, or its session's).
+    fn write(&self, e: &Entry) {
         let path = self.dir.join(file_name(&e.key));
         let data = match serde_json::to_vec(e) {
             Ok(d) => d,
@@ -209,14 +210,14 @@ impl Journal {
                 return;
             }
         };
-        if let Err(err) = secure::write_atomic(&path, &data, durable) {
+        if let Err(err) = secure::write_atomic(&path, &data, false) {
             log::error!(target: "journal", "cannot record in-flight work {} ({err}); if the gateway crashes now, the next start cannot clean it up. Free disk space or fix the permissions of {}", e.key, self.dir.display());
         }
     }
 
     /// Records a job as in flight (before its claim or its first child).
     pub fn begin(&self, entry: Entry) {
-        self.write(&entry, false);
+        self.write(&entry);
         self.lock().insert(entry.key.clone(), entry);
     }
 
@@ -272,7 +273,7 @@ impl Journal {
                     pgid: *pgid,
                     start_time: *start_time,
                 });
-                Some((e.clone(), true))
+                Some(e.clone())
             }
             GroupNote::Ended { owner, pgid } => match live.get_mut(owner) {
                 Some(e) => {
@@ -283,14 +284,14 @@ impl Journal {
                         self.remove_file(owner);
                         return;
                     }
-                    Some((e.clone(), false))
+                    Some(e.clone())
                 }
                 None => None,
             },
         };
         drop(live);
-        if let Some((e, durable)) = changed {
-            self.write(&e, durable);
+        if let Some(e) = changed {
+            self.write(&e);
         }
     }
 

@@ -56,25 +56,15 @@ pub struct Outcome {
 pub struct ControlState {
     /// `full_control_enabled` in gateway.json (`panorama-gateway full-control enable`).
     pub install_enabled: bool,
-    /// `team_gateways.full_control_enabled`: read from the backend for this check
-    /// ([`TeamToggle::ReadNow`]) or as last read after a heartbeat ([`TeamToggle::LastRead`]).
-    /// False when it could not be read.
+    /// `team_gateways.full_control_enabled`: as last read after a heartbeat, or read from the
+    /// backend for this check by the handler ([`control::machine_control_with_team`]). False
+    /// when it could not be read.
     pub team_enabled: bool,
-    /// The team toggle could be read (with [`TeamToggle::ReadNow`]: just now). When false,
-    /// `team_enabled` is false because it is unknown, and machine control is denied.
+    /// The team toggle could be read. When false, `team_enabled` is false because it is
+    /// unknown, and machine control is denied.
     pub team_known: bool,
     /// The last accepted heartbeat is younger than 90 s.
     pub heartbeat_fresh: bool,
-}
-
-/// Where a control read takes the team toggle from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TeamToggle {
-    /// `team_gateways.full_control_enabled` read from the backend now (one request): for
-    /// anything that acts on the machine.
-    ReadNow,
-    /// The value the heartbeat thread last read (no request): for read-only actions.
-    LastRead,
 }
 
 impl ControlState {
@@ -102,9 +92,10 @@ impl ControlState {
 pub type CancelRunning = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Reads the machine-control layers when a handler asks: the install toggle from gateway.json
-/// and the heartbeat's freshness at the time of the call, the team toggle as asked (only the
-/// jobs that need them pay for the reads).
-pub type ControlSource = Arc<dyn Fn(TeamToggle) -> ControlState + Send + Sync>;
+/// and the heartbeat's freshness at the time of the call, the team toggle as the heartbeat last
+/// read it. A handler that acts on the machine reads the team toggle from the backend itself
+/// ([`control`]).
+pub type ControlSource = Arc<dyn Fn() -> ControlState + Send + Sync>;
 
 /// What a handler may use.
 pub struct JobContext {
@@ -134,12 +125,7 @@ impl JobContext {
     /// The machine-control layers with the team toggle as last read after a heartbeat (reads
     /// the install toggle from gateway.json).
     pub fn control(&self) -> ControlState {
-        (self.control)(TeamToggle::LastRead)
-    }
-
-    /// Every machine-control layer read now, the team toggle from the backend included.
-    pub fn control_now(&self) -> ControlState {
-        (self.control)(TeamToggle::ReadNow)
+        (self.control)()
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::ProviderId;
@@ -12,6 +13,39 @@ use crate::exec;
 
 /// How long a discovery `--version` probe may take.
 pub const DISCOVERY_PROBE_TIMEOUT: Duration = Duration::from_millis(5000);
+
+/// Ends the probes of a check under way at once, and keeps later ones from starting: the
+/// daemon stops during its start-up checks (a stop must not wait out a CLI that hangs in
+/// `--version`). Every probe runs registered here, so [`ProbeStop::stop`] reaches its process
+/// group. The default one is never stopped (`doctor`, `pair`).
+#[derive(Debug, Clone, Default)]
+pub struct ProbeStop {
+    token: exec::CancelToken,
+    children: Arc<exec::Children>,
+}
+
+impl ProbeStop {
+    /// The owner under which probes are registered.
+    const OWNER: &'static str = "provider-checks";
+
+    /// Kills the process group of every probe under way now (SIGKILL: a probe has nothing to
+    /// save) and returns once they are reaped; probes asked for later do not start.
+    pub fn stop(&self) {
+        self.token.cancel();
+        self.children.kill_all(Duration::ZERO);
+    }
+
+    /// Set once [`ProbeStop::stop`] was called: runs that are not probes (the validation call)
+    /// stop through it too.
+    pub fn token(&self) -> &exec::CancelToken {
+        &self.token
+    }
+
+    fn arm(&self, spec: &mut exec::Spec) {
+        spec.cancel = Some(self.token.clone());
+        spec.register = Some((self.children.clone(), Self::OWNER.to_string()));
+    }
+}
 
 /// Where the command came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,17 +422,26 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Runs `<command> <args>` with the scrubbed environment and a timeout; (ok, stdout, stderr,
 /// error message).
-pub fn probe(command: &Path, args: &[&str], timeout: Duration) -> ProbeOutput {
+pub fn probe(command: &Path, args: &[&str], timeout: Duration, stop: &ProbeStop) -> ProbeOutput {
     let mut spec = exec::Spec::new(command).args(args.iter().copied());
     spec.timeout = Some(timeout);
     spec.capture_limit = 1 << 20;
     spec.grace = Duration::from_millis(500);
-    probe_spec(spec, command, args)
+    probe_spec(spec, command, args, stop)
 }
 
-/// [`probe`] with a prepared spec (for an augmented environment).
-pub fn probe_spec(spec: exec::Spec, command: &Path, args: &[&str]) -> ProbeOutput {
+/// [`probe`] with a prepared spec (for an augmented environment), stopped by `stop`.
+pub fn probe_spec(
+    mut spec: exec::Spec,
+    command: &Path,
+    args: &[&str],
+    stop: &ProbeStop,
+) -> ProbeOutput {
     let line = format!("{} {}", command.display(), args.join(" "));
+    if stop.token.is_cancelled() {
+        return ProbeOutput::stopped(&line);
+    }
+    stop.arm(&mut spec);
     let limit_secs = spec.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0);
     match exec::run(spec, None) {
         Err(e) => ProbeOutput {
@@ -410,7 +453,9 @@ pub fn probe_spec(spec: exec::Spec, command: &Path, args: &[&str]) -> ProbeOutpu
             error: Some(e.to_string()),
         },
         Ok(o) => {
-            let error = if o.timed_out() {
+            let error = if matches!(o.stop, exec::Stop::Cancelled | exec::Stop::Killed) {
+                Some(format!("`{line}` was stopped: the gateway is stopping"))
+            } else if o.timed_out() {
                 Some(format!(
                     "`{line}` did not finish within {limit_secs} s; the CLI may be waiting for input or a login"
                 ))
@@ -453,6 +498,18 @@ pub struct ProbeOutput {
 }
 
 impl ProbeOutput {
+    /// A probe that did not run: the gateway is stopping.
+    fn stopped(line: &str) -> ProbeOutput {
+        ProbeOutput {
+            ok: false,
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: None,
+            duration: Duration::ZERO,
+            error: Some(format!("`{line}` did not run: the gateway is stopping")),
+        }
+    }
+
     /// stdout, a newline, stderr, lowercased: what flag detection searches.
     pub fn help_text(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr).to_lowercase()
@@ -462,15 +519,22 @@ impl ProbeOutput {
 /// When discovery found nothing, asks the login shell what the name means (2 s limit) so the
 /// person learns why: an alias or function (never used by the gateway), or a file outside
 /// the gateway's PATH. Advisory only: the answer is never executed.
-pub fn shell_hint(id: ProviderId, env: &dyn EnvLookup) -> Option<String> {
+pub fn shell_hint(id: ProviderId, env: &dyn EnvLookup, stop: &ProbeStop) -> Option<String> {
     let shell = env.var("SHELL").filter(|s| !s.is_empty())?;
+    if stop.token.is_cancelled() {
+        return None;
+    }
     let mut spec = exec::Spec::new(PathBuf::from(&shell))
         .arg("-lc")
         .arg(format!("type -a {}", id.bare_name()));
     spec.timeout = Some(Duration::from_millis(2000));
     spec.grace = Duration::from_millis(200);
     spec.capture_limit = 64 * 1024;
+    stop.arm(&mut spec);
     let out = exec::run(spec, None).ok()?;
+    if out.stop != exec::Stop::None {
+        return None;
+    }
     let text = format!("{}\n{}", out.stdout_lossy(), out.stderr_lossy());
     let lines: Vec<&str> = text
         .lines()
@@ -497,15 +561,20 @@ pub fn shell_hint(id: ProviderId, env: &dyn EnvLookup) -> Option<String> {
     })
 }
 
-/// Chooses the command for one provider (providers.md §2.3).
-pub fn discover_one(id: ProviderId, override_: Option<&Path>, env: &dyn EnvLookup) -> Discovered {
+/// Chooses the command for one provider (providers.md §2.3); `stop` ends its probes.
+pub fn discover_one(
+    id: ProviderId,
+    override_: Option<&Path>,
+    env: &dyn EnvLookup,
+    stop: &ProbeStop,
+) -> Discovered {
     if let Some(o) = override_.filter(|o| !o.as_os_str().is_empty()) {
         let command = if id == ProviderId::Claude {
             repair_claude(o.to_path_buf(), env)
         } else {
             o.to_path_buf()
         };
-        let p = probe(&command, &["--version"], DISCOVERY_PROBE_TIMEOUT);
+        let p = probe(&command, &["--version"], DISCOVERY_PROBE_TIMEOUT, stop);
         if !p.ok {
             log::warn!(target: "providers", "{} CLI override failed version check command={} error={}", id.label(), command.display(), p.error.as_deref().unwrap_or(""));
         }
@@ -525,7 +594,7 @@ pub fn discover_one(id: ProviderId, override_: Option<&Path>, env: &dyn EnvLooku
         } else {
             cand
         };
-        let p = probe(&cand, &["--version"], DISCOVERY_PROBE_TIMEOUT);
+        let p = probe(&cand, &["--version"], DISCOVERY_PROBE_TIMEOUT, stop);
         if !p.ok {
             log::debug!(target: "providers", "candidate failed version check provider={} command={} error={}", id.as_str(), cand.display(), p.error.as_deref().unwrap_or(""));
             continue;
@@ -555,237 +624,4 @@ pub fn discover_one(id: ProviderId, override_: Option<&Path>, env: &dyn EnvLooku
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    struct MapEnv(HashMap<String, OsString>);
-    impl EnvLookup for MapEnv {
-        fn var(&self, name: &str) -> Option<OsString> {
-            self.0.get(name).cloned()
-        }
-    }
-
-    #[test]
-    fn version_extraction_matches_the_reference_examples() {
-        assert_eq!(
-            extract_version("2.0.14 (Claude Code)").as_deref(),
-            Some("2.0.14")
-        );
-        assert_eq!(
-            extract_version("codex-cli 0.46.0").as_deref(),
-            Some("0.46.0")
-        );
-        assert_eq!(
-            extract_version("0.9.0-nightly.20251001").as_deref(),
-            Some("0.9.0-nightly.20251001")
-        );
-        assert_eq!(extract_version("v1.2").as_deref(), Some("1.2.0"));
-        assert_eq!(extract_version("  "), None);
-        assert_eq!(extract_version("no digits"), None);
-    }
-
-    #[test]
-    fn version_comparison() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare_versions("2.0.14", "2.0.9"), Greater);
-        assert_eq!(compare_versions("v1.2", "1.2.0"), Equal);
-        assert_eq!(compare_versions("1.0.0", "1.0.0-beta"), Greater);
-        assert_eq!(compare_versions("1.0.0-alpha", "1.0.0-beta"), Less);
-        assert_eq!(compare_versions("x.y", "1.0.0"), Equal);
-    }
-
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "pgw-disc-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn write_exe(p: &Path, body: &str) {
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, body).unwrap();
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-
-    #[test]
-    fn picks_the_highest_version_and_falls_back_to_the_bare_name() {
-        let d = scratch("pick");
-        let a = d.join("a");
-        let b = d.join("b");
-        write_exe(&a.join("codex"), "#!/bin/sh\necho 'codex-cli 0.40.0'\n");
-        write_exe(&b.join("codex"), "#!/bin/sh\necho 'codex-cli 0.46.0'\n");
-        write_exe(&d.join("c/gemini"), "#!/bin/sh\nexit 1\n");
-        let env = MapEnv(HashMap::from([
-            (
-                "PATH".to_string(),
-                OsString::from(format!(
-                    "{}:{}:{}",
-                    a.display(),
-                    b.display(),
-                    d.join("c").display()
-                )),
-            ),
-            ("HOME".to_string(), d.join("home").into_os_string()),
-        ]));
-        let got = discover_one(ProviderId::Codex, None, &env);
-        assert_eq!(got.source, Source::Detected);
-        assert_eq!(got.command, b.join("codex"));
-        assert_eq!(got.version.as_deref(), Some("0.46.0"));
-        let g = discover_one(ProviderId::Gemini, None, &env);
-        // /usr/bin etc. are searched too; on a test host without gemini this is the fallback.
-        if !is_executable_file(Path::new("/usr/bin/gemini"))
-            && !is_executable_file(Path::new("/usr/local/bin/gemini"))
-        {
-            assert_eq!(g.source, Source::Fallback);
-            assert_eq!(g.command, PathBuf::from("gemini"));
-        }
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn planted_or_world_writable_clis_and_relative_path_entries_are_skipped() {
-        let d = scratch("trust");
-        let good = d.join("good");
-        let open = d.join("open");
-        write_exe(&good.join("codex"), "#!/bin/sh\necho 'codex-cli 0.40.0'\n");
-        write_exe(&open.join("codex"), "#!/bin/sh\necho 'codex-cli 9.9.9'\n");
-        // A directory anyone can write to without the sticky bit: whatever is in it can be
-        // swapped by anyone.
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let env = MapEnv(HashMap::from([
-            (
-                "PATH".to_string(),
-                OsString::from(format!(".::{}:{}", open.display(), good.display())),
-            ),
-            ("HOME".to_string(), d.join("home").into_os_string()),
-        ]));
-        assert!(untrusted_reason(&open.join("codex")).is_some());
-        assert!(untrusted_reason(&good.join("codex")).is_none());
-        let c = candidates(ProviderId::Codex, &env);
-        assert!(!c.contains(&open.join("codex")), "{c:?}");
-        assert!(c.contains(&good.join("codex")), "{c:?}");
-        let cwd = std::env::current_dir().unwrap();
-        assert!(
-            !bin_dirs(&env).contains(&cwd),
-            "relative PATH entries are not searched"
-        );
-        // A world-writable executable in a good directory is skipped too.
-        std::fs::set_permissions(good.join("codex"), std::fs::Permissions::from_mode(0o777))
-            .unwrap();
-        assert!(untrusted_reason(&good.join("codex")).is_some());
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn override_wins_even_when_its_probe_fails() {
-        let env = MapEnv(HashMap::new());
-        let got = discover_one(
-            ProviderId::Gemini,
-            Some(Path::new("/nonexistent/gemini")),
-            &env,
-        );
-        assert_eq!(got.source, Source::Override);
-        assert_eq!(got.command, PathBuf::from("/nonexistent/gemini"));
-        assert_eq!(got.version, None);
-    }
-
-    #[test]
-    fn claude_local_install_is_found_and_a_broken_wrapper_is_repaired() {
-        let d = scratch("claude");
-        let home = d.join("home");
-        write_exe(
-            &home.join(".claude/local/claude"),
-            "#!/bin/sh\nexec \"$HOME/.claude/local/node_modules/.bin/claude\" \"$@\"\n",
-        );
-        // The wrapper's target uses $HOME (not ~/): it is not expanded, so it does not exist.
-        write_exe(
-            &home.join(".claude/claude"),
-            "#!/bin/sh\necho '2.0.14 (Claude Code)'\n",
-        );
-        let env = MapEnv(HashMap::from([
-            ("HOME".to_string(), home.clone().into_os_string()),
-            ("PATH".to_string(), OsString::from("/nonexistent")),
-        ]));
-        assert!(broken_wrapper_target(&home.join(".claude/local/claude"), Some(&home)).is_some());
-        let got = discover_one(ProviderId::Claude, None, &env);
-        assert_eq!(got.command, home.join(".claude/claude"));
-        assert_eq!(got.version.as_deref(), Some("2.0.14"));
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn wrapper_targets_are_read_like_the_reference() {
-        let d = scratch("wrap");
-        let home = d.join("home");
-        let exists = d.join("real-claude");
-        write_exe(&exists, "#!/bin/sh\n");
-        let w = d.join("w");
-        let check = |body: &str| {
-            std::fs::write(&w, body).unwrap();
-            broken_wrapper_target(&w, Some(&home))
-        };
-        assert_eq!(
-            check(&format!("#!/bin/sh\nexec '{}' \"$@\"\n", exists.display())),
-            None
-        );
-        assert_eq!(
-            check("#!/bin/sh\nexec \"/gone/claude\" \"$@\"\n").as_deref(),
-            Some("/gone/claude")
-        );
-        // `~/` is expanded against the home directory.
-        assert_eq!(
-            check("exec ~/.claude/local/node_modules/.bin/claude").as_deref(),
-            Some("~/.claude/local/node_modules/.bin/claude")
-        );
-        // An unclosed quote: the word including the quote is the target (it does not exist).
-        assert_eq!(
-            check("#!/bin/sh\nexec \"/gone/claude $@\n").as_deref(),
-            Some("\"/gone/claude")
-        );
-        // `exec` without whitespace after it is not a match; the next one is.
-        assert_eq!(
-            check("# execute me\nexec /gone/x\n").as_deref(),
-            Some("/gone/x")
-        );
-        // Larger than 4096 bytes: never a wrapper.
-        assert_eq!(check(&format!("exec /gone/x\n#{}", "x".repeat(5000))), None);
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn shell_hint_explains_aliases_and_paths_outside_path() {
-        let d = scratch("shell");
-        let alias_sh = d.join("alias-sh");
-        write_exe(
-            &alias_sh,
-            "#!/bin/sh\necho 'codex is aliased to `npx @openai/codex`'\n",
-        );
-        let path_sh = d.join("path-sh");
-        write_exe(
-            &path_sh,
-            "#!/bin/sh\necho 'gemini is /opt/node/bin/gemini'\n",
-        );
-        let env = |sh: &Path| {
-            MapEnv(HashMap::from([(
-                "SHELL".to_string(),
-                sh.as_os_str().to_owned(),
-            )]))
-        };
-        let a = shell_hint(ProviderId::Codex, &env(&alias_sh)).unwrap();
-        assert!(a.contains("as an alias"), "{a}");
-        assert!(a.contains("PANORAMA_CODEX_CLI"), "{a}");
-        let p = shell_hint(ProviderId::Gemini, &env(&path_sh)).unwrap();
-        assert!(p.contains("/opt/node/bin/gemini"), "{p}");
-        assert!(p.contains("--gemini-cli"), "{p}");
-        assert_eq!(
-            shell_hint(ProviderId::Gemini, &MapEnv(HashMap::new())),
-            None
-        );
-        let _ = std::fs::remove_dir_all(&d);
-    }
-}
+mod tests;

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::config::CliOverrides;
-use discovery::{Discovered, EnvLookup, ProcessEnv, Source};
+use discovery::{Discovered, EnvLookup, ProbeStop, ProcessEnv, Source};
 use health::{Health, Mode, Status};
 use plan::RunRequest;
 pub use probe::{probe_caps, validate};
@@ -232,8 +232,8 @@ pub struct Registry {
     versions: versions::VersionCache,
     /// How far the start-up checks of an [`Registry::undiscovered`] registry are.
     stage: (Mutex<Stage>, std::sync::Condvar),
-    /// Stops a validation call under way ([`Registry::stop_checks`]).
-    stop: crate::exec::CancelToken,
+    /// Stops the probes and the validation call under way ([`Registry::stop_checks`]).
+    stop: ProbeStop,
 }
 
 impl std::fmt::Debug for Registry {
@@ -296,7 +296,7 @@ impl Registry {
             events: Mutex::new(Vec::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             stage: (Mutex::new(Stage::Checked), std::sync::Condvar::new()),
-            stop: crate::exec::CancelToken::new(),
+            stop: ProbeStop::default(),
         }
     }
 
@@ -313,7 +313,8 @@ impl Registry {
     /// Discovers and probes the CLIs of an [`Registry::undiscovered`] registry, keeping the
     /// health loaded meanwhile.
     pub fn finish_discovery(&self, overrides: &CliOverrides) {
-        let found = std::mem::take(&mut *Registry::discover(overrides).lock());
+        let found = Registry::discover_stoppable(overrides, &ProcessEnv, &self.stop);
+        let found = std::mem::take(&mut *found.lock());
         // Not under the entries lock: a diagnostic may hold a version slot for a whole run.
         for e in &found {
             if let Some(a) = &e.caps.probed {
@@ -329,9 +330,11 @@ impl Registry {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Stops the validation call under way, if any, and every later one (the daemon stops).
+    /// Stops the probes and the validation call under way, if any, and every later one (the
+    /// daemon stops): the probes' process groups are killed now, so a stop during the start-up
+    /// checks does not wait out a CLI that hangs.
     pub fn stop_checks(&self) {
-        self.stop.cancel();
+        self.stop.stop();
     }
 
     /// The start-up checks reached `stage`: handlers waiting for it go on.
@@ -373,14 +376,23 @@ impl Registry {
 
     /// [`Registry::discover`] with an injected environment.
     pub fn discover_with(overrides: &CliOverrides, env: &(dyn EnvLookup + Sync)) -> Registry {
+        Self::discover_stoppable(overrides, env, &ProbeStop::default())
+    }
+
+    /// [`Registry::discover_with`], its probes ended by `stop`.
+    fn discover_stoppable(
+        overrides: &CliOverrides,
+        env: &(dyn EnvLookup + Sync),
+        stop: &ProbeStop,
+    ) -> Registry {
         let entries = run_parallel(
             |id| {
-                let found = discovery::discover_one(id, id.override_of(overrides), env);
+                let found = discovery::discover_one(id, id.override_of(overrides), env, stop);
                 log::info!(target: "providers", "discovered provider={} command={} source={} version={}",
                 id.as_str(), found.command.display(), found.source.as_str(), found.version.as_deref().unwrap_or("-"));
-                let caps = probe_caps(id, &found.command);
+                let caps = probe_caps(id, &found.command, stop);
                 let shell_hint = (found.source == Source::Fallback && !caps.available)
-                    .then(|| discovery::shell_hint(id, env))
+                    .then(|| discovery::shell_hint(id, env, stop))
                     .flatten();
                 if let Some(h) = &shell_hint {
                     log::warn!(target: "providers", "{} CLI not found in PATH: {h}", id.label());
@@ -418,7 +430,7 @@ impl Registry {
         let entries = run_parallel(
             |id| {
                 let command = commands[id.index()].clone();
-                let caps = probe_caps(id, &command);
+                let caps = probe_caps(id, &command, &ProbeStop::default());
                 Entry {
                     id,
                     found: Discovered {
@@ -455,7 +467,7 @@ impl Registry {
             .map(|e| e.found.command.clone())
             .collect();
         let caps = run_parallel(
-            |id| probe_caps(id, &cmds[id.index()]),
+            |id| probe_caps(id, &cmds[id.index()], &self.stop),
             |id, msg| probe_crashed(id, &msg),
         );
         for (id, c) in ProviderId::ALL.into_iter().zip(&caps) {
@@ -617,8 +629,13 @@ impl Registry {
                     return health::unavailable(prev, mode, e.caps.error.as_deref(), &now);
                 }
                 if health::needs_full(mode, prev) {
-                    let (ok, err, ms) =
-                        validate(id, &e.found.command, &e.caps.flags, &work_root, &self.stop);
+                    let (ok, err, ms) = validate(
+                        id,
+                        &e.found.command,
+                        &e.caps.flags,
+                        &work_root,
+                        self.stop.token(),
+                    );
                     log::info!(target: "providers", "validation provider={} ok={} duration_ms={}", id.as_str(), ok, ms);
                     return health::full(ok, err.as_deref(), ms, &crate::util::now_rfc3339());
                 }

@@ -13,8 +13,8 @@ use super::{
     PROBE_TIMEOUT, VALIDATION_PROMPT, VALIDATION_TIMEOUT,
 };
 
-/// Probes one command (providers.md §3).
-pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
+/// Probes one command (providers.md §3); `stop` ends the probes.
+pub fn probe_caps(id: ProviderId, command: &Path, stop: &discovery::ProbeStop) -> Caps {
     let mk_spec = |args: &[&str]| {
         let mut spec = crate::exec::Spec::new(command).args(args.iter().copied());
         spec.timeout = Some(PROBE_TIMEOUT);
@@ -27,7 +27,7 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         spec
     };
     let file = versions::FileId::of(command);
-    let v = discovery::probe_spec(mk_spec(&["--version"]), command, &["--version"]);
+    let v = discovery::probe_spec(mk_spec(&["--version"]), command, &["--version"], stop);
     let probed = versions::Answer {
         command: command.to_path_buf(),
         stdout: v.stdout.clone(),
@@ -35,7 +35,8 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         exit_code: v.exit_code,
         duration: v.duration,
         error: v.error.clone(),
-        cancelled: false,
+        // A probe the stopping daemon killed says nothing about the CLI: never reused.
+        cancelled: stop.token().is_cancelled(),
         by: "discovery",
         at: std::time::Instant::now(),
         at_wall: std::time::SystemTime::now(),
@@ -53,7 +54,7 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
         (false, None, v.error.clone())
     };
     let help = if available {
-        let h = discovery::probe_spec(mk_spec(help_args), command, help_args);
+        let h = discovery::probe_spec(mk_spec(help_args), command, help_args, stop);
         h.ok.then(|| h.help_text())
     } else {
         None
@@ -66,7 +67,7 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
             // `gemini --list-extensions` needs a login (exit 41 without one) and prints
             // nothing when there are none; `gemini extensions list` needs neither.
             let args = gemini::EXTENSIONS_LIST;
-            let e = discovery::probe_spec(mk_spec(args), command, args);
+            let e = discovery::probe_spec(mk_spec(args), command, args, stop);
             match gemini::parse_extensions_json(&e.stdout, &e.stderr) {
                 Some(names) if e.ok => (Some(names), true),
                 _ => (Some(Vec::new()), false),
@@ -76,6 +77,7 @@ pub fn probe_caps(id: ProviderId, command: &Path) -> Caps {
                 mk_spec(&["--list-extensions"]),
                 command,
                 &["--list-extensions"],
+                stop,
             );
             if e.ok {
                 (Some(gemini::parse_extensions(&e.stdout)), true)

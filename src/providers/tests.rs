@@ -111,7 +111,7 @@ fn ctx(reg: &Arc<Registry>, job: &str) -> JobContext {
         session: None,
         resources: None,
         shell_sessions: Arc::new(crate::jobs::shell::ShellSessions::new()),
-        control: Arc::new(|_| Default::default()),
+        control: Arc::new(Default::default),
         cancel_running: Arc::new(|_: &str| false),
         subagent_runs: Arc::default(),
     }

@@ -26,7 +26,7 @@ use app::{App, Config};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,21 +170,21 @@ fn wait_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
-/// Writes the snapshot if anything changed. Logs a failure once per streak of failures.
-fn persist(app: &App) -> Result<(), String> {
-    static FAILING: AtomicBool = AtomicBool::new(false);
+/// Writes the snapshot if anything changed. Logs a failure once per streak of failures
+/// (`failing`: the last write failed).
+fn persist(app: &App, failing: &mut bool) -> Result<(), String> {
     if let Some(path) = &app.cfg.data_path {
         if app.dirty.swap(false, Ordering::SeqCst) {
             let bytes = app.db().snapshot_json();
             if let Err(e) = store::write_atomic(path, &bytes) {
                 app.dirty.store(true, Ordering::SeqCst);
                 let msg = format!("cannot write data file {}: {e}", path.display());
-                if !FAILING.swap(true, Ordering::SeqCst) {
+                if !std::mem::replace(failing, true) {
                     log::error!(target: "store", "{msg}; retrying every 200 ms (check the directory exists and is writable)");
                 }
                 return Err(msg);
             }
-            if FAILING.swap(false, Ordering::SeqCst) {
+            if std::mem::replace(failing, false) {
                 log::info!(target: "store", "data file written again path={}", path.display());
             }
         }
@@ -282,7 +282,8 @@ fn start_persistence(app: &Arc<App>) {
         return;
     }
     app.mark_dirty();
-    if let Err(e) = persist(app) {
+    let mut failing = false;
+    if let Err(e) = persist(app, &mut failing) {
         die(format!("{e}; pass a --data path in a writable directory"));
     }
     let a = app.clone();
@@ -290,7 +291,7 @@ fn start_persistence(app: &Arc<App>) {
         .name("persist".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_millis(200));
-            let _ = persist(&a);
+            let _ = persist(&a, &mut failing);
         });
 }
 

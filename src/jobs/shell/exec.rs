@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::access::{check_resource, machine_control, Access};
+use super::access::{check_now, Access, Refusal};
 use super::payload::ExecPayload;
 use super::{failed, pick_shell, tmp_base};
 use crate::exec;
@@ -72,19 +72,25 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
         Ok(p) => p,
         Err(bad) => return bad.fail(&[]),
     };
-    if let Err(m) = machine_control(ctx, true) {
-        log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);
-        return failed(m, &[]);
+    // Machine control first, then the resource id, then the resource (the reference's order),
+    // from one parallel read of the two rows.
+    match check_now(ctx, p.resource_id.as_deref().ok(), Access::Write) {
+        Ok(()) => {}
+        Err(Refusal::Control(m)) => {
+            log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);
+            return failed(m, &[]);
+        }
+        Err(Refusal::Resource(m)) => {
+            let rid = p.resource_id.as_deref().unwrap_or_default();
+            log::info!(target: "shell", "shell_exec denied job_id={} resource_id={rid} reason={m:?}", ctx.job_id);
+            return failed(&m, &[("resource_id", Value::String(rid.to_string()))]);
+        }
     }
     let rid = match p.resource_id {
         Ok(r) => r,
         Err(bad) => return bad.fail(&[]),
     };
     let rid_v = Value::String(rid.clone());
-    if let Err(m) = check_resource(ctx, &rid, Access::Write) {
-        log::info!(target: "shell", "shell_exec denied job_id={} resource_id={rid} reason={m:?}", ctx.job_id);
-        return failed(&m, &[("resource_id", rid_v)]);
-    }
     let command = match p.command {
         Ok(c) => c,
         Err(bad) => return bad.fail(&[("resource_id", rid_v.clone())]),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::access::{check_resource, machine_control, Access};
+use super::access::{check_now, check_resource, machine_control_last_read, Access, Refusal};
 use super::payload::{context, Action, SessionPayload, View};
 use super::session::{NewSession, Sess, WRITE_TIMEOUT};
 use super::{failed, ok, tmp_base};
@@ -43,13 +43,22 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
     // a session can be closed after its resource or a toggle was switched off. It still only
     // reaches a session of the same team and resource. What acts on the machine (open, write,
     // resize) reads every layer now; what only looks uses the team toggle as last read.
+    // Acting reads the team toggle and the resource in one parallel read (machine control
+    // reported first); looking reads the resource after the id was checked.
     let closing = action == Action::Close;
-    if !closing {
-        if let Err(m) = machine_control(ctx, action.access() == Access::Write) {
+    let checked = match action.access() {
+        _ if closing => Ok(()),
+        Access::Write => check_now(ctx, p.resource_id.as_deref().ok(), Access::Write),
+        Access::Read => machine_control_last_read(ctx).map_err(Refusal::Control),
+    };
+    let resource_refused = match checked {
+        Ok(()) => None,
+        Err(Refusal::Control(m)) => {
             log::info!(target: "shell", "shell_session denied job_id={} action={} reason={m:?}", ctx.job_id, action.as_str());
             return failed(m, &[("action", act)]);
         }
-    }
+        Err(Refusal::Resource(m)) => Some(m),
+    };
     let rid = match &p.resource_id {
         Ok(r) => r.clone(),
         Err(bad) => return bad.clone().fail(&[]),
@@ -60,7 +69,12 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
         .map(|s| s.team_id().to_string())
         .unwrap_or_default();
     if !closing {
-        if let Err(m) = check_resource(ctx, &rid, action.access()) {
+        let checked = match resource_refused {
+            Some(m) => Err(m),
+            None if action.access() == Access::Read => check_resource(ctx, &rid, Access::Read),
+            None => Ok(()),
+        };
+        if let Err(m) = checked {
             log::info!(target: "shell", "shell_session denied job_id={} action={} resource_id={rid} reason={m:?}", ctx.job_id, action.as_str());
             // The resource no longer allows a shell here (not a passing read error): its
             // sessions go too.
