@@ -310,6 +310,19 @@ fn argv(rec: &Value) -> Vec<String> {
     strs(&rec["argv"])
 }
 
+/// A Gemini run's argv without its last element, which names a fresh session (a random v4
+/// UUID) so the gateway can remove Gemini's chat log afterwards.
+fn gemini_argv(rec: &Value) -> Vec<String> {
+    let mut a = argv(rec);
+    let last = a.pop().unwrap_or_default();
+    let id = last.strip_prefix("--session-id=").unwrap_or_default();
+    assert!(
+        id.len() == 36 && id.as_bytes()[14] == b'4',
+        "{last:?} in {a:?}"
+    );
+    a
+}
+
 fn sv(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -439,12 +452,16 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
         "gemini-json",
         json!({"provider": "gemini", "model": "gemini-2.5-pro", "output_format": "json",
                "json_schema": sch, "append_system_prompt": "Be terse."}),
-        &[("FAKE_CLI_RESPONSE", resp)],
+        // Gemini keeps a chat log per run (the fake too, with FAKE_CLI_SESSIONS=1).
+        &[("FAKE_CLI_RESPONSE", resp), ("FAKE_CLI_SESSIONS", "1")],
     );
     let gemini_text = w.submit(
         "gemini-text",
         json!({"provider": "gemini", "model": "gemini-2.5-flash", "output_format": "text"}),
-        &[("FAKE_CLI_TEXT", "Gemini says hi.")],
+        &[
+            ("FAKE_CLI_TEXT", "Gemini says hi."),
+            ("FAKE_CLI_SESSIONS", "1"),
+        ],
     );
     // Provider inferred from the model when `provider` is absent or not a provider id.
     let inferred: Vec<(Job, &str, &str, Option<&str>)> = [
@@ -625,7 +642,7 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
     let rec = w.record(&gemini_json);
     assert_eq!(rec["name"], "gemini");
     assert_eq!(
-        argv(&rec),
+        gemini_argv(&rec),
         sv(&["--output-format=json", "--model=gemini-2.5-pro",])
     );
     assert_eq!(w.record(&gemini_json)["stdin"], gemini_json.prompt.as_str());
@@ -657,12 +674,26 @@ fn text_and_json_runs_of_each_provider_with_exact_argv_and_a_scrubbed_env() {
     assert_eq!(row["result"]["output"], json!({"text": "Gemini says hi."}));
     let rec = w.record(&gemini_text);
     assert_eq!(
-        argv(&rec),
+        gemini_argv(&rec),
         sv(&["--output-format=text", "--model=gemini-2.5-flash",])
     );
     assert_eq!(w.record(&gemini_text)["stdin"], gemini_text.prompt.as_str());
     assert_eq!(rec["system_md"], "");
     assert_scrubbed_env(&w, &gemini_text, &rec);
+    // No chat log per model run: the gateway named each run's session and removed it.
+    let tmp = w.gw.home().join(".gemini/tmp");
+    let chats: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("the fake gemini kept its sessions under HOME")
+        .flatten()
+        .flat_map(|p| {
+            std::fs::read_dir(p.path().join("chats"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(chats.is_empty(), "gemini chat logs left: {chats:?}");
 
     // Inference: the CLI that ran, the model passed verbatim (`__default__`: no --model).
     for (j, model, cli, provider) in &inferred {
@@ -803,7 +834,7 @@ fn older_clis_get_their_fallback_modes() {
     assert_eq!(row["status"], "completed", "{row}");
     assert_eq!(row["result"]["output"], json!({"label": "fenced"}));
     assert_eq!(
-        argv(&w.record(&gemini_json)),
+        gemini_argv(&w.record(&gemini_json)),
         sv(&["--output-format=json", "--model=gemini-2.5-pro",])
     );
     assert_eq!(w.record(&gemini_json)["stdin"], gemini_json.prompt.as_str());

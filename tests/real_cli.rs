@@ -581,4 +581,19 @@ fn with_a_dummy_key_and_no_network_every_run_fails_fast_as_network() {
         cases.len(),
         started.elapsed().as_secs_f64()
     );
+    // With a key Gemini records a chat log for every run. Model runs share one project (the
+    // gateway's `.gemini-cwd`), where none may pile up: the gateway removes each run's.
+    let tmp = w.gw.home().join(".gemini/tmp");
+    let mut shared = 0;
+    for project in std::fs::read_dir(&tmp).unwrap().flatten() {
+        let root =
+            std::fs::read_to_string(project.path().join(".project_root")).unwrap_or_default();
+        if !root.trim_end().ends_with(".gemini-cwd") {
+            continue;
+        }
+        shared += 1;
+        let chats: Vec<_> = tree(&project.path().join("chats"));
+        assert!(chats.is_empty(), "model-run chat logs left: {chats:?}");
+    }
+    assert_eq!(shared, 1, "the model runs' project in {}", tmp.display());
 }

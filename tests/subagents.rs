@@ -868,6 +868,42 @@ fn codex_and_gemini_continuations_resume_the_session_their_last_run_reported() {
         let err = row["error"].as_str().unwrap();
         assert!(err.contains(not_found), "{tag3}: {err}");
     }
+    // A subagent that asks for no session: Codex runs --ephemeral, Gemini's session (which it
+    // always keeps) is removed after the run; neither is reported.
+    let mut none = config.clone();
+    none["no_session_persistence"] = json!(true);
+    for (tag, kind) in [("cxnone", "codex_gateway"), ("gmnone", "gemini_gateway")] {
+        let s = w.subagent_of(tag, kind, none.clone(), &[("FAKE_CLI_SESSIONS", "1")]);
+        let row = wait_job_done(&w.b, &w.run_job(&s), JOB_WAIT);
+        assert_eq!(row["status"], "completed", "{tag}: {row}");
+        let md = w.row("subagents", &s.sid)["metadata"].clone();
+        assert!(md.get("session_id").is_none(), "{tag}: {md}");
+        let argv = w.argv(tag);
+        if kind == "codex_gateway" {
+            assert!(argv.contains(&"--ephemeral".to_string()), "{argv:?}");
+        } else {
+            let id = argv
+                .iter()
+                .find_map(|a| a.strip_prefix("--session-id="))
+                .unwrap_or_else(|| panic!("{argv:?}"));
+            let left: Vec<_> = std::fs::read_dir(w.gw.home().join(".gemini/tmp"))
+                .unwrap()
+                .flatten()
+                .flat_map(|p| {
+                    std::fs::read_dir(p.path().join("chats"))
+                        .into_iter()
+                        .flatten()
+                })
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(&format!("-{}.jsonl", &id[..8]))
+                })
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
+        }
+    }
 }
 
 /// The emulator holds the gateway to the strict finalize body (subagents-shell.md §5.3).

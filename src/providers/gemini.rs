@@ -82,12 +82,18 @@ pub fn parse_extensions_json(stdout: &str, stderr: &str) -> Option<Vec<String>> 
 
 /// The argv for one model call (§5.8). The prompt goes to standard input (gemini reads it
 /// there when no prompt argument is given); every value is `--flag=value` (see [`argv`]).
-pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, InputError> {
+pub fn plan(req: &RunRequest, command: &Path, f: &Flags) -> Result<Plan, InputError> {
     let json = req.format == OutputFormat::Json;
     let mut a = Argv::default();
     a.fixed("--output-format", if json { "json" } else { "text" });
     if let Some(m) = req.model_arg() {
         a.model("--model", "model", m)?;
+    }
+    // Gemini writes a chat log for every run; naming the session lets the gateway remove it
+    // afterwards (`forget_session`), so model runs and health checks leave none.
+    let discard_session = f.get("sessionIdFlag").then(crate::util::new_uuid_v4);
+    if let Some(id) = &discard_session {
+        a.uuid("--session-id", "session id", id)?;
     }
     let mut schema_chars = 0;
     let system = if json {
@@ -117,6 +123,7 @@ pub fn plan(req: &RunRequest, command: &Path, _f: &Flags) -> Result<Plan, InputE
         path_prepend: path_prepend(command),
         json_schema_chars: schema_chars,
         shared_cwd: true,
+        discard_session,
         stdin: argv::stdin_prompt("prompt", &req.prompt)?,
         ..Plan::stdout(req, command, a.into_vec())
     })
@@ -214,10 +221,12 @@ fn session(a: &mut Argv, r: &SubagentRequest, f: &Flags) -> Result<SessionReport
             .clone()
             .unwrap_or_else(crate::util::new_uuid_v4);
         a.uuid("--session-id", "config.session_id", &id)?;
-        if !r.no_session_persistence {
-            return Ok(SessionReport::Known(id));
-        }
-        return Ok(SessionReport::Output);
+        // Gemini keeps every session: one the subagent asked not to keep goes after the run.
+        return Ok(if r.no_session_persistence {
+            SessionReport::Discard(id)
+        } else {
+            SessionReport::Known(id)
+        });
     }
     Ok(if r.no_session_persistence {
         SessionReport::Output
@@ -237,6 +246,88 @@ pub fn printed_session(stdout: &str) -> Option<String> {
         let v: Value = serde_json::from_str(l.trim()).ok()?;
         (v.get("type")?.as_str()? == "init").then(|| id(&v))?
     })
+}
+
+/// How many of Gemini's project directories `forget_session` looks into.
+const PROJECTS_SCANNED: usize = 4096;
+
+/// Removes what Gemini kept of session `id` (a UUID the gateway gave it): the chat log
+/// `~/.gemini/tmp/<project>/chats/session-<time>-<first 8>.jsonl` whose first line names the
+/// session, and the session's `logs/session-<id>.jsonl`, `tool-outputs/session-<id>` and
+/// `<id>` beside it (what Gemini's own session deletion removes). Gemini names the project from
+/// its registry, so every project's `chats` is looked at by the file-name suffix. `env` is the
+/// run's environment (`GEMINI_CLI_HOME`, else `HOME`). Best effort: what cannot be removed is
+/// logged.
+pub fn forget_session(env: &[(std::ffi::OsString, std::ffi::OsString)], id: &str) {
+    if !crate::util::is_uuid(id) {
+        return;
+    }
+    let var = |k: &str| crate::exec::get_var(env, k).filter(|v| !v.is_empty());
+    let Some(home) = var("GEMINI_CLI_HOME").or_else(|| var("HOME")) else {
+        return;
+    };
+    let tmp = Path::new(home).join(".gemini").join("tmp");
+    let Ok(projects) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    let suffix = format!("-{}.json", &id[..8]);
+    for project in projects.flatten().take(PROJECTS_SCANNED) {
+        let dir = project.path();
+        let Ok(chats) = std::fs::read_dir(dir.join("chats")) else {
+            continue;
+        };
+        let mut found = false;
+        for chat in chats.flatten() {
+            let name = chat.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.starts_with("session-")
+                && (name.ends_with(&suffix) || name.ends_with(&format!("{suffix}l")))
+                && chat.file_type().is_ok_and(|t| t.is_file())
+                && names_session(&chat.path(), id);
+            if ours {
+                found = true;
+                remove(&chat.path(), false);
+            }
+        }
+        if found {
+            remove(&dir.join("logs").join(format!("session-{id}.jsonl")), false);
+            remove(
+                &dir.join("tool-outputs").join(format!("session-{id}")),
+                true,
+            );
+            remove(&dir.join(id), true);
+        }
+    }
+}
+
+/// Whether the chat log at `path` starts with the record of session `id`.
+fn names_session(path: &Path, id: &str) -> bool {
+    use std::io::{BufRead, Read};
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut first = String::new();
+    if std::io::BufReader::new(f.take(64 * 1024))
+        .read_line(&mut first)
+        .is_err()
+    {
+        return false;
+    }
+    serde_json::from_str::<Value>(first.trim())
+        .ok()
+        .and_then(|v| v.get("sessionId")?.as_str().map(|s| s == id))
+        .unwrap_or(false)
+}
+
+fn remove(path: &Path, dir: bool) {
+    let r = match std::fs::symlink_metadata(path) {
+        Err(_) => return,
+        Ok(m) if dir && m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+    };
+    if let Err(e) = r {
+        log::warn!(target: "providers", "could not remove Gemini's {}: {e}", path.display());
+    }
 }
 
 /// Gemini is a node script: its own directory goes first on PATH (model runs and probes), so
@@ -332,6 +423,53 @@ fn first_model_key(envelope: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_a_session_removes_its_chat_and_artifacts_only() {
+        let home = std::env::temp_dir().join(format!(
+            "gemini-forget-{}-{}",
+            std::process::id(),
+            crate::util::new_uuid_v4()
+        ));
+        let id = "0b7c0000-0000-4000-8000-000000000001";
+        let other = "0b7c0000-0000-4000-8000-000000000002";
+        let p = home.join(".gemini/tmp/gemini-cwd");
+        let q = home.join(".gemini/tmp/someone-elses-project");
+        for d in [
+            p.join("chats"),
+            p.join("logs"),
+            p.join(format!("tool-outputs/session-{id}")),
+            p.join(id),
+            q.join("chats"),
+        ] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let chat = |dir: &Path, name: &str, sid: &str| {
+            let f = dir.join("chats").join(name);
+            std::fs::write(
+                &f,
+                format!("{{\"sessionId\":\"{sid}\"}}\n{{\"type\":\"user\"}}\n"),
+            )
+            .unwrap();
+            f
+        };
+        let ours = chat(&p, "session-2026-12-05T00-07-0b7c0000.jsonl", id);
+        // Same short id, another session: kept.
+        let same_prefix = chat(&q, "session-2026-12-05T00-08-0b7c0000.jsonl", other);
+        let unrelated = chat(&q, "session-2026-12-05T00-09-1a2b3c4d.jsonl", other);
+        let log = p.join(format!("logs/session-{id}.jsonl"));
+        std::fs::write(&log, "{}").unwrap();
+        let env = vec![("HOME".into(), home.clone().into_os_string())];
+        forget_session(&env, id);
+        assert!(!ours.exists() && !log.exists());
+        assert!(!p.join(format!("tool-outputs/session-{id}")).exists());
+        assert!(!p.join(id).exists());
+        assert!(same_prefix.exists() && unrelated.exists());
+        // Not a UUID: nothing is touched.
+        forget_session(&env, "../chats");
+        assert!(same_prefix.exists());
+        let _ = std::fs::remove_dir_all(&home);
+    }
 
     #[test]
     fn extension_listing_without_login() {

@@ -95,6 +95,9 @@ pub struct Plan {
     /// (Gemini: `~/.gemini/tmp/<dir>`, `history/<dir>`, `projects.json`) then keeps one set,
     /// not one per job. Its files are still in the work directory, named by absolute paths.
     pub shared_cwd: bool,
+    /// A session the CLI keeps whatever it is asked (Gemini), named by the gateway so that it
+    /// is removed after the run: a model run or a health check is never continued.
+    pub discard_session: Option<String>,
 }
 
 impl Plan {
@@ -114,6 +117,7 @@ impl Plan {
             json_schema_chars: 0,
             timeout: req.timeout,
             shared_cwd: false,
+            discard_session: None,
         }
     }
 }

@@ -129,6 +129,7 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         Ok(c) => c,
         Err(m) => return fail(Failure::Setup(m)),
     };
+    let discard_env = plan.discard_session.as_ref().map(|_| env.clone());
     let mut spec = exec::Spec::new(&plan.command);
     spec.args = if cwd == work_dir {
         plan.args.iter().map(OsString::from).collect()
@@ -148,7 +149,11 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         dir: dir.to_path_buf(),
     });
     let mut watch = super::diagnose::NetworkWatch::new(id);
-    let out = match exec::run(spec, Some(&mut |_, line: &str| watch.observe(line))) {
+    let ran = exec::run(spec, Some(&mut |_, line: &str| watch.observe(line)));
+    if let (Some(sid), Some(env), ProviderId::Gemini) = (&plan.discard_session, &discard_env, id) {
+        super::gemini::forget_session(env, sid);
+    }
+    let out = match ran {
         Ok(o) => o,
         Err(e) => {
             let not_found = e.not_found();

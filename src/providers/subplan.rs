@@ -76,13 +76,16 @@ pub enum SessionReport {
     /// The CLI prints it: Codex's `thread.started` event (`--json`) or the `session id:` line
     /// of its banner on stderr; Gemini's `session_id` in its JSON envelope or `init` event.
     Printed,
+    /// Not reported, and removed after the run: the Gemini session (which Gemini keeps
+    /// whatever it is asked) of a subagent that asked for none (`no_session_persistence`).
+    Discard(String),
 }
 
 impl SubPlan {
     /// The session id to report for a completed run of `id` (None: the normaliser's, if any).
     pub fn session_id(&self, id: super::ProviderId, stdout: &str, stderr: &str) -> Option<String> {
         match &self.session {
-            SessionReport::Output => None,
+            SessionReport::Output | SessionReport::Discard(_) => None,
             SessionReport::Known(s) => Some(s.clone()),
             SessionReport::Printed => match id {
                 super::ProviderId::Codex => super::codex::printed_session(stdout, stderr),
@@ -91,6 +94,15 @@ impl SubPlan {
             },
         }
         .filter(|s| crate::util::is_uuid(s))
+    }
+}
+
+impl SubPlan {
+    /// After the run: removes the session of a [`SessionReport::Discard`] (`env` is the run's).
+    pub fn discard_session(&self, env: &[(std::ffi::OsString, std::ffi::OsString)]) {
+        if let SessionReport::Discard(id) = &self.session {
+            super::gemini::forget_session(env, id);
+        }
     }
 }
 

@@ -140,6 +140,16 @@ fn argv(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A Gemini model run's argv without its last element, which names a fresh session (a random
+/// v4 UUID) so the gateway can remove Gemini's chat log afterwards.
+fn gemini_argv(v: &Value) -> Vec<String> {
+    let mut a = argv(v);
+    let last = a.pop().unwrap_or_default();
+    let id = last.strip_prefix("--session-id=").unwrap_or_default();
+    assert!(crate::util::is_rfc4122_uuid(id), "{last:?} in {a:?}");
+    a
+}
+
 fn strs(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
@@ -322,7 +332,7 @@ fn full_health_check_runs_a_tiny_call_and_persists() {
     );
     assert_eq!(codex["stdin"], "Say hi.");
     let gemini = runs.iter().find(|r| r["name"] == "gemini").unwrap();
-    assert_eq!(argv(gemini), strs(&["--output-format=json"]));
+    assert_eq!(gemini_argv(gemini), strs(&["--output-format=json"]));
     assert_eq!(gemini["stdin"], "Say hi.");
     assert!(gemini["system_md"]
         .as_str()
@@ -646,7 +656,7 @@ fn gemini_json_run_system_md_path_and_model() {
     );
     let run = &s.runs()[0];
     assert_eq!(
-        argv(run),
+        gemini_argv(run),
         strs(&["--output-format=json", "--model=gemini-2.5-pro"])
     );
     assert_eq!(run["stdin"], "Go");

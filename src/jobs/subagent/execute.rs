@@ -126,7 +126,7 @@ fn spawn_cli(
     spec.args = plan.args.iter().map(Into::into).collect();
     spec.stdin = Some(plan.stdin.clone());
     spec.cwd = Some(dir.to_path_buf());
-    spec.env = env;
+    spec.env = env.clone();
     spec.timeout = Some(plan.timeout);
     spec.grace = CANCEL_GRACE;
     spec.cancel = Some(ctx.cancel.clone());
@@ -135,8 +135,10 @@ fn spawn_cli(
     log::info!(target: "subagent", "starting subagent CLI subagent={} run={} provider={} timeout_ms={}",
         prep.subagent_id, prep.run_id, prep.provider.as_str(), plan.timeout.as_millis());
     let watch = &mut run.watch;
-    exec::run(spec, Some(&mut |_, line: &str| watch.observe(line))).map_err(|e| {
+    let out = exec::run(spec, Some(&mut |_, line: &str| watch.observe(line))).map_err(|e| {
         run.not_found = e.not_found();
         e.to_string()
-    })
+    });
+    plan.discard_session(&env);
+    out
 }
