@@ -320,8 +320,12 @@ exec '{fixtures}/{name}' "$@"
                 if tag in line:
                     jid = line.split(tag, 1)[1].split()[0]
                     marks.setdefault(jid, {})[key] = ms(line.split()[0])
+                    if key == "done" and " run_us=" in line:
+                        marks[jid]["run"] = int(line.split(" run_us=", 1)[1].split()[0]) / 1000
         ph = {k: [] for k in ("INSERT -> worker (delivery)", "claim", "resource check",
-                              "login shell (bash -lc true)", "result -> completed_at",
+                              "login shell (bash -lc true)",
+                              "of which spawn -> reaped (exec::run, us resolution)",
+                              "result -> completed_at",
                               "completion PATCH -> seen by the client (approx.)")}
         for r in gws["ours"].rows.get("shell_exec", []):
             m = marks.get(r["id"], {})
@@ -332,9 +336,24 @@ exec '{fixtures}/{name}' "$@"
             ph["claim"].append(m["started"] - st)
             ph["resource check"].append(m["exec"] - m["started"])
             ph["login shell (bash -lc true)"].append(m["done"] - m["exec"])
+            if "run" in m:
+                ph["of which spawn -> reaped (exec::run, us resolution)"].append(m["run"])
             ph["result -> completed_at"].append(done - m["done"])
             ph["completion PATCH -> seen by the client (approx.)"].append(c + r["seen_ms"] - done)
         return {k: med(v) for k, v in ph.items()}
+
+    def bare_login_shell(n=100):
+        """`/bin/bash -lc true` started by the bench itself, with our gateway's environment:
+        what the login shell costs without the gateway around it."""
+        shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+        env = dict(gws["ours"].env)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            subprocess.run([shell, "-lc", "true"], env=env, cwd="/", stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            times.append((time.perf_counter() - t0) * 1000)
+        return med(times)
 
     mib = lambda kib: kib / 1024 if kib is not None else None
     print()
@@ -359,6 +378,7 @@ exec '{fixtures}/{name}' "$@"
     print("ours, shell_exec round trip by phase (medians, ms; log and row timestamps have 1 ms "
           "resolution, client clock for the last): " +
           ", ".join(f"{k} {v:.1f}" for k, v in shell_phases().items()))
+    print(f"bare `bash -lc true` started by the bench (median of 100): {bare_login_shell():.1f} ms")
     print("raw medians: " + json.dumps({k: {m: round(med(v), 1) for m, v in res[k].items()
                                             if isinstance(v, list) and v and not isinstance(v[0], tuple)}
                                         for k in kinds}))

@@ -115,11 +115,14 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
     let started = Instant::now();
     let run = exec::run(spec, None);
     let ran = Ran::from_run(&run, ctx);
-    let duration_ms = run
+    let duration = run
         .as_ref()
-        .map(|o| o.duration.as_millis() as u64)
-        .unwrap_or_else(|_| started.elapsed().as_millis() as u64);
-    log::info!(target: "shell", "shell_exec done job_id={} exit_code={:?} timed_out={} duration_ms={duration_ms}", ctx.job_id, ran.exit_code, ran.timed_out);
+        .map(|o| o.duration)
+        .unwrap_or_else(|_| started.elapsed());
+    let duration_ms = duration.as_millis() as u64;
+    // run_us: spawn to reaped, for benchmarks (scripts/bench-lifecycle.sh) finer than the log's
+    // millisecond timestamps.
+    log::info!(target: "shell", "shell_exec done job_id={} exit_code={:?} timed_out={} duration_ms={duration_ms} run_us={}", ctx.job_id, ran.exit_code, ran.timed_out, duration.as_micros());
     let r = ran.into_result(
         rid,
         command,
