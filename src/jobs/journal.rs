@@ -284,6 +284,14 @@ impl Journal {
                         self.remove_file(owner);
                         return;
                     }
+                    // A claimed job's file is not rewritten here, between its command's exit
+                    // and its completion: the entry goes once the result is delivered or
+                    // spooled, and a recorded group that has ended is told from a reused pid
+                    // by its start time at the next start (and left alone). The next write of
+                    // the entry, if any, is made from the entry as it is now.
+                    if e.started_at.is_some() {
+                        return;
+                    }
                     Some(e.clone())
                 }
                 None => None,
