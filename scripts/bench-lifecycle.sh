@@ -308,13 +308,14 @@ exec '{fixtures}/{name}' "$@"
             ratio = f"{vals['ours'] / vals['reference']:.2f}x"
         print(f"| {name} | " + " | ".join(cells) + (f" | {ratio} |" if has_ref else " |"))
 
-    # Where a shell_exec round trip goes (ours): row timestamps (ms) and the daemon's log lines.
-    def shell_phases():
+    # Where a shell_exec round trip goes (ours, and before): row timestamps (ms) and the
+    # daemon's log lines.
+    def shell_phases(kind="ours"):
         from datetime import datetime
         def ms(ts):
             return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000
         marks = {}
-        for line in open(os.path.join(gws["ours"].cfg, "gateway.log"), errors="replace"):
+        for line in open(os.path.join(gws[kind].cfg, "gateway.log"), errors="replace"):
             for key, tag in (("started", "job started id="), ("exec", "shell_exec start job_id="),
                              ("done", "shell_exec done job_id=")):
                 if tag in line:
@@ -327,7 +328,7 @@ exec '{fixtures}/{name}' "$@"
                               "of which spawn -> reaped (exec::run, us resolution)",
                               "result -> completed_at",
                               "completion PATCH -> seen by the client (approx.)")}
-        for r in gws["ours"].rows.get("shell_exec", []):
+        for r in gws[kind].rows.get("shell_exec", []):
             m = marks.get(r["id"], {})
             if len(m) < 3:
                 continue
@@ -375,9 +376,12 @@ exec '{fixtures}/{name}' "$@"
         b = f"{r['back_s']:.1f} s" if r["back_s"] is not None else f"not within {AFTER:.0f} s"
         print(f"{k}: back within 2 MiB of idle ({r['idle_rss2']/1024:.1f} MiB) after {b}; "
               f"curve (s, MiB): " + ", ".join(f"{t}:{v/1024:.1f}" for t, v in r["curve"]))
-    print("ours, shell_exec round trip by phase (medians, ms; log and row timestamps have 1 ms "
-          "resolution, client clock for the last): " +
-          ", ".join(f"{k} {v:.1f}" for k, v in shell_phases().items()))
+    for k in ("ours", "before"):
+        if k not in gws:
+            continue
+        print(f"{k}, shell_exec round trip by phase (medians, ms; log and row timestamps have 1 ms "
+              "resolution, client clock for the last): " +
+              ", ".join(f"{p} {v:.1f}" for p, v in shell_phases(k).items()))
     print(f"bare `bash -lc true` started by the bench (median of 100): {bare_login_shell():.1f} ms")
     print("raw medians: " + json.dumps({k: {m: round(med(v), 1) for m, v in res[k].items()
                                             if isinstance(v, list) and v and not isinstance(v[0], tuple)}

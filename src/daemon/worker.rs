@@ -126,7 +126,9 @@ pub(super) fn process(s: &Shared, job: JobRow) {
         &started_at,
         &job.payload,
     ));
-    let claimed = match wire::claim(&s.session, &job.id, &started_at) {
+    let reader = crate::backend::resources::reader(&s.session);
+    let (claim, mut prefetched) = claim_with_prefetch(s, &job, &started_at, &*reader);
+    let claimed = match claim {
         Ok(Some(row)) => row,
         Ok(None) => {
             log::debug!(target: "worker", "job {} was taken or cancelled before we claimed it", job.id);
@@ -136,6 +138,8 @@ pub(super) fn process(s: &Shared, job: JobRow) {
         // No answer, or an answer we cannot read: the PATCH may have landed (a timed-out
         // request can still reach the database later). Find out before moving on.
         Err(e) if e.is_retryable() || matches!(e, Error::Decode(_) | Error::TooLarge { .. }) => {
+            // Rows read before a claim in doubt may be seconds old once it resolves.
+            prefetched = None;
             match resolve_claim(s, &job, &started_at, &e) {
                 Some(row) => row,
                 None => {
@@ -159,7 +163,7 @@ pub(super) fn process(s: &Shared, job: JobRow) {
     s.push_status(false);
     log::info!(target: "worker", "job started id={} type={} t_ms={}", claimed.id, claimed.job_type, unix_ms());
     let t0 = Instant::now();
-    let outcome = run_handler(s, &claimed, &cancel);
+    let outcome = run_handler(s, &claimed, &cancel, reader, prefetched);
     let outcome = if cancel.is_cancelled() && s.shutdown.is_immediate() {
         Outcome {
             status: FinalStatus::Failed,
@@ -196,6 +200,26 @@ pub(super) fn process(s: &Shared, job: JobRow) {
     log::info!(target: "worker", "job finished id={} type={} status={} duration_ms={}", claimed.id, claimed.job_type, outcome.status.as_str(), t0.elapsed().as_millis());
     job_gone(s, &claimed.id);
     s.push_status(false);
+}
+
+/// The claim PATCH, with the reads the job's handler wants ([`jobs::prefetch`]) running beside
+/// it on a scoped thread: both answers arrive after one round trip instead of two. The reads
+/// are dropped by the caller when the claim does not land.
+fn claim_with_prefetch(
+    s: &Shared,
+    job: &JobRow,
+    started_at: &str,
+    reader: &dyn crate::backend::resources::ResourceReader,
+) -> (Result<Option<JobRow>, Error>, Option<jobs::Prefetched>) {
+    let Some(plan) = jobs::prefetch(&job.job_type, &job.payload) else {
+        return (wire::claim(&s.session, &job.id, started_at), None);
+    };
+    std::thread::scope(|sc| {
+        let reads = sc.spawn(|| plan.read(reader));
+        let claim = wire::claim(&s.session, &job.id, started_at);
+        // A read thread that panicked leaves nothing: the handler reads again.
+        (claim, reads.join().ok())
+    })
 }
 
 /// A claim whose reply was lost: re-read the job with backoff (500 ms doubling to 30 s)
@@ -273,7 +297,13 @@ fn resolve_claim_loop(s: &Shared, job: &JobRow, started_at: &str) -> Option<JobR
     }
 }
 
-fn run_handler(s: &Shared, job: &JobRow, cancel: &CancelToken) -> Outcome {
+fn run_handler(
+    s: &Shared,
+    job: &JobRow,
+    cancel: &CancelToken,
+    resources: Arc<dyn crate::backend::resources::ResourceReader>,
+    prefetched: Option<jobs::Prefetched>,
+) -> Outcome {
     if job.job_type != JobType::SubagentCancel {
         match wire::idempotency_conflict(&s.session, job) {
             Ok(true) => {
@@ -302,14 +332,14 @@ fn run_handler(s: &Shared, job: &JobRow, cancel: &CancelToken) -> Outcome {
         cancel: cancel.clone(),
         shutdown: s.shutdown.clone(),
         session: Some(s.session.clone()),
-        resources: Some(crate::backend::resources::reader(&s.session)),
+        resources: Some(resources),
         shell_sessions: s.shell_sessions.clone(),
         control: s.control_source(),
         cancel_running: s.jobs.canceller(),
         subagent_runs: s.subagent_runs.clone(),
     };
     match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        jobs::dispatch(&job.job_type, &job.payload, &ctx)
+        jobs::dispatch(&job.job_type, &job.payload, &ctx, prefetched)
     })) {
         Ok(o) => o,
         Err(p) => {

@@ -129,9 +129,52 @@ impl JobContext {
     }
 }
 
+/// Backend reads a handler wants for its job, known from the payload before the claim: the
+/// worker starts them alongside the claim PATCH, so they cost no round trip of their own, and
+/// drops them when the claim does not land. Still read "at the moment of use": in the same
+/// round of requests as the claim, never earlier.
+pub enum Prefetch {
+    /// The remote shell rows (`shell_exec`): this gateway's row and the resource's.
+    RemoteShell { resource_id: Option<String> },
+}
+
+/// What a [`Prefetch`] read, handed to the handler.
+pub enum Prefetched {
+    RemoteShell {
+        resource_id: Option<String>,
+        rows: crate::backend::resources::RemoteShellRows,
+    },
+}
+
+impl Prefetch {
+    /// Does the reads (blocking; the worker runs this beside the claim).
+    pub fn read(self, reader: &dyn crate::backend::resources::ResourceReader) -> Prefetched {
+        match self {
+            Prefetch::RemoteShell { resource_id } => Prefetched::RemoteShell {
+                rows: reader.remote_shell_rows(resource_id.as_deref()),
+                resource_id,
+            },
+        }
+    }
+}
+
+/// The reads the handler of `job_type` wants started with the claim, if any.
+pub fn prefetch(job_type: &JobType, payload: &Value) -> Option<Prefetch> {
+    match job_type {
+        JobType::ShellExec => shell::exec_prefetch(payload),
+        _ => None,
+    }
+}
+
 /// Runs the handler for `job_type`. Unknown types fail with "Unsupported job type: X"
-/// (PROTOCOL.md §7). The worker catches panics around this call.
-pub fn dispatch(job_type: &JobType, payload: &Value, ctx: &JobContext) -> Outcome {
+/// (PROTOCOL.md §7). The worker catches panics around this call. `prefetched`: what
+/// [`prefetch`] read alongside this job's claim.
+pub fn dispatch(
+    job_type: &JobType,
+    payload: &Value,
+    ctx: &JobContext,
+    prefetched: Option<Prefetched>,
+) -> Outcome {
     // Claimed right after the start, while the CLIs are checked (off the start-up path):
     // these jobs need the CLIs, and a subagent run their health as the backend sees it.
     match job_type {
@@ -144,7 +187,7 @@ pub fn dispatch(job_type: &JobType, payload: &Value, ctx: &JobContext) -> Outcom
         JobType::ModelRun => model_run::handle(payload, ctx),
         JobType::SubagentRun => subagent::handle_run(payload, ctx),
         JobType::SubagentCancel => subagent::handle_cancel(payload, ctx),
-        JobType::ShellExec => shell::handle_exec(payload, ctx),
+        JobType::ShellExec => shell::handle_exec(payload, ctx, prefetched),
         JobType::ShellSession => shell::handle_session(payload, ctx),
         JobType::Other(other) => unsupported(other),
     }

@@ -41,16 +41,18 @@ pub(super) fn machine_control_last_read(ctx: &JobContext) -> Result<(), &'static
 /// every machine-control layer read now, then the resource checks (§7.3), from one parallel
 /// read of this gateway's row (the team toggle, its `vm_id`) and the resource's row. `rid`
 /// None (the payload's resource id is unusable, which the caller reports after machine
-/// control): machine control only.
+/// control): machine control only. `read`: those rows already read for `rid` alongside the
+/// claim (`jobs::Prefetch`), judged as if read here; None reads them now.
 pub(super) fn check_now(
     ctx: &JobContext,
     rid: Option<&str>,
     access: Access,
+    read: Option<RemoteShellRows>,
 ) -> Result<(), Refusal> {
     let Some(reader) = ctx.resources.as_deref() else {
         return Err(Refusal::Control(control::UNAVAILABLE));
     };
-    let rows = reader.remote_shell_rows(rid);
+    let rows = read.unwrap_or_else(|| reader.remote_shell_rows(rid));
     let team = match &rows.gateway {
         Ok(Some(row)) => Some(row.get("full_control_enabled") == Some(&Value::Bool(true))),
         Ok(None) => {

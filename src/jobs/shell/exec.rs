@@ -9,7 +9,7 @@ use super::access::{check_now, Access, Refusal};
 use super::payload::ExecPayload;
 use super::{failed, pick_shell, tmp_base};
 use crate::exec;
-use crate::jobs::{FinalStatus, JobContext, Outcome};
+use crate::jobs::{FinalStatus, JobContext, Outcome, Prefetch, Prefetched};
 
 /// Most bytes stdout and stderr may take in a `shell_exec` result once JSON-encoded. Each stream
 /// is captured up to 5 MB, but two full streams (or control bytes, which JSON escapes to six
@@ -61,7 +61,17 @@ fn fit_output(stdout: &mut String, stderr: &mut String) -> (bool, bool) {
     (out_cut, err_cut)
 }
 
-pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
+/// The rows [`handle_exec`] checks, read alongside the claim: none when the payload is not an
+/// object (the handler fails it without reading).
+pub fn exec_prefetch(payload: &Value) -> Option<Prefetch> {
+    let p = ExecPayload::parse(payload).ok()?;
+    Some(Prefetch::RemoteShell {
+        resource_id: p.resource_id.ok(),
+    })
+}
+
+/// `prefetched`: the rows read alongside the claim ([`exec_prefetch`]); read now when absent.
+pub fn handle_exec(payload: &Value, ctx: &JobContext, prefetched: Option<Prefetched>) -> Outcome {
     if ctx.cancel.is_cancelled() {
         return failed(
             "Gateway remote shell exec job was cancelled before execution",
@@ -74,7 +84,11 @@ pub fn handle_exec(payload: &Value, ctx: &JobContext) -> Outcome {
     };
     // Machine control first, then the resource id, then the resource (the reference's order),
     // from one parallel read of the two rows.
-    match check_now(ctx, p.resource_id.as_deref().ok(), Access::Write) {
+    let rid = p.resource_id.as_deref().ok();
+    let read = prefetched.and_then(|Prefetched::RemoteShell { resource_id, rows }| {
+        (resource_id.as_deref() == rid).then_some(rows)
+    });
+    match check_now(ctx, rid, Access::Write, read) {
         Ok(()) => {}
         Err(Refusal::Control(m)) => {
             log::info!(target: "shell", "shell_exec denied job_id={} reason={m:?}", ctx.job_id);

@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 
 use super::{FinalStatus, JobContext, Outcome};
 
-pub use exec::handle_exec;
+pub use exec::{exec_prefetch, handle_exec};
 pub use session::ShellSessions;
 pub use session_job::handle_session;
 

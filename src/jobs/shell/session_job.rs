@@ -48,7 +48,7 @@ pub fn handle_session(payload: &Value, ctx: &JobContext) -> Outcome {
     let closing = action == Action::Close;
     let checked = match action.access() {
         _ if closing => Ok(()),
-        Access::Write => check_now(ctx, p.resource_id.as_deref().ok(), Access::Write),
+        Access::Write => check_now(ctx, p.resource_id.as_deref().ok(), Access::Write, None),
         Access::Read => machine_control_last_read(ctx).map_err(Refusal::Control),
     };
     let resource_refused = match checked {
