@@ -18,7 +18,9 @@
 #   FLOOD_JOBS (10), FLOOD_BYTES (6000000), AFTER_SECS (10),
 #   REFERENCE=<path to the reference's dist/index.js> (default: the npm package, installed once
 #   into target/bench-reference and reused; delete that directory to install it again),
-#   BEFORE_BIN=<an older panorama-gateway binary> measured interleaved too (column "before").
+#   BEFORE_BIN=<an older panorama-gateway binary> measured interleaved too (column "before"),
+#   RTT_MS (0): the backend delays the gateway's job PATCHes and remote shell reads by this
+#   much during the round trips, as a backend that far away would (the local one is loopback).
 # Needs python3; node + npm for the reference. Touches nothing outside a temp directory and
 # target/bench-reference.
 #
@@ -77,6 +79,7 @@ BURST = int(os.environ.get("BURST", "500"))
 FLOOD_JOBS = int(os.environ.get("FLOOD_JOBS", "10"))
 FLOOD_BYTES = int(os.environ.get("FLOOD_BYTES", "6000000"))
 AFTER = float(os.environ.get("AFTER_SECS", "10"))
+RTT_MS = int(os.environ.get("RTT_MS", "0"))
 procs = []
 
 def cleanup():
@@ -245,10 +248,20 @@ exec '{fixtures}/{name}' "$@"
             r["ready"].append(g.start())
             a = Admin()
             time.sleep(0.5)  # let start-up work after ready (probes, health) settle
+            if RTT_MS:
+                # A backend RTT_MS away: the gateway's job PATCHes and shell reads wait that long.
+                for method, prefix in (("PATCH", "/rest/v1/gateway_jobs"),
+                                       ("GET", "/rest/v1/team_gateways"),
+                                       ("GET", "/rest/v1/team_resources")):
+                    a.call("POST", "/admin/v1/faults", {"delay_next": {
+                        "count": 1000000, "ms": RTT_MS, "paths": ["rest"], "method": method,
+                        "path_prefix": prefix}})
             for i in range(RT):
                 r["shell"].append(g.round_trip(a, "shell_exec", {"resource_id": g.rid, "command": "true",
                                                                  "timeout_ms": 20000}))
                 r["diag"].append(g.round_trip(a, "diagnostic", {}))
+            if RTT_MS:
+                a.call("POST", "/admin/v1/faults", {"clear": True})
             time.sleep(0.3)
             r["sigterm"].append(g.sigterm())
         for k in order:
