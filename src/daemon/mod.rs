@@ -37,15 +37,6 @@ use crate::shutdown::{Level, Shutdown};
 /// Environment variable carrying the write end of the readiness pipe to a detached child.
 pub const READY_FD_ENV: &str = "PANORAMA_GATEWAY_READY_FD";
 
-static RELOAD_GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// Increases on every SIGHUP (after the log was reopened and gateway.json re-read). The runtime
-/// can compare it with the value it last saw to re-read settings at once instead of waiting
-/// for its next periodic refresh.
-pub fn reload_generation() -> u64 {
-    RELOAD_GENERATION.load(Ordering::SeqCst)
-}
-
 /// The write end of the pipe a launching parent waits on (detached start only).
 struct ReadyPipe(Option<File>);
 
@@ -167,13 +158,19 @@ fn report_config_save_errors(status: &Arc<statusfile::StatusFile>, config_path: 
 }
 
 /// SIGHUP: reopen the log, re-read gateway.json (the full-control toggle), bump the reload
-/// counter the runtime watches.
-fn hup_handler(status: &Arc<statusfile::StatusFile>, config_path: &Path) -> Box<dyn Fn() + Send> {
+/// counter the runtime watches (it compares it with the value it last saw, to act on the
+/// toggle at once instead of at its next periodic refresh).
+fn hup_handler(
+    status: &Arc<statusfile::StatusFile>,
+    config_path: &Path,
+    reloads: &Arc<AtomicU64>,
+) -> Box<dyn Fn() + Send> {
     let hup_status = Arc::clone(status);
+    let reloads = Arc::clone(reloads);
     let config_path = config_path.to_path_buf();
     Box::new(move || {
         crate::logging::reopen();
-        RELOAD_GENERATION.fetch_add(1, Ordering::SeqCst);
+        reloads.fetch_add(1, Ordering::SeqCst);
         match state::load(&config_path) {
             Ok(Some(s)) => {
                 let fc = s.full_control_enabled;
@@ -267,7 +264,8 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
     let updater = status.updater();
     let shutdown = Shutdown::new();
     report_config_save_errors(&status, &paths.config_path);
-    let on_hup = hup_handler(&status, &paths.config_path);
+    let reloads = Arc::new(AtomicU64::new(0));
+    let on_hup = hup_handler(&status, &paths.config_path, &reloads);
     let stop_requested = Arc::new(AtomicBool::new(false));
     if let Err(e) = signals::spawn_router(
         sigpipe,
@@ -300,6 +298,7 @@ pub fn run(settings: &Settings, detached: bool) -> i32 {
         settings: settings.clone(),
         shutdown: shutdown.clone(),
         status: updater,
+        reloads,
     };
     let result = runtime::run(ctx);
     // The runtime has returned: make sure helper threads wind down too.

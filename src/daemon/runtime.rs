@@ -7,7 +7,7 @@
 //! thread (`heartbeat.rs`) reports status and sends events. `subagent_cancel` jobs bypass the
 //! channel. What the threads share is in `shared.rs`.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -46,6 +46,8 @@ pub struct RuntimeContext {
     pub settings: Settings,
     pub shutdown: Shutdown,
     pub status: StatusUpdater,
+    /// Increases on every SIGHUP (after the log was reopened and gateway.json re-read).
+    pub reloads: Arc<AtomicU64>,
 }
 
 /// The error text of jobs stopped by the drain timeout.
@@ -273,7 +275,7 @@ pub fn run(ctx: RuntimeContext) -> Result<(), String> {
     })?;
     log::info!(target: "runtime", "gateway running");
 
-    watch_until_stop(&shared);
+    watch_until_stop(&shared, &ctx.reloads);
     drain(
         &shared,
         Threads {
@@ -345,11 +347,11 @@ fn spawn_provider_check(shared: &Arc<Shared>) -> Result<Thread, String> {
 
 /// Watches the session state (and SIGHUP reloads) for the status file while waiting for the
 /// stop request.
-fn watch_until_stop(shared: &Shared) {
+fn watch_until_stop(shared: &Shared, reloads: &AtomicU64) {
     let mut last_reauth = None;
-    let mut reload_seen = crate::daemon::reload_generation();
+    let mut reload_seen = reloads.load(Ordering::SeqCst);
     while !shared.shutdown.sleep(Duration::from_secs(1)) {
-        let reload = crate::daemon::reload_generation();
+        let reload = reloads.load(Ordering::SeqCst);
         if reload != reload_seen {
             // SIGHUP: gateway.json was re-read (full-control toggle); tell the backend now.
             reload_seen = reload;

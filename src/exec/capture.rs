@@ -9,10 +9,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-static SPILL_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Where stdout goes past `after` bytes: an unlinked owner-only file created in `dir` (a
 /// private directory of ours, not one the child writes in).
@@ -58,12 +55,7 @@ impl SpillFile {
 /// never through a symlink, unlinked at once.
 fn unlinked_file(dir: &std::path::Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let name = format!(
-        ".pgw-spill-{}-{}",
-        std::process::id(),
-        SPILL_COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let path = dir.join(name);
+    let path = dir.join(super::tmp::unique_name(".pgw-spill-"));
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

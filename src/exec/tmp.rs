@@ -7,7 +7,20 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The sequence behind [`unique_name`]: the one process-wide counter of `exec/`. It holds no
+/// state anyone reads back, only makes names differ.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `<prefix><pid>-<n>-<nanos>`: a name no other scratch file or directory of this process has
+/// taken (callers still create it exclusively, since another process may).
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}-{n}-{nanos:x}", std::process::id())
+}
 
 /// Creates `dir` (and its missing parents) with mode 0700 and checks that it is a real
 /// directory (not a symlink) owned by us and closed to others. On a shared host a directory
@@ -76,14 +89,8 @@ impl PrivateDir {
             .recursive(true)
             .mode(0o700)
             .create(parent)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
         for _ in 0..100 {
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let name = format!("{prefix}{}-{n}-{nanos:x}", std::process::id());
-            let path = parent.join(name);
+            let path = parent.join(unique_name(prefix));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => return Ok(PrivateDir { path, keep: false }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
