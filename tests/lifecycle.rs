@@ -192,12 +192,10 @@ fn sigkill_leaves_no_orphan_and_the_next_start_fails_only_our_jobs() {
         let (st, v) = w.b.insert_row(table, row);
         assert!((200..300).contains(&st), "insert {table}: {v}");
     }
-    let sa = w.b.insert_job(
-        &w.team,
-        &w.gid,
-        "subagent_run",
-        json!({"subagent_id": sid, "run_id": rid}),
-    );
+    // The payload names the subagent by its camelCase alias and no run: the handler takes the
+    // run from the row, and recovery must still find and end it.
+    let sa =
+        w.b.insert_job(&w.team, &w.gid, "subagent_run", json!({"subagentId": sid}));
     // A shell session with a background child.
     let res = w.b.insert_team_resource(
         &w.team,

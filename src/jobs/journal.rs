@@ -95,8 +95,9 @@ pub fn boot_id() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// `subagent_id` and the run id (`run_id`, else `input.run_id`) of a `subagent_run` payload,
-/// each only when it is a UUID (anything else never names a row).
+/// `subagent_id` (or `subagentId`) and the run id (`run_id` or `runId`, else `input.run_id`) of
+/// a `subagent_run` payload, with the handler's aliases, each only when it is a UUID (anything
+/// else never names a row). A run id the payload does not carry is resolved by recovery.
 pub fn subagent_ids(payload: &Value) -> (Option<String>, Option<String>) {
     let uuid = |v: Option<&Value>| {
         v.and_then(Value::as_str)
@@ -104,8 +105,9 @@ pub fn subagent_ids(payload: &Value) -> (Option<String>, Option<String>) {
             .filter(|s| crate::util::is_uuid(s))
             .map(str::to_string)
     };
-    let sub = uuid(payload.get("subagent_id"));
-    let run = uuid(payload.get("run_id"))
+    let field = |a: &str, b: &str| uuid(payload.get(a)).or_else(|| uuid(payload.get(b)));
+    let sub = field("subagent_id", "subagentId");
+    let run = field("run_id", "runId")
         .or_else(|| uuid(payload.get("input").and_then(|i| i.get("run_id"))));
     (sub, run)
 }
@@ -461,6 +463,11 @@ mod tests {
     fn only_uuid_ids_are_kept() {
         let (s, r) = subagent_ids(&json!({"subagent_id": SUB, "run_id": "../etc"}));
         assert_eq!((s.as_deref(), r), (Some(SUB), None));
+        let (s, r) = subagent_ids(&json!({"run_id": RUN}));
+        assert_eq!((s, r.as_deref()), (None, Some(RUN)));
+        // The handler's camelCase aliases name the same rows.
+        let (s, r) = subagent_ids(&json!({"subagentId": SUB, "runId": RUN}));
+        assert_eq!((s.as_deref(), r.as_deref()), (Some(SUB), Some(RUN)));
         let (s, r) = subagent_ids(&json!({"run_id": RUN}));
         assert_eq!((s, r.as_deref()), (None, Some(RUN)));
         assert_eq!(file_name("a/b"), "x612f62.json");

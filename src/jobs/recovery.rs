@@ -163,8 +163,8 @@ pub fn settle(s: &Session, e: &Entry) -> Result<Settled, Error> {
     }
     // The run first: if this stops half-way, the job is still running at the next start and
     // the run is finalized again (the function leaves a terminal run as it is).
-    if let (Some(sid), Some(rid)) = (e.subagent_id.as_deref(), e.run_id.as_deref()) {
-        fail_subagent_run(s, job_id, sid, rid)?;
+    if let Some(sid) = e.subagent_id.as_deref() {
+        fail_subagent_run(s, job_id, sid, e.run_id.as_deref())?;
     }
     let body = wire::completion_body(
         "failed",
@@ -182,9 +182,12 @@ pub fn settle(s: &Session, e: &Entry) -> Result<Settled, Error> {
 }
 
 /// Ends a subagent run this gateway was executing as failed, through the edge function, and
-/// records a `run_failed` event. A subagent assigned to another gateway is not touched.
-fn fail_subagent_run(s: &Session, job_id: &str, sid: &str, rid: &str) -> Result<(), Error> {
-    let Some(subagent) = sub::load_subagent(s, sid, "id,gateway_id,status")? else {
+/// records a `run_failed` event. A subagent assigned to another gateway is not touched. `rid`:
+/// the run id the job's payload named; without one (the handler took the row's or made one),
+/// the run the running subagent points at (`metadata.current_run_id`): runs of one subagent
+/// take turns, so while this job is still running with our claim, that run is its run.
+fn fail_subagent_run(s: &Session, job_id: &str, sid: &str, rid: Option<&str>) -> Result<(), Error> {
+    let Some(subagent) = sub::load_subagent(s, sid, "id,gateway_id,status,metadata")? else {
         log::info!(target: "recovery", "subagent {sid} of job {job_id} no longer exists; nothing to finalize");
         return Ok(());
     };
@@ -192,6 +195,17 @@ fn fail_subagent_run(s: &Session, job_id: &str, sid: &str, rid: &str) -> Result<
         log::info!(target: "recovery", "subagent {sid} of job {job_id} is not assigned to this gateway; its run is left alone");
         return Ok(());
     }
+    let current = subagent
+        .get("metadata")
+        .and_then(|m| m.get("current_run_id"))
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|r| crate::util::is_uuid(r));
+    let running = subagent.get("status").and_then(Value::as_str) == Some("running");
+    let Some(rid) = rid.or(current.filter(|_| running)) else {
+        log::info!(target: "recovery", "subagent {sid} of job {job_id} has no running run to end (its payload named none and the subagent is not running one)");
+        return Ok(());
+    };
     let now = crate::util::now_rfc3339();
     let reason = RESTART_JOB_ERROR;
     let envelope =

@@ -216,17 +216,21 @@ fn session(a: &mut Argv, r: &SubagentRequest, f: &Flags) -> Result<SessionReport
         return Ok(SessionReport::Known(id.clone()));
     }
     if f.get("sessionIdFlag") {
+        // Gemini keeps every session: one the subagent asked not to keep goes after the run.
+        // Only a session the gateway named itself for this run is ever removed: with
+        // `no_session_persistence` a job-given `config.session_id` (maybe another subagent's
+        // or the user's own session) is ignored, as nothing of the run is kept or reported.
+        if r.no_session_persistence {
+            let id = crate::util::new_uuid_v4();
+            a.uuid("--session-id", "session id", &id)?;
+            return Ok(SessionReport::Discard(id));
+        }
         let id = r
             .session_id
             .clone()
             .unwrap_or_else(crate::util::new_uuid_v4);
         a.uuid("--session-id", "config.session_id", &id)?;
-        // Gemini keeps every session: one the subagent asked not to keep goes after the run.
-        return Ok(if r.no_session_persistence {
-            SessionReport::Discard(id)
-        } else {
-            SessionReport::Known(id)
-        });
+        return Ok(SessionReport::Known(id));
     }
     Ok(if r.no_session_persistence {
         SessionReport::Output
@@ -251,14 +255,16 @@ pub fn printed_session(stdout: &str) -> Option<String> {
 /// How many of Gemini's project directories `forget_session` looks into.
 const PROJECTS_SCANNED: usize = 4096;
 
-/// Removes what Gemini kept of session `id` (a UUID the gateway gave it): the chat log
+/// Removes what Gemini kept of session `id` (a UUID the gateway generated for the run that
+/// ran in `cwd`; never one a job named): the chat log
 /// `~/.gemini/tmp/<project>/chats/session-<time>-<first 8>.jsonl` whose first line names the
 /// session, and the session's `logs/session-<id>.jsonl`, `tool-outputs/session-<id>` and
 /// `<id>` beside it (what Gemini's own session deletion removes). Gemini names the project from
-/// its registry, so every project's `chats` is looked at by the file-name suffix. `env` is the
-/// run's environment (`GEMINI_CLI_HOME`, else `HOME`). Best effort: what cannot be removed is
-/// logged.
-pub fn forget_session(env: &[(std::ffi::OsString, std::ffi::OsString)], id: &str) {
+/// its registry and marks its directory with `.project_root` (the project's path): only the
+/// project of `cwd` is looked into, or a project without the marker (older layouts), where only
+/// this run's files carry its fresh id. `env` is the run's environment (`GEMINI_CLI_HOME`, else
+/// `HOME`). Best effort: what cannot be removed is logged.
+pub fn forget_session(env: &[(std::ffi::OsString, std::ffi::OsString)], id: &str, cwd: &Path) {
     if !crate::util::is_uuid(id) {
         return;
     }
@@ -273,6 +279,9 @@ pub fn forget_session(env: &[(std::ffi::OsString, std::ffi::OsString)], id: &str
     let suffix = format!("-{}.json", &id[..8]);
     for project in projects.flatten().take(PROJECTS_SCANNED) {
         let dir = project.path();
+        if !project_of(&dir, cwd) {
+            continue;
+        }
         let Ok(chats) = std::fs::read_dir(dir.join("chats")) else {
             continue;
         };
@@ -298,6 +307,17 @@ pub fn forget_session(env: &[(std::ffi::OsString, std::ffi::OsString)], id: &str
             remove(&dir.join(id), true);
         }
     }
+}
+
+/// Whether Gemini's project directory `dir` may hold sessions of runs in `cwd`: its
+/// `.project_root` names `cwd`, or it has none.
+fn project_of(dir: &Path, cwd: &Path) -> bool {
+    let Ok(root) = std::fs::read_to_string(dir.join(".project_root")) else {
+        return !dir.join(".project_root").exists();
+    };
+    let root = Path::new(root.trim_end_matches(['\n', '\r']));
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    root == cwd || canon(root) == canon(cwd)
 }
 
 /// Whether the chat log at `path` starts with the record of session `id`.
@@ -459,14 +479,22 @@ mod tests {
         let unrelated = chat(&q, "session-2026-12-05T00-09-1a2b3c4d.jsonl", other);
         let log = p.join(format!("logs/session-{id}.jsonl"));
         std::fs::write(&log, "{}").unwrap();
+        let cwd = home.join("work");
+        std::fs::write(p.join(".project_root"), format!("{}\n", cwd.display())).unwrap();
+        // Another project (marked as someone else's) holding the same session id: untouched.
+        let r = home.join(".gemini/tmp/users-own-project");
+        std::fs::create_dir_all(r.join("chats")).unwrap();
+        std::fs::write(r.join(".project_root"), "/home/user/src/app\n").unwrap();
+        let theirs = chat(&r, "session-2026-12-05T00-07-0b7c0000.jsonl", id);
         let env = vec![("HOME".into(), home.clone().into_os_string())];
-        forget_session(&env, id);
+        forget_session(&env, id, &cwd);
+        assert!(theirs.exists(), "another project's session was removed");
         assert!(!ours.exists() && !log.exists());
         assert!(!p.join(format!("tool-outputs/session-{id}")).exists());
         assert!(!p.join(id).exists());
         assert!(same_prefix.exists() && unrelated.exists());
         // Not a UUID: nothing is touched.
-        forget_session(&env, "../chats");
+        forget_session(&env, "../chats", &cwd);
         assert!(same_prefix.exists());
         let _ = std::fs::remove_dir_all(&home);
     }

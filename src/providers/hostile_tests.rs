@@ -498,6 +498,17 @@ fn continuations_resume_by_id_for_every_cli() {
     named["session_id"] = json!(thread);
     let p = plan(ProviderId::Gemini, &named, None, &g).unwrap();
     assert_eq!(p.args[2], format!("--session-id={thread}"));
+    // A job-given session is never the one removed after a run that keeps none: it may be
+    // another subagent's or the user's own. The run gets a fresh id of its own instead.
+    named["no_session_persistence"] = json!(true);
+    let p = plan(ProviderId::Gemini, &named, None, &g).unwrap();
+    let SessionReport::Discard(own) = &p.session else {
+        panic!("{:?}", p.session)
+    };
+    assert_ne!(own, thread);
+    assert!(crate::util::is_uuid(own));
+    assert_eq!(p.args[2], format!("--session-id={own}"));
+    assert!(!p.args.iter().any(|a| a.contains(thread)), "{:?}", p.args);
     // Without --session-id the id is read from the output.
     let p = plan(
         ProviderId::Gemini,

@@ -137,6 +137,7 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
         absolute_file_args(&plan, work_dir)
     };
     spec.stdin = Some(plan.stdin.clone());
+    let session_cwd = cwd.clone();
     spec.cwd = Some(cwd);
     spec.env = env;
     spec.timeout = Some(plan.timeout);
@@ -151,7 +152,7 @@ pub fn run_plan(id: ProviderId, plan: Plan, work_dir: &Path, hooks: &RunHooks) -
     let mut watch = super::diagnose::NetworkWatch::new(id);
     let ran = exec::run(spec, Some(&mut |_, line: &str| watch.observe(line)));
     if let (Some(sid), Some(env), ProviderId::Gemini) = (&plan.discard_session, &discard_env, id) {
-        super::gemini::forget_session(env, sid);
+        super::gemini::forget_session(env, sid, &session_cwd);
     }
     let out = match ran {
         Ok(o) => o,

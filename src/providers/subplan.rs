@@ -98,10 +98,15 @@ impl SubPlan {
 }
 
 impl SubPlan {
-    /// After the run: removes the session of a [`SessionReport::Discard`] (`env` is the run's).
-    pub fn discard_session(&self, env: &[(std::ffi::OsString, std::ffi::OsString)]) {
+    /// After the run: removes the session of a [`SessionReport::Discard`] (`env` is the run's,
+    /// `cwd` the directory it ran in).
+    pub fn discard_session(
+        &self,
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
+        cwd: &std::path::Path,
+    ) {
         if let SessionReport::Discard(id) = &self.session {
-            super::gemini::forget_session(env, id);
+            super::gemini::forget_session(env, id, cwd);
         }
     }
 }

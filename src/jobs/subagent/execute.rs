@@ -139,6 +139,6 @@ fn spawn_cli(
         run.not_found = e.not_found();
         e.to_string()
     });
-    plan.discard_session(&env);
+    plan.discard_session(&env, dir);
     out
 }
