@@ -49,21 +49,48 @@ fn payload_text<'a>(
     text(p, keys, "", "in payload").map_err(|e| format!("{e}; send {what}"))
 }
 
+/// How a row is read: `Strict` fails on a mistyped field; `Lax` logs it and reads the field
+/// as absent (the cancel path: stopping a run never depends on a cosmetic field).
+#[derive(Clone, Copy)]
+enum Mode {
+    Strict,
+    Lax,
+}
+
+impl Mode {
+    /// A field's read in this mode: a lax read turns a type error into `absent`.
+    fn read<T>(self, r: Result<T, String>, absent: T) -> Result<T, String> {
+        match (self, r) {
+            (Mode::Lax, Err(e)) => {
+                log::warn!(target: "subagent", "{e}; read as absent");
+                Ok(absent)
+            }
+            (_, r) => r,
+        }
+    }
+}
+
 /// The row's text fields.
-fn row_text<'a>(o: &'a Value, key: &'static str, prefix: &str) -> Result<Option<&'a str>, String> {
-    text(o, &[key], prefix, "in the subagent row")
+fn row_text<'a>(
+    o: &'a Value,
+    key: &'static str,
+    prefix: &str,
+    mode: Mode,
+) -> Result<Option<&'a str>, String> {
+    mode.read(text(o, &[key], prefix, "in the subagent row"), None)
 }
 
 /// A JSON column: an object, or {} when absent or null; anything else names the column.
-fn object(o: &Value, key: &'static str) -> Result<Value, String> {
-    match o.get(key) {
+fn object(o: &Value, key: &'static str, mode: Mode) -> Result<Value, String> {
+    let r = match o.get(key) {
         None | Some(Value::Null) => Ok(json!({})),
         Some(v @ Value::Object(_)) => Ok(v.clone()),
         Some(v) => Err(format!(
             "Invalid {key} in the subagent row: expected a JSON object, got {}",
             type_name(v)
         )),
-    }
+    };
+    mode.read(r, json!({}))
 }
 
 /// A `subagent_run` job's payload (§2.1).
@@ -75,14 +102,20 @@ pub(super) struct RunPayload {
     pub(super) run_id: Option<String>,
 }
 
-/// The payload's subagent id: missing (or blank) and the wrong type are different errors.
+/// The payload's subagent id. Missing, blank and the wrong type all fail with the documented
+/// wire text (§2.4 step 1, §6.4 step 1); the wrong type is named in the log.
 fn subagent_id(p: &Value) -> Result<String, String> {
+    const MISSING: &str = "Missing subagent_id in payload";
     let id = payload_text(
         p,
         &["subagent_id", "subagentId"],
         "the subagent's id as text",
-    )?;
-    trimmed(id).ok_or_else(|| "Missing subagent_id in payload".to_string())
+    )
+    .map_err(|e| {
+        log::warn!(target: "subagent", "{e}");
+        MISSING.to_string()
+    })?;
+    trimmed(id).ok_or_else(|| MISSING.to_string())
 }
 
 fn run_id(p: &Value) -> Result<Option<String>, String> {
@@ -119,7 +152,12 @@ impl CancelPayload {
     pub(super) fn parse(p: &Value) -> Result<CancelPayload, String> {
         let subagent_id = subagent_id(p)?;
         let run_id = run_id(p)?;
-        let reason = payload_text(p, &["reason"], "the reason as text, or leave it out")?;
+        // §6.4: a cosmetic field never stops a cancel; a reason that is not text is "Cancelled".
+        let reason = payload_text(p, &["reason"], "the reason as text, or leave it out")
+            .unwrap_or_else(|e| {
+                log::warn!(target: "subagent", "{e}; cancelling with the reason {CANCELLED:?}");
+                None
+            });
         Ok(CancelPayload {
             subagent_id,
             run_id,
@@ -172,17 +210,31 @@ pub(super) struct SubagentMeta {
 impl SubagentRow {
     /// Err = a message naming the field of the row that has the wrong type.
     pub(super) fn parse(row: &Value) -> Result<SubagentRow, String> {
+        SubagentRow::read(row, Mode::Strict)
+    }
+
+    /// The cancel path's read (§6.4): a mistyped field is logged and read as absent, so a
+    /// cosmetic field never stops a runaway run. (A mistyped gateway_id is not this gateway's.)
+    pub(super) fn parse_lenient(row: &Value) -> SubagentRow {
+        match SubagentRow::read(row, Mode::Lax) {
+            Ok(r) => r,
+            Err(e) => unreachable!("a lax read never fails: {e}"),
+        }
+    }
+
+    fn read(row: &Value, mode: Mode) -> Result<SubagentRow, String> {
         let owned = |v: Option<&str>| v.map(String::from);
-        let input = object(row, "input")?;
-        let metadata = object(row, "metadata")?;
-        let meta = |k| row_text(&metadata, k, "metadata.");
+        let input = object(row, "input", mode)?;
+        let metadata = object(row, "metadata", mode)?;
+        let meta = |k| row_text(&metadata, k, "metadata.", mode);
+        let text = |k| row_text(row, k, "", mode);
         Ok(SubagentRow {
-            team_id: owned(row_text(row, "team_id", "")?),
-            gateway_id: owned(row_text(row, "gateway_id", "")?),
-            status: row_text(row, "status", "")?.unwrap_or("unknown").into(),
-            subagent_type: row_text(row, "subagent_type", "")?.unwrap_or("").into(),
-            config: object(row, "config")?,
-            input: SubagentInput::parse(&input)?,
+            team_id: owned(text("team_id")?),
+            gateway_id: owned(text("gateway_id")?),
+            status: text("status")?.unwrap_or("unknown").into(),
+            subagent_type: text("subagent_type")?.unwrap_or("").into(),
+            config: object(row, "config", mode)?,
+            input: SubagentInput::parse(&input, mode)?,
             metadata: SubagentMeta {
                 current_run_id: trimmed(meta("current_run_id")?),
                 session_id: trimmed(meta("session_id")?),
@@ -195,31 +247,29 @@ impl SubagentRow {
 }
 
 impl SubagentInput {
-    fn parse(input: &Value) -> Result<SubagentInput, String> {
+    fn parse(input: &Value, mode: Mode) -> Result<SubagentInput, String> {
         let mut prompt = None;
         for k in ["prompt", "query", "task"] {
-            prompt = trimmed(row_text(input, k, "input.")?);
+            prompt = trimmed(row_text(input, k, "input.", mode)?);
             if prompt.is_some() {
                 break;
             }
         }
         let run_sequence = match first(input, &["run_sequence", "runSequence"]) {
-            None => None,
-            Some((_, Value::Number(n))) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-            Some((k, Value::String(x))) => Some(x.trim().parse::<f64>().map(|f| f as i64).map_err(
+            None => Ok(None),
+            Some((_, Value::Number(n))) => Ok(n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))),
+            Some((k, Value::String(x))) => x.trim().parse::<f64>().map(|f| Some(f as i64)).map_err(
                 |_| format!("Invalid input.{k} in the subagent row: expected a number, got the text {x:?}"),
-            )?),
-            Some((k, v)) => {
-                return Err(format!(
-                    "Invalid input.{k} in the subagent row: expected a number, got {}",
-                    type_name(v)
-                ))
-            }
+            ),
+            Some((k, v)) => Err(format!(
+                "Invalid input.{k} in the subagent row: expected a number, got {}",
+                type_name(v)
+            )),
         };
         Ok(SubagentInput {
             prompt,
-            run_id: trimmed(row_text(input, "run_id", "input.")?),
-            run_sequence,
+            run_sequence: mode.read(run_sequence, None)?,
+            run_id: trimmed(row_text(input, "run_id", "input.", mode)?),
         })
     }
 }
@@ -250,11 +300,17 @@ mod tests {
                 "Missing subagent_id in payload"
             );
         }
-        let e = RunPayload::parse(&json!({"subagent_id": 7})).unwrap_err();
-        assert_eq!(
-            e,
-            "Invalid subagent_id in payload: expected a string, got a number; send the subagent's id as text"
-        );
+        // §2.4 step 1: the wrong type gets the documented wire text too.
+        for mistyped in [json!({"subagent_id": 7}), json!({"subagentId": ["s1"]})] {
+            assert_eq!(
+                RunPayload::parse(&mistyped).unwrap_err(),
+                "Missing subagent_id in payload"
+            );
+            assert_eq!(
+                CancelPayload::parse(&mistyped).unwrap_err(),
+                "Missing subagent_id in payload"
+            );
+        }
         let e = RunPayload::parse(&json!({"subagent_id": "s1", "runId": ["x"]})).unwrap_err();
         assert!(
             e.starts_with("Invalid runId in payload: expected a string, got an array; "),
@@ -268,11 +324,38 @@ mod tests {
         assert_eq!((p.run_id, p.reason.as_str()), (None, "Cancelled"));
         let p = CancelPayload::parse(&json!({"subagent_id": "s1", "reason": " stop "})).unwrap();
         assert_eq!(p.reason, "stop");
-        let e = CancelPayload::parse(&json!({"subagent_id": "s1", "reason": true})).unwrap_err();
-        assert!(
-            e.starts_with("Invalid reason in payload: expected a string, got a boolean; "),
-            "{e}"
-        );
+        // §6.4: "empty/missing → Cancelled"; a cosmetic field never stops a cancel.
+        for reason in [
+            json!(true),
+            json!(7),
+            json!({"why": "x"}),
+            json!(""),
+            json!(null),
+        ] {
+            let p = CancelPayload::parse(&json!({"subagent_id": "s1", "reason": reason})).unwrap();
+            assert_eq!(p.reason, "Cancelled");
+        }
+    }
+
+    #[test]
+    fn a_cancel_reads_a_mistyped_row_leniently() {
+        let row = json!({
+            "gateway_id": "g1", "status": "running", "subagent_type": 3, "team_id": false,
+            "config": "x", "input": {"prompt": 5, "run_sequence": "abc"},
+            "metadata": {"session_id": 9, "cancel_reason": [], "note": "kept"},
+        });
+        assert!(SubagentRow::parse(&row).is_err());
+        let sub = SubagentRow::parse_lenient(&row);
+        assert_eq!(sub.gateway_id.as_deref(), Some("g1"));
+        assert_eq!(sub.status, "running");
+        assert_eq!((sub.subagent_type.as_str(), sub.team_id), ("", None));
+        assert_eq!(sub.metadata.session_id, None);
+        assert_eq!(sub.metadata.all["note"], "kept");
+        assert_eq!(sub.input.run_sequence, None);
+        let odd =
+            SubagentRow::parse_lenient(&json!({"gateway_id": 1, "status": 2, "metadata": "x"}));
+        assert_eq!((odd.gateway_id, odd.status.as_str()), (None, "unknown"));
+        assert_eq!(odd.metadata.all, json!({}));
     }
 
     #[test]
