@@ -867,6 +867,25 @@ fn codex_and_gemini_continuations_resume_the_session_their_last_run_reported() {
         assert_eq!(row["status"], "failed", "{tag3}: {row}");
         let err = row["error"].as_str().unwrap();
         assert!(err.contains(not_found), "{tag3}: {err}");
+
+        // Another subagent naming this one's Codex thread (Codex would find it from any
+        // directory) fails before its CLI starts: it only resumes its own threads.
+        if kind == "codex_gateway" {
+            let tag4 = format!("{tag}4");
+            let other = w.subagent_of(&tag4, kind, config.clone(), &[("FAKE_CLI_SESSIONS", "1")]);
+            let tag5 = format!("{tag}5");
+            let steal = w.continuation(&other.sid, 2, &tag5, &session);
+            let row = wait_job_done(&w.b, &w.run_job(&steal), JOB_WAIT);
+            assert_eq!(row["status"], "failed", "{tag5}: {row}");
+            let err = row["error"].as_str().unwrap();
+            assert!(
+                err.contains(&format!(
+                    "session {session} was not started by this subagent"
+                )) && err.contains("start a new subagent"),
+                "{tag5}: {err}"
+            );
+            assert!(w.records(&tag5).is_empty(), "{tag5}: the CLI ran");
+        }
     }
     // A subagent that asks for no session: Codex runs --ephemeral, Gemini's session (which it
     // always keeps) is removed after the run; neither is reported.

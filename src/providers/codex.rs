@@ -286,7 +286,8 @@ pub fn subagent_plan(r: &SubagentRequest, command: &Path, f: &Flags) -> Result<S
 }
 
 /// A continuation is `codex exec [options] resume <id> -`: Codex keeps its sessions by id in
-/// `~/.codex/sessions` (found from any directory), and the options given to `exec` before
+/// `~/.codex/sessions` (found from any directory: the run is refused before it starts unless
+/// the thread began in the subagent's work directory, [`foreign_thread`]), and the options given to `exec` before
 /// `resume` apply to the resumed thread (`resume` itself has no `--sandbox`). The id is its
 /// own argument there, checked as a UUID first. Without `resume` in `codex exec --help` the
 /// run is refused, saying what to do.
@@ -324,6 +325,101 @@ pub fn printed_session(format: Format, stdout: &str, stderr: &str) -> Option<Str
                 .map(|id| id.trim().to_string())
         })
     })
+}
+
+/// How many day directories of `sessions/YYYY/MM/DD` [`foreign_thread`] looks into.
+const DAYS_SCANNED: usize = 20_000;
+
+/// Why the Codex continuation `plan` must not run in `work_dir`: `codex exec resume <id>`
+/// finds a thread in `$CODEX_HOME/sessions` (else `~/.codex/sessions`) from any directory, so
+/// a resume id naming another subagent's or the user's own thread would continue it. A
+/// subagent resumes only a thread started in its own work directory: the `cwd` of the
+/// `session_meta` record that opens the thread's rollout file
+/// `sessions/YYYY/MM/DD/rollout-<time>-<id>.jsonl`. `env` is the run's environment.
+pub fn foreign_thread(
+    plan: &SubPlan,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    work_dir: &Path,
+) -> Option<String> {
+    let SessionReport::Known(id) = &plan.session else {
+        return None;
+    };
+    let refuse = |why: &str| {
+        Some(format!(
+            "Codex session {id} was not started by this subagent ({why}); start a new subagent instead of continuing this one"
+        ))
+    };
+    let var = |k: &str| crate::exec::get_var(env, k).filter(|v| !v.is_empty());
+    let Some(home) = var("CODEX_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| Path::new(h).join(".codex")))
+    else {
+        return refuse("no Codex home to look for it in");
+    };
+    let sessions = home.join("sessions");
+    let suffix = format!("-{id}.jsonl");
+    let children = |d: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    };
+    let days = children(&sessions)
+        .into_iter()
+        .flat_map(|y| children(&y))
+        .flat_map(|m| children(&m))
+        .take(DAYS_SCANNED);
+    let mut found = None;
+    for day in days {
+        let Ok(files) = std::fs::read_dir(&day) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("rollout-")
+                && name.ends_with(&suffix)
+                && f.file_type().is_ok_and(|t| t.is_file())
+            {
+                found = Some(f.path());
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+    }
+    let Some(rollout) = found else {
+        return refuse(&format!(
+            "no rollout found for thread id {id} in {}",
+            sessions.display()
+        ));
+    };
+    let cwd = thread_cwd(&rollout);
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    match cwd {
+        Some(c) if Path::new(&c) == work_dir || canon(Path::new(&c)) == canon(work_dir) => None,
+        _ => refuse("it was started in another directory"),
+    }
+}
+
+/// The `cwd` of the `session_meta` record on the first line of a Codex rollout file.
+fn thread_cwd(path: &Path) -> Option<String> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path).ok()?;
+    let mut first = String::new();
+    std::io::BufReader::new(f.take(4 * 1024 * 1024))
+        .read_line(&mut first)
+        .ok()?;
+    let v: Value = serde_json::from_str(first.trim()).ok()?;
+    if v.get("type")?.as_str()? != "session_meta" {
+        return None;
+    }
+    v.get("payload")?.get("cwd")?.as_str().map(String::from)
 }
 
 /// How long `codex login status` may take (it answers in well under a second).
@@ -505,6 +601,66 @@ pub fn parse(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_continuation_resumes_only_a_thread_started_in_its_own_directory() {
+        let home = std::env::temp_dir().join(format!(
+            "codex-foreign-{}-{}",
+            std::process::id(),
+            crate::util::new_uuid_v4()
+        ));
+        let day = home.join(".codex/sessions/2026/12/05");
+        std::fs::create_dir_all(&day).unwrap();
+        let ours = "01a24385-2906-7721-97c3-d49ef42cd31d";
+        let users = "01a24385-2906-7721-97c3-d49ef42cd31e";
+        let work = home.join("w");
+        std::fs::create_dir_all(&work).unwrap();
+        let meta = |id: &str, cwd: &str| {
+            std::fs::write(
+                day.join(format!("rollout-2026-12-05T00-05-29-{id}.jsonl")),
+                format!(
+                    "{}\n{{\"type\":\"response_item\"}}\n",
+                    json!({"timestamp": "t", "type": "session_meta",
+                           "payload": {"id": id, "cwd": cwd, "originator": "codex_exec"}})
+                ),
+            )
+            .unwrap();
+        };
+        meta(ours, &work.display().to_string());
+        meta(users, "/home/user/src/app");
+        let plan = |id: &str| SubPlan {
+            command: "codex".into(),
+            args: Vec::new(),
+            stdin: Vec::new(),
+            files: Vec::new(),
+            env: Vec::new(),
+            path_prepend: Vec::new(),
+            format: Format::Json,
+            timeout: std::time::Duration::from_secs(1),
+            session: SessionReport::Known(id.into()),
+        };
+        let env = vec![("HOME".into(), home.clone().into_os_string())];
+        assert_eq!(foreign_thread(&plan(ours), &env, &work), None);
+        let e = foreign_thread(&plan(users), &env, &work).unwrap();
+        assert!(
+            e.contains(&format!("session {users} was not started by this subagent"))
+                && e.contains("start a new subagent"),
+            "{e}"
+        );
+        // An id with no rollout at all is refused too, and CODEX_HOME is where Codex looks.
+        let none = "01a24385-2906-7721-97c3-d49ef42cd31f";
+        assert!(foreign_thread(&plan(none), &env, &work).is_some());
+        let env = vec![
+            ("HOME".into(), "/nonexistent".into()),
+            ("CODEX_HOME".into(), home.join(".codex").into_os_string()),
+        ];
+        assert_eq!(foreign_thread(&plan(ours), &env, &work), None);
+        // A first run (nothing resumed) is never refused.
+        let mut first = plan(ours);
+        first.session = SessionReport::Printed;
+        assert_eq!(foreign_thread(&first, &env, Path::new("/elsewhere")), None);
+        let _ = std::fs::remove_dir_all(&home);
+    }
 
     #[test]
     fn web_search_setting_follows_the_cli_generation() {

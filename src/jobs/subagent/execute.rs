@@ -54,7 +54,8 @@ pub(super) fn run_cli(
     let root = ctx.providers.work_root().join("subagents");
     // One work directory per subagent, kept between its runs: Claude finds a session to
     // `--resume` only while the directory it was started in exists (Claude Code 2.1), and
-    // Gemini keys its sessions by directory (Codex finds its threads by id from anywhere).
+    // Gemini keys its sessions by directory (Codex finds its threads by id from anywhere, so the
+    // gateway resumes only a thread started in this directory: `codex::foreign_thread`).
     // Left-overs are swept after 14 days.
     let work = root.join(&sid);
     sweep_stale_dirs(&root, &sid);
@@ -119,6 +120,9 @@ fn spawn_cli(
     if prep.provider == ProviderId::Codex {
         if let Some(m) = providers::codex::login_missing(&plan.command, &env, dir) {
             run.not_logged_in = Some(m.clone());
+            return Err(m);
+        }
+        if let Some(m) = providers::codex::foreign_thread(plan, &env, dir) {
             return Err(m);
         }
     }
