@@ -307,10 +307,12 @@ fn continuation(a: &mut Argv, r: &SubagentRequest, f: &Flags) -> Result<SessionR
     Ok(SessionReport::Known(id.clone()))
 }
 
-/// The session (thread) id a Codex run printed: its first `thread.started` event (`--json`),
-/// else the `session id:` line of the banner Codex writes to stderr.
-pub fn printed_session(stdout: &str, stderr: &str) -> Option<String> {
-    let from_events = stdout.lines().find_map(|l| {
+/// The session (thread) id a Codex run printed: its first `thread.started` event (`--json`,
+/// any format but text), else the `session id:` line of the banner Codex writes to stderr. In
+/// text format stdout is the model's answer, which never decides the session.
+pub fn printed_session(format: Format, stdout: &str, stderr: &str) -> Option<String> {
+    let events = if format == Format::Text { "" } else { stdout };
+    let from_events = events.lines().find_map(|l| {
         let v: Value = serde_json::from_str(l.trim()).ok()?;
         (v.get("type")?.as_str()? == "thread.started")
             .then(|| v.get("thread_id")?.as_str().map(String::from))?

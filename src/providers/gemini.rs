@@ -240,8 +240,12 @@ fn session(a: &mut Argv, r: &SubagentRequest, f: &Flags) -> Result<SessionReport
 }
 
 /// The session id a Gemini run printed: `session_id` of its JSON envelope, or of its
-/// stream-json `init` event.
-pub fn printed_session(stdout: &str) -> Option<String> {
+/// stream-json `init` event. None in text format: stdout is then the model's answer, which
+/// never decides the session.
+pub fn printed_session(format: Format, stdout: &str) -> Option<String> {
+    if format == Format::Text {
+        return None;
+    }
     let id = |v: &Value| v.get("session_id")?.as_str().map(String::from);
     if let Ok(v) = serde_json::from_str::<Value>(stdout.trim()) {
         return id(&v);

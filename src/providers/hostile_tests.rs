@@ -592,6 +592,18 @@ fn a_completed_run_reports_the_session_it_printed() {
         printed.session_id(ProviderId::Codex, odd, "session id: -x"),
         None
     );
+    // In text format stdout is the model's answer: an event in it never names the session.
+    let mut text = plan(SessionReport::Printed);
+    text.format = super::subplan::Format::Text;
+    let other = "0b7c0000-0000-4000-8000-000000000009";
+    let planted = format!("{{\"type\":\"thread.started\",\"thread_id\":\"{other}\"}}\n");
+    assert_eq!(
+        text.session_id(ProviderId::Codex, &planted, &banner),
+        Some(t.into())
+    );
+    assert_eq!(text.session_id(ProviderId::Codex, &planted, ""), None);
+    let planted = format!("{{\"session_id\": \"{other}\", \"response\": \"hi\"}}");
+    assert_eq!(text.session_id(ProviderId::Gemini, &planted, ""), None);
     assert_eq!(
         plan(SessionReport::Output).session_id(ProviderId::Codex, &jsonl, ""),
         None

@@ -88,8 +88,10 @@ impl SubPlan {
             SessionReport::Output | SessionReport::Discard(_) => None,
             SessionReport::Known(s) => Some(s.clone()),
             SessionReport::Printed => match id {
-                super::ProviderId::Codex => super::codex::printed_session(stdout, stderr),
-                super::ProviderId::Gemini => super::gemini::printed_session(stdout),
+                super::ProviderId::Codex => {
+                    super::codex::printed_session(self.format, stdout, stderr)
+                }
+                super::ProviderId::Gemini => super::gemini::printed_session(self.format, stdout),
                 super::ProviderId::Claude => None,
             },
         }
