@@ -348,6 +348,20 @@ fn validation_outcomes_follow_the_documented_order() {
         "subagent_run",
         json!({"subagent_id": stale.sid, "run_id": uuid()}),
     );
+    // 5 before typing: a stale job skips even when another field of the row is mistyped, and
+    // neither the subagent nor its live run is failed (§5.4 must not run).
+    let stale_bad = w.subagent("stalebad", restricted_config(), &[]);
+    w.b.admin(
+        "PATCH",
+        &format!("/rest/v1/subagents?id=eq.{}", stale_bad.sid),
+        Some(json!({"metadata": {"current_run_id": stale_bad.rid, "session_id": 5}})),
+    );
+    let stale_bad_job = w.b.insert_job(
+        &w.team,
+        &w.gid,
+        "subagent_run",
+        json!({"subagent_id": stale_bad.sid, "run_id": uuid()}),
+    );
     // 6: unsupported type → failed, and the subagent and its run are marked failed (§5.4).
     let odd = w.subagent("odd", restricted_config(), &[]);
     w.b.admin(
@@ -404,6 +418,14 @@ fn validation_outcomes_follow_the_documented_order() {
         j["error"],
         "Queued subagent job no longer matches the subagent current_run_id"
     );
+    let j = wait_job_done(&w.b, &stale_bad_job, JOB_WAIT);
+    assert_eq!(j["status"], "cancelled");
+    assert_eq!(
+        j["error"],
+        "Queued subagent job no longer matches the subagent current_run_id"
+    );
+    assert_eq!(w.row("subagents", &stale_bad.sid)["status"], "running");
+    assert_eq!(w.row("subagent_runs", &stale_bad.rid)["status"], "running");
     let j = wait_job_done(&w.b, &odd_job, JOB_WAIT);
     assert_eq!(j["status"], "failed");
     assert_eq!(j["error"], "Unsupported subagent type: cursor_gateway");

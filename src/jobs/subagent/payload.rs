@@ -197,8 +197,6 @@ pub(super) struct SubagentInput {
 #[derive(Debug)]
 pub(super) struct SubagentMeta {
     pub(super) all: Value,
-    /// trimmed
-    pub(super) current_run_id: Option<String>,
     /// The provider session a continuation resumes, trimmed.
     pub(super) session_id: Option<String>,
     /// A pending cancel's run, as sent.
@@ -236,13 +234,52 @@ impl SubagentRow {
             config: object(row, "config", mode)?,
             input: SubagentInput::parse(&input, mode)?,
             metadata: SubagentMeta {
-                current_run_id: trimmed(meta("current_run_id")?),
                 session_id: trimmed(meta("session_id")?),
                 cancel_run_id: owned(meta("cancel_run_id")?),
                 cancel_reason: trimmed(meta("cancel_reason")?),
                 all: metadata,
             },
         })
+    }
+}
+
+/// What §2.4 steps 3–5 read of the row, before any other field is typed: those checks run
+/// first "in this exact order", and a mistyped field elsewhere must not fail (nor, via §5.4,
+/// fail the live run of) a job those checks would skip.
+#[derive(Debug, PartialEq)]
+pub(super) struct RowHead {
+    /// As sent when text; any other type is not this gateway's id.
+    pub(super) gateway_id: Option<String>,
+    /// `gateway_id` as sent, for the report.
+    pub(super) assigned: Value,
+    /// As sent when text; "unknown" when absent; any other type as its JSON (never "running").
+    pub(super) status: String,
+    /// `metadata.current_run_id`: trimmed text, or a value of another type as sent (it matches
+    /// no run id); None when absent, null or blank.
+    pub(super) current_run_id: Option<Value>,
+}
+
+impl RowHead {
+    pub(super) fn read(row: &Value) -> RowHead {
+        let status = match row.get("status") {
+            None | Some(Value::Null) => "unknown".to_string(),
+            Some(Value::String(x)) => x.clone(),
+            Some(v) => v.to_string(),
+        };
+        let current_run_id = match row.get("metadata").and_then(|m| m.get("current_run_id")) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(x)) => trimmed(Some(x)).map(Value::String),
+            Some(v) => Some(v.clone()),
+        };
+        RowHead {
+            gateway_id: row
+                .get("gateway_id")
+                .and_then(Value::as_str)
+                .map(String::from),
+            assigned: row.get("gateway_id").cloned().unwrap_or(Value::Null),
+            status,
+            current_run_id,
+        }
     }
 }
 
@@ -335,6 +372,30 @@ mod tests {
             let p = CancelPayload::parse(&json!({"subagent_id": "s1", "reason": reason})).unwrap();
             assert_eq!(p.reason, "Cancelled");
         }
+    }
+
+    #[test]
+    fn the_row_head_reads_only_what_steps_3_to_5_need() {
+        let row = json!({
+            "gateway_id": "g1", "status": "idle", "input": {"run_sequence": "abc"},
+            "metadata": {"current_run_id": " r1 ", "session_id": 5},
+        });
+        assert!(SubagentRow::parse(&row).is_err());
+        let h = RowHead::read(&row);
+        assert_eq!(h.gateway_id.as_deref(), Some("g1"));
+        assert_eq!(h.status, "idle");
+        assert_eq!(h.current_run_id, Some(json!("r1")));
+        let odd = RowHead::read(
+            &json!({"gateway_id": 7, "status": true, "metadata": {"current_run_id": 3}}),
+        );
+        assert_eq!((odd.gateway_id, odd.assigned), (None, json!(7)));
+        assert_eq!(odd.status, "true");
+        assert_eq!(odd.current_run_id, Some(json!(3)));
+        let empty = RowHead::read(&json!({"metadata": "x"}));
+        assert_eq!(
+            (empty.status.as_str(), empty.current_run_id),
+            ("unknown", None)
+        );
     }
 
     #[test]

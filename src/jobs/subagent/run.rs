@@ -208,34 +208,20 @@ fn check_subagent(
             ))
         }
     };
-    let sub = match SubagentRow::parse(&raw) {
-        Ok(row) => row,
-        Err(e) => {
-            let m = format!("{e}; fix the subagent's row and start a new run");
-            // §5.4 marks only this gateway's subagent failed: another's row is not ours.
-            return Err(End {
-                outcome: outcome(
-                    FinalStatus::Failed,
-                    json!({"message": m, "subagent_id": subagent_id}),
-                    Some(m),
-                ),
-                fail_subagent: s(&raw, "gateway_id") == Some(me),
-            });
-        }
-    };
+    // Steps 3–5 read only gateway_id, status and metadata.current_run_id; the other fields
+    // are typed after them, so a mistyped field never fails a job these checks skip.
+    let head = RowHead::read(&raw);
     // 3.
-    let assigned = sub.gateway_id;
-    if assigned.as_deref() != Some(me) {
+    if head.gateway_id.as_deref() != Some(me) {
         let m = "Subagent is assigned to a different gateway";
         return Err(skip(
-            json!({"message": m, "subagent_id": subagent_id, "assigned_gateway_id": assigned, "gateway_id": me}),
+            json!({"message": m, "subagent_id": subagent_id, "assigned_gateway_id": head.assigned, "gateway_id": me}),
             m,
         ));
     }
-    let metadata = sub.metadata;
-    let current_run_id = &metadata.current_run_id;
+    let current_run_id = &head.current_run_id;
     // 4.
-    let status = sub.status;
+    let status = &head.status;
     if status != "running" {
         let m = format!("Subagent status changed before queued job execution (status={status})");
         return Err(skip(
@@ -245,7 +231,7 @@ fn check_subagent(
     }
     // 5.
     if let (Some(p), Some(c)) = (payload_run_id, current_run_id) {
-        if p != c {
+        if c.as_str() != Some(p) {
             let m = "Queued subagent job no longer matches the subagent current_run_id";
             return Err(skip(
                 json!({"message": m, "subagent_id": subagent_id, "expected_run_id": p, "current_run_id": c}),
@@ -253,6 +239,13 @@ fn check_subagent(
             ));
         }
     }
+    // The row is this gateway's, running and expecting this run: a mistyped field fails it.
+    let sub = SubagentRow::parse(&raw).map_err(|e| {
+        let m = format!("{e}; fix the subagent's row and start a new run");
+        fail(json!({"message": m, "subagent_id": subagent_id}), m.clone())
+    })?;
+    let assigned = sub.gateway_id;
+    let metadata = sub.metadata;
     // 6.
     let subagent_type = sub.subagent_type;
     let Some((provider, adapter_id)) = adapter_for(&subagent_type) else {
