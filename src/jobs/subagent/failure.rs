@@ -7,13 +7,22 @@ use crate::providers::diagnose::{self, ErrorKind as Kind};
 /// How long a subagent's work directory is kept after its last run.
 const SUBAGENT_DIR_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// Removes the work directories of other subagents not used for [`SUBAGENT_DIR_TTL`] (a
-/// bounded number per call, so a run never waits on a large sweep).
+/// Marks `keep` (the starting run's directory) used now, then removes the work directories of
+/// other subagents not used for [`SUBAGENT_DIR_TTL`] (a bounded number per call, so a run
+/// never waits on a large sweep). The mark is what keeps a directory: a CLI that writes its
+/// sessions elsewhere (Codex) never moves it. A directory in use was marked at its run's
+/// start, and a run lasts at most a day (the longest honoured timeout), far below the TTL.
 pub(super) fn sweep_stale_dirs(root: &Path, keep: &str) {
+    let now = std::time::SystemTime::now();
+    let mine = root.join(keep);
+    if mine.is_dir() {
+        if let Err(e) = std::fs::File::open(&mine).and_then(|d| d.set_modified(now)) {
+            log::warn!(target: "subagent", "could not mark the work directory {} used: {e}; it may be swept 14 days after its last change", mine.display());
+        }
+    }
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
-    let now = std::time::SystemTime::now();
     for e in entries.flatten().take(256) {
         if e.file_name().to_str() == Some(keep) {
             continue;
@@ -94,5 +103,35 @@ pub(super) fn failure_reason(
                 summary.as_ref(),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_marks_its_directory_used_and_old_others_are_swept() {
+        let root = std::env::temp_dir().join(format!("pgw-sweep-{}", new_uuid_v4()));
+        let old = std::time::SystemTime::now() - SUBAGENT_DIR_TTL - Duration::from_secs(3600);
+        for d in ["mine", "other", "recent"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for d in ["mine", "other"] {
+            let f = std::fs::File::open(root.join(d)).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        sweep_stale_dirs(&root, "mine");
+        let age = std::fs::metadata(root.join("mine"))
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default())
+            .unwrap();
+        assert!(
+            age < Duration::from_secs(3600),
+            "the run's directory is marked used: {age:?}"
+        );
+        assert!(!root.join("other").exists(), "a stale directory is swept");
+        assert!(root.join("recent").exists(), "a recent directory is kept");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
