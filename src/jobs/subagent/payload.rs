@@ -214,10 +214,26 @@ impl SubagentRow {
     /// The cancel path's read (§6.4): a mistyped field is logged and read as absent, so a
     /// cosmetic field never stops a runaway run. (A mistyped gateway_id is not this gateway's.)
     pub(super) fn parse_lenient(row: &Value) -> SubagentRow {
-        match SubagentRow::read(row, Mode::Lax) {
-            Ok(r) => r,
-            Err(e) => unreachable!("a lax read never fails: {e}"),
-        }
+        SubagentRow::read(row, Mode::Lax).unwrap_or_else(|e| {
+            // A lax read turns every type error into "absent"; should one still come through,
+            // the cancel goes on with what decides it (gateway and status), not a panic.
+            log::warn!(target: "subagent", "subagent row read with defaults: {e}");
+            let text = |k: &str| row.get(k).and_then(Value::as_str).map(String::from);
+            SubagentRow {
+                team_id: text("team_id"),
+                gateway_id: text("gateway_id"),
+                status: text("status").unwrap_or_else(|| "unknown".into()),
+                subagent_type: text("subagent_type").unwrap_or_default(),
+                config: Value::Object(Default::default()),
+                input: SubagentInput::default(),
+                metadata: SubagentMeta {
+                    all: Value::Object(Default::default()),
+                    session_id: None,
+                    cancel_run_id: None,
+                    cancel_reason: None,
+                },
+            }
+        })
     }
 
     fn read(row: &Value, mode: Mode) -> Result<SubagentRow, String> {
