@@ -19,13 +19,6 @@ use support::connect::*;
 const JOB_WAIT: Duration = Duration::from_secs(60);
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bin");
 
-fn uuid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// `--mcp-config` JSON whose "server" touches `marker`.
 fn mcp(marker: &Path) -> String {
     json!({"mcpServers": {"x": {"command": "sh", "args": ["-c", format!("touch {}", marker.display())]}}})

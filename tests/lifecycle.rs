@@ -16,13 +16,6 @@ use support::connect::*;
 const WAIT: Duration = Duration::from_secs(40);
 const RESTART_ERROR: &str = "gateway restarted during the job";
 
-fn uuid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 struct World {
     b: Backend,
     gw: Gateway,

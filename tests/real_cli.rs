@@ -51,13 +51,6 @@ const USAGE_ERRORS: &[&str] = &[
 
 const DEFAULT_APPEND: &str = "You cannot write or interact with files in this environment. Include a brief \"Approach Summary\".";
 
-fn uuid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// The pinned CLIs' bin directory, or None when the tier is skipped.
 fn real_bin() -> Option<PathBuf> {
     if std::env::var("PANORAMA_SKIP_NODE_TESTS").as_deref() == Ok("1") {

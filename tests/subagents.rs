@@ -16,13 +16,6 @@ const JOB_WAIT: Duration = Duration::from_secs(40);
 
 const DEFAULT_APPEND: &str = "You cannot write or interact with files in this environment. Include a brief \"Approach Summary\".";
 
-fn uuid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 struct World {
     b: Backend,
     gw: Gateway,

@@ -696,6 +696,14 @@ pub fn proc_entry(pid: i32) -> Option<(char, i32)> {
         .map(|(_, s, pp)| (s, pp))
 }
 
+/// A fresh random UUID (the kernel's), for rows a test inserts.
+pub fn uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .expect("the kernel's uuid source")
+        .trim()
+        .to_string()
+}
+
 /// Gone, or a zombie (dead; whoever its parent is now reaps it).
 pub fn dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
